@@ -1,0 +1,56 @@
+"""``budget-router`` entry point. Subcommands live in their own modules and are imported lazily so
+that ``budget-router emulate`` does not pay for OpenTelemetry and ``serve`` does not import numpy."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# name -> (module, one-line help). Each module exposes add_arguments(parser) and run(args) -> int.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "serve": ("extproc.serve_cmd", "run the ext_proc gRPC server Envoy talks to"),
+    "emulate": ("extproc.emulator.cli", "run a vLLM-compatible emulator (no GPU needed)"),
+    "up": ("extproc.stack.cli", "start the embedded stack: Envoy + router + two emulator pools"),
+    "plan": ("extproc.planner.cli", "size a dual-pool fleet from a trace (simulator + cost model)"),
+    "envoy-config": ("extproc.envoy_config", "render the Envoy config for given ports"),
+    "config": ("extproc.config_cmd", "print the effective configuration or the options table"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="budget-router", description=__doc__)
+    parser.add_argument("--version", action="version", version="budget-router 0.1.0")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    wanted = sys.argv[1] if len(sys.argv) > 1 else None
+    for name, (module, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        if wanted == name:
+            importlib.import_module(module).add_arguments(p)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    if argv is not None:
+        sys.argv = [sys.argv[0], *argv]
+    parser = build_parser()
+    args = parser.parse_args(sys.argv[1:])
+    if not args.command:
+        parser.print_help()
+        return 2
+    module = importlib.import_module(COMMANDS[args.command][0])
+    try:
+        return int(module.run(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # noqa: BLE001 - the CLI's last line of defence: message, not traceback
+        from extproc.config import ConfigError
+
+        if isinstance(exc, ConfigError | FileNotFoundError | ValueError):
+            print(f"budget-router {args.command}: error: {exc}", file=sys.stderr)
+            return 2
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

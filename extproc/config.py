@@ -1,0 +1,285 @@
+"""The one typed place for every router setting: defaults, YAML file, environment, CLI flags.
+
+Precedence (lowest to highest): dataclass defaults < YAML file < ``BUDGET_ROUTER_<SECTION>_<KEY>``
+environment variables < ``--<section>-<key>`` flags. Flags and env names are derived from the
+field names, so a new option is documented and reachable everywhere by adding one field.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ENV_PREFIX = "BUDGET_ROUTER_"
+MIB = 1024 * 1024
+
+
+def opt(default: Any, doc: str) -> Any:
+    """A config field with its documentation attached (rendered by ``budget-router config --doc``)."""
+    if isinstance(default, list | dict):
+        return field(default_factory=lambda: default.copy(), metadata={"doc": doc})
+    return field(default=default, metadata={"doc": doc})
+
+
+def _default_state_file() -> str:
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return str(Path(base) / "budget-router" / "calibration.json")
+
+
+@dataclass
+class ServerConfig:
+    listen: str = opt("127.0.0.1:9002", "gRPC address for Envoy (host:port). Use 0.0.0.0:9002 in containers.")
+    max_message_bytes: int = opt(
+        32 * MIB, "gRPC max send/receive message size. Must exceed Envoy's buffered body limit."
+    )
+    max_request_body_bytes: int = opt(
+        16 * MIB, "Largest request body the router parses; larger bodies go long (reason body_too_large)."
+    )
+    max_response_buffer_bytes: int = opt(
+        4 * MIB, "Cap on a buffered JSON response or a pending SSE line kept for usage parsing."
+    )
+    grace_period_s: float = opt(25.0, "On SIGTERM: NOT_SERVING, then wait this long for streams to drain.")
+    workers: int = opt(1, "Router processes sharing the listen port (SO_REUSEPORT).")
+    health_port: int = opt(0, "Optional plain-HTTP /healthz port on 127.0.0.1 (0 = off).")
+
+
+@dataclass
+class RoutingConfig:
+    header_name: str = opt("x-budget-pool", "Request header the router sets; Envoy routes on it.")
+    short_value: str = opt("short", "Header value that selects the short pool.")
+    long_value: str = opt("long", "Header value that selects the long pool.")
+    reason_header: str = opt("", "If set, also send the decision reason upstream in this header.")
+    b_short: int = opt(8192, "Threshold B_short: L_total <= b_short goes short (equality goes short).")
+    short_context: int = opt(8192, "max_model_len of the short pool; larger budgets can never go short.")
+    long_context: int = opt(65536, "max_model_len of the long pool; larger budgets go long and are counted.")
+    default_output_tokens: int = opt(
+        1024, "Output reserve when a request sets neither max_completion_tokens nor max_tokens."
+    )
+    framing_per_request: int = opt(3, "Chat-template tokens added once per request (generation prompt).")
+    framing_per_message: int = opt(4, "Chat-template tokens added per message (role header, separators).")
+    framing_per_tool: int = opt(8, "Template tokens per tool definition or tool call.")
+    image_tokens: int = opt(2048, "Fixed token cost of one image part.")
+    inject_include_usage: bool = opt(
+        True, "Add stream_options.include_usage to streaming requests so the router can learn."
+    )
+    strip_injected_usage: bool = opt(
+        True, "Remove the usage-only SSE chunk again when the client did not ask for it."
+    )
+    force_identity_encoding: bool = opt(True, "Send accept-encoding: identity upstream so bodies are readable.")
+
+
+@dataclass
+class SpilloverConfig:
+    enabled: bool = opt(True, "Send short requests to the long pool while the short pool is over pressure.")
+    short_capacity: int = opt(
+        256, "In-flight requests the short pool holds (instances x max_num_seqs); pressure = in-flight/this."
+    )
+    threshold: float = opt(1.0, "Spill when short-pool pressure is at or above this value.")
+    long_capacity: int = opt(64, "In-flight requests the long pool holds; reported as pressure only.")
+
+
+@dataclass
+class CalibrationConfig:
+    beta: float = opt(0.95, "EMA weight on the old ratio: c <- beta*c + (1-beta)*c_obs.")
+    gamma: float = opt(1.0, "Safety factor: c* = c - gamma*sigma (smaller ratio, more tokens, safer).")
+    cold_start: float = opt(4.0, "Bytes/token before any observation (and the prior of every category).")
+    min_samples: int = opt(10, "Observations before a learned ratio may exceed the cold-start ratio.")
+    min_ratio: float = opt(0.5, "Observed bytes/token below this is rejected; c* never goes below it.")
+    max_ratio: float = opt(8.0, "Observed bytes/token above this is rejected; c-hat never exceeds it.")
+    outlier_factor: float = opt(
+        0.6, "Once warmed up, reject observations off the mean by more than this fraction of it."
+    )
+    converged_samples: int = opt(50, "Samples after which a category counts as converged.")
+    converged_sample_rate: float = opt(
+        1.0, "Share of responses still read once a category converged (1.0 = all; lower saves CPU)."
+    )
+    state_file: str = opt(_default_state_file(), "Where learned ratios persist ('' disables).")
+    save_interval_s: float = opt(30.0, "How often the state file is written (and merged with peers).")
+
+
+@dataclass
+class CategoriesConfig:
+    enabled: list[str] = opt(
+        ["prose", "code", "cjk", "mixed", "structured"], "Content categories the router learns separately."
+    )
+    default: str = opt("prose", "Category used when detection names one that is not enabled.")
+    cjk_share: float = opt(0.3, "Share of CJK code points (of letters) above which text is CJK.")
+    mixed_share: float = opt(0.05, "CJK share above which (but below cjk_share) text is mixed.")
+    code_score: float = opt(0.035, "Density of code punctuation/keywords above which text is code.")
+
+
+@dataclass
+class TelemetryConfig:
+    traces: bool = opt(False, "Export OpenTelemetry traces over OTLP (OTEL_* env vars are honoured).")
+    otlp_endpoint: str = opt("", "OTLP/gRPC endpoint; empty uses OTEL_EXPORTER_OTLP_ENDPOINT.")
+    service_name: str = opt("budget-router", "service.name resource attribute.")
+    metrics_port: int = opt(9464, "Prometheus scrape port (0 = off).")
+    metrics_host: str = opt("127.0.0.1", "Address the Prometheus endpoint binds to.")
+    otlp_metrics: bool = opt(False, "Also push metrics over OTLP.")
+    capture_content: bool = opt(False, "Record prompt text in spans (off: never recorded).")
+    json_logs: bool = opt(False, "Log decisions as JSON lines.")
+    log_level: str = opt("INFO", "Log level.")
+    log_decisions: bool = opt(False, "Log one line per routing decision.")
+
+
+@dataclass
+class Config:
+    server: ServerConfig = field(default_factory=ServerConfig)
+    routing: RoutingConfig = field(default_factory=RoutingConfig)
+    spillover: SpilloverConfig = field(default_factory=SpilloverConfig)
+    calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
+    categories: CategoriesConfig = field(default_factory=CategoriesConfig)
+    telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
+
+
+class ConfigError(ValueError):
+    """A setting that cannot be used; the message names it."""
+
+
+def _sections() -> list[tuple[str, type]]:
+    return [(f.name, typing.get_type_hints(Config)[f.name]) for f in dataclasses.fields(Config)]
+
+
+def _coerce(tp: Any, value: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    try:
+        if tp is bool:
+            if isinstance(value, bool):
+                return value
+            s = str(value).strip().lower()
+            if s in {"1", "true", "yes", "on"}:
+                return True
+            if s in {"0", "false", "no", "off"}:
+                return False
+            raise ValueError(value)
+        if tp is int:
+            if isinstance(value, bool):
+                raise ValueError(value)
+            return int(value)
+        if tp is float:
+            return float(value)
+        if tp is str:
+            return str(value)
+        if origin is list or isinstance(tp, types.GenericAlias):
+            if isinstance(value, str):
+                return [v.strip() for v in value.split(",") if v.strip()]
+            return [str(v) for v in value]
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{where}: cannot use {value!r} as {getattr(tp, '__name__', tp)}") from exc
+    return value
+
+
+def _apply(cfg: Config, values: Mapping[str, Mapping[str, Any]], source: str) -> None:
+    for sname, stype in _sections():
+        section_values = values.get(sname) or {}
+        if not isinstance(section_values, Mapping):
+            raise ConfigError(f"{source}: section '{sname}' must be a mapping")
+        section = getattr(cfg, sname)
+        hints = typing.get_type_hints(stype)
+        for key, val in section_values.items():
+            if key not in hints:
+                raise ConfigError(f"{source}: unknown option {sname}.{key}")
+            setattr(section, key, _coerce(hints[key], val, f"{source}: {sname}.{key}"))
+    unknown = set(values) - {s for s, _ in _sections()}
+    if unknown:
+        raise ConfigError(f"{source}: unknown section(s) {sorted(unknown)}")
+
+
+def validate(cfg: Config) -> Config:
+    r, c = cfg.routing, cfg.calibration
+    checks = [
+        (r.b_short > 0, "routing.b_short must be > 0"),
+        (r.short_context > 0 and r.long_context > 0, "pool contexts must be > 0"),
+        (r.short_value != r.long_value, "routing.short_value and long_value must differ"),
+        (r.default_output_tokens >= 0, "routing.default_output_tokens must be >= 0"),
+        (0.0 <= c.beta < 1.0, "calibration.beta must be in [0, 1)"),
+        (c.gamma >= 0.0, "calibration.gamma must be >= 0"),
+        (0.0 < c.min_ratio < c.cold_start <= c.max_ratio, "need 0 < min_ratio < cold_start <= max_ratio"),
+        (0.0 <= c.converged_sample_rate <= 1.0, "calibration.converged_sample_rate must be in [0, 1]"),
+        (cfg.server.workers >= 1, "server.workers must be >= 1"),
+        (cfg.server.max_message_bytes >= MIB, "server.max_message_bytes must be >= 1 MiB"),
+        (cfg.categories.default in cfg.categories.enabled, "categories.default must be enabled"),
+        (cfg.spillover.short_capacity > 0, "spillover.short_capacity must be > 0"),
+    ]
+    for ok, msg in checks:
+        if not ok:
+            raise ConfigError(msg)
+    return cfg
+
+
+def load_config(
+    path: str | os.PathLike[str] | None = None,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Mapping[str, Any]] | None = None,
+) -> Config:
+    """Build the effective config from all sources; raises ConfigError with a precise message."""
+    cfg = Config()
+    if path:
+        try:
+            data = yaml.safe_load(Path(path).read_text()) or {}
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"config file {path} must hold a mapping of sections")
+        _apply(cfg, data, str(path))
+    env_values: dict[str, dict[str, str]] = {}
+    for key, val in (os.environ if env is None else env).items():
+        if not key.startswith(ENV_PREFIX):
+            continue
+        rest = key[len(ENV_PREFIX) :].lower()
+        for sname, _ in _sections():
+            if rest.startswith(sname + "_"):
+                env_values.setdefault(sname, {})[rest[len(sname) + 1 :]] = val
+                break
+    _apply(cfg, env_values, "environment")
+    if overrides:
+        _apply(cfg, overrides, "command line")
+    return validate(cfg)
+
+
+def add_config_flags(parser: argparse.ArgumentParser) -> None:
+    """One ``--section-key`` flag per option; unset flags leave lower-precedence sources alone."""
+    parser.add_argument("--config", "-c", default=os.environ.get(ENV_PREFIX + "CONFIG"), help="YAML file")
+    for sname, stype in _sections():
+        group = parser.add_argument_group(sname)
+        for f in dataclasses.fields(stype):
+            flag = f"--{sname}-{f.name}".replace("_", "-")
+            group.add_argument(flag, dest=f"cfg__{sname}__{f.name}", default=None, help=f.metadata["doc"])
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    overrides: dict[str, dict[str, Any]] = {}
+    for key, val in vars(args).items():
+        if key.startswith("cfg__") and val is not None:
+            _, sname, fname = key.split("__", 2)
+            overrides.setdefault(sname, {})[fname] = val
+    return load_config(getattr(args, "config", None), overrides=overrides)
+
+
+def describe() -> str:
+    """Markdown table of every option with its flag, env var and default (kept in the README)."""
+    rows = ["| option | flag / env | default | meaning |", "|---|---|---|---|"]
+    for sname, stype in _sections():
+        for f in dataclasses.fields(stype):
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+            if sname == "calibration" and f.name == "state_file":
+                default = "$XDG_STATE_HOME/budget-router/calibration.json"
+            flag = f"--{sname}-{f.name}".replace("_", "-")
+            env = f"{ENV_PREFIX}{sname.upper()}_{f.name.upper()}"
+            rows.append(f"| `{sname}.{f.name}` | `{flag}` / `{env}` | `{default}` | {f.metadata['doc']} |")
+    return "\n".join(rows)
+
+
+def to_dict(cfg: Config) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
