@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
         return int(module.run(args) or 0)
     except KeyboardInterrupt:
         return 130
-    except Exception as exc:  # noqa: BLE001 - the CLI's last line of defence: message, not traceback
+    except Exception as exc:  # the last line of defence: a message, not a traceback
         from extproc.config import ConfigError
 
         if isinstance(exc, ConfigError | FileNotFoundError | ValueError):

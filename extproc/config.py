@@ -71,9 +71,7 @@ class RoutingConfig:
     inject_include_usage: bool = opt(
         True, "Add stream_options.include_usage to streaming requests so the router can learn."
     )
-    strip_injected_usage: bool = opt(
-        True, "Remove the usage-only SSE chunk again when the client did not ask for it."
-    )
+    strip_injected_usage: bool = opt(True, "Remove the usage-only SSE chunk again when the client did not ask for it.")
     force_identity_encoding: bool = opt(True, "Send accept-encoding: identity upstream so bodies are readable.")
 
 

@@ -1,0 +1,78 @@
+"""Total token budget of a request, and the inverse: attributing observed prompt tokens to text.
+
+    L_total = ceil(text_bytes / c*_k) + ceil(structured_bytes / c*_structured)
+              + images·image_tokens + framing + output_reserve
+
+Framing (chat-template tokens) is modelled explicitly so that short prompts, where a fixed
+template overhead is a large share of ``prompt_tokens``, do not drag the learned ratio down.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from extproc.algorithm.request_shape import CHAT, RequestShape
+
+Ratios = Callable[[str], float]
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetParams:
+    default_output_tokens: int = 1024
+    framing_per_request: int = 3
+    framing_per_message: int = 4
+    framing_per_tool: int = 8
+    image_tokens: int = 2048
+    structured_category: str = "structured"
+
+
+@dataclass(frozen=True, slots=True)
+class Estimate:
+    prompt_tokens: int
+    output_tokens: int
+    total: int
+    ratio: float  # c* applied to the text bytes
+    output_defaulted: bool
+
+
+def framing_tokens(shape: RequestShape, p: BudgetParams) -> int:
+    if shape.endpoint != CHAT:
+        return 0
+    return p.framing_per_request + p.framing_per_message * shape.messages + p.framing_per_tool * shape.tool_items
+
+
+def estimate(shape: RequestShape, ratios: Ratios, p: BudgetParams) -> Estimate:
+    ratio = ratios(shape.category)
+    if shape.known_prompt_tokens is not None:
+        prompt = shape.known_prompt_tokens
+    else:
+        prompt = math.ceil(shape.text_bytes / ratio) + framing_tokens(shape, p) + shape.images * p.image_tokens
+        if shape.structured_bytes:
+            prompt += math.ceil(shape.structured_bytes / ratios(p.structured_category))
+    defaulted = shape.output_tokens is None
+    out = p.default_output_tokens if shape.output_tokens is None else shape.output_tokens
+    return Estimate(prompt, out, prompt + out, ratio, defaulted)
+
+
+def attribute(shape: RequestShape, prompt_tokens: int, means: Ratios, p: BudgetParams) -> tuple[str, int, float]:
+    """Which category an observed ``prompt_tokens`` teaches, with its bytes and tokens.
+
+    The tokens left after framing and images belong to text and structured bytes together. When one
+    kind holds at least 90 % of the bytes, the minor kind's tokens are subtracted at its current mean
+    ratio and the rest teaches the major kind; a true 50/50 mix teaches nothing reliable, so the
+    caller gets zero tokens and the observation is rejected as invalid.
+    """
+    residual = float(prompt_tokens - framing_tokens(shape, p) - shape.images * p.image_tokens)
+    text, structured = shape.text_bytes, shape.structured_bytes
+    total = text + structured
+    if total == 0 or shape.known_prompt_tokens is not None:
+        return shape.category, 0, 0.0
+    if structured <= 0.1 * total:
+        tokens = residual - (structured / means(p.structured_category) if structured else 0.0)
+        return shape.category, text, tokens
+    if text <= 0.1 * total:
+        tokens = residual - (text / means(shape.category) if text else 0.0)
+        return p.structured_category, structured, tokens
+    return shape.category, text, 0.0

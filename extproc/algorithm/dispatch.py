@@ -1,0 +1,48 @@
+"""Pool choice from a total token budget: capacity first, then the threshold, then spillover.
+
+Every decision carries a reason so operators can see *why* traffic went where it did. A request too
+large even for the long pool still goes long: the backend's own 400 is the clearest answer the
+client can get, and it is counted (``over_long_context``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+SHORT, LONG = "short", "long"
+
+# Reasons (metric label values).
+THRESHOLD = "threshold"  # L_total compared with B_short
+CAPACITY = "capacity"  # L_total above the short pool's context
+OVER_LONG_CONTEXT = "over_long_context"  # L_total above the long pool's context too
+SPILLOVER = "spillover"  # short pool over pressure, request fits the long pool
+
+
+@dataclass(frozen=True, slots=True)
+class DispatchPolicy:
+    b_short: int = 8192
+    short_context: int = 8192
+    long_context: int = 65536
+    spillover: bool = True
+    spill_threshold: float = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    pool: str
+    reason: str
+
+    @property
+    def spilled(self) -> bool:
+        return self.reason == SPILLOVER
+
+
+def decide(total_tokens: int, policy: DispatchPolicy, short_pressure: float = 0.0) -> Decision:
+    if total_tokens > policy.short_context:
+        reason = OVER_LONG_CONTEXT if total_tokens > policy.long_context else CAPACITY
+        return Decision(LONG, reason)
+    if total_tokens > policy.b_short:
+        return Decision(LONG, THRESHOLD)
+    if policy.spillover and short_pressure >= policy.spill_threshold and total_tokens <= policy.long_context:
+        return Decision(LONG, SPILLOVER)
+    return Decision(SHORT, THRESHOLD)

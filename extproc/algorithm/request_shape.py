@@ -1,0 +1,162 @@
+"""Reduce a parsed OpenAI request body to the few numbers the budget needs.
+
+Only text that reaches the model's prompt is counted as text bytes; tool schemas and tool calls are
+JSON-ish and tokenise differently, so they are their own "structured" category; images cost a fixed
+number of tokens. The same measure is used when learning from usage, so the learned ratio absorbs
+whatever the measure leaves out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from extproc.algorithm.categories import Categorizer
+
+CHAT, COMPLETIONS = "chat", "completions"
+
+
+class ShapeError(ValueError):
+    """The body is not a request we can estimate; ``reason`` is a short metric-friendly label."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class RequestShape:
+    endpoint: str
+    category: str
+    text_bytes: int
+    structured_bytes: int = 0
+    images: int = 0
+    messages: int = 0
+    tool_items: int = 0
+    output_tokens: int | None = None  # requested max output; None when the client set none
+    stream: bool = False
+    client_include_usage: bool = False
+    model: str | None = None
+    known_prompt_tokens: int | None = None  # /v1/completions with token ids: exact
+
+
+def _nbytes(s: str) -> int:
+    return len(s) if s.isascii() else len(s.encode("utf-8", "surrogatepass"))
+
+
+def _json_len(value: Any) -> int:
+    """Approximate serialized size of a structured value without serializing it twice."""
+    if isinstance(value, str):
+        return _nbytes(value) + 2
+    if isinstance(value, Mapping):
+        return 2 + sum(_nbytes(str(k)) + 3 + _json_len(v) + 1 for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return 2 + sum(_json_len(v) + 1 for v in value)
+    return len(str(value))
+
+
+def output_tokens(body: Mapping[str, Any]) -> int | None:
+    """``max_completion_tokens`` wins over ``max_tokens`` (as in vLLM); absent or null gives None.
+
+    Anything vLLM would reject (bool, negative, zero, fractional, string) raises ShapeError so the
+    request takes the safe route and the backend's own 400 reaches the client.
+    """
+    for key in ("max_completion_tokens", "max_tokens"):
+        value = body.get(key)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ShapeError("invalid_max_tokens", f"{key} must be an integer")
+        if isinstance(value, float):
+            if not value.is_integer():
+                raise ShapeError("invalid_max_tokens", f"{key} must be an integer")
+            value = int(value)
+        if value < 1:
+            raise ShapeError("invalid_max_tokens", f"{key} must be at least 1")
+        return value
+    return None
+
+
+def _chat_parts(messages: Any) -> tuple[list[str], int, int, int]:
+    if not isinstance(messages, list) or not messages:
+        raise ShapeError("bad_messages", "messages must be a non-empty list")
+    texts: list[str] = []
+    structured = images = tools = 0
+    for msg in messages:
+        if not isinstance(msg, Mapping):
+            raise ShapeError("bad_messages", "each message must be an object")
+        content = msg.get("content")
+        if isinstance(content, str):
+            texts.append(content)
+        elif isinstance(content, list):
+            for part in content:
+                if not isinstance(part, Mapping):
+                    raise ShapeError("bad_messages", "content parts must be objects")
+                kind = part.get("type")
+                if kind == "text" and isinstance(part.get("text"), str):
+                    texts.append(part["text"])
+                elif kind in ("image_url", "input_image", "image"):
+                    images += 1
+                else:
+                    structured += _json_len(part)
+        elif content is not None:
+            raise ShapeError("bad_messages", "message content must be a string, a list of parts or null")
+        calls = msg.get("tool_calls")
+        if isinstance(calls, list):
+            tools += len(calls)
+            structured += _json_len(calls)
+    return texts, structured, images, tools
+
+
+def shape_from_body(endpoint: str, body: Any, categorizer: Categorizer) -> RequestShape:
+    if not isinstance(body, Mapping):
+        raise ShapeError("not_object", "request body must be a JSON object")
+    out = output_tokens(body)
+    stream = body.get("stream") is True
+    opts = body.get("stream_options")
+    include_usage = isinstance(opts, Mapping) and opts.get("include_usage") is True
+    model = body.get("model") if isinstance(body.get("model"), str) else None
+    if endpoint == CHAT:
+        texts, structured, images, tools = _chat_parts(body.get("messages"))
+        tool_defs = body.get("tools")
+        if isinstance(tool_defs, list):
+            tools += len(tool_defs)
+            structured += _json_len(tool_defs)
+        text = texts[0] if len(texts) == 1 else "\n".join(texts)
+        has_text = bool(text) or not structured
+        return RequestShape(
+            endpoint=CHAT,
+            category=categorizer.classify(text) if has_text else categorizer.structured(),
+            text_bytes=sum(_nbytes(t) for t in texts),
+            structured_bytes=structured,
+            images=images,
+            messages=len(body["messages"]),
+            tool_items=tools,
+            output_tokens=out,
+            stream=stream,
+            client_include_usage=include_usage,
+            model=model,
+        )
+    if endpoint == COMPLETIONS:
+        prompt = body.get("prompt")
+        known = None
+        if isinstance(prompt, str):
+            text = prompt
+        elif isinstance(prompt, list) and prompt and all(isinstance(p, str) for p in prompt):
+            text = max(prompt, key=len)  # each prompt is its own sequence: the longest decides
+        elif isinstance(prompt, list) and prompt and all(isinstance(t, int) for t in prompt):
+            text, known = "", len(prompt)
+        else:
+            raise ShapeError("bad_prompt", "prompt must be a string, a list of strings or of token ids")
+        return RequestShape(
+            endpoint=COMPLETIONS,
+            category=categorizer.classify(text),
+            text_bytes=_nbytes(text),
+            output_tokens=out,
+            stream=stream,
+            client_include_usage=include_usage,
+            model=model,
+            known_prompt_tokens=known,
+        )
+    raise ShapeError("unknown_endpoint", f"not a routed endpoint: {endpoint}")
