@@ -1,0 +1,99 @@
+"""Envoy ext_proc message shapes: read headers out of, and build responses into, the v3 protos.
+
+Kept apart from the exchange logic so that the only code that knows Envoy's wire types is here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+from envoy.config.core.v3 import base_pb2
+from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2
+from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
+from envoy.type.v3 import http_status_pb2
+
+ProcessingRequest = ep.ProcessingRequest
+ProcessingResponse = ep.ProcessingResponse
+ProcessingMode = processing_mode_pb2.ProcessingMode
+OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
+
+
+def header_map(headers: ep.HttpHeaders) -> dict[str, str]:
+    """Lower-case name -> value. Envoy sends ``raw_value`` bytes (``value`` only from old Envoys)."""
+    out: dict[str, str] = {}
+    for h in headers.headers.headers:
+        out[h.key.lower()] = h.raw_value.decode("utf-8", "replace") if h.raw_value else h.value
+    return out
+
+
+def header_mutation(
+    set_headers: Mapping[str, str] | None = None, remove: Iterable[str] = ()
+) -> ep.HeaderMutation | None:
+    if not set_headers and not remove:
+        return None
+    return ep.HeaderMutation(
+        set_headers=[
+            base_pb2.HeaderValueOption(
+                header=base_pb2.HeaderValue(key=k, raw_value=v.encode()), append_action=OVERWRITE
+            )
+            for k, v in (set_headers or {}).items()
+        ],
+        remove_headers=list(remove),
+    )
+
+
+def common(
+    set_headers: Mapping[str, str] | None = None,
+    remove: Iterable[str] = (),
+    body: bytes | None = None,
+    clear_route_cache: bool = False,
+) -> ep.CommonResponse:
+    resp = ep.CommonResponse(clear_route_cache=clear_route_cache)
+    mutation = header_mutation(set_headers, remove)
+    if mutation is not None:
+        resp.header_mutation.CopyFrom(mutation)
+    if body is not None:
+        resp.body_mutation.body = body
+    return resp
+
+
+def request_headers_response(c: ep.CommonResponse | None = None) -> ep.ProcessingResponse:
+    return ep.ProcessingResponse(request_headers=ep.HeadersResponse(response=c or ep.CommonResponse()))
+
+
+def request_body_response(c: ep.CommonResponse | None = None) -> ep.ProcessingResponse:
+    return ep.ProcessingResponse(request_body=ep.BodyResponse(response=c or ep.CommonResponse()))
+
+
+def response_headers_response(
+    c: ep.CommonResponse | None = None, response_body_mode: int | None = None
+) -> ep.ProcessingResponse:
+    resp = ep.ProcessingResponse(response_headers=ep.HeadersResponse(response=c or ep.CommonResponse()))
+    if response_body_mode is not None:
+        resp.mode_override.response_body_mode = response_body_mode
+    return resp
+
+
+def response_body_response(body: bytes | None = None) -> ep.ProcessingResponse:
+    return ep.ProcessingResponse(response_body=ep.BodyResponse(response=common(body=body)))
+
+
+def trailers_response(request: bool) -> ep.ProcessingResponse:
+    if request:
+        return ep.ProcessingResponse(request_trailers=ep.TrailersResponse())
+    return ep.ProcessingResponse(response_trailers=ep.TrailersResponse())
+
+
+def immediate_response(status: int, body: bytes, content_type: str = "application/json") -> ep.ProcessingResponse:
+    return ep.ProcessingResponse(
+        immediate_response=ep.ImmediateResponse(
+            status=http_status_pb2.HttpStatus(code=status),
+            headers=header_mutation({"content-type": content_type}),
+            body=body,
+            details="budget_router",
+        )
+    )
+
+
+STREAMED = ProcessingMode.STREAMED
+NONE = ProcessingMode.NONE

@@ -1,0 +1,99 @@
+"""``budget-router serve``: run the ext_proc server (optionally N worker processes on one port).
+
+Lifecycle: load calibration state -> serve -> on SIGTERM/SIGINT go NOT_SERVING, drain streams
+within the grace period, save state, exit 0. Workers are separate processes sharing the port with
+SO_REUSEPORT (no shared lock on the hot path); they exchange calibration through the state file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import multiprocessing
+import signal
+import sys
+
+from extproc.config import Config, add_config_flags, config_from_args
+from extproc.exchange import RouterRuntime
+from extproc.service import RouterServer
+from extproc.state_store import StateStore
+
+log = logging.getLogger("budget_router")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_config_flags(parser)
+
+
+def _observer(cfg: Config):
+    from extproc.observer import ExchangeObserver
+
+    try:
+        from extproc.telemetry import build_observer
+    except ImportError:
+        return ExchangeObserver(), None
+    return build_observer(cfg)
+
+
+async def serve(cfg: Config, ready: asyncio.Event | None = None, stop: asyncio.Event | None = None) -> int:
+    """Run until ``stop`` is set or a termination signal arrives."""
+    observer, telemetry_shutdown = _observer(cfg)
+    rt = RouterRuntime.from_config(cfg, observer)
+    store = StateStore(cfg.calibration.state_file, live_window_s=3 * cfg.calibration.save_interval_s)
+    peers = store.load_into(rt.router.calibrator)
+    server = RouterServer(rt)
+    await server.start()
+    host = cfg.server.listen.rsplit(":", 1)[0]
+    print(f"budget-router listening on {host}:{server.port} (state peers loaded: {peers})", flush=True)
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    if ready is not None:
+        ready.set()
+
+    async def periodic_sync() -> None:
+        while True:
+            await asyncio.sleep(cfg.calibration.save_interval_s)
+            await asyncio.to_thread(store.sync, rt.router.calibrator)
+
+    syncer = asyncio.create_task(periodic_sync())
+    await stop.wait()
+    log.info("shutting down: NOT_SERVING, draining %d streams", server.processor.active)
+    syncer.cancel()
+    await server.stop(cfg.server.grace_period_s)
+    store.sync(rt.router.calibrator)
+    if telemetry_shutdown is not None:
+        telemetry_shutdown()
+    return 0
+
+
+def _worker(cfg: Config) -> None:
+    logging.basicConfig(level=cfg.telemetry.log_level.upper(), stream=sys.stderr)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides; SIGTERM drains
+    sys.exit(asyncio.run(serve(cfg)))
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = config_from_args(args)
+    logging.basicConfig(level=cfg.telemetry.log_level.upper(), stream=sys.stderr)
+    if cfg.server.workers == 1:
+        return asyncio.run(serve(cfg))
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_worker, args=(cfg,), name=f"router-{i}") for i in range(cfg.server.workers)]
+    for p in procs:
+        p.start()
+
+    def forward(signum, _frame) -> None:
+        for p in procs:
+            if p.pid is not None and p.is_alive():
+                p.terminate()  # SIGTERM: each worker drains on its own
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    for p in procs:
+        p.join()
+    return max((p.exitcode or 0) for p in procs)

@@ -1,0 +1,115 @@
+"""The ext_proc gRPC service: one coroutine per Envoy stream (an LLM stream can live for minutes, so
+a thread per stream would cap concurrency), plus health and graceful drain."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import grpc
+from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as epg
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from extproc.exchange import Exchange, RouterRuntime
+
+log = logging.getLogger("budget_router.service")
+EXT_PROC_SERVICE = "envoy.service.ext_proc.v3.ExternalProcessor"
+
+
+class ExternalProcessor(epg.ExternalProcessorServicer):
+    def __init__(self, rt: RouterRuntime) -> None:
+        self.rt = rt
+        self.active = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    async def Process(self, request_iterator, context: grpc.aio.ServicerContext):
+        self.active += 1
+        self._idle.clear()
+        ex = Exchange(self.rt, context.invocation_metadata() or ())
+        try:
+            while True:
+                req = await context.read()
+                if req is grpc.aio.EOF:
+                    break
+                try:
+                    resp = ex.handle(req)
+                except Exception:  # never let one odd message kill the stream: answer "continue"
+                    log.exception("exchange failed; continuing without changes")
+                    resp = _continue_for(req)
+                await context.write(resp)
+        except asyncio.CancelledError:
+            pass  # Envoy reset the stream (client gone): nothing to answer
+        finally:
+            ex.close()
+            self.active -= 1
+            if self.active == 0:
+                self._idle.set()
+
+    async def drained(self, timeout: float) -> bool:
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+            return True
+        except TimeoutError:
+            return False
+
+
+def _continue_for(req):
+    from extproc import envoy_messages as em
+
+    kind = req.WhichOneof("request")
+    if kind == "request_headers":
+        return em.request_headers_response()
+    if kind == "request_body":
+        return em.request_body_response()
+    if kind == "response_headers":
+        return em.response_headers_response()
+    if kind == "response_body":
+        return em.response_body_response()
+    return em.trailers_response(request=kind == "request_trailers")
+
+
+class RouterServer:
+    """A running gRPC server with health; ``stop()`` is the graceful SIGTERM path."""
+
+    def __init__(self, rt: RouterRuntime) -> None:
+        self.rt = rt
+        cfg = rt.cfg.server
+        options = [
+            ("grpc.max_receive_message_length", cfg.max_message_bytes),
+            ("grpc.max_send_message_length", cfg.max_message_bytes),
+            ("grpc.so_reuseport", 1 if cfg.workers > 1 else 0),
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+        ]
+        self.server = grpc.aio.server(options=options)
+        self.processor = ExternalProcessor(rt)
+        epg.add_ExternalProcessorServicer_to_server(self.processor, self.server)
+        self.health = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        self.port = self.server.add_insecure_port(cfg.listen)
+        if self.port == 0:
+            raise OSError(f"cannot listen on {cfg.listen}")
+
+    async def _set_health(self, status: int) -> None:
+        for name in ("", EXT_PROC_SERVICE):
+            result = self.health.set(name, status)
+            if asyncio.iscoroutine(result):
+                await result
+
+    async def start(self) -> None:
+        await self.server.start()
+        await self._set_health(health_pb2.HealthCheckResponse.SERVING)
+
+    async def stop(self, grace: float) -> None:
+        """NOT_SERVING first (Envoy's health check stops sending new streams), drain, then stop."""
+        await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        drained = await self.processor.drained(grace)
+        if not drained:
+            log.warning("%d streams still open after %.1fs grace; stopping", self.processor.active, grace)
+        await self.server.stop(max(0.0, deadline - loop.time()))
+
+    async def wait(self) -> None:
+        await self.server.wait_for_termination()

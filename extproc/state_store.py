@@ -1,0 +1,105 @@
+"""Calibration that survives restarts and is shared by replicas through one small JSON file.
+
+Each process writes its own snapshot under its replica id (never a blended one) and blends the
+other replicas' fresh snapshots into its calibrator, sample-weighted. Replicas therefore converge to
+one view within a save interval or two, a restarted process starts from everyone's learning instead
+of cold, and one replica's bad file entry cannot erase the others. Writes are atomic (temp file +
+rename) with 0600 permissions, serialised by an advisory lock so concurrent writers never lose data.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from extproc.algorithm import Calibrator
+
+log = logging.getLogger("budget_router.state")
+STALE_AFTER_S = 7 * 24 * 3600
+
+
+class StateStore:
+    def __init__(self, path: str, replica_id: str | None = None, live_window_s: float = 90.0) -> None:
+        self.path = Path(path) if path else None
+        self.live_window_s = live_window_s  # peers updated within this are live and blended at each sync
+        self.replica_id = replica_id or f"{socket.gethostname()}-{os.getpid()}"
+
+    @contextlib.contextmanager
+    def _locked(self):
+        assert self.path is not None
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(str(self.path) + ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+
+    def _read(self) -> dict[str, Any]:
+        assert self.path is not None
+        try:
+            data = orjson.loads(self.path.read_bytes())
+        except FileNotFoundError:
+            return {}
+        except (OSError, orjson.JSONDecodeError) as exc:
+            log.warning("ignoring unreadable calibration state %s: %s", self.path, exc)
+            return {}
+        replicas = data.get("replicas") if isinstance(data, dict) else None
+        return replicas if isinstance(replicas, dict) else {}
+
+    def _write(self, replicas: dict[str, Any]) -> None:
+        assert self.path is not None
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, orjson.dumps({"version": 1, "replicas": replicas}, option=orjson.OPT_INDENT_2))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, self.path)
+
+    def _fresh_peers(self, replicas: dict[str, Any], now: float, window: float = STALE_AFTER_S) -> list[dict[str, Any]]:
+        out = []
+        for rid, entry in replicas.items():
+            if rid == self.replica_id or not isinstance(entry, dict):
+                continue
+            if now - float(entry.get("updated", 0)) <= window and isinstance(entry.get("categories"), dict):
+                out.append(entry["categories"])
+        return out
+
+    def load_into(self, calibrator: Calibrator) -> int:
+        """Warm start from every fresh snapshot in the file; returns how many were used."""
+        if self.path is None:
+            return 0
+        with self._locked():
+            peers = self._fresh_peers(self._read(), time.time())
+        calibrator.merge(peers)
+        return len(peers)
+
+    def sync(self, calibrator: Calibrator) -> None:
+        """Publish our snapshot, then blend in the others'. Errors are logged, never raised."""
+        if self.path is None:
+            return
+        try:
+            now = time.time()
+            with self._locked():
+                replicas = self._read()
+                replicas = {
+                    k: v
+                    for k, v in replicas.items()
+                    if isinstance(v, dict) and now - float(v.get("updated", 0)) <= STALE_AFTER_S
+                }
+                replicas[self.replica_id] = {"updated": now, "categories": calibrator.snapshot()}
+                self._write(replicas)
+            calibrator.merge(self._fresh_peers(replicas, now, self.live_window_s))
+        except (OSError, ValueError) as exc:
+            log.warning("could not sync calibration state %s: %s", self.path, exc)

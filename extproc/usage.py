@@ -1,0 +1,62 @@
+"""Read the prompt-token count a backend reports: from a JSON ``usage`` object or from vLLM's
+context-length 400, whose message carries the exact prompt token count in one of two wordings."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import orjson
+
+_OVERFLOW_PATTERNS = (
+    # "This model's maximum context length is N tokens. However, you requested M tokens
+    #  (P in the messages, C in the completion)."
+    re.compile(rb"\((\d+) in the messages, (\d+) in the completion\)"),
+    # "... You requested a total of M tokens: P tokens from the input messages and C tokens for the completion."
+    re.compile(rb"(\d+) tokens from the input messages and (\d+) tokens for the completion"),
+    # Older single-number forms: "However, your request has P input tokens" / "(P in the messages)".
+    re.compile(rb"your (?:request|prompt) has (\d+) input tokens"),
+    re.compile(rb"\((\d+) in the messages\)"),
+)
+_MAX_SCAN = 1 << 16
+
+
+def _as_count(value: Any) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return None
+
+
+def usage_counts(usage: Any) -> tuple[int | None, int | None]:
+    """(prompt_tokens, completion_tokens) from a usage dict, accepting the input/output aliases."""
+    if not isinstance(usage, dict):
+        return None, None
+    prompt = _as_count(usage.get("prompt_tokens", usage.get("input_tokens")))
+    completion = _as_count(usage.get("completion_tokens", usage.get("output_tokens")))
+    return prompt, completion
+
+
+def json_usage(body: bytes) -> tuple[int | None, int | None]:
+    if b"usage" not in body:
+        return None, None
+    try:
+        obj = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None, None
+    return usage_counts(obj.get("usage")) if isinstance(obj, dict) else (None, None)
+
+
+def overflow_prompt_tokens(body: bytes) -> int | None:
+    """Prompt tokens from a vLLM context-length error body, else None."""
+    head = body[:_MAX_SCAN]
+    if b"context length" not in head and b"context_length" not in head:
+        return None
+    for pattern in _OVERFLOW_PATTERNS:
+        m = pattern.search(head)
+        if m:
+            return int(m.group(1))
+    return None
