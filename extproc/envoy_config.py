@@ -1,0 +1,612 @@
+"""``budget-router envoy-config``: the one renderer for every Envoy configuration the product ships.
+
+The compose stack's ``envoy/envoy.yaml``, the paste-in ``envoy/snippets/`` and the embedded stack's
+loopback config all come out of :func:`render` (or its fragment helpers), so a setting fixed here is
+fixed everywhere; tests compare the committed files with a fresh render so they cannot drift.
+
+Safety rules baked in (see envoy/README.md for the reasoning):
+* the default route is the **long** pool: a missing header, a router outage under fail-open or an
+  unknown path can never overflow the short pool's context window;
+* a client-supplied routing header is removed before routing (early header mutation), so only the
+  router can select the short pool;
+* buffer, HTTP/2 window and gRPC message limits are raised together so a BUFFERED body up to
+  ``max_body_bytes`` reaches the router, and Envoy answers 413 above it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import ipaddress
+import re
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+MIB = 1024 * 1024
+Endpoint = tuple[str, int]
+
+EXT_PROC_FILTER = "envoy.filters.http.ext_proc"
+EXT_PROC_SERVICE = "envoy.service.ext_proc.v3.ExternalProcessor"
+ROUTER_CLUSTER = "budget_router"
+SHORT_CLUSTER = "pool_short"
+LONG_CLUSTER = "pool_long"
+OTEL_CLUSTER = "otel_collector"
+# Response-body modes the router may switch to with mode_override: STREAMED for SSE (so a long
+# generation is never buffered whole) and NONE once it needs nothing more from the response.
+OVERRIDE_RESPONSE_BODY_MODES = ("STREAMED", "NONE")
+# Filter-state fields ext_proc records per stream (Envoy >= 1.31); logged so operators can read the
+# router's overhead from Envoy's side of the wire.
+EXT_PROC_LOG_FIELDS = (
+    "request_header_latency_us",
+    "request_body_total_latency_us",
+    "response_header_latency_us",
+    "response_body_total_latency_us",
+    "bytes_sent",
+    "bytes_received",
+)
+_H2_WINDOW_MAX = 2**31 - 1
+_HEADER_RE = re.compile(r"^[a-z0-9!#$%&'*+.^_`|~-]+$")
+
+
+@dataclass(frozen=True)
+class EnvoyLayout:
+    """Where everything listens and how hard Envoy may lean on the router; defaults = compose stack."""
+
+    listen_host: str = "0.0.0.0"
+    listen_port: int = 8080
+    admin_host: str = "0.0.0.0"
+    admin_port: int = 9901
+    router: Sequence[Endpoint] = (("router", 9002),)
+    short: Sequence[Endpoint] = (("vllm-short", 8000),)
+    long: Sequence[Endpoint] = (("vllm-long", 8000),)
+    header_name: str = "x-budget-pool"
+    short_value: str = "short"
+    ext_proc: bool = True
+    failure_mode_allow: bool = True
+    with_response_processing: bool = True
+    strip_client_header: bool = True
+    otlp: Endpoint | None = None
+    service_name: str = "envoy-budget-router"
+    max_body_bytes: int = 30 * MIB
+    grpc_max_message_bytes: int = 32 * MIB
+    message_timeout_s: float = 30.0
+    max_message_timeout_s: float = 120.0
+    route_timeout_s: float = 600.0
+    stream_idle_timeout_s: float = 600.0
+    router_health_interval_s: float = 2.0
+    pool_health_interval_s: float = 5.0
+    pool_health_path: str = "/health"
+    max_concurrent_requests: int = 10_000
+    access_log_path: str | None = "/dev/stdout"
+
+    def __post_init__(self) -> None:
+        for name in ("router", "short", "long"):
+            object.__setattr__(self, name, _endpoints(getattr(self, name), name))
+        if self.otlp is not None:
+            object.__setattr__(self, "otlp", _endpoints([self.otlp], "otlp")[0])
+        for name in ("listen_port", "admin_port"):
+            _check_port(getattr(self, name), name)
+        if not _HEADER_RE.match(self.header_name):
+            raise ValueError(f"header_name {self.header_name!r} must be a lower-case HTTP header token")
+        if not self.short_value:
+            raise ValueError("short_value must not be empty")
+        if self.max_body_bytes < 64 * 1024:
+            raise ValueError("max_body_bytes must be >= 64 KiB")
+        if self.grpc_max_message_bytes < self.max_body_bytes + MIB:
+            raise ValueError(
+                "grpc_max_message_bytes must exceed max_body_bytes by >= 1 MiB (headers and framing "
+                "travel in the same gRPC message as a BUFFERED body)"
+            )
+        if not 0 < self.message_timeout_s <= 3600 or not 0 <= self.max_message_timeout_s <= 3600:
+            raise ValueError("message timeouts must be within (0, 3600] seconds")
+        if self.route_timeout_s < 0 or self.stream_idle_timeout_s < 0:
+            raise ValueError("timeouts must be >= 0 (0 disables)")
+        if self.max_concurrent_requests < 1:
+            raise ValueError("max_concurrent_requests must be >= 1")
+
+
+def _check_port(port: int, what: str) -> None:
+    if not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= 65535:
+        raise ValueError(f"{what}: port {port!r} is not in 1..65535")
+
+
+def _endpoints(value: Sequence[Endpoint], what: str) -> tuple[Endpoint, ...]:
+    out: list[Endpoint] = []
+    for item in value:
+        host, port = item
+        if not isinstance(host, str) or not host or any(c.isspace() for c in host):
+            raise ValueError(f"{what}: bad host {host!r}")
+        _check_port(port, what)
+        out.append((host, port))
+    if not out:
+        raise ValueError(f"{what}: needs at least one host:port")
+    return tuple(out)
+
+
+def parse_endpoint(text: str) -> Endpoint:
+    """``host:port`` or ``[v6]:port`` -> (host, port); ValueError with the offending text otherwise."""
+    host, sep, port = text.strip().rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit():
+        raise ValueError(f"expected HOST:PORT, got {text!r}")
+    _check_port(int(port), text)
+    return host, int(port)
+
+
+def _type(message: str) -> str:
+    return f"type.googleapis.com/{message}"
+
+
+def _secs(value: float) -> str:
+    return f"{value:g}s"
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _address(host: str, port: int) -> dict[str, Any]:
+    return {"socket_address": {"address": host, "port_value": port}}
+
+
+def _cluster(
+    name: str,
+    endpoints: Sequence[Endpoint],
+    *,
+    http2: dict[str, Any] | None,
+    health_check: dict[str, Any],
+    buffer_bytes: int,
+    layout: EnvoyLayout,
+    panic_threshold: float | None = None,
+) -> dict[str, Any]:
+    limit = layout.max_concurrent_requests
+    cluster: dict[str, Any] = {
+        "name": name,
+        "type": "STATIC" if all(_is_ip(h) for h, _ in endpoints) else "STRICT_DNS",
+        "dns_lookup_family": "V4_PREFERRED",
+        "connect_timeout": "5s",
+        "lb_policy": "LEAST_REQUEST",
+        "per_connection_buffer_limit_bytes": buffer_bytes,
+        # Every in-flight generation holds a connection (HTTP/1.1) or a stream (router, HTTP/2) for
+        # its whole life; Envoy's default breakers (1024) would cap concurrency far below vLLM's.
+        "circuit_breakers": {
+            "thresholds": [
+                {
+                    "priority": "DEFAULT",
+                    "max_connections": limit,
+                    "max_pending_requests": limit,
+                    "max_requests": limit,
+                    "max_retries": 3,
+                }
+            ]
+        },
+        "load_assignment": {
+            "cluster_name": name,
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": _address(h, p)}} for h, p in endpoints]}],
+        },
+        "health_checks": [health_check],
+    }
+    if panic_threshold is not None:
+        cluster["common_lb_config"] = {"healthy_panic_threshold": {"value": panic_threshold}}
+    if http2 is not None:
+        cluster["typed_extension_protocol_options"] = {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": _type("envoy.extensions.upstreams.http.v3.HttpProtocolOptions"),
+                "explicit_http_config": {"http2_protocol_options": http2},
+            }
+        }
+    return cluster
+
+
+def _health(interval_s: float, checker: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "timeout": "2s",
+        "interval": _secs(interval_s),
+        "no_traffic_interval": _secs(interval_s),
+        "unhealthy_threshold": 2,
+        "healthy_threshold": 1,
+        **checker,
+    }
+
+
+def _h2_windows(nbytes: int) -> dict[str, Any]:
+    window = min(max(nbytes, 65535), _H2_WINDOW_MAX)
+    return {"initial_stream_window_size": window, "initial_connection_window_size": window}
+
+
+def clusters(layout: EnvoyLayout) -> list[dict[str, Any]]:
+    """The router (gRPC/HTTP/2), short-pool, long-pool and optional collector clusters."""
+    pool_check = {"http_health_check": {"path": layout.pool_health_path}}
+    out = [
+        _cluster(
+            name,
+            endpoints,
+            http2=None,
+            health_check=_health(layout.pool_health_interval_s, pool_check),
+            buffer_bytes=layout.max_body_bytes,
+            layout=layout,
+        )
+        for name, endpoints in ((SHORT_CLUSTER, layout.short), (LONG_CLUSTER, layout.long))
+    ]
+    if layout.ext_proc:
+        router_h2 = {
+            **_h2_windows(layout.grpc_max_message_bytes),
+            "connection_keepalive": {"interval": "30s", "timeout": "5s"},
+        }
+        # Panic threshold 0: a draining (NOT_SERVING) or dead router gets no new streams, so Envoy
+        # fails open at once instead of waiting on a replica that is going away.
+        out.insert(
+            0,
+            _cluster(
+                ROUTER_CLUSTER,
+                layout.router,
+                http2=router_h2,
+                health_check=_health(
+                    layout.router_health_interval_s, {"grpc_health_check": {"service_name": EXT_PROC_SERVICE}}
+                ),
+                buffer_bytes=layout.grpc_max_message_bytes,
+                layout=layout,
+                panic_threshold=0.0,
+            ),
+        )
+    if layout.otlp is not None:
+        host, port = layout.otlp
+        out.append(
+            {
+                "name": OTEL_CLUSTER,
+                "type": "STATIC" if _is_ip(host) else "STRICT_DNS",
+                "dns_lookup_family": "V4_PREFERRED",
+                "connect_timeout": "2s",
+                "typed_extension_protocol_options": {
+                    "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                        "@type": _type("envoy.extensions.upstreams.http.v3.HttpProtocolOptions"),
+                        "explicit_http_config": {"http2_protocol_options": {}},
+                    }
+                },
+                "load_assignment": {
+                    "cluster_name": OTEL_CLUSTER,
+                    "endpoints": [{"lb_endpoints": [{"endpoint": {"address": _address(host, port)}}]}],
+                },
+            }
+        )
+    return out
+
+
+def processing_mode(layout: EnvoyLayout) -> dict[str, str]:
+    """The filter's default mode; the router narrows the response side per request."""
+    respond = layout.with_response_processing
+    return {
+        "request_header_mode": "SEND",
+        "request_body_mode": "BUFFERED",
+        "request_trailer_mode": "SKIP",
+        "response_header_mode": "SEND" if respond else "SKIP",
+        "response_body_mode": "BUFFERED" if respond else "NONE",
+        "response_trailer_mode": "SKIP",
+    }
+
+
+def allowed_override_modes(layout: EnvoyLayout) -> list[dict[str, str]]:
+    """Exactly the overrides the router may send (Envoy compares whole modes, request_header ignored).
+
+    Two spellings per body mode are accepted: the filter's full mode with only ``response_body_mode``
+    changed, and the minimal message that sets nothing but ``response_body_mode``.
+    """
+    modes: list[dict[str, str]] = []
+    for body in OVERRIDE_RESPONSE_BODY_MODES:
+        modes.append({**processing_mode(layout), "response_body_mode": body})
+        modes.append({"response_body_mode": body})
+    return modes
+
+
+def ext_proc_filter(layout: EnvoyLayout) -> dict[str, Any]:
+    """The ext_proc HTTP filter entry (goes before envoy.filters.http.router)."""
+    config: dict[str, Any] = {
+        "@type": _type("envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor"),
+        "grpc_service": {
+            "envoy_grpc": {
+                "cluster_name": ROUTER_CLUSTER,
+                "max_receive_message_length": layout.grpc_max_message_bytes,
+            },
+            # Bounds the whole gRPC stream, which lives as long as the generation it watches.
+            "timeout": _secs(layout.route_timeout_s or 3600),
+        },
+        "failure_mode_allow": layout.failure_mode_allow,
+        "processing_mode": processing_mode(layout),
+        "message_timeout": _secs(layout.message_timeout_s),
+        "max_message_timeout": _secs(layout.max_message_timeout_s),
+        # Errors other than a timeout (fail-closed only) reach the client as 503, not a bare 500.
+        "status_on_error": {"code": "ServiceUnavailable"},
+    }
+    if layout.with_response_processing:
+        config["allow_mode_override"] = True
+        config["allowed_override_modes"] = allowed_override_modes(layout)
+    return {"name": EXT_PROC_FILTER, "typed_config": config}
+
+
+def http_filters(layout: EnvoyLayout) -> list[dict[str, Any]]:
+    router = {
+        "name": "envoy.filters.http.router",
+        "typed_config": {"@type": _type("envoy.extensions.filters.http.router.v3.Router")},
+    }
+    return [ext_proc_filter(layout), router] if layout.ext_proc else [router]
+
+
+def routes(layout: EnvoyLayout) -> list[dict[str, Any]]:
+    """Header ``short`` -> short pool; everything else falls through to the long pool."""
+    action = {"timeout": _secs(layout.route_timeout_s), "idle_timeout": _secs(layout.stream_idle_timeout_s)}
+    return [
+        {
+            "name": "budget_short",
+            "match": {
+                "prefix": "/",
+                "headers": [{"name": layout.header_name, "string_match": {"exact": layout.short_value}}],
+            },
+            "route": {"cluster": SHORT_CLUSTER, **action},
+        },
+        {"name": "budget_default_long", "match": {"prefix": "/"}, "route": {"cluster": LONG_CLUSTER, **action}},
+    ]
+
+
+def early_header_mutation(layout: EnvoyLayout) -> list[dict[str, Any]]:
+    """Runs before route selection and every filter: only the router may choose the short pool."""
+    if not layout.strip_client_header:
+        return []
+    return [
+        {
+            "name": "envoy.http.early_header_mutation.header_mutation",
+            "typed_config": {
+                "@type": _type("envoy.extensions.http.early_header_mutation.header_mutation.v3.HeaderMutation"),
+                "mutations": [{"remove": layout.header_name}],
+            },
+        }
+    ]
+
+
+def access_log_format(layout: EnvoyLayout) -> dict[str, str]:
+    fmt = {
+        "start_time": "%START_TIME%",
+        "method": "%REQ(:METHOD)%",
+        "path": "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%",
+        "status": "%RESPONSE_CODE%",
+        "flags": "%RESPONSE_FLAGS%",
+        "details": "%RESPONSE_CODE_DETAILS%",
+        "request_id": "%REQ(X-REQUEST-ID)%",
+        "pool": f"%REQ({layout.header_name.upper()})%",
+        "cluster": "%UPSTREAM_CLUSTER%",
+        "upstream": "%UPSTREAM_HOST%",
+        "bytes_in": "%BYTES_RECEIVED%",
+        "bytes_out": "%BYTES_SENT%",
+        "duration_ms": "%DURATION%",
+        "upstream_ms": "%RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)%",
+    }
+    if layout.ext_proc:
+        for name in EXT_PROC_LOG_FIELDS:
+            fmt[f"extproc_{name}"] = f"%FILTER_STATE({EXT_PROC_FILTER}:FIELD:{name})%"
+    return fmt
+
+
+def connection_manager(layout: EnvoyLayout) -> dict[str, Any]:
+    hcm: dict[str, Any] = {
+        "@type": _type("envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"),
+        "stat_prefix": "budget_ingress",
+        "codec_type": "AUTO",
+        "generate_request_id": True,
+        "preserve_external_request_id": True,
+        "stream_idle_timeout": _secs(layout.stream_idle_timeout_s),
+        "request_timeout": "0s",
+        "http2_protocol_options": _h2_windows(layout.max_body_bytes),
+        "route_config": {
+            "name": "budget_routes",
+            "virtual_hosts": [{"name": "llm", "domains": ["*"], "routes": routes(layout)}],
+        },
+        "http_filters": http_filters(layout),
+    }
+    early = early_header_mutation(layout)
+    if early:
+        hcm["early_header_mutation_extensions"] = early
+    if layout.access_log_path:
+        hcm["access_log"] = [
+            {
+                "name": "envoy.access_loggers.file",
+                "typed_config": {
+                    "@type": _type("envoy.extensions.access_loggers.file.v3.FileAccessLog"),
+                    "path": layout.access_log_path,
+                    "log_format": {"json_format": access_log_format(layout)},
+                },
+            }
+        ]
+    if layout.otlp is not None:
+        # Envoy's span becomes the parent of the router's (trace context rides in the ext_proc gRPC
+        # metadata) and of vLLM's (traceparent header upstream).
+        hcm["tracing"] = {
+            "random_sampling": {"value": 100},
+            "provider": {
+                "name": "envoy.tracers.opentelemetry",
+                "typed_config": {
+                    "@type": _type("envoy.config.trace.v3.OpenTelemetryConfig"),
+                    "grpc_service": {"envoy_grpc": {"cluster_name": OTEL_CLUSTER}, "timeout": "1s"},
+                    "service_name": layout.service_name,
+                },
+            },
+        }
+    return hcm
+
+
+def bootstrap(layout: EnvoyLayout) -> dict[str, Any]:
+    listener = {
+        "name": "llm_ingress",
+        "address": _address(layout.listen_host, layout.listen_port),
+        # A BUFFERED request body is capped by this limit: above it Envoy answers 413.
+        "per_connection_buffer_limit_bytes": layout.max_body_bytes,
+        "filter_chains": [
+            {
+                "filters": [
+                    {
+                        "name": "envoy.filters.network.http_connection_manager",
+                        "typed_config": connection_manager(layout),
+                    }
+                ]
+            }
+        ],
+    }
+    return {
+        "admin": {"address": _address(layout.admin_host, layout.admin_port)},
+        "static_resources": {"listeners": [listener], "clusters": clusters(layout)},
+    }
+
+
+def _header(layout: EnvoyLayout, command: str | None) -> str:
+    lines = [
+        "# Generated by extproc/envoy_config.py - do not edit by hand (see envoy/README.md).",
+        f"# ext_proc: {'on' if layout.ext_proc else 'off'}, "
+        f"failure_mode_allow: {str(layout.failure_mode_allow).lower()}, "
+        f"response processing: {'on' if layout.with_response_processing else 'off'}, "
+        f"tracing: {'on' if layout.otlp else 'off'}",
+    ]
+    if command:
+        lines.append(f"# Regenerate: {command}")
+    return "\n".join(lines) + "\n"
+
+
+def dump(data: Any) -> str:
+    return yaml.safe_dump(data, sort_keys=False, default_flow_style=False, width=120)
+
+
+def render(layout: EnvoyLayout, command: str | None = None) -> str:
+    """The complete Envoy bootstrap as YAML text (pure: same layout, same bytes)."""
+    return _header(layout, command) + dump(bootstrap(layout))
+
+
+# name -> (where it goes in an existing Envoy config, fragment builder)
+SNIPPETS: dict[str, tuple[str, Any]] = {
+    "listener.yaml": (
+        "keys for your listener (same level as filter_chains)",
+        lambda lay: {"per_connection_buffer_limit_bytes": lay.max_body_bytes},
+    ),
+    "http_connection_manager.yaml": (
+        "keys for your HttpConnectionManager typed_config (same level as http_filters)",
+        lambda lay: {
+            k: v
+            for k, v in connection_manager(lay).items()
+            if k
+            in {
+                "stream_idle_timeout",
+                "request_timeout",
+                "http2_protocol_options",
+                "early_header_mutation_extensions",
+                "access_log",
+            }
+        },
+    ),
+    "ext_proc_filter.yaml": (
+        "an item of your http_filters list, placed before envoy.filters.http.router",
+        lambda lay: [ext_proc_filter(lay)],
+    ),
+    "routes.yaml": (
+        "the routes of your LLM virtual host, in this order (the catch-all long route last)",
+        routes,
+    ),
+    "clusters.yaml": ("items of static_resources.clusters (edit the addresses)", clusters),
+}
+
+
+def snippet_layout() -> EnvoyLayout:
+    """Placeholder addresses a user replaces; no tracing (their Envoy has its own)."""
+    return EnvoyLayout(router=(("budget-router", 9002),), otlp=None)
+
+
+def render_snippets(layout: EnvoyLayout | None = None) -> dict[str, str]:
+    layout = layout or snippet_layout()
+    return {
+        name: f"# Paste as {where}.\n{_header(layout, SNIPPETS_COMMAND)}{dump(build(layout))}"
+        for name, (where, build) in SNIPPETS.items()
+    }
+
+
+def compose_layout() -> EnvoyLayout:
+    """The layout of docker-compose.yml (service names, in-network ports, collector on)."""
+    return EnvoyLayout(otlp=("otel-collector", 4317))
+
+
+COMPOSE_COMMAND = "budget-router envoy-config --out envoy/envoy.yaml"
+SNIPPETS_COMMAND = "budget-router envoy-config --snippets envoy/snippets"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    d = compose_layout()
+    parser.add_argument("--out", "-o", help="write here instead of stdout")
+    parser.add_argument("--snippets", metavar="DIR", help="write the paste-in fragments to DIR instead")
+    parser.add_argument("--listen", default=f"{d.listen_host}:{d.listen_port}", help="listener HOST:PORT")
+    parser.add_argument("--admin", default=f"{d.admin_host}:{d.admin_port}", help="admin HOST:PORT")
+    for name in ("router", "short", "long"):
+        parser.add_argument(
+            f"--{name}",
+            action="append",
+            metavar="HOST:PORT",
+            help=f"{name} endpoint (repeat for replicas); default {', '.join(f'{h}:{p}' for h, p in getattr(d, name))}",
+        )
+    parser.add_argument("--otlp", default="otel-collector:4317", help="OTLP/gRPC collector HOST:PORT or 'none'")
+    parser.add_argument("--header-name", default=d.header_name)
+    parser.add_argument("--short-value", default=d.short_value)
+    parser.add_argument("--fail-closed", action="store_true", help="router errors become 503, not fail-open")
+    parser.add_argument("--no-response-processing", action="store_true", help="router sees requests only")
+    parser.add_argument("--no-ext-proc", action="store_true", help="routing header only (no router)")
+    parser.add_argument("--keep-client-header", action="store_true", help="trust a client-sent routing header")
+    parser.add_argument("--max-body-bytes", type=int, default=d.max_body_bytes)
+    parser.add_argument("--grpc-max-message-bytes", type=int, default=d.grpc_max_message_bytes)
+    parser.add_argument("--message-timeout-s", type=float, default=d.message_timeout_s)
+    parser.add_argument("--route-timeout-s", type=float, default=d.route_timeout_s)
+    parser.add_argument("--access-log", default=d.access_log_path, help="access log path or 'none'")
+
+
+def layout_from_args(args: argparse.Namespace) -> EnvoyLayout:
+    base = compose_layout()
+    listen_host, listen_port = parse_endpoint(args.listen)
+    admin_host, admin_port = parse_endpoint(args.admin)
+    return dataclasses.replace(
+        base,
+        listen_host=listen_host,
+        listen_port=listen_port,
+        admin_host=admin_host,
+        admin_port=admin_port,
+        router=[parse_endpoint(e) for e in args.router] if args.router else base.router,
+        short=[parse_endpoint(e) for e in args.short] if args.short else base.short,
+        long=[parse_endpoint(e) for e in args.long] if args.long else base.long,
+        otlp=None if args.otlp.lower() == "none" else parse_endpoint(args.otlp),
+        header_name=args.header_name,
+        short_value=args.short_value,
+        failure_mode_allow=not args.fail_closed,
+        with_response_processing=not args.no_response_processing,
+        ext_proc=not args.no_ext_proc,
+        strip_client_header=not args.keep_client_header,
+        max_body_bytes=args.max_body_bytes,
+        grpc_max_message_bytes=args.grpc_max_message_bytes,
+        message_timeout_s=args.message_timeout_s,
+        route_timeout_s=args.route_timeout_s,
+        access_log_path=None if args.access_log.lower() == "none" else args.access_log,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.snippets:
+        target = Path(args.snippets)
+        target.mkdir(parents=True, exist_ok=True)
+        for name, text in render_snippets().items():
+            (target / name).write_text(text)
+        return 0
+    layout = layout_from_args(args)
+    text = render(layout, COMPOSE_COMMAND if layout == compose_layout() else None)
+    if args.out:
+        Path(args.out).write_text(text)
+    else:
+        sys.stdout.write(text)
+    return 0
