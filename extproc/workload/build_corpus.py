@@ -47,11 +47,21 @@ def _vim_runtime() -> Path:
 
 
 PROSE_LICENCES = ("Apache-2.0", "MPL-2.0", "GPL-3", "CC0-1.0", "Artistic")
-PYDOC_TOPICS = ("execmodel", "naming", "import", "objects", "try", "raise", "calls", "comparisons",
-                "function", "class", "with")
+PYDOC_TOPICS = (
+    "execmodel",
+    "naming",
+    "import",
+    "objects",
+    "try",
+    "raise",
+    "calls",
+    "comparisons",
+    "function",
+    "class",
+    "with",
+)
 # Code files get a ``.txt`` suffix so linters, test collectors and packagers leave them alone.
-PYTHON_MODULES = ("textwrap.py", "heapq.py", "fractions.py", "graphlib.py", "shlex.py", "colorsys.py",
-                  "bisect.py")
+PYTHON_MODULES = ("textwrap.py", "heapq.py", "fractions.py", "graphlib.py", "shlex.py", "colorsys.py", "bisect.py")
 C_HEADERS = ("object.h", "listobject.h", "pymacro.h", "unicodeobject.h")
 # UTF-8 twins of CPython's CJK codec test texts; twins with identical content are left out.
 CJK_CODEC_TEXTS = ("gb2312", "gbk", "gb18030", "big5", "euc_jp", "euc_jisx0213")
@@ -62,12 +72,15 @@ PSF, VERBATIM, VIM = "PSF", "verbatim", "Vim"
 
 def sources() -> list[Source]:
     stdlib, include = _stdlib(), _include()
-    out = [Source("prose", f"licence-{n}.txt", Path("/usr/share/common-licenses") / n, VERBATIM)
-           for n in PROSE_LICENCES]
+    out = [
+        Source("prose", f"licence-{n}.txt", Path("/usr/share/common-licenses") / n, VERBATIM) for n in PROSE_LICENCES
+    ]
     out += [Source("code", f"python-{n}.txt", stdlib / n, PSF) for n in PYTHON_MODULES]
     out += [Source("code", f"c-{n}.txt", include / n, PSF) for n in C_HEADERS]
-    out += [Source("cjk", f"cpython-{n}-utf8.txt", stdlib / "test" / "cjkencodings" / f"{n}-utf8.txt", PSF)
-            for n in CJK_CODEC_TEXTS]
+    out += [
+        Source("cjk", f"cpython-{n}-utf8.txt", stdlib / "test" / "cjkencodings" / f"{n}-utf8.txt", PSF)
+        for n in CJK_CODEC_TEXTS
+    ]
     vim = _vim_runtime()
     out += [Source("cjk", f"vim-tutor-{lang}.txt", vim / "tutor" / f, VIM) for lang, f in VIM_TUTORS]
     return out
