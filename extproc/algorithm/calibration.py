@@ -3,9 +3,11 @@
     c_obs = bytes / tokens
     ĉ <- ĉ + w·(c_obs − ĉ),  σ̂ <- σ̂ + w·(|c_obs − ĉ_old| − σ̂),  c* = ĉ − γ·σ̂
 
-with w = max(1 − β, 1/(n + 2)). The paper's plain EMA (w = 1 − β) from a 4.0 prior needs ~80
-samples to bring CJK (~1.5 B/token) within 3.5 %; counting the prior as one pseudo-sample and
-averaging until the EMA weight takes over converges in ~20 and is the same EMA afterwards.
+with w = max(1 − β, 1/(n + 1)). The paper's plain EMA (w = 1 − β) from the 4.0 cold start needs
+~80 samples to bring CJK (~1.5 B/token) within 3.5 %. Averaging the first samples until the EMA
+weight takes over (n ≥ 20) reaches the true ratio within 50 samples and is the same EMA afterwards;
+the cold start stays the ratio of unseen categories and the gate below, and the first deviation
+(measured against the cold start) keeps σ̂, hence the safety margin, wide while samples are few.
 
 Safety: c* is what routing uses, and smaller means more tokens (safer). Until ``min_samples``
 observations a category may only become *more* conservative than the cold start, observations
@@ -90,7 +92,7 @@ class Calibrator:
         deviation = abs(c_obs - st.mean)
         if st.samples >= p.min_samples and deviation > max(p.outlier_factor * st.mean, 4.0 * st.dev):
             return Observation.OUTLIER
-        w = max(1.0 - p.beta, 1.0 / (st.samples + 2))
+        w = max(1.0 - p.beta, 1.0 / (st.samples + 1))
         st.mean = min(max(st.mean + w * (c_obs - st.mean), p.min_ratio), p.max_ratio)
         st.dev += w * (deviation - st.dev)
         st.samples += 1

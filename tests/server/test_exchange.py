@@ -1,0 +1,166 @@
+"""The exchange state machine, driven with real Envoy protobuf messages (no gRPC)."""
+
+import orjson
+import pytest
+
+from extproc.config import load_config
+from extproc.envoy_messages import NONE, STREAMED
+from extproc.exchange import Exchange, RouterRuntime, inject_include_usage
+from tests.envoy_play import request_body, request_headers, response_body, response_headers, set_headers
+
+
+@pytest.fixture
+def rt():
+    return RouterRuntime.from_config(load_config(env={}, overrides={"calibration": {"state_file": ""}}))
+
+
+def chat(content="hello " * 50, **kw):
+    return orjson.dumps({"model": "m", "messages": [{"role": "user", "content": content}], **kw})
+
+
+def route(rt, body, path="/v1/chat/completions", extra=None):
+    ex = Exchange(rt)
+    h = ex.handle(request_headers(path, extra=extra))
+    b = ex.handle(request_body(body))
+    return ex, h, b
+
+
+def test_request_headers_remove_client_routing_header_and_force_identity(rt):
+    ex = Exchange(rt)
+    r = ex.handle(request_headers(extra={"x-budget-pool": "short", "accept-encoding": "gzip"}))
+    m = r.request_headers.response.header_mutation
+    assert "x-budget-pool" in m.remove_headers
+    assert set_headers(m)["accept-encoding"] == "identity"
+
+
+def test_short_request_sets_header_and_clears_route_cache(rt):
+    _, _, b = route(rt, chat(max_tokens=100))
+    c = b.request_body.response
+    assert c.clear_route_cache
+    assert set_headers(c.header_mutation)["x-budget-pool"] == "short"
+    assert not c.HasField("body_mutation")  # unchanged body is never sent back
+
+
+def test_long_by_max_tokens_and_by_size(rt):
+    _, _, b = route(rt, chat(max_tokens=9000))
+    assert set_headers(b.request_body.response.header_mutation)["x-budget-pool"] == "long"
+    ex, _, b = route(rt, chat("word " * 10000, max_tokens=10))
+    assert set_headers(b.request_body.response.header_mutation)["x-budget-pool"] == "long"
+    assert ex.record.reason == "capacity"
+
+
+@pytest.mark.parametrize(
+    ("body", "path", "detail"),
+    [
+        (b"{not json", "/v1/chat/completions", "invalid_json"),
+        (b"[1,2]", "/v1/chat/completions", "not_object"),
+        (chat(max_tokens=-1), "/v1/chat/completions", "invalid_max_tokens"),
+        (chat(), "/v1/embeddings", "unknown_endpoint"),
+        (b"\xff\xfe", "/v1/completions", "invalid_json"),
+    ],
+)
+def test_unreadable_goes_long_with_reason(rt, body, path, detail):
+    ex, _, b = route(rt, body, path)
+    assert set_headers(b.request_body.response.header_mutation)["x-budget-pool"] == "long"
+    assert (ex.record.reason, ex.record.detail) == ("unparseable", detail)
+
+
+def test_gzip_body_goes_long(rt):
+    ex, _, _ = route(rt, b"\x1f\x8b...", extra={"content-encoding": "gzip"})
+    assert ex.record.detail == "encoded_body"
+
+
+def test_bodyless_request_is_routed_at_headers(rt):
+    ex = Exchange(rt)
+    r = ex.handle(request_headers("/v1/models", method="GET", eos=True))
+    c = r.request_headers.response
+    assert c.clear_route_cache and set_headers(c.header_mutation)["x-budget-pool"] == "long"
+
+
+def test_stream_injects_include_usage_with_matching_content_length(rt):
+    raw = chat(stream=True, max_tokens=10)
+    _, _, b = route(rt, raw)
+    c = b.request_body.response
+    new = c.body_mutation.body
+    assert orjson.loads(new)["stream_options"] == {"include_usage": True}
+    assert set_headers(c.header_mutation)["content-length"] == str(len(new))
+    assert new.endswith(raw[1:])  # client bytes kept verbatim after the inserted key
+
+
+def test_inject_keeps_other_stream_options_and_handles_empty_object():
+    assert orjson.loads(inject_include_usage(b'{"stream_options":{"x":1}}', {"stream_options": {"x": 1}})) == {
+        "stream_options": {"x": 1, "include_usage": True}
+    }
+    assert orjson.loads(inject_include_usage(b" { } ", {})) == {"stream_options": {"include_usage": True}}
+
+
+def test_client_that_asked_for_usage_is_left_alone(rt):
+    _, _, b = route(rt, chat(stream=True, stream_options={"include_usage": True}))
+    assert not b.request_body.response.HasField("body_mutation")
+
+
+def test_json_response_learns(rt):
+    ex, _, _ = route(rt, chat(max_tokens=10))
+    r = ex.handle(response_headers())
+    assert not r.HasField("mode_override")
+    ex.handle(response_body(b'{"choices":[],"usage":{"prompt_tokens":80,"completion_tokens":10}}'))
+    assert ex.record.usage_source == "json" and ex.record.observation == "accepted"
+    assert rt.router.calibrator.state("prose").samples == 1
+
+
+def test_sse_switches_to_streamed_learns_and_strips_injected_chunk(rt):
+    ex, _, _ = route(rt, chat(stream=True, max_tokens=10))
+    r = ex.handle(response_headers(content_type="text/event-stream", extra={"content-length": "10"}))
+    assert r.mode_override.response_body_mode == STREAMED
+    assert "content-length" in r.response_headers.response.header_mutation.remove_headers
+    content = b'data: {"choices":[{"delta":{"content":"x"}}]}\n\n'
+    usage = b'data: {"choices":[],"usage":{"prompt_tokens":80,"completion_tokens":1}}\n\n'
+    out1 = ex.handle(response_body(content + usage[:20], eos=False)).response_body.response
+    assert out1.body_mutation.body == content
+    out2 = ex.handle(response_body(usage[20:] + b"data: [DONE]\n\n", eos=True)).response_body.response
+    assert out2.body_mutation.body == b"data: [DONE]\n\n"
+    assert ex.record.usage_source == "sse" and ex.record.prompt_tokens == 80
+
+
+def test_sse_without_injection_is_never_rewritten(rt):
+    ex, _, _ = route(rt, chat(stream=True, stream_options={"include_usage": True}))
+    ex.handle(response_headers(content_type="text/event-stream"))
+    usage = b'data: {"choices":[],"usage":{"prompt_tokens":80,"completion_tokens":1}}\n\n'
+    r = ex.handle(response_body(usage, eos=True)).response_body.response
+    assert not r.HasField("body_mutation")
+    assert ex.record.prompt_tokens == 80
+
+
+def test_overflow_400_teaches_exact_prompt_tokens(rt):
+    ex, _, _ = route(rt, chat(max_tokens=10))
+    ex.handle(response_headers(status=400))
+    msg = (
+        "This model's maximum context length is 8192 tokens. However, you requested 9000 tokens "
+        "(75 in the messages, 8925 in the completion)."
+    )
+    ex.handle(response_body(orjson.dumps({"error": {"message": msg, "code": 400}})))
+    assert (ex.record.usage_source, ex.record.prompt_tokens) == ("overflow_400", 75)
+
+
+def test_unparseable_requests_skip_response_bodies(rt):
+    ex, _, _ = route(rt, b"{bad")
+    r = ex.handle(response_headers(status=400))
+    assert r.mode_override.response_body_mode == NONE
+
+
+def test_converged_categories_are_sampled(rt):
+    rt.cfg.calibration.converged_sample_rate = 0.0
+    rt.router.calibrator.load({"prose": {"mean": 4.5, "dev": 0.1, "samples": 500}})
+    ex, _, _ = route(rt, chat(max_tokens=10))
+    assert ex.handle(response_headers()).mode_override.response_body_mode == NONE
+
+
+def test_pressure_tracks_in_flight_and_spills(rt):
+    rt.cfg.spillover.short_capacity = 2
+    rt.pressure.capacity["short"] = 2
+    exchanges = [route(rt, chat(max_tokens=10))[0] for _ in range(3)]
+    assert [e.record.pool for e in exchanges] == ["short", "short", "long"]
+    assert exchanges[2].record.reason == "spillover"
+    for e in exchanges:
+        e.close()
+    assert rt.pressure.in_flight == {"short": 0, "long": 0}

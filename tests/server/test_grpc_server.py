@@ -1,0 +1,142 @@
+"""A real grpc.aio server on 127.0.0.1, driven by a client that plays Envoy's part, with every
+response also decoded by envoy-data-plane (an independent codec) to prove wire compatibility."""
+
+import asyncio
+
+import grpc
+import orjson
+import pytest
+from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as epg
+from envoy_data_plane.envoy.service.ext_proc.v3 import ProcessingResponse as DpResponse
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from extproc.config import load_config
+from extproc.exchange import RouterRuntime
+from extproc.service import EXT_PROC_SERVICE, RouterServer
+from tests.envoy_play import request_body, request_headers, response_body, response_headers
+
+
+@pytest.fixture
+async def server(tmp_path):
+    cfg = load_config(
+        env={}, overrides={"server": {"listen": "127.0.0.1:0"}, "calibration": {"state_file": str(tmp_path / "s.json")}}
+    )
+    srv = RouterServer(RouterRuntime.from_config(cfg))
+    await srv.start()
+    yield srv
+    await srv.stop(1.0)
+
+
+async def exchange(port, messages):
+    """One ext_proc stream: send each message, read its answer (Envoy's strict request/response order)."""
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+        call = epg.ExternalProcessorStub(ch).Process()
+        answers = []
+        for m in messages:
+            await call.write(m)
+            answers.append(await call.read())
+        await call.done_writing()
+        return answers
+
+
+def wire(resp):
+    return DpResponse.parse(resp.SerializeToString())
+
+
+async def test_full_streaming_exchange_over_grpc(server):
+    body = orjson.dumps(
+        {
+            "model": "m",
+            "stream": True,
+            "max_tokens": 5,
+            "messages": [{"role": "user", "content": "The quick brown fox. " * 40}],
+        }
+    )
+    usage = b'data: {"choices":[],"usage":{"prompt_tokens":200,"completion_tokens":5}}\n\n'
+    answers = await exchange(
+        server.port,
+        [
+            request_headers(extra={"x-budget-pool": "short"}),
+            request_body(body),
+            response_headers(content_type="text/event-stream"),
+            response_body(b'data: {"choices":[{"delta":{"content":"a"}}]}\n\n' + usage[:33], eos=False),
+            response_body(usage[33:] + b"data: [DONE]\n\n", eos=True),
+        ],
+    )
+    hdr, req_body, resp_hdr, chunk1, chunk2 = (wire(a) for a in answers)
+    assert "x-budget-pool" in hdr.request_headers.response.header_mutation.remove_headers
+    common = req_body.request_body.response
+    assert common.clear_route_cache is True
+    set_h = {o.header.key: o.header.raw_value for o in common.header_mutation.set_headers}
+    assert set_h["x-budget-pool"] == b"short"
+    new_body = common.body_mutation.body
+    assert orjson.loads(new_body)["stream_options"] == {"include_usage": True}
+    assert set_h["content-length"] == str(len(new_body)).encode()
+    assert resp_hdr.mode_override.response_body_mode.name == "STREAMED"
+    assert chunk1.response_body.response.body_mutation.body == b'data: {"choices":[{"delta":{"content":"a"}}]}\n\n'
+    assert chunk2.response_body.response.body_mutation.body == b"data: [DONE]\n\n"
+    cal = server.rt.router.calibrator.state("prose")
+    assert cal.samples == 1
+
+
+async def test_json_and_overflow_learning_over_grpc(server):
+    body = orjson.dumps({"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "hi " * 300}]})
+    await exchange(
+        server.port,
+        [
+            request_headers(),
+            request_body(body),
+            response_headers(),
+            response_body(b'{"usage":{"prompt_tokens":310,"completion_tokens":5}}'),
+        ],
+    )
+    msg = (
+        "Requested token count exceeds the model's maximum context length of 8192 tokens. You requested a total"
+        " of 9000 tokens: 311 tokens from the input messages and 8689 tokens for the completion."
+    )
+    answers = await exchange(
+        server.port,
+        [
+            request_headers(),
+            request_body(body),
+            response_headers(status=400),
+            response_body(orjson.dumps({"error": {"message": msg}})),
+        ],
+    )
+    assert not wire(answers[2]).is_set("mode_override")
+    assert server.rt.router.calibrator.state("prose").samples == 2
+
+
+async def test_many_concurrent_streams_and_in_flight_accounting(server):
+    body = orjson.dumps({"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "x y z"}]})
+    results = await asyncio.gather(
+        *[exchange(server.port, [request_headers(), request_body(body)]) for _ in range(200)]
+    )
+    assert len(results) == 200
+    await asyncio.sleep(0.05)
+    assert server.rt.pressure.in_flight == {"short": 0, "long": 0}
+    assert server.processor.active == 0
+
+
+async def test_health_serving_then_not_serving_on_stop(tmp_path):
+    cfg = load_config(env={}, overrides={"server": {"listen": "127.0.0.1:0"}, "calibration": {"state_file": ""}})
+    srv = RouterServer(RouterRuntime.from_config(cfg))
+    await srv.start()
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{srv.port}") as ch:
+        stub = health_pb2_grpc.HealthStub(ch)
+        for name in ("", EXT_PROC_SERVICE):
+            r = await stub.Check(health_pb2.HealthCheckRequest(service=name))
+            assert r.status == health_pb2.HealthCheckResponse.SERVING
+        # An open stream delays the stop until it finishes (drain).
+        call = epg.ExternalProcessorStub(ch).Process()
+        await call.write(request_headers())
+        await call.read()
+        stopping = asyncio.create_task(srv.stop(5.0))
+        await asyncio.sleep(0.2)
+        r = await stub.Check(health_pb2.HealthCheckRequest(service=EXT_PROC_SERVICE))
+        assert r.status == health_pb2.HealthCheckResponse.NOT_SERVING
+        assert not stopping.done()
+        await call.write(request_body(b"{}"))
+        await call.read()
+        await call.done_writing()
+        await asyncio.wait_for(stopping, 5.0)

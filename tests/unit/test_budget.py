@@ -1,0 +1,71 @@
+import math
+
+import pytest
+
+from extproc.algorithm import BudgetParams, BudgetRouter, Categorizer, RequestShape, shape_from_body
+from extproc.algorithm.budget import attribute, estimate, framing_tokens
+
+P = BudgetParams(
+    default_output_tokens=1024, framing_per_request=3, framing_per_message=4, framing_per_tool=8, image_tokens=2048
+)
+
+
+def const(ratio):
+    return lambda _category: ratio
+
+
+def test_budget_arithmetic():
+    s = RequestShape(endpoint="chat", category="prose", text_bytes=10_001, messages=2, output_tokens=500)
+    e = estimate(s, const(4.0), P)
+    assert e.prompt_tokens == math.ceil(10_001 / 4.0) + 3 + 2 * 4
+    assert e.total == e.prompt_tokens + 500 and not e.output_defaulted
+
+
+def test_missing_max_tokens_uses_default_reserve():
+    s = RequestShape(endpoint="chat", category="prose", text_bytes=400, messages=1)
+    e = estimate(s, const(4.0), P)
+    assert e.output_tokens == 1024 and e.output_defaulted
+
+
+def test_images_and_structured_are_added():
+    s = RequestShape(
+        endpoint="chat",
+        category="prose",
+        text_bytes=400,
+        structured_bytes=300,
+        images=2,
+        messages=1,
+        tool_items=1,
+        output_tokens=10,
+    )
+    e = estimate(s, lambda c: 2.0 if c == "structured" else 4.0, P)
+    assert e.prompt_tokens == 100 + 150 + 2 * 2048 + 3 + 4 + 8
+
+
+def test_completions_have_no_chat_framing_and_token_ids_are_exact():
+    s = RequestShape(endpoint="completions", category="prose", text_bytes=400)
+    assert framing_tokens(s, P) == 0
+    ids = RequestShape(endpoint="completions", category="prose", text_bytes=0, known_prompt_tokens=777, output_tokens=1)
+    assert estimate(ids, const(4.0), P).prompt_tokens == 777
+
+
+def test_attribute_subtracts_framing_and_minor_structured_part():
+    s = RequestShape(endpoint="chat", category="prose", text_bytes=4000, structured_bytes=100, messages=1)
+    category, nbytes, tokens = attribute(s, 1000 + 7 + 50, const(2.0), P)
+    assert (category, nbytes) == ("prose", 4000)
+    assert tokens == pytest.approx(1000)
+
+
+def test_attribute_refuses_an_even_mix():
+    s = RequestShape(endpoint="chat", category="prose", text_bytes=1000, structured_bytes=1000, messages=1)
+    assert attribute(s, 600, const(4.0), P)[2] == 0.0
+
+
+def test_router_learns_and_reports_signed_error():
+    r = BudgetRouter()
+    body = {"messages": [{"role": "user", "content": "word " * 800}], "max_tokens": 10}
+    s = shape_from_body("chat", body, Categorizer())
+    est, _ = r.route(s)
+    learned = r.learn(s, 800 + 7, est)
+    assert learned.observation.value == "accepted"
+    assert learned.error_pct == pytest.approx((est.prompt_tokens - 807) / 807 * 100)

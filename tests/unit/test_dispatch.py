@@ -1,0 +1,49 @@
+from extproc.algorithm.dispatch import (
+    CAPACITY,
+    LONG,
+    OVER_LONG_CONTEXT,
+    SHORT,
+    SPILLOVER,
+    THRESHOLD,
+    DispatchPolicy,
+    decide,
+)
+
+P = DispatchPolicy(b_short=8192, short_context=8192, long_context=65536, spillover=True, spill_threshold=1.0)
+
+
+def test_boundary_equal_goes_short_one_more_goes_long():
+    assert decide(8192, P).pool == SHORT
+    assert decide(8193, P).pool == LONG
+
+
+def test_threshold_below_short_context():
+    p = DispatchPolicy(b_short=4096, short_context=8192)
+    assert decide(4096, p).pool == SHORT
+    d = decide(5000, p)
+    assert (d.pool, d.reason) == (LONG, THRESHOLD)
+
+
+def test_capacity_check_precedes_threshold():
+    p = DispatchPolicy(b_short=16384, short_context=8192)  # misconfigured threshold above the short context
+    d = decide(10000, p)
+    assert (d.pool, d.reason) == (LONG, CAPACITY)
+
+
+def test_over_long_context_still_long_and_labelled():
+    d = decide(70000, P)
+    assert (d.pool, d.reason) == (LONG, OVER_LONG_CONTEXT)
+
+
+def test_spillover_only_when_pressure_reached_and_fits():
+    assert decide(100, P, short_pressure=0.99).pool == SHORT
+    d = decide(100, P, short_pressure=1.0)
+    assert (d.pool, d.reason, d.spilled) == (LONG, SPILLOVER, True)
+    off = DispatchPolicy(spillover=False)
+    assert decide(100, off, short_pressure=5.0).pool == SHORT
+
+
+def test_spillover_never_to_a_pool_that_cannot_hold_it():
+    p = DispatchPolicy(b_short=8192, short_context=8192, long_context=4096)
+    d = decide(6000, p, short_pressure=3.0)
+    assert d.pool == SHORT
