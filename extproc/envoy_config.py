@@ -295,15 +295,18 @@ def processing_mode(layout: EnvoyLayout) -> dict[str, str]:
 
 
 def allowed_override_modes(layout: EnvoyLayout) -> list[dict[str, str]]:
-    """Exactly the overrides the router may send (Envoy compares whole modes, request_header ignored).
+    """Exactly the overrides the router may send, spelled the way Envoy 1.40 compares them.
 
-    Two spellings per body mode are accepted: the filter's full mode with only ``response_body_mode``
-    changed, and the minimal message that sets nothing but ``response_body_mode``.
+    Envoy resolves DEFAULT in the router's ``mode_override`` (headers -> SEND, trailers -> SKIP) and
+    then needs an exact match with an entry here, ignoring only ``request_header_mode``; entries are
+    taken literally, so each one spells every field out. Two entries per body mode accept both ways a
+    router writes the override: the filter's whole mode with ``response_body_mode`` changed, or a
+    message that sets only ``response_body_mode`` (request body then reads NONE).
     """
     modes: list[dict[str, str]] = []
     for body in OVERRIDE_RESPONSE_BODY_MODES:
-        modes.append({**processing_mode(layout), "response_body_mode": body})
-        modes.append({"response_body_mode": body})
+        for request_body in ("BUFFERED", "NONE"):
+            modes.append({**processing_mode(layout), "request_body_mode": request_body, "response_body_mode": body})
     return modes
 
 
