@@ -1,0 +1,49 @@
+# The budget-router image: the ext_proc router (`serve`) and the vLLM emulator (`emulate`).
+#
+# Works where no image registry is reachable: BASE_IMAGE can be any local image with python3 (>= 3.11),
+# its venv module and the ca-certificates bundle (e.g. a debootstrap'ed Debian bookworm with
+# python3-venv and ca-certificates). Behind a TLS-intercepting proxy, put the proxy's CA certificates
+# (*.crt, PEM) into EXTRA_CA_DIR (default deploy/ca-certificates/) so pip and the app trust them.
+ARG BASE_IMAGE=python:3.12-slim
+FROM ${BASE_IMAGE}
+
+ARG EXTRA_CA_DIR=deploy/ca-certificates
+ARG PIP_INDEX_URL=
+ARG PIP_EXTRA_INDEX_URL=
+
+# Extra CAs join the system bundle before pip runs; pip and Python then use that bundle.
+COPY ${EXTRA_CA_DIR}/ /usr/local/share/ca-certificates/budget-router-extra/
+RUN set -eu; \
+    bundle=/etc/ssl/certs/ca-certificates.crt; \
+    if ls /usr/local/share/ca-certificates/budget-router-extra/*.crt >/dev/null 2>&1; then \
+      if command -v update-ca-certificates >/dev/null; then update-ca-certificates; \
+      else cat /usr/local/share/ca-certificates/budget-router-extra/*.crt >> "$bundle"; fi; \
+    fi; \
+    test -s "$bundle" || { echo "base image lacks $bundle (install ca-certificates)" >&2; exit 1; }
+ENV PIP_CERT=/etc/ssl/certs/ca-certificates.crt \
+    SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt \
+    REQUESTS_CA_BUNDLE=/etc/ssl/certs/ca-certificates.crt \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PYTHONUNBUFFERED=1 \
+    PATH=/opt/venv/bin:$PATH
+
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY extproc ./extproc
+RUN set -eu; \
+    python3 -m venv /opt/venv; \
+    PIP_INDEX_URL="${PIP_INDEX_URL:-https://pypi.org/simple}" PIP_EXTRA_INDEX_URL="${PIP_EXTRA_INDEX_URL}" \
+      /opt/venv/bin/pip install --no-compile . ; \
+    /opt/venv/bin/budget-router --version
+
+# Unprivileged user; learned calibration persists in the state volume.
+RUN useradd --system --uid 10001 --home-dir /var/lib/budget-router --shell /usr/sbin/nologin budget \
+ && mkdir -p /var/lib/budget-router && chown budget /var/lib/budget-router
+ENV BUDGET_ROUTER_CALIBRATION_STATE_FILE=/var/lib/budget-router/calibration.json
+VOLUME ["/var/lib/budget-router"]
+USER budget
+WORKDIR /var/lib/budget-router
+EXPOSE 9002 9464 8000
+ENTRYPOINT ["budget-router"]
+CMD ["serve", "--server-listen=0.0.0.0:9002"]
