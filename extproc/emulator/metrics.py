@@ -1,0 +1,69 @@
+"""``/metrics`` with vLLM's names and labels, read live from the engine at scrape time.
+
+These are the series gateways and autoscalers scrape from vLLM (GIE's model-server protocol uses
+running/waiting/kv_cache_usage_perc); each carries ``engine`` and ``model_name`` labels as vLLM's do.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from extproc.emulator.engine import Engine
+
+FINISH_REASONS = ("stop", "length", "abort")
+
+
+class EngineCollector(Collector):
+    def __init__(self, engine: Engine, model: str) -> None:
+        self.engine = engine
+        self.labels = {"engine": "0", "model_name": model}
+
+    def _gauge(self, name: str, doc: str, value: float) -> GaugeMetricFamily:
+        g = GaugeMetricFamily(name, doc, labels=list(self.labels))
+        g.add_metric(list(self.labels.values()), value)
+        return g
+
+    def _counter(self, name: str, doc: str, value: float) -> CounterMetricFamily:
+        c = CounterMetricFamily(name, doc, labels=list(self.labels))
+        c.add_metric(list(self.labels.values()), value)
+        return c
+
+    def collect(self) -> Iterator[Metric]:
+        e = self.engine
+        yield self._gauge("vllm:num_requests_running", "Number of requests in model execution batches.", len(e.running))
+        yield self._gauge("vllm:num_requests_waiting", "Number of requests waiting to be processed.", len(e.waiting))
+        yield self._gauge("vllm:kv_cache_usage_perc", "KV-cache usage. 1 means 100 percent usage.", e.kv_usage)
+        yield self._counter(
+            "vllm:num_preemptions", "Cumulative number of preemption from the engine.", e.preemptions_total
+        )
+        yield self._counter("vllm:prompt_tokens", "Number of prefill tokens processed.", e.prompt_tokens_total)
+        yield self._counter(
+            "vllm:generation_tokens", "Number of generation tokens processed.", e.generation_tokens_total
+        )
+        success = CounterMetricFamily(
+            "vllm:request_success", "Count of successfully processed requests.",
+            labels=[*self.labels, "finished_reason"],
+        )  # fmt: skip
+        for reason in FINISH_REASONS:
+            success.add_metric([*self.labels.values(), reason], e.finished[reason])
+        yield success
+        info = GaugeMetricFamily(
+            "vllm:cache_config_info", "Information of the LLMEngine CacheConfig",
+            labels=["block_size", "num_gpu_blocks", "engine"],
+        )  # fmt: skip
+        info.add_metric([str(e.cfg.block_size), str(e.capacity_blocks), "0"], 1.0)
+        yield info
+
+
+def metrics_registry(engine: Engine, model: str) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(EngineCollector(engine, model))
+    return registry
+
+
+def render(registry: CollectorRegistry) -> bytes:
+    return generate_latest(registry)
