@@ -3,9 +3,8 @@ found on a stock Debian + CPython machine, so the demo's prompts look like traff
 anything we may not ship.
 
 Run: ``python -m extproc.workload.build_corpus [--out DIR]``. Files are copied verbatim (the Vim and
-licence texts require unmodified copies); only the Python documentation prose is an excerpt, which the
-PSF licence allows with its notice kept (``LICENSES/PSF-LICENSE.txt``). ``PROVENANCE.md`` is rewritten
-with each file's source path, licence, size and SHA-256.
+licence texts require unmodified copies), with the PSF and Vim licence texts alongside.
+``PROVENANCE.md`` is rewritten with each file's source path, licence, size and SHA-256.
 """
 
 from __future__ import annotations
@@ -46,20 +45,10 @@ def _vim_runtime() -> Path:
     return Path(found[-1])
 
 
-PROSE_LICENCES = ("Apache-2.0", "MPL-2.0", "GPL-3", "CC0-1.0", "Artistic")
-PYDOC_TOPICS = (
-    "execmodel",
-    "naming",
-    "import",
-    "objects",
-    "try",
-    "raise",
-    "calls",
-    "comparisons",
-    "function",
-    "class",
-    "with",
-)
+# Prose is plain English paragraphs. The Apache/MPL texts (indented clauses) and the Python reference
+# manual (inline code) read as code to a character-level classifier, so they are left out.
+PROSE_LICENCES = ("GPL-2", "GPL-3", "LGPL-2.1", "GFDL-1.3", "Artistic", "CC0-1.0")
+IDLE_NOTES = ("NEWS.txt", "HISTORY.txt")
 # Code files get a ``.txt`` suffix so linters, test collectors and packagers leave them alone.
 PYTHON_MODULES = ("textwrap.py", "heapq.py", "fractions.py", "graphlib.py", "shlex.py", "colorsys.py", "bisect.py")
 C_HEADERS = ("object.h", "listobject.h", "pymacro.h", "unicodeobject.h")
@@ -75,6 +64,7 @@ def sources() -> list[Source]:
     out = [
         Source("prose", f"licence-{n}.txt", Path("/usr/share/common-licenses") / n, VERBATIM) for n in PROSE_LICENCES
     ]
+    out += [Source("prose", f"idle-{n}", stdlib / "idlelib" / n, PSF) for n in IDLE_NOTES]
     out += [Source("code", f"python-{n}.txt", stdlib / n, PSF) for n in PYTHON_MODULES]
     out += [Source("code", f"c-{n}.txt", include / n, PSF) for n in C_HEADERS]
     out += [
@@ -84,16 +74,6 @@ def sources() -> list[Source]:
     vim = _vim_runtime()
     out += [Source("cjk", f"vim-tutor-{lang}.txt", vim / "tutor" / f, VIM) for lang, f in VIM_TUTORS]
     return out
-
-
-def pydoc_excerpt() -> str:
-    """Python reference-manual prose (from ``pydoc_data.topics``): natural technical English."""
-    from pydoc_data.topics import topics
-
-    missing = [t for t in PYDOC_TOPICS if t not in topics]
-    if missing:
-        raise KeyError(f"pydoc_data.topics lacks {missing}")
-    return "\n\n".join(topics[t].strip() for t in PYDOC_TOPICS) + "\n"
 
 
 def _display(path: Path) -> str:
@@ -116,6 +96,10 @@ def _check_text(name: str, data: bytes) -> None:
 
 def build(out: Path) -> list[tuple[str, str, str, int, str]]:
     """Write the corpus under ``out``; return (file, source, licence, bytes, sha256) rows."""
+    wanted = sources()
+    missing = [str(src.path) for src in wanted if not src.path.is_file()]
+    if missing:
+        raise FileNotFoundError(f"corpus sources missing: {', '.join(missing)}")
     if out.exists():
         shutil.rmtree(out)
     rows: list[tuple[str, str, str, int, str]] = []
@@ -127,12 +111,8 @@ def build(out: Path) -> list[tuple[str, str, str, int, str]]:
         target.write_bytes(data)
         rows.append((rel, source, licence, len(data), _sha256(data)))
 
-    for src in sources():
-        if not src.path.is_file():
-            raise FileNotFoundError(f"corpus source missing: {src.path}")
+    for src in wanted:
         write(f"{src.category}/{src.name}", src.path.read_bytes(), _display(src.path), src.licence)
-    topics_src = f"{_display(_stdlib() / 'pydoc_data' / 'topics.py')} ({', '.join(PYDOC_TOPICS)})"
-    write("prose/python-reference-topics.txt", pydoc_excerpt().encode(), topics_src, PSF)
     licences = out / "LICENSES"
     licences.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(_stdlib() / "LICENSE.txt", licences / "PSF-LICENSE.txt")
@@ -151,8 +131,7 @@ def provenance(rows: list[tuple[str, str, str, int, str]]) -> str:
         f"Built with Python {sys.version.split()[0]} on the sources listed below.",
         "",
         "Licence column:",
-        "- **PSF**: Python Software Foundation License Agreement (copy in `LICENSES/PSF-LICENSE.txt`); the",
-        "  reference-manual file is an excerpt of `pydoc_data/topics.py` (topics joined by blank lines).",
+        "- **PSF**: Python Software Foundation License Agreement (copy in `LICENSES/PSF-LICENSE.txt`).",
         "- **Vim**: unmodified parts of Vim (Debian `vim-runtime`), which the Vim licence lets anyone",
         "  distribute with the licence text (`LICENSES/VIM-LICENSE.txt`, a copy of `doc/uganda.txt`).",
         "- **verbatim**: licence documents from Debian's `/usr/share/common-licenses`, whose verbatim copying",
@@ -171,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         rows = build(args.out)
-    except (OSError, ValueError, KeyError) as exc:
+    except (OSError, ValueError) as exc:
         print(f"build_corpus: error: {exc}", file=sys.stderr)
         return 1
     total = sum(r[3] for r in rows)
