@@ -33,8 +33,8 @@ COPY pyproject.toml README.md ./
 COPY extproc ./extproc
 RUN set -eu; \
     python3 -m venv /opt/venv; \
-    PIP_INDEX_URL="${PIP_INDEX_URL:-https://pypi.org/simple}" PIP_EXTRA_INDEX_URL="${PIP_EXTRA_INDEX_URL}" \
-      /opt/venv/bin/pip install --no-compile . ; \
+    /opt/venv/bin/pip install --no-compile \
+      ${PIP_INDEX_URL:+--index-url "$PIP_INDEX_URL"} ${PIP_EXTRA_INDEX_URL:+--extra-index-url "$PIP_EXTRA_INDEX_URL"} . ; \
     /opt/venv/bin/budget-router --version
 
 # Unprivileged user; learned calibration persists in the state volume.

