@@ -467,3 +467,14 @@ async def test_live_router_routes_short_streams_sse_and_caps_body(
             status, text = await _post(session, layout, path="/v1/chat/completions?chunks=4")
             assert status == 200 and text.count("data: long-") == 4
             assert router.response_body_messages[-1] >= 3, router.response_body_messages
+
+
+def test_gateway_api_example_parses_and_defaults_to_long() -> None:
+    docs = {d["kind"]: d for d in yaml.safe_load_all((ROOT / "envoy" / "gateway" / "budget-router.yaml").read_text())}
+    short_rule, default_rule = docs["HTTPRoute"]["spec"]["rules"]
+    assert short_rule["matches"][0]["headers"] == [{"type": "Exact", "name": "x-budget-pool", "value": "short"}]
+    assert short_rule["backendRefs"][0]["name"] == "vllm-short"
+    assert "headers" not in default_rule["matches"][0] and default_rule["backendRefs"][0]["name"] == "vllm-long"
+    ext = docs["EnvoyExtensionPolicy"]["spec"]["extProc"][0]
+    assert ext["failOpen"] is True and ext["processingMode"]["allowModeOverride"] is True
+    assert ext["processingMode"]["request"]["body"] == "Buffered"
