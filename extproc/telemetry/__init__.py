@@ -1,0 +1,85 @@
+"""Traces, metrics and structured logs for every routing decision (see docs/observability.md).
+
+``build_observer(cfg)`` is the only entry point the server needs: it returns the observer the
+exchanges report to and a shutdown function that flushes exporters and closes the metrics port.
+With everything off it returns the plain no-op ``ExchangeObserver`` so routing pays nothing.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING
+
+from extproc.config import Config
+from extproc.observer import ExchangeObserver
+from extproc.telemetry import names
+from extproc.telemetry.logs import DecisionLog, JsonLinesFormatter, use_json_lines
+from extproc.telemetry.metrics import DecisionMetrics
+from extproc.telemetry.observer import TelemetryObserver
+from extproc.telemetry.providers import (
+    VERSION,
+    Shutdown,
+    meter_provider,
+    metric_readers,
+    resource,
+    sdk_disabled,
+    tracer_provider,
+    traces_enabled,
+)
+from extproc.telemetry.spans import ExchangeSpans
+
+if TYPE_CHECKING:
+    from extproc.exchange import RouterRuntime
+
+__all__ = [
+    "DecisionLog",
+    "DecisionMetrics",
+    "ExchangeSpans",
+    "JsonLinesFormatter",
+    "TelemetryObserver",
+    "build_observer",
+    "names",
+]
+
+
+def build_observer(
+    cfg: Config,
+    runtime: RouterRuntime | None = None,
+    worker: int = 0,
+    env: Mapping[str, str] | None = None,
+) -> tuple[ExchangeObserver, Callable[[], None] | None]:
+    """The observer for one router process and its shutdown function (None when nothing to stop).
+
+    ``runtime`` may be given later through ``observer.attach(runtime)``; ``worker`` offsets the
+    Prometheus port so ``server.workers > 1`` processes each get their own scrape endpoint.
+    """
+    t = cfg.telemetry
+    env = os.environ if env is None else env
+    if t.json_logs:
+        use_json_lines(t.log_level)
+    decisions = DecisionLog(t.json_logs) if t.log_decisions else None
+    shutdowns: list[Shutdown] = []
+    spans = metrics = None
+    if not sdk_disabled(env):
+        res = resource(t, env, worker)
+        if traces_enabled(t, env):
+            tracers = tracer_provider(t, res, env)
+            spans = ExchangeSpans(tracers.get_tracer(names.INSTRUMENTATION_SCOPE, VERSION), t.capture_content)
+            shutdowns.append(tracers.shutdown)
+        readers = metric_readers(t, env, worker, shutdowns)
+        if readers:
+            meters = meter_provider(readers, res)
+            metrics = DecisionMetrics(meters.get_meter(names.INSTRUMENTATION_SCOPE, VERSION))
+            shutdowns.insert(0, meters.shutdown)  # flush metrics before the scrape port closes
+    if spans is None and metrics is None and decisions is None:
+        return ExchangeObserver(), None
+    observer = TelemetryObserver(spans, metrics, decisions)
+    if runtime is not None:
+        observer.attach(runtime)
+
+    def shutdown() -> None:
+        for stop in shutdowns:
+            stop()
+
+    return observer, shutdown if shutdowns else None

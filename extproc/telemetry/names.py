@@ -1,0 +1,72 @@
+"""Every span attribute key and metric name the router emits, in one place.
+
+Code, tests and docs/observability.md all use these constants, so a rename is one edit and a
+dashboard never silently loses a series. GenAI keys follow the OpenTelemetry GenAI semantic
+conventions; everything that is specific to this router lives under ``budget_router.``.
+"""
+
+from __future__ import annotations
+
+PREFIX = "budget_router."
+INSTRUMENTATION_SCOPE = "budget_router"
+
+# -- span names ---------------------------------------------------------------------------------
+SPAN_NAME = "budget_router.exchange"  # until the request is parsed; then "{operation} {model}"
+
+# -- OTel semantic conventions (GenAI + HTTP) ---------------------------------------------------
+GEN_AI_OPERATION = "gen_ai.operation.name"
+GEN_AI_REQUEST_MODEL = "gen_ai.request.model"
+GEN_AI_REQUEST_MAX_TOKENS = "gen_ai.request.max_tokens"
+GEN_AI_RESPONSE_MODEL = "gen_ai.response.model"
+GEN_AI_INPUT_TOKENS = "gen_ai.usage.input_tokens"
+GEN_AI_OUTPUT_TOKENS = "gen_ai.usage.output_tokens"
+GEN_AI_INPUT_MESSAGES = "gen_ai.input.messages"  # only with telemetry.capture_content
+HTTP_METHOD = "http.request.method"
+HTTP_STATUS = "http.response.status_code"
+URL_PATH = "url.path"
+
+# Our endpoint names -> gen_ai.operation.name values.
+OPERATIONS = {"chat": "chat", "completions": "text_completion"}
+
+# -- our span attributes ------------------------------------------------------------------------
+POOL = PREFIX + "pool"
+REASON = PREFIX + "reason"
+DETAIL = PREFIX + "detail"
+CATEGORY = PREFIX + "category"
+TEXT_BYTES = PREFIX + "text_bytes"
+BODY_BYTES = PREFIX + "body_bytes"
+EST_PROMPT_TOKENS = PREFIX + "estimated_prompt_tokens"
+EST_TOTAL_TOKENS = PREFIX + "estimated_total_tokens"
+RATIO = PREFIX + "ratio"
+OUTPUT_RESERVE = PREFIX + "output_reserve"
+OUTPUT_DEFAULTED = PREFIX + "output_defaulted"
+STREAM = PREFIX + "stream"
+INCLUDE_USAGE_INJECTED = PREFIX + "include_usage_injected"
+SPILLED = PREFIX + "spilled"
+USAGE_SOURCE = PREFIX + "usage_source"
+OBSERVATION = PREFIX + "observation"
+ESTIMATE_ERROR_PCT = PREFIX + "estimate_error_pct"
+PROCESSING_SECONDS = PREFIX + "processing_seconds"
+
+# -- metrics (OTel names; the Prometheus names the exporter derives are in the comments) ---------
+M_REQUESTS = "budget_router.requests"  # budget_router_requests_total{pool,reason}
+M_SPILLOVERS = "budget_router.spillovers"  # budget_router_spillovers_total
+M_UNPARSEABLE = "budget_router.unparseable"  # budget_router_unparseable_total{detail}
+M_NO_MAX_TOKENS = "budget_router.requests_without_max_tokens"  # ..._total{endpoint}
+M_USAGE = "budget_router.usage.observations"  # budget_router_usage_observations_total{source}
+M_REJECTED = "budget_router.usage.rejected"  # budget_router_usage_rejected_total{cause}
+M_ESTIMATE_ERROR = "budget_router.estimate.error"  # budget_router_estimate_error_percent{category}
+M_PROCESSING = "budget_router.processing.duration"  # budget_router_processing_duration_seconds{phase}
+M_EST_TOKENS = "budget_router.estimated.tokens"  # budget_router_estimated_tokens{pool,category}
+M_RATIO = "budget_router.calibration.ratio"  # budget_router_calibration_ratio{category}
+M_MEAN = "budget_router.calibration.mean"  # budget_router_calibration_mean{category}
+M_DEVIATION = "budget_router.calibration.deviation"  # budget_router_calibration_deviation{category}
+M_SAMPLES = "budget_router.calibration.samples"  # budget_router_calibration_samples{category}
+M_IN_FLIGHT = "budget_router.in_flight"  # budget_router_in_flight{pool}
+
+# Histogram buckets, chosen for what an operator asks of each series.
+ERROR_PCT_BUCKETS = (-50.0, -25.0, -15.0, -10.0, -5.0, -2.5, -1.0, 0.0, 1.0, 2.5, 5.0, 10.0, 15.0, 25.0, 50.0, 100.0)
+PROCESSING_BUCKETS = (
+    0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+)  # fmt: skip
+TOKEN_BUCKETS = tuple(float(2**k) for k in range(7, 18))  # 128 .. 131072

@@ -1,0 +1,125 @@
+"""The telemetry observer: spans, metrics and decision logs behind the exchange's hooks.
+
+Each part is optional and absent (not a no-op object) when off, so a disabled feature costs one
+``is None`` test. A hook never raises: a telemetry fault is logged once per hook and routing goes
+on untouched.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING
+
+from opentelemetry.trace import Span, get_current_span
+
+from extproc.observer import ExchangeObserver, ExchangeRecord
+from extproc.telemetry.logs import DecisionLog
+from extproc.telemetry.metrics import DecisionMetrics
+from extproc.telemetry.propagation import extract_parent
+from extproc.telemetry.spans import ExchangeSpans
+
+if TYPE_CHECKING:
+    from extproc.exchange import RouterRuntime
+
+log = logging.getLogger("budget_router.telemetry")
+REQUEST_ID_HEADER = "x-request-id"  # Envoy's generate_request_id
+
+
+class _Live:
+    """Per-exchange telemetry state between ``started`` and ``finished``."""
+
+    __slots__ = ("request_id", "span", "trace_id")
+
+    def __init__(self, span: Span | None, trace_id: str, request_id: str) -> None:
+        self.span, self.trace_id, self.request_id = span, trace_id, request_id
+
+
+def _trace_id_of(span: Span) -> str:
+    ctx = span.get_span_context()
+    return format(ctx.trace_id, "032x") if ctx.is_valid else ""
+
+
+class TelemetryObserver(ExchangeObserver):
+    def __init__(
+        self,
+        spans: ExchangeSpans | None = None,
+        metrics: DecisionMetrics | None = None,
+        decisions: DecisionLog | None = None,
+    ) -> None:
+        self.spans, self.metrics, self.decisions = spans, metrics, decisions
+        self._per_exchange = spans is not None or decisions is not None
+        self._live: dict[int, _Live] = {}  # id(record) -> state; records live until finished()
+        self._faulted: set[str] = set()
+
+    def attach(self, runtime: RouterRuntime) -> None:
+        """Give the gauges the runtime they read (calibrator state, in-flight per pool)."""
+        if self.metrics is not None:
+            self.metrics.attach(runtime)
+
+    @property
+    def live_exchanges(self) -> int:
+        return len(self._live)
+
+    def _fault(self, hook: str) -> None:
+        if hook not in self._faulted:
+            self._faulted.add(hook)
+            log.warning("telemetry hook %s failed; routing is unaffected (logged once)", hook, exc_info=True)
+
+    # -- hooks -----------------------------------------------------------------------------------
+    def started(self, record: ExchangeRecord, headers: Mapping[str, str], metadata: Sequence[tuple[str, str]]) -> None:
+        if not self._per_exchange:
+            return
+        try:
+            if self.spans is not None:
+                span: Span | None = self.spans.start(record, headers, metadata)
+                trace_id = _trace_id_of(span)
+            else:  # logs only: still name the caller's trace so lines join Envoy's spans
+                span, trace_id = None, _trace_id_of(get_current_span(extract_parent(headers, metadata)))
+            self._live[id(record)] = _Live(span, trace_id, headers.get(REQUEST_ID_HEADER, ""))
+        except Exception:
+            self._fault("started")
+
+    def upstream_headers(self, record: ExchangeRecord) -> Mapping[str, str]:
+        if self.spans is None:
+            return {}
+        try:
+            live = self._live.get(id(record))
+            if live is not None and live.span is not None:
+                return self.spans.upstream_headers(live.span)
+        except Exception:
+            self._fault("upstream_headers")
+        return {}
+
+    def decided(self, record: ExchangeRecord) -> None:
+        if self.metrics is not None:
+            self._guard("decided", self.metrics.decided, record)
+
+    def learned(self, record: ExchangeRecord) -> None:
+        if self.metrics is not None:
+            self._guard("learned", self.metrics.learned, record)
+
+    def finished(self, record: ExchangeRecord) -> None:
+        if self.metrics is not None:
+            self._guard("finished.metrics", self.metrics.finished, record)
+        if not self._per_exchange:
+            return
+        live = self._live.pop(id(record), None)
+        if live is None:
+            return
+        if live.span is not None and self.spans is not None:
+            try:
+                self.spans.finish(live.span, record)
+            except Exception:
+                self._fault("finished.span")
+        if self.decisions is not None:
+            try:
+                self.decisions.finished(record, live.trace_id, live.request_id)
+            except Exception:
+                self._fault("finished.log")
+
+    def _guard(self, hook: str, fn: Callable[[ExchangeRecord], None], record: ExchangeRecord) -> None:
+        try:
+            fn(record)
+        except Exception:
+            self._fault(hook)

@@ -1,0 +1,105 @@
+"""The router's SERVER span: one per HTTP exchange, request headers to end of stream.
+
+Attributes are gathered from the finished ``ExchangeRecord`` and set in one call when the span
+ends, because nothing reads a span before it is exported and one locked bulk set is cheaper than
+a dozen single ones on the hot path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import orjson
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
+
+from extproc.observer import ExchangeRecord
+from extproc.telemetry import names as n
+from extproc.telemetry.propagation import extract_parent, inject
+
+AttrValue = str | bool | int | float
+
+
+class ExchangeSpans:
+    def __init__(self, tracer: Tracer, capture_content: bool = False) -> None:
+        self.tracer = tracer
+        self.capture_content = capture_content
+
+    def start(self, record: ExchangeRecord, headers: Mapping[str, str], metadata: Sequence[tuple[str, str]]) -> Span:
+        attributes: dict[str, AttrValue] = {n.HTTP_METHOD: record.method, n.URL_PATH: record.path.split("?", 1)[0]}
+        return self.tracer.start_span(
+            n.SPAN_NAME, context=extract_parent(headers, metadata), kind=SpanKind.SERVER, attributes=attributes
+        )
+
+    @staticmethod
+    def upstream_headers(span: Span) -> dict[str, str]:
+        return inject(span)
+
+    def finish(self, span: Span, record: ExchangeRecord) -> None:
+        if span.is_recording():
+            operation = n.OPERATIONS.get(record.endpoint)
+            if operation:
+                span.update_name(f"{operation} {record.model}" if record.model else operation)
+            span.set_attributes(self.attributes(record))
+            if record.status >= 500:
+                span.set_status(Status(StatusCode.ERROR))
+        span.end()
+
+    def attributes(self, record: ExchangeRecord) -> dict[str, AttrValue]:
+        """Span attributes for a record; prompt text only when the operator opted in."""
+        a: dict[str, AttrValue] = {n.POOL: record.pool, n.REASON: record.reason}
+        if record.detail:
+            a[n.DETAIL] = record.detail
+        if record.status:
+            a[n.HTTP_STATUS] = record.status
+        a[n.PROCESSING_SECONDS] = sum(record.phase_seconds.values())
+        operation = n.OPERATIONS.get(record.endpoint)
+        if operation is None:  # not parsed: the decision fields above are all there is
+            return a
+        a[n.GEN_AI_OPERATION] = operation
+        if record.model:
+            a[n.GEN_AI_REQUEST_MODEL] = record.model
+        if not record.output_defaulted:
+            a[n.GEN_AI_REQUEST_MAX_TOKENS] = record.output_reserve
+        a[n.CATEGORY] = record.category
+        a[n.TEXT_BYTES] = record.text_bytes
+        a[n.BODY_BYTES] = record.body_bytes
+        a[n.EST_PROMPT_TOKENS] = record.estimated_prompt_tokens
+        a[n.EST_TOTAL_TOKENS] = record.estimated_total_tokens
+        a[n.RATIO] = record.ratio
+        a[n.OUTPUT_RESERVE] = record.output_reserve
+        a[n.OUTPUT_DEFAULTED] = record.output_defaulted
+        a[n.STREAM] = record.stream
+        a[n.INCLUDE_USAGE_INJECTED] = record.include_usage_injected
+        a[n.SPILLED] = record.spilled
+        response_model = getattr(record, "response_model", None)  # ExchangeRecord field once wired
+        if response_model:
+            a[n.GEN_AI_RESPONSE_MODEL] = response_model
+        if record.usage_source:
+            a[n.USAGE_SOURCE] = record.usage_source
+            a[n.OBSERVATION] = record.observation
+            if record.prompt_tokens is not None:
+                a[n.GEN_AI_INPUT_TOKENS] = record.prompt_tokens
+            if record.completion_tokens is not None:
+                a[n.GEN_AI_OUTPUT_TOKENS] = record.completion_tokens
+            if record.estimate_error_pct is not None:
+                a[n.ESTIMATE_ERROR_PCT] = record.estimate_error_pct
+        if self.capture_content:
+            prompt = prompt_content(getattr(record, "request_body", None))
+            if prompt is not None:
+                a[n.GEN_AI_INPUT_MESSAGES] = prompt
+        return a
+
+
+def prompt_content(body: bytes | None) -> str | None:
+    """The request's ``messages`` (chat) or ``prompt`` (completions) as JSON text, or None."""
+    if not body:
+        return None
+    try:
+        data: Any = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(data, dict):
+        return None
+    value = data.get("messages", data.get("prompt"))
+    return None if value is None else orjson.dumps(value).decode()
