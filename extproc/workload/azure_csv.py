@@ -92,7 +92,5 @@ def load_azure_csv(path: str | Path, *, category: str | None = None, name: str |
         raise malformed(path, None, "no data rows")
     order = sorted(range(len(ticks)), key=ticks.__getitem__)
     t0 = ticks[order[0]]
-    requests = tuple(
-        TraceRequest((ticks[i] - t0) / _TICKS_PER_S, prompts[i], outputs[i], category) for i in order
-    )
+    requests = tuple(TraceRequest((ticks[i] - t0) / _TICKS_PER_S, prompts[i], outputs[i], category) for i in order)
     return Trace(name or path.stem, requests, timed=True, origin_s=t0 / _TICKS_PER_S)

@@ -43,20 +43,27 @@ def _stats(values: np.ndarray) -> dict[str, Any]:
     }
 
 
-def measure_ratios(category: str, window: int, samples: int, rng: np.random.Generator,
-                   encoding: str = DEFAULT_ENCODING) -> np.ndarray:
+def measure_ratios(
+    category: str, window: int, samples: int, rng: np.random.Generator, encoding: str = DEFAULT_ENCODING
+) -> np.ndarray:
     from extproc.workload.prompts import prompt_text  # the BPE tables load only when measuring
 
-    return np.array([len(prompt_text(category, window, rng, encoding).encode("utf-8")) / window
-                     for _ in range(samples)])
+    return np.array(
+        [len(prompt_text(category, window, rng, encoding).encode("utf-8")) / window for _ in range(samples)]
+    )
 
 
-def measure(samples: int = 200, seed: int = 0, encodings: tuple[str, ...] = ENCODINGS,
-            windows: tuple[int, ...] = WINDOWS, categories: tuple[str, ...] = CATEGORIES) -> dict[str, Any]:
+def measure(
+    samples: int = 200,
+    seed: int = 0,
+    encodings: tuple[str, ...] = ENCODINGS,
+    windows: tuple[int, ...] = WINDOWS,
+    categories: tuple[str, ...] = CATEGORIES,
+) -> dict[str, Any]:
     rng = np.random.default_rng(seed)
     result: dict[str, Any] = {
         "description": "UTF-8 bytes per BPE token of corpus windows of exactly `window` tokens "
-                       "(extproc/data/corpus); `all` pools every window size equally",
+        "(extproc/data/corpus); `all` pools every window size equally",
         "generated_by": "python -m extproc.workload.bytes_per_token",
         "seed": seed,
         "samples_per_window": samples,
@@ -134,18 +141,25 @@ class BytesPerTokenTable:
             return None
         return min(self.windows, key=lambda w: abs(math.log(w) - math.log(prompt_tokens)))
 
-    def distribution(self, category: str, encoding: str = DEFAULT_ENCODING,
-                     prompt_tokens: int | None = None) -> _Dist:
+    def distribution(self, category: str, encoding: str = DEFAULT_ENCODING, prompt_tokens: int | None = None) -> _Dist:
         dist = self._dists.get((encoding, category, self._window_for(prompt_tokens)))
         if dist is None:
             if encoding not in self.encodings:
                 raise ValueError(f"no bytes-per-token data for encoding {encoding!r}; have {self.encodings}")
-            raise ValueError(f"no bytes-per-token data for category {category!r}; "
-                             f"have {', '.join(self.categories(encoding))}")
+            raise ValueError(
+                f"no bytes-per-token data for category {category!r}; have {', '.join(self.categories(encoding))}"
+            )
         return dist
 
-    def sample(self, category: str, rng: np.random.Generator, *, encoding: str = DEFAULT_ENCODING,
-               prompt_tokens: int | None = None, size: int | None = None) -> np.ndarray | float:
+    def sample(
+        self,
+        category: str,
+        rng: np.random.Generator,
+        *,
+        encoding: str = DEFAULT_ENCODING,
+        prompt_tokens: int | None = None,
+        size: int | None = None,
+    ) -> np.ndarray | float:
         """Bytes per token for a request; ``prompt_tokens`` picks the nearest measured window size
         (short prompts vary more), else all window sizes pooled."""
         return self.distribution(category, encoding, prompt_tokens).sample(rng, size)
@@ -159,8 +173,9 @@ def default_table() -> BytesPerTokenTable:
     return BytesPerTokenTable.load(DEFAULT_PATH)
 
 
-def sample_bytes_per_token(category: str, rng: np.random.Generator, *, encoding: str = DEFAULT_ENCODING,
-                           prompt_tokens: int | None = None) -> float:
+def sample_bytes_per_token(
+    category: str, rng: np.random.Generator, *, encoding: str = DEFAULT_ENCODING, prompt_tokens: int | None = None
+) -> float:
     """One draw from the shipped distribution: multiply by a request's prompt tokens for its text bytes."""
     return float(default_table().sample(category, rng, encoding=encoding, prompt_tokens=prompt_tokens))
 
@@ -173,16 +188,20 @@ def format_table(data: dict[str, Any]) -> str:
     levels = data["quantile_levels"]
     at = {q: levels.index(q) for q in (0.05, 0.5, 0.95)}
     windows = data["windows"]
-    head = (f"{'encoding':<12} {'category':<8} {'mean':>6} {'std':>6} {'p5':>6} {'p50':>6} {'p95':>6} {'n':>6}  "
-            + " ".join(f"{'w' + str(w):>11}" for w in windows))
+    head = (
+        f"{'encoding':<12} {'category':<8} {'mean':>6} {'std':>6} {'p5':>6} {'p50':>6} {'p95':>6} {'n':>6}  "
+        + " ".join(f"{'w' + str(w):>11}" for w in windows)
+    )
     lines = [head, "-" * len(head)]
     for encoding, cats in data["encodings"].items():
         for category, entry in cats.items():
             a = entry["all"]
             q = a["quantiles"]
             per_window = " ".join(_mean_std(entry["by_window"][str(w)]) for w in windows)
-            lines.append(f"{encoding:<12} {category:<8} {a['mean']:>6.3f} {a['std']:>6.3f} {q[at[0.05]]:>6.3f} "
-                         f"{q[at[0.5]]:>6.3f} {q[at[0.95]]:>6.3f} {a['n']:>6}  {per_window}")
+            lines.append(
+                f"{encoding:<12} {category:<8} {a['mean']:>6.3f} {a['std']:>6.3f} {q[at[0.05]]:>6.3f} "
+                f"{q[at[0.5]]:>6.3f} {q[at[0.95]]:>6.3f} {a['n']:>6}  {per_window}"
+            )
     lines.append("(w<N>: mean±std bytes/token of windows of exactly N tokens)")
     return "\n".join(lines)
 

@@ -77,8 +77,11 @@ def validate_pairs(pairs: object) -> list[tuple[int, str]]:
         return [(0, "a CDF needs a non-empty list of [tokens, cumulative_fraction] pairs")]
     previous_t, previous_f = 0.0, 0.0
     for i, pair in enumerate(pairs):
-        if (not isinstance(pair, list | tuple) or len(pair) != 2
-                or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in pair)):
+        if (
+            not isinstance(pair, list | tuple)
+            or len(pair) != 2
+            or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in pair)
+        ):
             return [(i, f"expected [tokens, cumulative_fraction], got {pair!r}")]
         t, f = float(pair[0]), float(pair[1])
         if not np.isfinite(t) or t <= previous_t:
@@ -135,8 +138,9 @@ def split_totals(
     return prompts, outputs
 
 
-def trace_from_totals(name: str, totals: np.ndarray, input_fraction: float = DEFAULT_INPUT_FRACTION,
-                      max_output_tokens: int | None = None) -> Trace:
+def trace_from_totals(
+    name: str, totals: np.ndarray, input_fraction: float = DEFAULT_INPUT_FRACTION, max_output_tokens: int | None = None
+) -> Trace:
     """An untimed trace (arrivals 0, to be re-timed) from sampled totals."""
     prompts, outputs = split_totals(totals, input_fraction, max_output_tokens)
     requests = tuple(TraceRequest(0.0, p, o) for p, o in zip(prompts.tolist(), outputs.tolist(), strict=True))

@@ -31,8 +31,9 @@ def corpus_text(category: str) -> str:
         raise ValueError(f"no corpus for category {category!r}; corpus categories: {', '.join(TEXT_CATEGORIES)}")
     files = sorted(p for p in (CORPUS_DIR / category).glob("*") if p.is_file())
     if not files:
-        raise FileNotFoundError(f"corpus folder {CORPUS_DIR / category} is empty; "
-                                "run python -m extproc.workload.build_corpus")
+        raise FileNotFoundError(
+            f"corpus folder {CORPUS_DIR / category} is empty; run python -m extproc.workload.build_corpus"
+        )
     return "".join(p.read_text(encoding="utf-8").strip("\n") + FILE_SEPARATOR for p in files)
 
 

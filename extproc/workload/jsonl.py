@@ -37,15 +37,18 @@ def _parse_line(line: str) -> TraceRequest:
     if unknown:
         raise ValueError(f"unknown keys {sorted(unknown)}; allowed: {sorted(_KEYS)}")
     arrival = obj.get("arrival_s", -1.0)
-    if isinstance(arrival, bool) or not isinstance(arrival, int | float) or (
-        "arrival_s" in obj and not 0.0 <= arrival < float("inf")
+    if (
+        isinstance(arrival, bool)
+        or not isinstance(arrival, int | float)
+        or ("arrival_s" in obj and not 0.0 <= arrival < float("inf"))
     ):
         raise ValueError(f'"arrival_s" must be a finite number >= 0, got {arrival!r}')
     category = obj.get("category")
     if category is not None and (not isinstance(category, str) or not category):
         raise ValueError(f'"category" must be a non-empty string, got {category!r}')
-    return TraceRequest(float(arrival), _int_field(obj, "prompt_tokens", 1),
-                        _int_field(obj, "output_tokens", 0), category)
+    return TraceRequest(
+        float(arrival), _int_field(obj, "prompt_tokens", 1), _int_field(obj, "output_tokens", 0), category
+    )
 
 
 def load_jsonl(path: str | Path, *, name: str | None = None) -> Trace:

@@ -57,8 +57,9 @@ class CategoryMix:
         return ",".join(f"{k}={v:g}" for k, v in sorted(self.weights.items()))
 
 
-def assign_categories(requests: Sequence[TraceRequest], mix: CategoryMix, rng: np.random.Generator
-                      ) -> list[TraceRequest]:
+def assign_categories(
+    requests: Sequence[TraceRequest], mix: CategoryMix, rng: np.random.Generator
+) -> list[TraceRequest]:
     """Fill in categories the trace left open; categories the trace set (e.g. the code trace) stay."""
     open_idx = [i for i, r in enumerate(requests) if r.category is None]
     out = list(requests)

@@ -113,25 +113,51 @@ def _common(model: str, max_tokens: int | None, stream: bool, include_usage: boo
     return body
 
 
-def chat_body(category: str, prompt_tokens: int, *, model: str, max_tokens: int | None = None,
-              seed: Seed = 0, system: str | None = None, stream: bool = False, include_usage: bool = False,
-              encoding: str = DEFAULT_ENCODING) -> dict[str, Any]:
+def chat_body(
+    category: str,
+    prompt_tokens: int,
+    *,
+    model: str,
+    max_tokens: int | None = None,
+    seed: Seed = 0,
+    system: str | None = None,
+    stream: bool = False,
+    include_usage: bool = False,
+    encoding: str = DEFAULT_ENCODING,
+) -> dict[str, Any]:
     """An OpenAI ``/v1/chat/completions`` body; the user message has exactly ``prompt_tokens`` tokens."""
     messages = [{"role": "system", "content": system}] if system is not None else []
     messages.append({"role": "user", "content": prompt_text(category, prompt_tokens, seed, encoding)})
     return {**_common(model, max_tokens, stream, include_usage), "messages": messages}
 
 
-def completion_body(category: str, prompt_tokens: int, *, model: str, max_tokens: int | None = None,
-                    seed: Seed = 0, stream: bool = False, include_usage: bool = False,
-                    encoding: str = DEFAULT_ENCODING) -> dict[str, Any]:
+def completion_body(
+    category: str,
+    prompt_tokens: int,
+    *,
+    model: str,
+    max_tokens: int | None = None,
+    seed: Seed = 0,
+    stream: bool = False,
+    include_usage: bool = False,
+    encoding: str = DEFAULT_ENCODING,
+) -> dict[str, Any]:
     """An OpenAI ``/v1/completions`` body whose ``prompt`` has exactly ``prompt_tokens`` tokens."""
-    return {**_common(model, max_tokens, stream, include_usage),
-            "prompt": prompt_text(category, prompt_tokens, seed, encoding)}
+    return {
+        **_common(model, max_tokens, stream, include_usage),
+        "prompt": prompt_text(category, prompt_tokens, seed, encoding),
+    }
 
 
-def request_body(request: TraceRequest, *, model: str, seed: Seed, api: str = "chat",
-                 encoding: str = DEFAULT_ENCODING, **options: Any) -> dict[str, Any]:
+def request_body(
+    request: TraceRequest,
+    *,
+    model: str,
+    seed: Seed,
+    api: str = "chat",
+    encoding: str = DEFAULT_ENCODING,
+    **options: Any,
+) -> dict[str, Any]:
     """The body for one trace request: its category's text at its prompt size, ``max_tokens`` set to
     its output size. ``api`` is ``chat`` or ``completions``; ``options`` go to that builder."""
     if request.category is None:
@@ -139,5 +165,12 @@ def request_body(request: TraceRequest, *, model: str, seed: Seed, api: str = "c
     build = {"chat": chat_body, "completions": completion_body}.get(api)
     if build is None:
         raise ValueError(f"api must be 'chat' or 'completions', got {api!r}")
-    return build(request.category, request.prompt_tokens, model=model, max_tokens=request.output_tokens,
-                 seed=seed, encoding=encoding, **options)
+    return build(
+        request.category,
+        request.prompt_tokens,
+        model=model,
+        max_tokens=request.output_tokens,
+        seed=seed,
+        encoding=encoding,
+        **options,
+    )

@@ -26,8 +26,10 @@ from extproc.workload.trace import Trace, TraceRequest, merge_by_arrival
 
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 AZURE_DIR = DATA_DIR / "azure-llm-inference-2023"
-AZURE_FILES = {"code": AZURE_DIR / "AzureLLMInferenceTrace_code.csv",
-               "conv": AZURE_DIR / "AzureLLMInferenceTrace_conv.csv"}
+AZURE_FILES = {
+    "code": AZURE_DIR / "AzureLLMInferenceTrace_code.csv",
+    "conv": AZURE_DIR / "AzureLLMInferenceTrace_conv.csv",
+}
 BUILTIN_TRACES = {
     "azure-code": "Azure LLM inference 2023, code service (8,819 requests, 1 h)",
     "azure-conv": "Azure LLM inference 2023, conversation service (19,366 requests, 1 h)",
@@ -92,8 +94,9 @@ def load_source(spec: WorkloadSpec, rng: np.random.Generator) -> Trace:
     if name.startswith("azure-") and name in BUILTIN_TRACES:
         return load_builtin_azure(name, spec.code_category)
     if name == "synthetic-heavy-tail":
-        return heavy_tail_trace(samples, rng, input_fraction=spec.input_fraction,
-                                max_output_tokens=spec.max_output_tokens)
+        return heavy_tail_trace(
+            samples, rng, input_fraction=spec.input_fraction, max_output_tokens=spec.max_output_tokens
+        )
     path = Path(name)
     if path.suffix in (".csv", ".json", ".jsonl") and not path.is_file():
         raise FileNotFoundError(f"trace file not found: {path}")
@@ -104,8 +107,10 @@ def load_source(spec: WorkloadSpec, rng: np.random.Generator) -> Trace:
         return trace_from_totals(path.stem, totals, spec.input_fraction, spec.max_output_tokens)
     if path.suffix == ".jsonl":
         return load_jsonl(path)
-    raise ValueError(f"unknown trace {name!r}: use one of {', '.join(BUILTIN_TRACES)} "
-                     "or a .csv (Azure format), .json (total-token CDF) or .jsonl file")
+    raise ValueError(
+        f"unknown trace {name!r}: use one of {', '.join(BUILTIN_TRACES)} "
+        "or a .csv (Azure format), .json (total-token CDF) or .jsonl file"
+    )
 
 
 def build_workload(spec: WorkloadSpec) -> list[TraceRequest]:

@@ -85,8 +85,11 @@ def _truncated_pareto(n: int, rng: np.random.Generator, p: HeavyTailParams) -> n
     return np.clip(np.ceil(x), p.knee + 1, p.max_tokens).astype(np.int64)
 
 
-def heavy_tail_trace(n: int, rng: np.random.Generator, params: HeavyTailParams | None = None,
-                     input_fraction: float = DEFAULT_INPUT_FRACTION,
-                     max_output_tokens: int | None = None) -> Trace:
-    return trace_from_totals("synthetic-heavy-tail", sample_totals(n, rng, params), input_fraction,
-                             max_output_tokens)
+def heavy_tail_trace(
+    n: int,
+    rng: np.random.Generator,
+    params: HeavyTailParams | None = None,
+    input_fraction: float = DEFAULT_INPUT_FRACTION,
+    max_output_tokens: int | None = None,
+) -> Trace:
+    return trace_from_totals("synthetic-heavy-tail", sample_totals(n, rng, params), input_fraction, max_output_tokens)

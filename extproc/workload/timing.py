@@ -15,12 +15,12 @@ from extproc.workload.trace import Trace, TraceRequest
 
 
 def _with_arrivals(requests: Sequence[TraceRequest], arrivals: Sequence[float]) -> list[TraceRequest]:
-    return [TraceRequest(a, r.prompt_tokens, r.output_tokens, r.category)
-            for r, a in zip(requests, arrivals, strict=True)]
+    return [
+        TraceRequest(a, r.prompt_tokens, r.output_tokens, r.category) for r, a in zip(requests, arrivals, strict=True)
+    ]
 
 
-def cycle(requests: Sequence[TraceRequest], count: int, rng: np.random.Generator | None = None
-          ) -> list[TraceRequest]:
+def cycle(requests: Sequence[TraceRequest], count: int, rng: np.random.Generator | None = None) -> list[TraceRequest]:
     """``count`` requests from repeated passes over ``requests`` (each later pass shuffled when ``rng``
     is given), for workloads longer than the trace, e.g. 100,000 Poisson arrivals from 8,819 rows."""
     if not requests:
@@ -51,8 +51,9 @@ def replay(trace: Trace, speedup: float = 1.0) -> list[TraceRequest]:
     return _with_arrivals(trace.requests, [r.arrival_s / speedup for r in trace.requests])
 
 
-def bound(requests: Sequence[TraceRequest], count: int | None = None, duration_s: float | None = None
-          ) -> list[TraceRequest]:
+def bound(
+    requests: Sequence[TraceRequest], count: int | None = None, duration_s: float | None = None
+) -> list[TraceRequest]:
     """The first ``count`` requests and only those arriving before ``duration_s``."""
     if count is not None and count < 0:
         raise ValueError(f"count must be >= 0, got {count}")
