@@ -98,7 +98,7 @@ class CalibrationConfig:
     )
     converged_samples: int = opt(50, "Samples after which a category counts as converged.")
     converged_sample_rate: float = opt(
-        1.0, "Share of responses still read once a category converged (1.0 = all; lower saves CPU)."
+        0.1, "Share of responses still followed once a category converged (1.0 = all; lower saves CPU)."
     )
     state_file: str = opt(_default_state_file(), "Where learned ratios persist ('' disables).")
     save_interval_s: float = opt(30.0, "How often the state file is written (and merged with peers).")
@@ -112,7 +112,7 @@ class CategoriesConfig:
     default: str = opt("prose", "Category used when detection names one that is not enabled.")
     cjk_share: float = opt(0.3, "Share of CJK code points (of letters) above which text is CJK.")
     mixed_share: float = opt(0.05, "CJK share above which (but below cjk_share) text is mixed.")
-    code_score: float = opt(0.035, "Density of code punctuation/keywords above which text is code.")
+    code_score: float = opt(0.065, "Density of code punctuation/keywords above which text is code.")
 
 
 @dataclass

@@ -5,7 +5,9 @@ service. Rules it keeps:
 - the routing header is ours: a client copy is removed at request headers, ours set at request body;
 - anything we cannot read is routed long (the safe pool) with reason ``unparseable``, never failed;
 - bodies are only sent back when changed (include_usage injection, usage-chunk stripping);
-- response bodies are only read when the calibrator wants a sample (mode_override otherwise).
+- responses are only followed when the calibrator wants a sample: otherwise the stream is closed
+  cleanly right after the routing decision ("the data plane proceeds without consulting the server"),
+  which saves Envoy and us the response-phase messages, and the pool counts a lease instead.
 """
 
 from __future__ import annotations
@@ -86,6 +88,8 @@ class Exchange:
         self._json_parts: list[bytes] = []
         self._json_size = 0
         self._closed = False
+        self._decided_at = 0.0
+        self.done = False  # True: nothing more to do; the service closes the stream cleanly
 
     # -- dispatch ------------------------------------------------------------------------------
     def handle(self, req: em.ProcessingRequest) -> em.ProcessingResponse:
@@ -116,9 +120,10 @@ class Exchange:
         if cfg.force_identity_encoding:
             set_headers["accept-encoding"] = "identity"
         remove = [cfg.header_name] + ([cfg.reason_header] if cfg.reason_header else [])
-        if msg.end_of_stream:  # no body will come: decide now
+        if msg.end_of_stream:  # no body will come: decide now, nothing to learn from the answer
             self._decide_long(NO_BODY, "request has no body")
             set_headers.update(self._routing_headers())
+            self.done = True
             return em.request_headers_response(em.common(set_headers, remove, clear_route_cache=True))
         return em.request_headers_response(em.common(set_headers, remove, clear_route_cache=True))
 
@@ -151,6 +156,7 @@ class Exchange:
             return self._decide_long(UNPARSEABLE, exc.reason)
         self.shape = shape
         est, decision = self.rt.router.route(shape, self.rt.pressure.pressure(SHORT))
+        follow = self.record.learn = self._wants_sample()
         self._estimate = est
         rec = self.record
         rec.endpoint, rec.category, rec.model, rec.stream = endpoint, shape.category, shape.model, shape.stream
@@ -158,9 +164,9 @@ class Exchange:
         rec.estimated_prompt_tokens, rec.estimated_total_tokens = est.prompt_tokens, est.total
         rec.output_reserve, rec.output_defaulted = est.output_tokens, est.output_defaulted
         rec.pool, rec.reason, rec.spilled = decision.pool, decision.reason, decision.spilled
-        self._acquire(decision.pool)
+        self._take(decision.pool, follow)
         self.rt.observer.decided(rec)
-        if shape.stream and not shape.client_include_usage and rcfg.inject_include_usage:
+        if follow and shape.stream and not shape.client_include_usage and rcfg.inject_include_usage:
             rec.include_usage_injected = True
             return inject_include_usage(raw, body)
         return None
@@ -168,14 +174,19 @@ class Exchange:
     def _decide_long(self, reason: str, detail: str) -> None:
         rec = self.record
         rec.pool, rec.reason, rec.detail = LONG, reason, detail
-        self._acquire(LONG)
+        self._take(LONG, follow=False)
         self.rt.observer.decided(rec)
         return None
 
-    def _acquire(self, pool: str) -> None:
-        if self._acquired is None:
+    def _take(self, pool: str, follow: bool) -> None:
+        """Count the request against its pool: tracked to its end if followed, else leased."""
+        if follow:
             self._acquired = pool
+            self._decided_at = time.monotonic()
             self.rt.pressure.acquire(pool)
+        else:
+            self.done = True
+            self.rt.pressure.lease(pool)
 
     def _routing_headers(self) -> dict[str, str]:
         cfg = self.rt.cfg.routing
@@ -201,7 +212,7 @@ class Exchange:
             self.record.status = 0
         sse = h.get("content-type", "").startswith("text/event-stream")
         strip = sse and self.record.include_usage_injected and self.rt.cfg.routing.strip_injected_usage
-        learn = self.record.learn = self._wants_sample()
+        learn = self.record.learn
         if sse and (learn or strip):
             self._sse = SseUsageScanner(self.rt.cfg.server.max_response_buffer_bytes, strip_usage_only=strip)
             remove = ["content-length"] if "content-length" in h else []
@@ -255,5 +266,5 @@ class Exchange:
             return
         self._closed = True
         if self._acquired is not None:
-            self.rt.pressure.release(self._acquired)
+            self.rt.pressure.release(self._acquired, time.monotonic() - self._decided_at)
         self.rt.observer.finished(self.record)

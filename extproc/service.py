@@ -38,6 +38,8 @@ class ExternalProcessor(epg.ExternalProcessorServicer):
                     log.exception("exchange failed; continuing without changes")
                     resp = _continue_for(req)
                 await context.write(resp)
+                if ex.done:  # clean close: Envoy proceeds without consulting us (ext_proc protocol)
+                    break
         except asyncio.CancelledError:
             pass  # Envoy reset the stream (client gone): nothing to answer
         finally:

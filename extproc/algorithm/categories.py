@@ -8,16 +8,18 @@ prefix: it must cost microseconds, not a tokenizer run.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 PROSE, CODE, CJK, MIXED, STRUCTURED = "prose", "code", "cjk", "mixed", "structured"
 
-# Han, Hiragana, Katakana, Hangul, CJK punctuation and full-width forms.
-_CJK_RE = re.compile(r"[\u3000-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff\uff00-\uffef]")
-_CODE_CHARS = "{}();=<>[]_#$\\|&*"
-_CODE_WORDS = ("def ", "return", "import ", "function", "class ", "const ", "#include", "=>", "::", "){", "];")
-_SAMPLE_CHARS = 16384
+# UTF-8 lead bytes 0xE3-0xED start the code points U+3000-U+DFFF: CJK punctuation, kana, Han and
+# Hangul (plus a few rarer scripts, which tokenise alike). Counting them via bytes.translate is a C
+# loop, an order of magnitude cheaper than a regex over the string.
+_NOT_CJK_LEAD = bytes(b for b in range(256) if not 0xE3 <= b <= 0xED)
+_NOT_CODE_CHAR = bytes(b for b in range(256) if chr(b) not in "{}();=<>[]_#$\\|&*")
+# Each str.count of a multi-character needle costs ~2-3 µs on 4 KB, so the signal is code
+# punctuation density (one bytes.translate) plus indentation, the two cheapest strong cues.
+_SAMPLE_CHARS = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,7 +28,7 @@ class CategoryParams:
     default: str = PROSE
     cjk_share: float = 0.3
     mixed_share: float = 0.05
-    code_score: float = 0.035
+    code_score: float = 0.065
 
 
 class Categorizer:
@@ -45,19 +47,20 @@ class Categorizer:
     def classify(self, text: str) -> str:
         if not text:
             return self.params.default
-        sample = text if len(text) <= _SAMPLE_CHARS else text[: _SAMPLE_CHARS // 2] + text[-_SAMPLE_CHARS // 2 :]
+        half = _SAMPLE_CHARS // 2
+        sample = text if len(text) <= _SAMPLE_CHARS else text[:half] + text[-half:]
+        raw = sample.encode("utf-8", "surrogatepass")
         p = self.params
-        if not sample.isascii():
+        if len(raw) != len(sample):  # not pure ASCII
             visible = max(1, len(sample) - sample.count(" ") - sample.count("\n"))
-            share = len(_CJK_RE.findall(sample)) / visible
+            share = len(raw.translate(None, _NOT_CJK_LEAD)) / visible
             if share >= p.cjk_share:
                 return self._allowed(CJK)
             if share >= p.mixed_share:
                 return self._allowed(MIXED)
         if "```" in sample:
             return self._allowed(CODE)
-        punct = sum(sample.count(c) for c in _CODE_CHARS)
-        words = sum(sample.count(w) for w in _CODE_WORDS)
-        indent = sample.count("\n    ") + sample.count("\n\t")
-        score = (punct + 4 * words + 2 * indent) / len(sample)
+        punct = len(raw.translate(None, _NOT_CODE_CHAR))
+        indent = sample.count("\n    ")
+        score = (punct + 3 * indent) / len(sample)
         return self._allowed(CODE if score >= p.code_score else PROSE)

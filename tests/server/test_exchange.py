@@ -142,17 +142,23 @@ def test_overflow_400_teaches_exact_prompt_tokens(rt):
     assert (ex.record.usage_source, ex.record.prompt_tokens) == ("overflow_400", 75)
 
 
-def test_unparseable_requests_skip_response_bodies(rt):
+def test_unparseable_requests_are_not_followed_past_the_decision(rt):
     ex, _, _ = route(rt, b"{bad")
-    r = ex.handle(response_headers(status=400))
+    assert ex.done  # the service closes the stream cleanly: Envoy proceeds without us
+    r = ex.handle(response_headers(status=400))  # an Envoy that still sends it gets "no body, thanks"
     assert r.mode_override.response_body_mode == NONE
 
 
-def test_converged_categories_are_sampled(rt):
+def test_converged_categories_are_sampled_and_unsampled_ones_leased(rt):
     rt.cfg.calibration.converged_sample_rate = 0.0
     rt.router.calibrator.load({"prose": {"mean": 4.5, "dev": 0.1, "samples": 500}})
-    ex, _, _ = route(rt, chat(max_tokens=10))
-    assert ex.handle(response_headers()).mode_override.response_body_mode == NONE
+    ex, _, b = route(rt, chat(stream=True, max_tokens=10))
+    assert ex.done and not ex.record.learn
+    assert not b.request_body.response.HasField("body_mutation")  # no include_usage when not learning
+    assert rt.pressure.in_flight["short"] == 0 and rt.pressure.count("short") == 1  # a lease
+    rt.cfg.calibration.converged_sample_rate = 1.0
+    ex2, _, _ = route(rt, chat(max_tokens=10))
+    assert not ex2.done and ex2.record.learn
 
 
 def test_pressure_tracks_in_flight_and_spills(rt):

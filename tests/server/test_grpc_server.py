@@ -140,3 +140,17 @@ async def test_health_serving_then_not_serving_on_stop(tmp_path):
         await call.read()
         await call.done_writing()
         await asyncio.wait_for(stopping, 5.0)
+
+
+async def test_unfollowed_exchange_is_closed_cleanly_after_the_decision(server):
+    server.rt.cfg.calibration.converged_sample_rate = 0.0
+    server.rt.router.calibrator.load({"prose": {"mean": 4.5, "dev": 0.1, "samples": 500}})
+    body = orjson.dumps({"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "hello " * 30}]})
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as ch:
+        call = epg.ExternalProcessorStub(ch).Process()
+        await call.write(request_headers())
+        await call.read()
+        await call.write(request_body(body))
+        assert (await call.read()).request_body.response.clear_route_cache
+        assert await call.read() is grpc.aio.EOF
+        assert await call.code() == grpc.StatusCode.OK

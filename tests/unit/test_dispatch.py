@@ -47,3 +47,18 @@ def test_spillover_never_to_a_pool_that_cannot_hold_it():
     p = DispatchPolicy(b_short=8192, short_context=8192, long_context=4096)
     d = decide(6000, p, short_pressure=3.0)
     assert d.pool == SHORT
+
+
+def test_leases_expire_and_tracked_durations_set_their_length():
+    from extproc.algorithm.pressure import InFlightPressure
+
+    now = [0.0]
+    p = InFlightPressure({"short": 4}, clock=lambda: now[0], initial_duration_s=2.0)
+    p.acquire("short")
+    p.lease("short")
+    assert p.count("short") == 2 and p.pressure("short") == 0.5
+    now[0] = 2.5
+    assert p.count("short") == 1
+    p.release("short", duration_s=12.0)
+    assert p.mean_duration["short"] == 0.9 * 2.0 + 0.1 * 12.0
+    assert p.count("short") == 0
