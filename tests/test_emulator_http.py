@@ -1,0 +1,330 @@
+"""The emulator over HTTP on 127.0.0.1, in-process: what a client, a proxy and a router see."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import aiohttp
+import bpe_openai
+import orjson
+import pytest
+
+from extproc.emulator import EmulatorConfig, RunningEmulator, start_emulator
+
+ENC = bpe_openai.get_encoding("cl100k_base")
+FROZEN = 1_700_000_000
+USER = [{"role": "user", "content": "How many tokens is this sentence?"}]
+Start = Callable[..., Awaitable[RunningEmulator]]
+
+
+def expected_chat_prompt(messages: list[dict[str, str]]) -> int:
+    return 5 + sum(4 + len(ENC.encode_ordinary(m["role"])) + len(ENC.encode_ordinary(m["content"])) for m in messages)
+
+
+@pytest.fixture
+async def start() -> AsyncIterator[Start]:
+    started: list[RunningEmulator] = []
+
+    async def _start(**overrides: Any) -> RunningEmulator:
+        cfg = EmulatorConfig(port=0, latency_scale=0, frozen_time=FROZEN, max_model_len=1024, max_num_seqs=8)
+        for key, value in overrides.items():
+            setattr(cfg, key, value)
+        emu = await start_emulator(cfg)
+        started.append(emu)
+        return emu
+
+    yield _start
+    for emu in started:
+        await emu.close()
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+async def post(http: aiohttp.ClientSession, url: str, body: Any, **kw: Any) -> tuple[int, bytes, str]:
+    data = body if isinstance(body, bytes) else orjson.dumps(body)
+    async with http.post(url, data=data, **kw) as resp:
+        return resp.status, await resp.read(), resp.headers.get("content-type", "")
+
+
+def sse_events(raw: bytes) -> list[Any]:
+    assert raw.endswith(b"data: [DONE]\n\n")
+    frames = raw.split(b"\n\n")
+    assert frames[-1] == b""
+    assert all(f.startswith(b"data: ") for f in frames[:-1])
+    return [orjson.loads(f[6:]) for f in frames[:-2]]
+
+
+# ---- happy paths -------------------------------------------------------------------------------
+async def test_non_streaming_chat_body_and_real_token_counts(start: Start, http: aiohttp.ClientSession) -> None:
+    emu = await start()
+    status, raw, ctype = await post(http, f"{emu.url}/v1/chat/completions", {"messages": USER, "max_tokens": 7})
+    assert status == 200 and ctype.startswith("application/json")
+    body = orjson.loads(raw)
+    assert body["object"] == "chat.completion" and body["created"] == FROZEN
+    assert body["id"].startswith("chatcmpl-") and body["model"] == emu.emulator.cfg.model
+    choice = body["choices"][0]
+    assert choice["finish_reason"] == "length" and choice["message"]["role"] == "assistant"
+    assert len(ENC.encode_ordinary(choice["message"]["content"])) == 7
+    prompt = expected_chat_prompt(USER)
+    assert body["usage"] == {
+        "prompt_tokens": prompt,
+        "total_tokens": prompt + 7,
+        "completion_tokens": 7,
+        "prompt_tokens_details": None,
+    }
+
+
+@pytest.mark.parametrize("include_usage", [None, False, True])
+async def test_chat_stream_layout(start: Start, http: aiohttp.ClientSession, include_usage: bool | None) -> None:
+    emu = await start()
+    body: dict[str, Any] = {"messages": USER, "max_tokens": 4, "stream": True}
+    if include_usage is not None:
+        body["stream_options"] = {"include_usage": include_usage}
+    status, raw, ctype = await post(http, f"{emu.url}/v1/chat/completions", body)
+    assert status == 200 and ctype == "text/event-stream; charset=utf-8"
+    events = sse_events(raw)
+    first, *tokens = events
+    assert first["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    if include_usage:
+        *tokens, last = tokens
+        assert last["choices"] == [] and last["usage"] == {
+            "prompt_tokens": expected_chat_prompt(USER),
+            "total_tokens": expected_chat_prompt(USER) + 4,
+            "completion_tokens": 4,
+        }
+    assert len(tokens) == 4 and all(len(t["choices"]) == 1 for t in tokens)
+    assert [t["choices"][0]["finish_reason"] for t in tokens] == [None, None, None, "length"]
+    assert all("usage" not in e for e in events[: len(tokens) + 1])
+    assert {e["id"] for e in events} == {first["id"]}
+    assert all(e["object"] == "chat.completion.chunk" for e in events)
+
+
+async def test_completions_string_list_and_token_ids(start: Start, http: aiohttp.ClientSession) -> None:
+    emu = await start()
+    url = f"{emu.url}/v1/completions"
+    _, raw, _ = await post(http, url, {"prompt": "Once upon a time"})
+    body = orjson.loads(raw)
+    assert body["object"] == "text_completion"
+    assert body["usage"]["prompt_tokens"] == 1 + len(ENC.encode_ordinary("Once upon a time"))
+    assert body["usage"]["completion_tokens"] == 16  # vLLM's default max_tokens for completions
+    _, raw, _ = await post(http, url, {"prompt": ["a b", "c"], "max_tokens": 3, "stream": True,
+                                       "stream_options": {}})  # fmt: skip
+    events = sse_events(raw)
+    assert sorted(e["choices"][0]["index"] for e in events[:-1]) == [0, 0, 0, 1, 1, 1]
+    assert events[-1]["usage"]["completion_tokens"] == 6  # {} means include_usage=true in vLLM
+    _, raw, _ = await post(http, url, {"prompt": [100, 200, 300], "max_tokens": 2})
+    assert orjson.loads(raw)["usage"]["prompt_tokens"] == 3
+
+
+async def test_same_seed_and_request_give_identical_bytes(start: Start, http: aiohttp.ClientSession) -> None:
+    a, b, other = await start(seed=7), await start(seed=7), await start(seed=8)
+    body = {"messages": USER, "max_tokens": 12, "stream": True, "stream_options": {"include_usage": True}}
+    streams = [(await post(http, f"{e.url}/v1/chat/completions", body))[1] for e in (a, b, other)]
+    assert streams[0] == streams[1]
+    assert streams[0] != streams[2]
+
+
+async def test_models_health_metrics_and_unknown_routes(start: Start, http: aiohttp.ClientSession) -> None:
+    emu = await start(model="m-short", max_model_len=2048)
+    async with http.get(f"{emu.url}/v1/models") as resp:
+        card = (await resp.json())["data"][0]
+    assert card["id"] == "m-short" and card["max_model_len"] == 2048 and card["owned_by"] == "vllm"
+    async with http.get(f"{emu.url}/health") as resp:
+        assert resp.status == 200
+    async with http.get(f"{emu.url}/nope") as resp:
+        assert resp.status == 404 and await resp.json() == {"detail": "Not Found"}
+    async with http.get(f"{emu.url}/v1/chat/completions") as resp:
+        assert resp.status == 405
+    await post(http, f"{emu.url}/v1/chat/completions", {"messages": USER, "max_tokens": 3})
+    metrics = await scrape(http, emu)
+    for name in ("num_requests_running", "num_requests_waiting", "kv_cache_usage_perc", "num_preemptions_total"):
+        assert f"vllm:{name}" in metrics
+    assert metrics["vllm:request_success_total"] == 1 and metrics["vllm:generation_tokens_total"] == 3
+    assert metrics["vllm:prompt_tokens_total"] == expected_chat_prompt(USER)
+
+
+# ---- vLLM's errors -----------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("style", "shape", "message"),
+    [
+        ("current", "nested", "'max_tokens' or 'max_completion_tokens' is too large: 1020. This model's maximum "
+         "context length is 1024 tokens and your request has {p} input tokens (1020 > 1024 - {p}). "
+         "(parameter=max_tokens, value=1020)"),
+        ("legacy", "flat", "This model's maximum context length is 1024 tokens. However, you requested {t} tokens "
+         "({p} in the messages, 1020 in the completion). Please reduce the length of the messages or completion."),
+        ("requested", "nested", "Requested token count exceeds the model's maximum context length of 1024 tokens. "
+         "You requested a total of {t} tokens: {p} tokens from the input messages and 1020 tokens for the "
+         "completion. Please reduce the number of tokens in the input messages or the completion to fit within "
+         "the limit."),
+    ],
+)  # fmt: skip
+async def test_context_overflow_400(
+    start: Start, http: aiohttp.ClientSession, style: str, shape: str, message: str
+) -> None:
+    emu = await start(context_error_style=style, error_shape=shape)
+    p = expected_chat_prompt(USER)
+    status, raw, _ = await post(
+        http, f"{emu.url}/v1/chat/completions", {"messages": USER, "max_completion_tokens": 1020}
+    )
+    assert status == 400
+    info = {"message": message.format(p=p, t=p + 1020), "type": "BadRequestError",
+            "param": "max_tokens" if style == "current" else None, "code": 400}  # fmt: skip
+    assert orjson.loads(raw) == ({"object": "error", **info} if shape == "flat" else {"error": info})
+    fits = {"messages": USER, "max_tokens": 1024 - p}
+    assert (await post(http, f"{emu.url}/v1/chat/completions", fits))[0] == 200
+
+
+BAD = [
+    (b"{not json", 400, "JSON decode error"),
+    (b"[1, 2]", 400, "valid dictionary"),
+    (b"\xff\xfe{}", 400, "JSON decode error"),
+    (gzip.compress(b'{"messages": []}'), 400, "JSON decode error"),
+    ({"max_tokens": 5}, 400, "body.messages"),
+    ({"messages": "hi"}, 400, "valid list"),
+    ({"messages": [{"role": "user", "content": 5}]}, 400, "body.messages.0.content"),
+    ({"messages": [{"content": "x"}]}, 400, "messages.0.role"),
+    ({"messages": [{"role": "user", "content": [{"type": "sound"}]}]}, 400, "Unknown part type"),
+    ({"messages": USER, "max_tokens": "abc"}, 400, "valid integer"),
+    ({"messages": USER, "max_tokens": 1.5}, 400, "valid integer"),
+    ({"messages": USER, "max_tokens": -1}, 400, "max_tokens must be at least 1, got -1."),
+    ({"messages": USER, "max_tokens": 0}, 400, "max_tokens must be at least 1, got 0."),
+    ({"messages": USER, "max_tokens": 10**12}, 400, "is too large: 1000000000000."),
+    ({"messages": USER, "stream_options": {"include_usage": True}}, 400, "only be defined when `stream=True`"),
+    ({"messages": USER, "model": "other"}, 404, "The model `other` does not exist."),
+    ({"messages": USER, "tools": [{"type": "function"}]}, 400, "tools.0.function.name"),
+]
+
+
+@pytest.mark.parametrize(("body", "status", "needle"), BAD)
+async def test_malformed_requests_get_vllm_error_json(
+    start: Start, http: aiohttp.ClientSession, body: Any, status: int, needle: str
+) -> None:
+    emu = await start()
+    got, raw, ctype = await post(http, f"{emu.url}/v1/chat/completions", body, headers={"content-encoding": "gzip"}
+                                 if isinstance(body, bytes) and body[:2] == b"\x1f\x8b" else None)  # fmt: skip
+    assert got == status and ctype.startswith("application/json")
+    err = orjson.loads(raw)["error"]
+    assert needle in err["message"] and err["code"] == status
+
+
+async def test_lax_integers_and_oversized_body(start: Start, http: aiohttp.ClientSession) -> None:
+    emu = await start(max_body_bytes=10_000)
+    status, raw, _ = await post(http, f"{emu.url}/v1/chat/completions", {"messages": USER, "max_tokens": "3"})
+    assert status == 200 and orjson.loads(raw)["usage"]["completion_tokens"] == 3
+    big = {"messages": [{"role": "user", "content": "x" * 20_000}]}
+    status, raw, _ = await post(http, f"{emu.url}/v1/chat/completions", big)
+    assert status == 413 and orjson.loads(raw)["error"]["code"] == 413
+
+
+# ---- scheduler visible from outside ------------------------------------------------------------
+async def scrape(http: aiohttp.ClientSession, emu: RunningEmulator) -> dict[str, float]:
+    async with http.get(f"{emu.url}/metrics") as resp:
+        text = await resp.text()
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, value = line.split("{", 1)[0], float(line.rsplit(" ", 1)[1])
+            out[name] = out.get(name, 0.0) + value
+    return out
+
+
+async def test_slots_cap_and_waiting_queue_show_in_metrics(start: Start, http: aiohttp.ClientSession) -> None:
+    emu = await start(max_num_seqs=2, latency_scale=1.0, decode_ms_per_step=10.0)
+    body = {"messages": USER, "max_tokens": 15}
+    tasks = [asyncio.create_task(post(http, f"{emu.url}/v1/chat/completions", body)) for _ in range(5)]
+    seen: set[tuple[float, float]] = set()
+    while not all(t.done() for t in tasks):
+        m = await scrape(http, emu)
+        seen.add((m["vllm:num_requests_running"], m["vllm:num_requests_waiting"]))
+        await asyncio.sleep(0.02)
+    assert all(r[0] == 200 for r in await asyncio.gather(*tasks))
+    assert (2.0, 3.0) in seen and max(r for r, _ in seen) <= 2
+    assert (await scrape(http, emu))["vllm:request_success_total"] == 5
+
+
+async def test_tiny_kv_cache_preempts_and_counts_it(start: Start, http: aiohttp.ClientSession) -> None:
+    emu = await start(max_model_len=128, kv_cache_tokens=128, max_num_seqs=4)
+    bodies = [{"messages": [{"role": "user", "content": f"request {i} " * 10}], "max_tokens": 60} for i in range(3)]
+    results = await asyncio.gather(*(post(http, f"{emu.url}/v1/chat/completions", b) for b in bodies))
+    assert all(s == 200 and orjson.loads(r)["usage"]["completion_tokens"] == 60 for s, r, _ in results)
+    m = await scrape(http, emu)
+    assert m["vllm:num_preemptions_total"] >= 1 and m["vllm:kv_cache_usage_perc"] == 0
+
+
+async def test_client_disconnect_frees_the_slot(start: Start, http: aiohttp.ClientSession) -> None:
+    emu = await start(max_num_seqs=1, latency_scale=1.0, decode_ms_per_step=20.0)
+    body = {"messages": USER, "max_tokens": 500, "stream": True}
+    async with http.post(f"{emu.url}/v1/chat/completions", data=orjson.dumps(body)) as resp:
+        await resp.content.readuntil(b"\n\n")
+    for _ in range(100):
+        if (await scrape(http, emu))["vllm:num_requests_running"] == 0:
+            break
+        await asyncio.sleep(0.02)
+    m = await scrape(http, emu)
+    assert m["vllm:num_requests_running"] == 0 and m["vllm:kv_cache_usage_perc"] == 0
+
+
+# ---- fault knobs and the request log -----------------------------------------------------------
+async def test_fault_knobs_at_runtime(start: Start, http: aiohttp.ClientSession) -> None:
+    emu = await start()
+    chat = f"{emu.url}/v1/chat/completions"
+    body = {"messages": USER, "max_tokens": 2}
+    status, raw, _ = await post(http, f"{emu.url}/admin/faults", {"error_rate": 1.0, "error_status": 500})
+    assert status == 200 and orjson.loads(raw)["error_status"] == 500
+    status, raw, _ = await post(http, chat, body)
+    assert status == 500 and orjson.loads(raw)["error"]["type"] == "InternalServerError"
+    await post(http, f"{emu.url}/admin/faults", {"error_status": 503, "error_shape": "flat"})
+    status, raw, _ = await post(http, chat, body)
+    assert status == 503 and orjson.loads(raw)["object"] == "error"
+    await post(http, f"{emu.url}/admin/faults", {"error_rate": 0, "usage_lie": "huge"})
+    assert orjson.loads((await post(http, chat, body))[1])["usage"]["prompt_tokens"] == 10**9
+    await post(http, f"{emu.url}/admin/faults", {"usage_lie": "zero"})
+    stream = await post(http, chat, {**body, "stream": True, "stream_options": {"include_usage": True}})
+    assert sse_events(stream[1])[-1]["usage"]["prompt_tokens"] == 0
+    await post(http, f"{emu.url}/admin/faults", {"usage_lie": "none", "extra_latency_ms": 150})
+    t0 = asyncio.get_running_loop().time()
+    assert (await post(http, chat, body))[0] == 200
+    assert asyncio.get_running_loop().time() - t0 >= 0.15
+    for bad in ({"error_rate": 2}, {"usage_lie": "often"}, {"unknown": 1}, [1]):
+        status, raw, _ = await post(http, f"{emu.url}/admin/faults", bad)
+        assert status == 400 and "error" in orjson.loads(raw)
+
+
+async def test_fault_options_at_start_and_partial_error_rate(start: Start, http: aiohttp.ClientSession) -> None:
+    from extproc.emulator import FaultConfig
+
+    emu = await start(faults=FaultConfig(error_rate=0.5, error_status=503))
+    statuses = [(await post(http, f"{emu.url}/v1/completions", {"prompt": "x", "max_tokens": 1}))[0]
+                for _ in range(40)]  # fmt: skip
+    assert set(statuses) == {200, 503} and 8 <= statuses.count(503) <= 32
+
+
+async def test_request_log_shows_headers_and_body_fingerprint(start: Start, http: aiohttp.ClientSession) -> None:
+    emu = await start()
+    raw_body = orjson.dumps(
+        {"messages": USER, "max_tokens": 1, "stream": True, "stream_options": {"include_usage": True}}
+    )
+    trace = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    await post(
+        http, f"{emu.url}/v1/chat/completions", raw_body, headers={"traceparent": trace, "x-budget-pool": "short"}
+    )
+    async with http.get(f"{emu.url}/admin/requests", params={"limit": "1"}) as resp:
+        (entry,) = (await resp.json())["requests"]
+    assert entry["path"] == "/v1/chat/completions" and entry["status"] == 200
+    assert entry["headers"]["traceparent"] == trace and entry["headers"]["x-budget-pool"] == "short"
+    assert entry["body_bytes"] == len(raw_body) == int(entry["headers"]["content-length"])
+    assert entry["stream_options"] == {"include_usage": True}
+    import hashlib
+
+    assert entry["body_sha256"] == hashlib.sha256(raw_body).hexdigest()
+    async with http.delete(f"{emu.url}/admin/requests") as resp:
+        assert resp.status == 204
+    async with http.get(f"{emu.url}/admin/requests") as resp:
+        assert (await resp.json())["requests"] == []
