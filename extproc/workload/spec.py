@@ -42,9 +42,9 @@ DEFAULT_SAMPLES = 10_000
 @dataclass(frozen=True)
 class WorkloadSpec:
     """``rate`` set: Poisson arrivals at that many req/s (the trace is cycled if more requests are
-    needed). ``rate`` None: the trace's own timestamps divided by ``speedup``. ``count`` and
-    ``duration_s`` bound the result. ``code_category`` tags the Azure code trace (None: draw from
-    ``mix`` like every other request without a category)."""
+    needed). ``rate`` None: the trace's own timestamps divided by ``speedup`` (at most the trace's
+    rows: a replay is not cycled). ``count`` and ``duration_s`` bound the result. ``code_category``
+    tags the Azure code trace (None: draw from ``mix`` like every other request without a category)."""
 
     trace: str
     rate: float | None = None
