@@ -27,20 +27,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_flags(parser)
 
 
-def _observer(cfg: Config):
-    from extproc.observer import ExchangeObserver
-
-    try:
-        from extproc.telemetry import build_observer
-    except ImportError:
-        return ExchangeObserver(), None
-    return build_observer(cfg)
-
-
-async def serve(cfg: Config, ready: asyncio.Event | None = None, stop: asyncio.Event | None = None) -> int:
+async def serve(
+    cfg: Config, ready: asyncio.Event | None = None, stop: asyncio.Event | None = None, worker: int = 0
+) -> int:
     """Run until ``stop`` is set or a termination signal arrives."""
-    observer, telemetry_shutdown = _observer(cfg)
+    from extproc.telemetry import build_observer
+
+    observer, telemetry_shutdown = build_observer(cfg, worker=worker)
     rt = RouterRuntime.from_config(cfg, observer)
+    attach = getattr(observer, "attach", None)
+    if attach is not None:
+        attach(rt)  # gauges read the calibrator and in-flight counts
     store = StateStore(cfg.calibration.state_file, live_window_s=3 * cfg.calibration.save_interval_s)
     peers = store.load_into(rt.router.calibrator)
     server = RouterServer(rt)
@@ -71,10 +68,10 @@ async def serve(cfg: Config, ready: asyncio.Event | None = None, stop: asyncio.E
     return 0
 
 
-def _worker(cfg: Config) -> None:
+def _worker(cfg: Config, index: int) -> None:
     logging.basicConfig(level=cfg.telemetry.log_level.upper(), stream=sys.stderr)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides; SIGTERM drains
-    sys.exit(asyncio.run(serve(cfg)))
+    sys.exit(asyncio.run(serve(cfg, worker=index)))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -83,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
     if cfg.server.workers == 1:
         return asyncio.run(serve(cfg))
     ctx = multiprocessing.get_context("spawn")
-    procs = [ctx.Process(target=_worker, args=(cfg,), name=f"router-{i}") for i in range(cfg.server.workers)]
+    procs = [ctx.Process(target=_worker, args=(cfg, i), name=f"router-{i}") for i in range(cfg.server.workers)]
     for p in procs:
         p.start()
 

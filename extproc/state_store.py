@@ -1,8 +1,8 @@
 """Calibration that survives restarts and is shared by replicas through one small JSON file.
 
-Each process writes its own snapshot under its replica id (never a blended one) and blends the
-other replicas' fresh snapshots into its calibrator, sample-weighted. Replicas therefore converge to
-one view within a save interval or two, a restarted process starts from everyone's learning instead
+Each process blends the live replicas' snapshots into its calibrator (sample-weighted) and writes
+the result under its own replica id: a gossip average, so replicas converge to one view within a
+save interval or two, a restarted process starts from everyone's learning instead
 of cold, and one replica's bad file entry cannot erase the others. Writes are atomic (temp file +
 rename) with 0600 permissions, serialised by an advisory lock so concurrent writers never lose data.
 """
@@ -86,20 +86,19 @@ class StateStore:
         return len(peers)
 
     def sync(self, calibrator: Calibrator) -> None:
-        """Publish our snapshot, then blend in the others'. Errors are logged, never raised."""
+        """Blend in the live replicas' snapshots, then publish ours. Errors are logged, never raised."""
         if self.path is None:
             return
         try:
             now = time.time()
             with self._locked():
-                replicas = self._read()
                 replicas = {
                     k: v
-                    for k, v in replicas.items()
+                    for k, v in self._read().items()
                     if isinstance(v, dict) and now - float(v.get("updated", 0)) <= STALE_AFTER_S
                 }
+                calibrator.merge(self._fresh_peers(replicas, now, self.live_window_s))
                 replicas[self.replica_id] = {"updated": now, "categories": calibrator.snapshot()}
                 self._write(replicas)
-            calibrator.merge(self._fresh_peers(replicas, now, self.live_window_s))
         except (OSError, ValueError) as exc:
             log.warning("could not sync calibration state %s: %s", self.path, exc)

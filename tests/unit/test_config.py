@@ -1,0 +1,59 @@
+import pytest
+
+from extproc.cli import main
+from extproc.config import ConfigError, describe, load_config
+
+
+def test_defaults_are_the_papers():
+    cfg = load_config(env={})
+    assert cfg.routing.b_short == 8192 and cfg.calibration.beta == 0.95 and cfg.calibration.gamma == 1.0
+    assert cfg.calibration.cold_start == 4.0 and cfg.routing.header_name == "x-budget-pool"
+
+
+def test_precedence_file_env_flags(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("routing:\n  b_short: 4096\n  long_context: 32768\ncalibration:\n  gamma: 2\n")
+    env = {"BUDGET_ROUTER_ROUTING_B_SHORT": "6000", "BUDGET_ROUTER_CATEGORIES_ENABLED": "prose,code"}
+    cfg = load_config(f, env=env, overrides={"calibration": {"gamma": "0.5"}})
+    assert cfg.routing.b_short == 6000  # env beats file
+    assert cfg.routing.long_context == 32768  # file beats default
+    assert cfg.calibration.gamma == 0.5  # flag beats all
+    assert cfg.categories.enabled == ["prose", "code"]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("routing:\n  b_shrt: 1\n", "unknown option routing.b_shrt"),
+        ("routng: {}\n", "unknown section"),
+        ("routing:\n  b_short: many\n", "cannot use 'many' as int"),
+        ("routing:\n  b_short: 0\n", "b_short must be > 0"),
+        ("calibration:\n  beta: 1.5\n", "beta must be in [0, 1)"),
+        ("- a\n- b\n", "must hold a mapping"),
+        ("routing: [1\n", "not valid YAML"),
+    ],
+)
+def test_bad_config_files_give_precise_errors(tmp_path, text, message):
+    f = tmp_path / "c.yaml"
+    f.write_text(text)
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("(", r"\(").replace(")", r"\)")):
+        load_config(f, env={})
+
+
+def test_missing_file_and_bad_bool_env():
+    with pytest.raises(ConfigError, match="cannot read config file"):
+        load_config("/nonexistent/x.yaml", env={})
+    with pytest.raises(ConfigError, match=r"routing\.inject_include_usage"):
+        load_config(env={"BUDGET_ROUTER_ROUTING_INJECT_INCLUDE_USAGE": "maybe"})
+
+
+def test_every_option_is_documented():
+    table = describe()
+    assert "`--routing-b-short` / `BUDGET_ROUTER_ROUTING_B_SHORT`" in table
+    assert table.count("\n") > 40
+
+
+def test_cli_reports_bad_values_with_exit_2(capsys):
+    assert main(["config", "--routing-b-short", "x"]) == 2
+    assert "cannot use 'x' as int" in capsys.readouterr().err
+    assert main(["config", "--calibration-gamma", "1.5"]) == 0
