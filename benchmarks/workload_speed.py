@@ -30,8 +30,9 @@ def best_of(fn: Callable[[], object], repeats: int = 3) -> float:
 
 def main() -> None:
     def load_both() -> None:
-        merge_by_arrival("both", [load_azure_csv(AZURE_FILES["code"], category="code"),
-                                  load_azure_csv(AZURE_FILES["conv"])])
+        merge_by_arrival(
+            "both", [load_azure_csv(AZURE_FILES["code"], category="code"), load_azure_csv(AZURE_FILES["conv"])]
+        )
 
     print(f"load + merge both Azure CSVs (28,185 rows): {best_of(load_both) * 1000:8.1f} ms")
     for trace in ("azure-both", "synthetic-heavy-tail"):

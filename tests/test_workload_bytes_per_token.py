@@ -85,8 +85,7 @@ def _provenance_rows() -> dict[str, tuple[int, str]]:
 
 def test_corpus_files_match_their_provenance_note():
     rows = _provenance_rows()
-    files = {p.relative_to(CORPUS_DIR).as_posix() for p in CORPUS_DIR.glob("*/*.txt")
-             if p.parent.name != "LICENSES"}
+    files = {p.relative_to(CORPUS_DIR).as_posix() for p in CORPUS_DIR.glob("*/*.txt") if p.parent.name != "LICENSES"}
     assert files == set(rows) and {f.split("/")[0] for f in files} == {"prose", "code", "cjk"}
     for name, (size, digest) in rows.items():
         data = (CORPUS_DIR / name).read_bytes()

@@ -21,8 +21,12 @@ CJK_RE = re.compile(r"[\u3040-\u30ff\u4e00-\u9fff]")
 
 
 @settings(max_examples=60, deadline=None)
-@given(category=st.sampled_from(["prose", "code", "cjk", "mixed"]), n=st.integers(0, 3000),
-       seed=st.integers(0, 2**32 - 1), encoding=st.sampled_from(["cl100k_base", "o200k_base"]))
+@given(
+    category=st.sampled_from(["prose", "code", "cjk", "mixed"]),
+    n=st.integers(0, 3000),
+    seed=st.integers(0, 2**32 - 1),
+    encoding=st.sampled_from(["cl100k_base", "o200k_base"]),
+)
 def test_prompt_has_exactly_n_tokens(category, n, seed, encoding):
     assert count_tokens(prompt_text(category, n, seed, encoding), encoding) == n
 
@@ -51,8 +55,9 @@ def test_categories_carry_their_kind_of_text():
 
 
 def test_chat_and_completion_bodies():
-    body = chat_body("prose", 120, model="m", max_tokens=64, seed=2, system="Be brief.", stream=True,
-                     include_usage=True)
+    body = chat_body(
+        "prose", 120, model="m", max_tokens=64, seed=2, system="Be brief.", stream=True, include_usage=True
+    )
     assert body["model"] == "m" and body["max_tokens"] == 64 and body["stream"] is True
     assert body["stream_options"] == {"include_usage": True}
     assert body["messages"][0] == {"role": "system", "content": "Be brief."}
@@ -64,8 +69,9 @@ def test_chat_and_completion_bodies():
 def test_request_body_from_a_workload():
     parser = argparse.ArgumentParser()
     add_workload_arguments(parser, trace_flag="--replay")
-    args = parser.parse_args(["--replay", "azure-conv", "--rate", "50", "--count", "5",
-                              "--category-mix", "cjk=1", "--workload-seed", "3"])
+    args = parser.parse_args(
+        ["--replay", "azure-conv", "--rate", "50", "--count", "5", "--category-mix", "cjk=1", "--workload-seed", "3"]
+    )
     requests = build_workload(workload_spec_from_args(args))
     assert len(requests) == 5 and {r.category for r in requests} == {"cjk"}
     body = request_body(requests[0], model="m", seed=0, api="completions")

@@ -27,11 +27,14 @@ def _means(trace: Trace) -> tuple[float, float]:
 
 
 # paper.md §7.1: rows, mean in / out, F(total <= 2048), max total
-@pytest.mark.parametrize(("name", "rows", "mean_in", "mean_out", "f2k", "max_total"), [
-    ("azure-code", 8819, 2047.8, 27.9, 0.618, 7841),
-    ("azure-conv", 19366, 1154.7, 211.1, 0.853, 14089),
-    ("azure-both", 28185, 1434.2, 153.8, 0.780, 14089),
-])
+@pytest.mark.parametrize(
+    ("name", "rows", "mean_in", "mean_out", "f2k", "max_total"),
+    [
+        ("azure-code", 8819, 2047.8, 27.9, 0.618, 7841),
+        ("azure-conv", 19366, 1154.7, 211.1, 0.853, 14089),
+        ("azure-both", 28185, 1434.2, 153.8, 0.780, 14089),
+    ],
+)
 def test_shipped_azure_traces_match_the_published_statistics(name, rows, mean_in, mean_out, f2k, max_total):
     trace = load_builtin_azure(name)
     assert len(trace) == rows and trace.timed
@@ -61,17 +64,20 @@ def test_azure_first_rows_and_seven_digit_timestamps():
     assert parse_timestamp("2024-05-10 02:00:00.5+02:00") == parse_timestamp("2024-05-10 00:00:00.500000")
 
 
-@pytest.mark.parametrize(("content", "line", "fragment"), [
-    ("time,in,out\n", 1, "expected header"),
-    ("", 1, "expected header"),
-    ("TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:17:03.1,10,2\n2023-11-16 18:17:04,5\n", 3, "3 comma"),
-    ("TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:17:03.1,10,2\n2023-13-16 18:17:04,5,1\n", 3, ""),
-    ("TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:77:04,5,1\n", 2, "bad timestamp"),
-    ("TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:17:04,five,1\n", 2, "invalid literal"),
-    ("TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:17:04,0,1\n", 2, "ContextTokens must be >= 1"),
-    ("TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:17:04,4,-1\n", 2, "GeneratedTokens must be >= 0"),
-    ("TIMESTAMP,ContextTokens,GeneratedTokens\n\n", None, "no data rows"),
-])
+@pytest.mark.parametrize(
+    ("content", "line", "fragment"),
+    [
+        ("time,in,out\n", 1, "expected header"),
+        ("", 1, "expected header"),
+        ("TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:17:03.1,10,2\n2023-11-16 18:17:04,5\n", 3, "3 comma"),
+        ("TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:17:03.1,10,2\n2023-13-16 18:17:04,5,1\n", 3, ""),
+        ("TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:77:04,5,1\n", 2, "bad timestamp"),
+        ("TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:17:04,five,1\n", 2, "invalid literal"),
+        ("TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:17:04,0,1\n", 2, "ContextTokens must be >= 1"),
+        ("TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:17:04,4,-1\n", 2, "GeneratedTokens must be >= 0"),
+        ("TIMESTAMP,ContextTokens,GeneratedTokens\n\n", None, "no data rows"),
+    ],
+)
 def test_malformed_azure_csv_names_file_and_line(tmp_path: Path, content, line, fragment):
     path = tmp_path / "bad.csv"
     path.write_text(content)
@@ -90,8 +96,10 @@ def test_non_utf8_file_is_a_clear_error(tmp_path: Path):
 
 def test_jsonl_timed_and_untimed(tmp_path: Path):
     timed = tmp_path / "t.jsonl"
-    timed.write_text('# a comment\n{"arrival_s": 2.5, "prompt_tokens": 10, "output_tokens": 3, "category": "cjk"}\n'
-                     '\n{"arrival_s": 1, "prompt_tokens": 7, "output_tokens": 0}\n')
+    timed.write_text(
+        '# a comment\n{"arrival_s": 2.5, "prompt_tokens": 10, "output_tokens": 3, "category": "cjk"}\n'
+        '\n{"arrival_s": 1, "prompt_tokens": 7, "output_tokens": 0}\n'
+    )
     trace = load_jsonl(timed)
     assert trace.timed and [r.arrival_s for r in trace.requests] == [1.0, 2.5]
     assert trace.requests[1] == TraceRequest(2.5, 10, 3, "cjk")
@@ -103,17 +111,20 @@ def test_jsonl_timed_and_untimed(tmp_path: Path):
         replay(trace)
 
 
-@pytest.mark.parametrize(("line2", "fragment"), [
-    ('{"prompt_tokens": 5}', 'missing "output_tokens"'),
-    ('{"prompt_tokens": 5.5, "output_tokens": 1}', "must be an integer"),
-    ('{"prompt_tokens": 0, "output_tokens": 1}', ">= 1"),
-    ('{"prompt_tokens": 5, "output_tokens": 1, "extra": 1}', "unknown keys"),
-    ('{"prompt_tokens": 5, "output_tokens": 1', "invalid JSON"),
-    ("[1, 2]", "expected a JSON object"),
-    ('{"arrival_s": 3, "prompt_tokens": 5, "output_tokens": 1}', "every line or on none"),
-    ('{"arrival_s": -1, "prompt_tokens": 5, "output_tokens": 1}', "finite number >= 0"),
-    ('{"prompt_tokens": 5, "output_tokens": 1, "category": 7}', "non-empty string"),
-])
+@pytest.mark.parametrize(
+    ("line2", "fragment"),
+    [
+        ('{"prompt_tokens": 5}', 'missing "output_tokens"'),
+        ('{"prompt_tokens": 5.5, "output_tokens": 1}', "must be an integer"),
+        ('{"prompt_tokens": 0, "output_tokens": 1}', ">= 1"),
+        ('{"prompt_tokens": 5, "output_tokens": 1, "extra": 1}', "unknown keys"),
+        ('{"prompt_tokens": 5, "output_tokens": 1', "invalid JSON"),
+        ("[1, 2]", "expected a JSON object"),
+        ('{"arrival_s": 3, "prompt_tokens": 5, "output_tokens": 1}', "every line or on none"),
+        ('{"arrival_s": -1, "prompt_tokens": 5, "output_tokens": 1}', "finite number >= 0"),
+        ('{"prompt_tokens": 5, "output_tokens": 1, "category": 7}', "non-empty string"),
+    ],
+)
 def test_malformed_jsonl_names_file_and_line(tmp_path: Path, line2, fragment):
     path = tmp_path / "bad.jsonl"
     path.write_text('{"prompt_tokens": 5, "output_tokens": 1}\n' + line2 + "\n")
@@ -135,14 +146,17 @@ def test_cdf_file_formats_and_interpolated_sampling(tmp_path: Path):
     assert (totals <= 500).mean() == pytest.approx(0.25, abs=0.01)  # uniform within the first bin
 
 
-@pytest.mark.parametrize(("text", "line", "fragment"), [
-    ("[[64, 0.2],\n [32, 0.5],\n [128, 1.0]]", 2, "strictly increasing"),
-    ("[[64, 0.2],\n [128, 0.1],\n [256, 1.0]]", 2, "non-decreasing"),
-    ("[[64, 0.2],\n [128, 0.9]]", 2, "must end at 1.0"),
-    ('{"cdf": [[64, 0.2],\n [128, 1.5]]}', 2, "[0, 1]"),
-    ("[[64, 0.2],\n [128, 1.0]", 2, "invalid JSON"),
-    ('{"points": []}', 1, '"cdf" key'),
-])
+@pytest.mark.parametrize(
+    ("text", "line", "fragment"),
+    [
+        ("[[64, 0.2],\n [32, 0.5],\n [128, 1.0]]", 2, "strictly increasing"),
+        ("[[64, 0.2],\n [128, 0.1],\n [256, 1.0]]", 2, "non-decreasing"),
+        ("[[64, 0.2],\n [128, 0.9]]", 2, "must end at 1.0"),
+        ('{"cdf": [[64, 0.2],\n [128, 1.5]]}', 2, "[0, 1]"),
+        ("[[64, 0.2],\n [128, 1.0]", 2, "invalid JSON"),
+        ('{"points": []}', 1, '"cdf" key'),
+    ],
+)
 def test_malformed_cdf_names_file_and_line(tmp_path: Path, text, line, fragment):
     path = tmp_path / "bad.json"
     path.write_text(text)
@@ -177,8 +191,11 @@ def test_cdf_inverse_is_monotone_and_within_bounds(pairs, us):
 
 
 @settings(max_examples=100, deadline=None)
-@given(totals=st.lists(st.integers(0, 70_000), min_size=1, max_size=50), frac=st.floats(0.05, 0.95),
-       cap=st.one_of(st.none(), st.integers(1, 4096)))
+@given(
+    totals=st.lists(st.integers(0, 70_000), min_size=1, max_size=50),
+    frac=st.floats(0.05, 0.95),
+    cap=st.one_of(st.none(), st.integers(1, 4096)),
+)
 def test_split_totals_keeps_sum_and_one_token_each(totals, frac, cap):
     prompts, outputs = split_totals(np.array(totals), frac, cap)
     assert np.all(prompts + outputs == np.maximum(totals, 2))
