@@ -22,7 +22,9 @@ if TYPE_CHECKING:
 
 ACCEPTED = "accepted"
 UNPARSEABLE = "unparseable"
-INVALID = "invalid"  # zero tokens: the error figure is meaningless
+# Observations whose error says nothing about the estimate: zero tokens, or a bytes/token ratio no
+# tokenizer produces (a broken or lying backend). Outliers stay: they are plausible and real.
+NOT_AN_ERROR = frozenset({"invalid", "out_of_bounds"})
 Attrs = dict[str, str]
 
 
@@ -63,7 +65,7 @@ class DecisionMetrics:
         self.estimate_error = meter.create_histogram(
             n.M_ESTIMATE_ERROR,
             "%",
-            "Signed prompt-token estimate error (estimate - actual) / actual, by category.",
+            "Estimated prompt tokens as % of the actual count (100 = exact; signed error = value - 100).",
             explicit_bucket_boundaries_advisory=n.ERROR_PCT_BUCKETS,
         )
         self.processing = meter.create_histogram(
@@ -115,8 +117,8 @@ class DecisionMetrics:
         self.usage.add(1, self._source(record.usage_source))
         if record.observation != ACCEPTED:
             self.rejected.add(1, self._cause(record.observation))
-        if record.estimate_error_pct is not None and record.observation != INVALID:
-            self.estimate_error.record(record.estimate_error_pct, self._category(record.category))
+        if record.estimate_error_pct is not None and record.observation not in NOT_AN_ERROR:
+            self.estimate_error.record(100.0 + record.estimate_error_pct, self._category(record.category))
 
     def finished(self, record: ExchangeRecord) -> None:
         for phase, seconds in record.phase_seconds.items():

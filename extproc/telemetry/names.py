@@ -55,7 +55,9 @@ M_UNPARSEABLE = "budget_router.unparseable"  # budget_router_unparseable_total{d
 M_NO_MAX_TOKENS = "budget_router.requests_without_max_tokens"  # ..._total{endpoint}
 M_USAGE = "budget_router.usage.observations"  # budget_router_usage_observations_total{source}
 M_REJECTED = "budget_router.usage.rejected"  # budget_router_usage_rejected_total{cause}
-M_ESTIMATE_ERROR = "budget_router.estimate.error"  # budget_router_estimate_error_percent{category}
+# OTel histograms only take non-negative values, so the signed error e = (est - actual)/actual is
+# recorded as est/actual in percent: 100 = exact, 110 = 10 % over (safe), 90 = 10 % under. e = value - 100.
+M_ESTIMATE_ERROR = "budget_router.estimate.vs_actual"  # budget_router_estimate_vs_actual_percent{category}
 M_PROCESSING = "budget_router.processing.duration"  # budget_router_processing_duration_seconds{phase}
 M_EST_TOKENS = "budget_router.estimated.tokens"  # budget_router_estimated_tokens{pool,category}
 M_RATIO = "budget_router.calibration.ratio"  # budget_router_calibration_ratio{category}
@@ -65,7 +67,8 @@ M_SAMPLES = "budget_router.calibration.samples"  # budget_router_calibration_sam
 M_IN_FLIGHT = "budget_router.in_flight"  # budget_router_in_flight{pool}
 
 # Histogram buckets, chosen for what an operator asks of each series.
-ERROR_PCT_BUCKETS = (-50.0, -25.0, -15.0, -10.0, -5.0, -2.5, -1.0, 0.0, 1.0, 2.5, 5.0, 10.0, 15.0, 25.0, 50.0, 100.0)
+SIGNED_ERROR_EDGES = (-50.0, -25.0, -15.0, -10.0, -5.0, -2.5, -1.0, 0.0, 1.0, 2.5, 5.0, 10.0, 15.0, 25.0, 50.0, 100.0)
+ERROR_PCT_BUCKETS = tuple(100.0 + e for e in SIGNED_ERROR_EDGES)
 PROCESSING_BUCKETS = (
     0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
 )  # fmt: skip

@@ -60,10 +60,12 @@ def otlp_endpoint(endpoint: str) -> str | None:
 
 
 def resource(t: TelemetryConfig, env: Mapping[str, str], worker: int = 0) -> Resource:
-    attrs: dict[str, str | int] = {"service.version": VERSION, "budget_router.worker": worker}
-    if not env.get("OTEL_SERVICE_NAME"):
-        attrs["service.name"] = t.service_name
-    return Resource.create(attrs)
+    attrs: dict[str, str | int] = {
+        "service.name": env.get("OTEL_SERVICE_NAME") or t.service_name,
+        "service.version": VERSION,
+        "budget_router.worker": worker,
+    }
+    return Resource.create(attrs)  # adds OTEL_RESOURCE_ATTRIBUTES underneath these
 
 
 def tracer_provider(t: TelemetryConfig, res: Resource, env: Mapping[str, str]) -> TracerProvider:

@@ -1,0 +1,388 @@
+"""Telemetry driven by real exchanges: real Envoy protobuf messages through ``Exchange`` (and once
+through the real gRPC server), observed with the SDK's in-memory span exporter and metric reader."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import grpc
+import orjson
+import pytest
+from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as epg
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind, StatusCode
+
+from extproc.config import load_config
+from extproc.exchange import Exchange, RouterRuntime
+from extproc.observer import ExchangeRecord
+from extproc.service import RouterServer
+from extproc.telemetry import DecisionLog, DecisionMetrics, ExchangeSpans, JsonLinesFormatter, TelemetryObserver
+from extproc.telemetry import names as n
+from tests.envoy_play import request_body, request_headers, response_body, response_headers, set_headers
+
+CALLER_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
+CALLER_SPAN = "00f067aa0ba902b7"
+ENVOY_TRACE = "0af7651916cd43dd8448eb211c80319c"
+ENVOY_SPAN = "b7ad6b7169203331"
+HEADER_TP = f"00-{CALLER_TRACE}-{CALLER_SPAN}-01"
+METADATA_TP = f"00-{ENVOY_TRACE}-{ENVOY_SPAN}-01"
+SECRET = "zebra-quokka-secret "
+
+
+@dataclass
+class Rig:
+    rt: RouterRuntime
+    observer: TelemetryObserver
+    spans: InMemorySpanExporter
+    reader: InMemoryMetricReader
+
+    def finished_spans(self) -> list[ReadableSpan]:
+        return list(self.spans.get_finished_spans())
+
+    def points(self) -> dict[str, list]:
+        out: dict[str, list] = {}
+        data = self.reader.get_metrics_data()
+        for rm in data.resource_metrics if data else ():
+            for sm in rm.scope_metrics:
+                for m in sm.metrics:
+                    out[m.name] = list(m.data.data_points)
+        return out
+
+
+def make_rig(capture_content: bool = False, decisions: DecisionLog | None = None) -> Rig:
+    exporter = InMemorySpanExporter()
+    tracers = TracerProvider()
+    tracers.add_span_processor(SimpleSpanProcessor(exporter))
+    reader = InMemoryMetricReader()
+    meters = MeterProvider(metric_readers=[reader])
+    observer = TelemetryObserver(
+        ExchangeSpans(tracers.get_tracer("test"), capture_content), DecisionMetrics(meters.get_meter("test")), decisions
+    )
+    rt = RouterRuntime.from_config(load_config(env={}, overrides={"calibration": {"state_file": ""}}), observer)
+    observer.attach(rt)
+    return Rig(rt, observer, exporter, reader)
+
+
+@pytest.fixture
+def rig() -> Rig:
+    return make_rig()
+
+
+def chat(content: str = "hello " * 50, **kw) -> bytes:
+    return orjson.dumps({"model": "m", "messages": [{"role": "user", "content": content}], **kw})
+
+
+def usage_json(prompt: int, completion: int = 7, model: str = "m-resp") -> bytes:
+    return orjson.dumps(
+        {"model": model, "choices": [], "usage": {"prompt_tokens": prompt, "completion_tokens": completion}}
+    )
+
+
+def sse_usage(prompt: int, completion: int = 2) -> bytes:
+    usage = {"choices": [], "usage": {"prompt_tokens": prompt, "completion_tokens": completion}}
+    return b'data: {"choices":[{"delta":{"content":"hi"}}]}\n\ndata: ' + orjson.dumps(usage) + b"\n\ndata: [DONE]\n\n"
+
+
+OVERFLOW = orjson.dumps(
+    {
+        "object": "error",
+        "message": "This model's maximum context length is 8192 tokens. However, you requested 14010 tokens "
+        "(14000 in the messages, 10 in the completion). Please reduce the length of the messages or completion.",
+        "type": "BadRequestError",
+        "code": 400,
+    }
+)
+
+
+def run(rt: RouterRuntime, body: bytes, response=None, *, headers=None, metadata=(), path="/v1/chat/completions"):
+    """One exchange; ``response`` = (status, content_type, body) or None for a stream that ends early."""
+    ex = Exchange(rt, metadata)
+    first = ex.handle(request_headers(path, extra=headers))
+    ex.handle(request_body(body))
+    if response is not None:
+        status, ctype, rbody = response
+        ex.handle(response_headers(status, ctype))
+        ex.handle(response_body(rbody))
+    ex.close()
+    return ex, first
+
+
+# -- spans -----------------------------------------------------------------------------------------
+def test_one_server_span_with_genai_and_router_attributes(rig):
+    ex, _ = run(rig.rt, chat(max_tokens=100), (200, "application/json", usage_json(60, 7)))
+    [span] = rig.finished_spans()
+    rec = ex.record
+    assert span.kind is SpanKind.SERVER
+    assert span.name == "chat m"
+    a = span.attributes
+    assert a[n.GEN_AI_OPERATION] == "chat"
+    assert a[n.GEN_AI_REQUEST_MODEL] == "m"
+    assert a[n.GEN_AI_REQUEST_MAX_TOKENS] == 100
+    assert (a[n.GEN_AI_INPUT_TOKENS], a[n.GEN_AI_OUTPUT_TOKENS]) == (60, 7)
+    assert (a[n.POOL], a[n.REASON], a[n.CATEGORY]) == ("short", "threshold", "prose")
+    assert a[n.TEXT_BYTES] == rec.text_bytes > 0
+    assert a[n.EST_PROMPT_TOKENS] == rec.estimated_prompt_tokens > 0
+    assert a[n.EST_TOTAL_TOKENS] == rec.estimated_prompt_tokens + 100
+    assert a[n.RATIO] == pytest.approx(4.0)
+    assert a[n.OUTPUT_RESERVE] == 100 and a[n.OUTPUT_DEFAULTED] is False
+    assert a[n.STREAM] is False and a[n.SPILLED] is False
+    assert a[n.USAGE_SOURCE] == "json" and a[n.OBSERVATION] == "accepted"
+    expected_error = (rec.estimated_prompt_tokens - 60) / 60 * 100
+    assert a[n.ESTIMATE_ERROR_PCT] == pytest.approx(expected_error)
+    assert a[n.HTTP_STATUS] == 200 and a[n.HTTP_METHOD] == "POST" and a[n.URL_PATH] == "/v1/chat/completions"
+    assert a[n.PROCESSING_SECONDS] > 0
+    assert span.status.status_code is StatusCode.UNSET
+
+
+def test_span_lives_from_request_headers_until_the_stream_ends(rig):
+    ex = Exchange(rig.rt)
+    ex.handle(request_headers())
+    ex.handle(request_body(chat(stream=True)))
+    ex.handle(response_headers(200, "text/event-stream"))
+    ex.handle(response_body(sse_usage(60), eos=True))
+    assert rig.finished_spans() == []  # usage arrived, but the exchange is still open
+    ex.close()
+    [span] = rig.finished_spans()
+    assert span.attributes[n.STREAM] is True and span.attributes[n.USAGE_SOURCE] == "sse"
+    assert n.GEN_AI_REQUEST_MAX_TOKENS not in span.attributes  # client sent none: we used a default
+    assert span.attributes[n.OUTPUT_DEFAULTED] is True
+    assert span.attributes[n.INCLUDE_USAGE_INJECTED] is True
+
+
+def test_stream_that_ends_early_still_ends_the_span_with_the_decision(rig):
+    run(rig.rt, chat("word " * 10000, max_tokens=10))  # client went away before any response
+    [span] = rig.finished_spans()
+    assert (span.attributes[n.POOL], span.attributes[n.REASON]) == ("long", "capacity")
+    assert n.USAGE_SOURCE not in span.attributes and n.HTTP_STATUS not in span.attributes
+    assert rig.observer.live_exchanges == 0
+
+
+def test_unparseable_span_carries_reason_and_detail_only(rig):
+    run(rig.rt, b"{not json", (200, "application/json", b"{}"))
+    [span] = rig.finished_spans()
+    assert (span.attributes[n.REASON], span.attributes[n.DETAIL]) == ("unparseable", "invalid_json")
+    assert n.GEN_AI_OPERATION not in span.attributes and span.name == n.SPAN_NAME
+
+
+def test_server_error_marks_the_span(rig):
+    run(rig.rt, chat(max_tokens=5), (503, "application/json", b"{}"))
+    [span] = rig.finished_spans()
+    assert span.status.status_code is StatusCode.ERROR
+
+
+@pytest.mark.parametrize(
+    ("headers", "metadata", "parent"),
+    [
+        ({"traceparent": HEADER_TP}, (), (CALLER_TRACE, CALLER_SPAN)),
+        (None, (("traceparent", METADATA_TP),), (ENVOY_TRACE, ENVOY_SPAN)),
+        ({"traceparent": HEADER_TP}, (("traceparent", METADATA_TP),), (CALLER_TRACE, CALLER_SPAN)),
+        ({"traceparent": "00-garbage"}, (("traceparent", METADATA_TP),), (ENVOY_TRACE, ENVOY_SPAN)),
+    ],
+    ids=["header", "grpc-metadata", "header-wins", "bad-header-falls-back"],
+)
+def test_parent_from_header_or_grpc_metadata(rig, headers, metadata, parent):
+    run(rig.rt, chat(max_tokens=5), headers=headers, metadata=metadata)
+    [span] = rig.finished_spans()
+    assert span.parent is not None and span.parent.is_remote
+    assert (format(span.parent.trace_id, "032x"), format(span.parent.span_id, "016x")) == parent
+    assert format(span.context.trace_id, "032x") == parent[0]
+
+
+def test_root_span_without_any_context(rig):
+    run(rig.rt, chat(max_tokens=5), metadata=(("x-envoy-internal", "true"), ("grpc-trace-bin", b"\x00")))
+    [span] = rig.finished_spans()
+    assert span.parent is None
+
+
+def test_traceparent_injected_into_the_upstream_request(rig):
+    _, first = run(rig.rt, chat(max_tokens=5), headers={"traceparent": HEADER_TP, "tracestate": "vendor=1"})
+    [span] = rig.finished_spans()
+    sent = set_headers(first.request_headers.response.header_mutation)
+    ctx = span.context
+    assert sent["traceparent"] == f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-01"
+    assert sent["tracestate"] == "vendor=1"
+    assert sent["accept-encoding"] == "identity"  # the exchange's own headers are still there
+
+
+def test_prompt_text_is_never_recorded_by_default(rig):
+    run(rig.rt, chat(SECRET * 20, max_tokens=5), (200, "application/json", usage_json(80)))
+    [span] = rig.finished_spans()
+    assert all("zebra" not in str(v) for v in span.attributes.values())
+    assert n.GEN_AI_INPUT_MESSAGES not in span.attributes
+
+
+@pytest.mark.skipif(
+    "request_body" not in ExchangeRecord.__slots__, reason="needs ExchangeRecord.request_body (exchange wiring)"
+)
+def test_prompt_recorded_only_with_capture_content():
+    rig = make_rig(capture_content=True)
+    run(rig.rt, chat(SECRET, max_tokens=5))
+    [span] = rig.finished_spans()
+    assert orjson.loads(span.attributes[n.GEN_AI_INPUT_MESSAGES]) == [{"role": "user", "content": SECRET}]
+
+
+def test_a_failing_telemetry_part_never_breaks_routing(caplog):
+    broken = TelemetryObserver(ExchangeSpans(tracer=None))  # type: ignore[arg-type]
+    rt = RouterRuntime.from_config(load_config(env={}, overrides={"calibration": {"state_file": ""}}), broken)
+    with caplog.at_level(logging.WARNING, "budget_router.telemetry"):
+        for _ in range(3):
+            ex, _ = run(rt, chat(max_tokens=5), (200, "application/json", usage_json(60)))
+            assert ex.record.pool == "short" and ex.record.observation == "accepted"
+    assert [r.message for r in caplog.records].count(
+        "telemetry hook started failed; routing is unaffected (logged once)"
+    ) == 1
+
+
+# -- metrics ---------------------------------------------------------------------------------------
+def scripted(rig: Rig) -> list[ExchangeRecord]:
+    """Six exchanges covering every counter: short/json, stream/sse without max_tokens, unparseable,
+    capacity with an overflow 400, a lying backend (out of bounds), and a spillover."""
+    rt, recs = rig.rt, []
+    recs.append(run(rt, chat(max_tokens=100), (200, "application/json", usage_json(60)))[0].record)
+    recs.append(run(rt, chat(stream=True), (200, "text/event-stream", sse_usage(61)))[0].record)
+    recs.append(run(rt, b"{not json")[0].record)
+    recs.append(run(rt, chat("word " * 10000, max_tokens=10), (400, "application/json", OVERFLOW))[0].record)
+    recs.append(run(rt, chat(max_tokens=50), (200, "application/json", usage_json(20)))[0].record)
+    for _ in range(rt.cfg.spillover.short_capacity):
+        rt.pressure.acquire("short")
+    recs.append(run(rt, chat(max_tokens=50))[0].record)
+    for _ in range(rt.cfg.spillover.short_capacity):
+        rt.pressure.release("short")
+    return recs
+
+
+def by_attrs(points, key=lambda p: p.value):
+    return {tuple(sorted(p.attributes.items())): key(p) for p in points}
+
+
+def test_metric_values_after_scripted_exchanges(rig):
+    recs = scripted(rig)
+    assert [r.usage_source for r in recs] == ["json", "sse", "", "overflow_400", "json", ""]
+    assert recs[4].observation == "out_of_bounds" and recs[5].spilled
+    m = rig.points()
+    assert by_attrs(m[n.M_REQUESTS]) == {
+        (("pool", "short"), ("reason", "threshold")): 3,
+        (("pool", "long"), ("reason", "unparseable")): 1,
+        (("pool", "long"), ("reason", "capacity")): 1,
+        (("pool", "long"), ("reason", "spillover")): 1,
+    }
+    assert by_attrs(m[n.M_SPILLOVERS]) == {(): 1}
+    assert by_attrs(m[n.M_UNPARSEABLE]) == {(("detail", "invalid_json"),): 1}
+    assert by_attrs(m[n.M_NO_MAX_TOKENS]) == {(("endpoint", "chat"),): 1}
+    assert by_attrs(m[n.M_USAGE]) == {
+        (("source", "json"),): 2,
+        (("source", "sse"),): 1,
+        (("source", "overflow_400"),): 1,
+    }
+    assert by_attrs(m[n.M_REJECTED]) == {(("cause", "out_of_bounds"),): 1}
+
+    [err] = m[n.M_ESTIMATE_ERROR]  # out-of-bounds usage is not an estimate error: excluded
+    assert dict(err.attributes) == {"category": "prose"} and err.count == 3
+    assert err.sum == pytest.approx(sum(100 + recs[i].estimate_error_pct for i in (0, 1, 3)))
+    assert err.min < 100 < err.max  # signed: the overflow one was under-estimated, the others over
+    assert err.min == pytest.approx(100 + recs[3].estimate_error_pct) and recs[3].estimate_error_pct < 0
+    assert tuple(err.explicit_bounds) == n.ERROR_PCT_BUCKETS
+
+    tokens = by_attrs(m[n.M_EST_TOKENS], key=lambda p: (p.count, p.sum))
+    assert tokens[(("category", "prose"), ("pool", "short"))] == (
+        3,
+        sum(recs[i].estimated_total_tokens for i in (0, 1, 4)),
+    )
+    assert tokens[(("category", "prose"), ("pool", "long"))] == (2, sum(recs[i].estimated_total_tokens for i in (3, 5)))
+
+    phases = by_attrs(m[n.M_PROCESSING], key=lambda p: p.count)
+    assert phases[(("phase", "request_headers"),)] == 6 and phases[(("phase", "request_body"),)] == 6
+    assert phases[(("phase", "response_headers"),)] == 4 and phases[(("phase", "response_body"),)] == 4
+
+
+def test_gauges_read_calibration_and_in_flight(rig):
+    recs = scripted(rig)
+    ex = Exchange(rig.rt)  # one exchange still open on the short pool
+    ex.handle(request_headers())
+    ex.handle(request_body(chat(max_tokens=5)))
+    m = rig.points()
+    prose = rig.rt.router.calibrator.categories()["prose"]
+    assert prose.samples == 3
+    assert by_attrs(m[n.M_SAMPLES])[(("category", "prose"),)] == 3
+    assert by_attrs(m[n.M_MEAN])[(("category", "prose"),)] == pytest.approx(prose.mean)
+    assert by_attrs(m[n.M_DEVIATION])[(("category", "prose"),)] == pytest.approx(prose.dev)
+    assert by_attrs(m[n.M_SAMPLES])[(("category", "code"),)] == 0  # every enabled category is reported
+    assert by_attrs(m[n.M_RATIO]) == {(("category", "prose"),): pytest.approx(ex.record.ratio)}
+    assert ex.record.ratio != recs[0].ratio  # it did learn, and the gauge follows
+    assert by_attrs(m[n.M_IN_FLIGHT]) == {(("pool", "short"),): 1, (("pool", "long"),): 0}
+    ex.close()
+    assert by_attrs(rig.points()[n.M_IN_FLIGHT]) == {(("pool", "short"),): 0, (("pool", "long"),): 0}
+
+
+# -- logs ------------------------------------------------------------------------------------------
+def test_json_decision_line_carries_decision_outcome_and_trace_id():
+    lines: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            lines.append(self.format(record))
+
+    logger = logging.getLogger("test.telemetry.decisions")
+    handler = Collect()
+    handler.setFormatter(JsonLinesFormatter())
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    try:
+        rig = make_rig(decisions=DecisionLog(json_lines=True, logger=logger))
+        run(rig.rt, chat(max_tokens=100), (200, "application/json", usage_json(60)), headers={"x-request-id": "r-1"})
+    finally:
+        logger.removeHandler(handler)
+    [span] = rig.finished_spans()
+    [line] = lines
+    doc = orjson.loads(line)
+    assert doc["msg"] == "exchange" and doc["level"] == "INFO" and doc["logger"] == logger.name
+    assert doc["trace_id"] == format(span.context.trace_id, "032x") and doc["request_id"] == "r-1"
+    assert (doc["pool"], doc["reason"], doc["category"], doc["status"]) == ("short", "threshold", "prose", 200)
+    assert doc["prompt_tokens"] == 60 and doc["usage_source"] == "json" and doc["processing_us"] > 0
+    assert doc["estimate_error_pct"] == pytest.approx(span.attributes[n.ESTIMATE_ERROR_PCT])
+
+
+def test_logs_only_still_name_the_callers_trace(caplog):
+    observer = TelemetryObserver(decisions=DecisionLog(json_lines=False))
+    rt = RouterRuntime.from_config(load_config(env={}, overrides={"calibration": {"state_file": ""}}), observer)
+    with caplog.at_level(logging.INFO, "budget_router.decisions"):
+        _, first = run(rt, chat(max_tokens=5), metadata=(("traceparent", METADATA_TP),))
+    [msg] = [r.getMessage() for r in caplog.records if r.name == "budget_router.decisions"]
+    assert f"trace_id={ENVOY_TRACE}" in msg and "pool=short" in msg and "reason=threshold" in msg
+    assert "traceparent" not in set_headers(first.request_headers.response.header_mutation)  # no tracing: no injection
+
+
+# -- through the real gRPC server -----------------------------------------------------------------
+async def test_grpc_server_hands_metadata_context_to_the_span(tmp_path):
+    rig = make_rig()
+    rig.rt.cfg.server.listen = "127.0.0.1:0"
+    server = RouterServer(rig.rt)
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as ch:
+            call = epg.ExternalProcessorStub(ch).Process(metadata=(("traceparent", METADATA_TP),))
+            answers = []
+            for msg in (
+                request_headers(),
+                request_body(chat(max_tokens=5)),
+                response_headers(),
+                response_body(usage_json(60)),
+            ):
+                await call.write(msg)
+                answers.append(await call.read())
+            await call.done_writing()
+            assert await call.read() is grpc.aio.EOF
+    finally:
+        await server.stop(1.0)
+    [span] = rig.finished_spans()
+    assert format(span.parent.span_id, "016x") == ENVOY_SPAN and format(span.context.trace_id, "032x") == ENVOY_TRACE
+    sent = set_headers(answers[0].request_headers.response.header_mutation)
+    assert sent["traceparent"] == f"00-{ENVOY_TRACE}-{span.context.span_id:016x}-01"
+    assert span.attributes[n.GEN_AI_INPUT_TOKENS] == 60
+    assert by_attrs(rig.points()[n.M_USAGE]) == {(("source", "json"),): 1}
