@@ -44,13 +44,17 @@ def test_sampler_stays_within_measured_range_and_follows_window_size():
     table = default_table()
     rng = np.random.default_rng(0)
     data = table.data["encodings"]["cl100k_base"]["code"]
-    short = table.sample("code", rng, prompt_tokens=40, size=20_000)
-    long = table.sample("code", rng, prompt_tokens=9000, size=20_000)
+    short = table.sample("code", 20_000, rng, prompt_tokens=40)
+    long = table.sample("code", 20_000, rng, prompt_tokens=9000)
     q50, q8000 = data["by_window"]["50"]["quantiles"], data["by_window"]["8000"]["quantiles"]
     assert q50[0] <= short.min() and short.max() <= q50[-1]
     assert q8000[0] <= long.min() and long.max() <= q8000[-1]
     assert long.std() < short.std()  # long prompts average out
     assert long.mean() == pytest.approx(data["by_window"]["8000"]["mean"], rel=0.02)
+    mixed_sizes = np.array([30] * 5000 + [8000] * 5000)
+    per_size = table.sample_for_sizes("code", mixed_sizes, np.random.default_rng(5))
+    assert per_size[5000:].std() < per_size[:5000].std()
+    assert q50[0] <= per_size[:5000].min() and per_size[5000:].max() <= q8000[-1]
     one = sample_bytes_per_token("prose", np.random.default_rng(1))
     assert isinstance(one, float) and one == sample_bytes_per_token("prose", np.random.default_rng(1))
 
@@ -65,9 +69,9 @@ def test_fresh_measurement_agrees_with_the_shipped_table():
 def test_unknown_names_and_bad_tables_are_clear_errors(tmp_path: Path):
     table = default_table()
     with pytest.raises(ValueError, match="category 'klingon'"):
-        table.sample("klingon", np.random.default_rng(0))
+        table.sample("klingon", 1, np.random.default_rng(0))
     with pytest.raises(ValueError, match="encoding 'p50k_base'"):
-        table.sample("prose", np.random.default_rng(0), encoding="p50k_base")
+        table.sample("prose", 1, np.random.default_rng(0), encoding="p50k_base")
     bad = tmp_path / "bpt.json"
     bad.write_text('{"windows": [50]}')
     with pytest.raises(ValueError, match="not a bytes-per-token table"):

@@ -154,15 +154,32 @@ class BytesPerTokenTable:
     def sample(
         self,
         category: str,
+        n: int,
         rng: np.random.Generator,
         *,
         encoding: str = DEFAULT_ENCODING,
         prompt_tokens: int | None = None,
-        size: int | None = None,
-    ) -> np.ndarray | float:
-        """Bytes per token for a request; ``prompt_tokens`` picks the nearest measured window size
-        (short prompts vary more), else all window sizes pooled."""
-        return self.distribution(category, encoding, prompt_tokens).sample(rng, size)
+    ) -> np.ndarray:
+        """``n`` draws of bytes per token; ``prompt_tokens`` picks the nearest measured window size
+        (short prompts vary more), else all window sizes pooled. Argument order matches the
+        planner's ``BytesPerToken`` protocol."""
+        return np.asarray(self.distribution(category, encoding, prompt_tokens).sample(rng, int(n)))
+
+    def sample_for_sizes(
+        self, category: str, prompt_tokens: np.ndarray, rng: np.random.Generator, *, encoding: str = DEFAULT_ENCODING
+    ) -> np.ndarray:
+        """One draw per request, each from the window size nearest that request's prompt tokens."""
+        sizes = np.asarray(prompt_tokens, dtype=np.float64)
+        if sizes.size and sizes.min() < 1:
+            raise ValueError("prompt token counts must be >= 1")
+        windows = np.array(self.windows, dtype=np.float64)
+        nearest = np.abs(np.log(sizes)[:, None] - np.log(windows)[None, :]).argmin(axis=1)
+        out = np.empty(sizes.size)
+        for i, window in enumerate(self.windows):
+            mask = nearest == i
+            if mask.any():
+                out[mask] = self.sample(category, int(mask.sum()), rng, encoding=encoding, prompt_tokens=window)
+        return out
 
     def mean(self, category: str, encoding: str = DEFAULT_ENCODING) -> float:
         return self.distribution(category, encoding).mean
@@ -177,7 +194,7 @@ def sample_bytes_per_token(
     category: str, rng: np.random.Generator, *, encoding: str = DEFAULT_ENCODING, prompt_tokens: int | None = None
 ) -> float:
     """One draw from the shipped distribution: multiply by a request's prompt tokens for its text bytes."""
-    return float(default_table().sample(category, rng, encoding=encoding, prompt_tokens=prompt_tokens))
+    return float(default_table().distribution(category, encoding, prompt_tokens).sample(rng, None))
 
 
 def _mean_std(stats: dict[str, Any]) -> str:
