@@ -96,6 +96,36 @@ def child_env() -> dict[str, str]:
     return env
 
 
+def pool_argv(o: StackOptions, spec: PoolSpec, port: int) -> list[str]:
+    """``budget-router emulate`` for one pool."""
+    argv = _cli(
+        "emulate", "--host", HOST, "--port", str(port),
+        "--max-model-len", str(spec.max_model_len), "--max-num-seqs", str(spec.max_num_seqs),
+        "--latency-scale", f"{o.latency_scale:g}", "--seed", str(o.seed),
+    )  # fmt: skip
+    if o.frozen_time is not None:
+        argv += ["--frozen-time", str(o.frozen_time)]
+    return argv + list(o.emulator_flags)
+
+
+def router_argv(o: StackOptions, port: int, state_file: Path) -> list[str]:
+    """``budget-router serve`` for one replica: pool sizes, framing and state file match the stack."""
+    return _cli(
+        "serve",
+        "--server-listen", f"{HOST}:{port}",
+        "--server-grace-period-s", f"{o.router_grace_s:g}",
+        "--calibration-state-file", str(state_file),
+        "--calibration-save-interval-s", f"{o.save_interval_s:g}",
+        "--telemetry-metrics-port", "0",
+        "--routing-short-context", str(o.short.max_model_len),
+        "--routing-long-context", str(o.long.max_model_len),
+        "--spillover-short-capacity", str(o.short.max_num_seqs),
+        "--spillover-long-capacity", str(o.long.max_num_seqs),
+        *EMULATOR_FRAMING,
+        *o.router_flags,
+    )  # fmt: skip
+
+
 @dataclass(frozen=True)
 class _Launch:
     name: str
@@ -142,32 +172,10 @@ class Stack:
 
     # -- argv --------------------------------------------------------------------------------------
     def _pool_argv(self, spec: PoolSpec, port: int) -> list[str]:
-        o = self.options
-        argv = _cli(
-            "emulate", "--host", HOST, "--port", str(port),
-            "--max-model-len", str(spec.max_model_len), "--max-num-seqs", str(spec.max_num_seqs),
-            "--latency-scale", f"{o.latency_scale:g}", "--seed", str(o.seed),
-        )  # fmt: skip
-        if o.frozen_time is not None:
-            argv += ["--frozen-time", str(o.frozen_time)]
-        return argv + list(o.emulator_flags)
+        return pool_argv(self.options, spec, port)
 
     def _router_argv(self, port: int) -> list[str]:
-        o = self.options
-        return _cli(
-            "serve",
-            "--server-listen", f"{HOST}:{port}",
-            "--server-grace-period-s", f"{o.router_grace_s:g}",
-            "--calibration-state-file", str(self.state_file),
-            "--calibration-save-interval-s", f"{o.save_interval_s:g}",
-            "--telemetry-metrics-port", "0",
-            "--routing-short-context", str(o.short.max_model_len),
-            "--routing-long-context", str(o.long.max_model_len),
-            "--spillover-short-capacity", str(o.short.max_num_seqs),
-            "--spillover-long-capacity", str(o.long.max_num_seqs),
-            *EMULATOR_FRAMING,
-            *o.router_flags,
-        )  # fmt: skip
+        return router_argv(self.options, port, self.state_file)
 
     def layout(self) -> EnvoyLayout:
         o = self.options
