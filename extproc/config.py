@@ -49,7 +49,7 @@ class ServerConfig:
     )
     grace_period_s: float = opt(25.0, "On SIGTERM: NOT_SERVING, then wait this long for streams to drain.")
     workers: int = opt(1, "Router processes sharing the listen port (SO_REUSEPORT).")
-    health_port: int = opt(0, "Optional plain-HTTP /healthz port on 127.0.0.1 (0 = off).")
+    event_loop: str = opt("auto", "asyncio event loop: auto (uvloop when installed), uvloop or asyncio.")
 
 
 @dataclass
@@ -204,6 +204,7 @@ def validate(cfg: Config) -> Config:
         (0.0 < c.min_ratio < c.cold_start <= c.max_ratio, "need 0 < min_ratio < cold_start <= max_ratio"),
         (0.0 <= c.converged_sample_rate <= 1.0, "calibration.converged_sample_rate must be in [0, 1]"),
         (cfg.server.workers >= 1, "server.workers must be >= 1"),
+        (cfg.server.event_loop in ("auto", "uvloop", "asyncio"), "server.event_loop must be auto, uvloop or asyncio"),
         (cfg.server.max_message_bytes >= MIB, "server.max_message_bytes must be >= 1 MiB"),
         (cfg.categories.default in cfg.categories.enabled, "categories.default must be enabled"),
         (cfg.spillover.short_capacity > 0, "spillover.short_capacity must be > 0"),

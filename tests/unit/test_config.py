@@ -57,3 +57,10 @@ def test_cli_reports_bad_values_with_exit_2(capsys):
     assert main(["config", "--routing-b-short", "x"]) == 2
     assert "cannot use 'x' as int" in capsys.readouterr().err
     assert main(["config", "--calibration-gamma", "1.5"]) == 0
+
+
+def test_readme_configuration_table_is_current():
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    assert describe() in readme, "README is stale: paste `budget-router config --doc` into ## Configuration"
