@@ -328,3 +328,31 @@ async def test_request_log_shows_headers_and_body_fingerprint(start: Start, http
         assert resp.status == 204
     async with http.get(f"{emu.url}/admin/requests") as resp:
         assert (await resp.json())["requests"] == []
+
+
+@pytest.mark.parametrize("quirk", ["crlf", "comments", "byte_split", "bad_json", "no_usage", "truncate"])
+async def test_stream_quirks_deviate_only_as_asked(start: Start, http: aiohttp.ClientSession, quirk: str) -> None:
+    emu = await start()
+    chat = f"{emu.url}/v1/chat/completions"
+    body = {"messages": USER, "max_tokens": 6, "stream": True, "stream_options": {"include_usage": True}}
+    clean = (await post(http, chat, body))[1]
+    await post(http, f"{emu.url}/admin/faults", {"stream_quirk": quirk})
+    if quirk == "truncate":
+        got = bytearray()
+        with pytest.raises(aiohttp.ClientPayloadError):
+            async with http.post(chat, data=orjson.dumps(body)) as resp:
+                async for chunk in resp.content.iter_any():
+                    got += chunk
+        assert clean.startswith(bytes(got)) and b"[DONE]" not in got and got.count(b"data: ") == 4
+        return
+    raw = (await post(http, chat, body))[1]
+    usage_event = clean[clean.rindex(b"data: {") : clean.rindex(b"data: [DONE]")]
+    undo = {
+        "crlf": lambda b: b.replace(b"\r\n", b"\n"),
+        "comments": lambda b: b.replace(b": keep-alive\n\n", b""),
+        "byte_split": lambda b: b,
+        "bad_json": lambda b: b.replace(b'data: {"id": "broken", "choices": [\n\n', b""),
+        "no_usage": lambda b: b.replace(b"data: [DONE]", usage_event + b"data: [DONE]"),
+    }[quirk]
+    assert raw != clean or quirk == "byte_split"
+    assert undo(raw) == clean

@@ -15,7 +15,7 @@ import types
 import typing
 from typing import Any
 
-from extproc.emulator.config import USAGE_LIES, EmulatorConfig, FaultConfig
+from extproc.emulator.config import STREAM_QUIRKS, USAGE_LIES, EmulatorConfig, FaultConfig
 from extproc.emulator.errors import CONTEXT_STYLES, ERROR_SHAPES
 from extproc.emulator.tokens import ENCODINGS
 
@@ -49,12 +49,15 @@ HELP: dict[str, str] = {
     "error_shape_fault": "body shape of injected errors",
     "extra_latency_ms": "delay added to every request before it is scheduled, ms (not scaled)",
     "usage_lie": "what usage.prompt_tokens reports: none (truth), zero, huge (10^9), random",
+    "stream_quirk": "SSE deviation: crlf line ends, ': keep-alive' comments, one byte per write, an invalid "
+    "JSON event, no usage chunk, or a connection cut after half the tokens",
 }
 CHOICES: dict[str, tuple[str, ...]] = {
     "encoding": ENCODINGS,
     "context_error_style": CONTEXT_STYLES,
     "error_shape": ERROR_SHAPES,
     "usage_lie": USAGE_LIES,
+    "stream_quirk": STREAM_QUIRKS,
 }
 SKIP = {"faults", "admin"}
 

@@ -10,6 +10,8 @@ from extproc.emulator.errors import CONTEXT_STYLES, ERROR_SHAPES
 from extproc.emulator.tokens import ENCODINGS
 
 USAGE_LIES = ("none", "zero", "huge", "random")
+# How a stream may deviate from vLLM's clean framing (see stream_faults.py).
+STREAM_QUIRKS = ("none", "crlf", "comments", "byte_split", "bad_json", "no_usage", "truncate")
 HUGE_USAGE = 10**9
 
 
@@ -22,6 +24,7 @@ class FaultConfig:
     error_shape: str = "nested"  # body shape of injected errors
     extra_latency_ms: float = 0.0  # added before a request enters the engine (not scaled)
     usage_lie: str = "none"  # what usage.prompt_tokens says: none (truth), zero, huge (10^9), random
+    stream_quirk: str = "none"  # one of STREAM_QUIRKS
 
     def validate(self) -> None:
         if not 0.0 <= self.error_rate <= 1.0:
@@ -34,6 +37,8 @@ class FaultConfig:
             raise ValueError(f"extra_latency_ms must be a finite number >= 0, got {self.extra_latency_ms}")
         if self.usage_lie not in USAGE_LIES:
             raise ValueError(f"usage_lie must be one of {', '.join(USAGE_LIES)}, got {self.usage_lie!r}")
+        if self.stream_quirk not in STREAM_QUIRKS:
+            raise ValueError(f"stream_quirk must be one of {', '.join(STREAM_QUIRKS)}, got {self.stream_quirk!r}")
 
     def updated(self, changes: dict[str, Any]) -> FaultConfig:
         """A validated copy with ``changes`` applied; unknown keys and wrong types are errors."""

@@ -11,6 +11,7 @@ import orjson
 from aiohttp import web
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
+from extproc.emulator import stream_faults
 from extproc.emulator.admin import Faults, RequestLog
 from extproc.emulator.config import EmulatorConfig
 from extproc.emulator.engine import Engine, Sequence, State
@@ -194,6 +195,8 @@ class Emulator:
     ) -> web.StreamResponse:
         response = web.StreamResponse(headers={"content-type": SSE_CONTENT_TYPE})
         await response.prepare(request)
+        quirk = self.faults.config.stream_quirk
+        cut = stream_faults.cut_after(quirk, gen.output_tokens)
         sent = [0] * len(seqs)
         try:
             async for index, generated in _merged_progress(seqs):
@@ -208,18 +211,27 @@ class Emulator:
                     else:
                         out += completion_chunk(env, index, tok, finish)
                 sent[index] = generated
-                await response.write(bytes(out))
+                await _write(response, quirk, bytes(out))
+                if cut is not None and sum(sent) >= cut:
+                    if request.transport is not None:
+                        request.transport.close()  # the upstream dies mid-stream
+                    return response
             if any(seq.state is not State.FINISHED for seq in seqs):
                 return response  # shutting down: end the stream without [DONE], as a dying server would
-            tail = b""
+            usage = b""
             if gen.include_usage:
                 obj = CHAT_CHUNK if gen.kind == "chat" else TEXT_COMPLETION
-                tail = usage_chunk(env, obj, self._usage_prompt(gen), sum(sent))
-            await response.write(tail + DONE)
+                usage = usage_chunk(env, obj, self._usage_prompt(gen), sum(sent))
+            await _write(response, quirk, stream_faults.tail(quirk, usage, DONE))
             await response.write_eof()
         except ConnectionResetError:
             pass  # the client went away; the caller frees the sequences
         return response
+
+
+async def _write(response: web.StreamResponse, quirk: str, data: bytes) -> None:
+    for piece in stream_faults.shape(quirk, data):
+        await response.write(piece)
 
 
 async def _drain(seq: Sequence) -> None:
