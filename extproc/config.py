@@ -204,6 +204,10 @@ def validate(cfg: Config) -> Config:
         (0.0 < c.min_ratio < c.cold_start <= c.max_ratio, "need 0 < min_ratio < cold_start <= max_ratio"),
         (0.0 <= c.converged_sample_rate <= 1.0, "calibration.converged_sample_rate must be in [0, 1]"),
         (cfg.server.workers >= 1, "server.workers must be >= 1"),
+        (
+            cfg.server.workers == 1 or not cfg.server.listen.endswith(":0"),
+            "server.workers > 1 needs a fixed port in server.listen (the workers share it)",
+        ),
         (cfg.server.event_loop in ("auto", "uvloop", "asyncio"), "server.event_loop must be auto, uvloop or asyncio"),
         (cfg.server.max_message_bytes >= MIB, "server.max_message_bytes must be >= 1 MiB"),
         (cfg.categories.default in cfg.categories.enabled, "categories.default must be enabled"),
