@@ -16,13 +16,34 @@ import numpy as np
 
 from extproc.algorithm.budget import BudgetParams, framing_tokens
 from extproc.algorithm.request_shape import CHAT, RequestShape
+from extproc.workload.bytes_per_token import BytesPerTokenTable, default_table
 from extproc.workload.trace import TraceRequest
 
 
 class BytesPerToken(Protocol):
     """Per-category bytes/token distribution (what the real BPE measures on real text)."""
 
-    def sample(self, category: str, n: int, rng: np.random.Generator) -> np.ndarray: ...
+    def sample(self, category: str, prompt_tokens: np.ndarray, rng: np.random.Generator) -> np.ndarray: ...
+
+
+class MeasuredBytesPerToken:
+    """The shipped measurements (``extproc/data/bytes_per_token.json``), drawn from the window size
+    nearest each prompt's length: short prompts vary far more than long ones."""
+
+    def __init__(self, table: BytesPerTokenTable | None = None) -> None:
+        self.table = table or default_table()
+
+    def sample(self, category: str, prompt_tokens: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        out = np.empty(len(prompt_tokens))
+        values, inverse = np.unique(prompt_tokens, return_inverse=True)
+        groups: dict[int, tuple[object, list[int]]] = {}
+        for j, tokens in enumerate(values.tolist()):
+            dist = self.table.distribution(category, prompt_tokens=int(tokens))
+            groups.setdefault(id(dist), (dist, []))[1].append(j)
+        for dist, members in groups.values():
+            mask = np.isin(inverse, members)
+            out[mask] = dist.sample(rng, int(mask.sum()))  # type: ignore[attr-defined]
+        return out
 
 
 @dataclass(frozen=True)
@@ -89,6 +110,6 @@ def from_requests(
     cats = np.array(category)
     for cat in sorted(set(category)):
         mask = cats == cat
-        ratio[mask] = bpt.sample(cat, int(mask.sum()), rng)
+        ratio[mask] = bpt.sample(cat, prompt[mask], rng)
     text_bytes = np.maximum(np.rint(text_tokens * ratio), 1).astype(np.int64)
     return SimWorkload(name, arrival, prompt, output, category, text_bytes)
