@@ -1,0 +1,125 @@
+"""One trace through the real Envoy: Envoy's span (exported by Envoy's own OpenTelemetry tracer)
+is the parent of the router's span, and the pool's request carries the same trace.
+
+Envoy and the router both export to a real OTLP/gRPC receiver started by the test; the router
+learns Envoy's context from the ext_proc gRPC metadata (the client sends none) and, in the second
+request, from the client's own ``traceparent`` header, which wins.
+
+Request ids are UUIDs: Envoy's default request-id extension only samples a request whose
+``x-request-id`` is a UUID, and it rewrites one nibble of it (position 14) to record the decision.
+"""
+
+from __future__ import annotations
+
+import urllib.request
+import uuid
+from collections.abc import Iterator
+
+import orjson
+import pytest
+
+from extproc.stack.stack import Stack
+from tests.conftest import start_stack
+from tests.e2e.client import MODEL
+from tests.test_telemetry_setup import OtlpTraceReceiver
+
+pytestmark = pytest.mark.e2e
+
+ROUTER_SERVICE = "budget-router-e2e"
+ENVOY_SERVICE = "envoy-budget-router"  # EnvoyLayout.service_name
+CLIENT_TRACE = "5bf92f3577b34da6a3ce929d0e0e4736"
+CLIENT_SPAN = "10f067aa0ba902b7"
+
+
+@pytest.fixture(scope="module")
+def traced(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, OtlpTraceReceiver]]:
+    with pytest.MonkeyPatch.context() as mp, OtlpTraceReceiver() as receiver:
+        mp.setenv("OTEL_BSP_SCHEDULE_DELAY", "100")  # the router exports within 0.1 s
+        flags = [
+            "--telemetry-traces", "true",
+            "--telemetry-otlp-endpoint", f"127.0.0.1:{receiver.port}",
+            "--telemetry-service-name", ROUTER_SERVICE,
+        ]  # fmt: skip
+        overrides = {"otlp": ("127.0.0.1", receiver.port)}
+        with start_stack(tmp_path_factory, "tracing", router_flags=flags, layout_overrides=overrides) as stack:
+            yield stack, receiver
+
+
+def chat(stack: Stack, request_id: str, headers: dict[str, str] | None = None) -> dict:
+    body = {"model": MODEL, "max_tokens": 4, "messages": [{"role": "user", "content": "Trace me, please. " * 20}]}
+    req = urllib.request.Request(
+        stack.url + "/v1/chat/completions",
+        data=orjson.dumps(body),
+        headers={"content-type": "application/json", "x-request-id": request_id, **(headers or {})},
+    )
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        assert resp.status == 200
+        return orjson.loads(resp.read())
+
+
+def same_request(seen: str | None, sent: str) -> bool:
+    """Envoy's copy of a UUID request id differs from the client's in the sampling nibble only."""
+    return seen is not None and len(seen) == len(sent) and seen[:14] + seen[15:] == sent[:14] + sent[15:]
+
+
+def upstream_traceparents(stack: Stack) -> dict[str, str]:
+    """x-request-id -> traceparent of the requests the short pool received."""
+    with urllib.request.urlopen(stack.pool_url("short") + "/admin/requests?limit=50", timeout=10) as resp:
+        return {
+            r["headers"].get("x-request-id", ""): r["headers"]["traceparent"]
+            for r in orjson.loads(resp.read())["requests"]
+        }
+
+
+def upstream_traceparent(stack: Stack, request_id: str) -> str:
+    [tp] = [tp for rid, tp in upstream_traceparents(stack).items() if same_request(rid, request_id)]
+    return tp
+
+
+def router_span_for(spans, request_id: str):
+    """The router's span of the request whose Envoy span carries ``request_id`` (guid:x-request-id)."""
+    for service, span in spans:
+        attrs = {a.key: a.value.string_value for a in span.attributes}
+        if service == ENVOY_SERVICE and same_request(attrs.get("guid:x-request-id"), request_id):
+            envoy_trace = span.trace_id
+            break
+    else:
+        return None, None
+    mine = [s for svc, s in spans if svc == ROUTER_SERVICE and s.trace_id == envoy_trace]
+    return (mine[0] if mine else None), envoy_trace
+
+
+def test_router_span_is_a_child_of_envoys_span(traced):
+    stack, receiver = traced
+    request_id = str(uuid.uuid4())
+    reply = chat(stack, request_id)
+    assert reply["usage"]["prompt_tokens"] > 0
+
+    def complete(spans) -> bool:
+        return router_span_for(spans, request_id)[0] is not None
+
+    spans = receiver.wait_for(complete, timeout=20)  # Envoy flushes its spans every 5 s
+    router, trace_id = router_span_for(spans, request_id)
+    assert router is not None, f"spans seen: {[(svc, s.name) for svc, s in spans]}"
+    envoy_ids = {s.span_id for svc, s in spans if svc == ENVOY_SERVICE and s.trace_id == trace_id}
+    assert router.parent_span_id in envoy_ids  # parent: Envoy's span, learned from the gRPC metadata
+    assert router.kind == router.SPAN_KIND_SERVER
+    attrs = {a.key: a.value for a in router.attributes}
+    assert attrs["budget_router.pool"].string_value == "short"
+    assert attrs["gen_ai.usage.input_tokens"].int_value == reply["usage"]["prompt_tokens"]
+    # The pool's request belongs to the same trace (vLLM's own spans would join it).
+    assert upstream_traceparent(stack, request_id).split("-")[1] == trace_id.hex()
+
+
+def test_client_traceparent_wins_over_envoys_metadata(traced):
+    stack, receiver = traced
+    chat(stack, str(uuid.uuid4()), {"traceparent": f"00-{CLIENT_TRACE}-{CLIENT_SPAN}-01"})
+    trace = bytes.fromhex(CLIENT_TRACE)
+
+    def router_done(spans) -> bool:
+        return any(svc == ROUTER_SERVICE and s.trace_id == trace for svc, s in spans)
+
+    spans = receiver.wait_for(router_done, timeout=10)
+    [router] = [s for svc, s in spans if svc == ROUTER_SERVICE and s.trace_id == trace]
+    assert router.parent_span_id.hex() == CLIENT_SPAN
+    assert any(tp.split("-")[1] == CLIENT_TRACE for tp in upstream_traceparents(stack).values())
