@@ -356,3 +356,14 @@ async def test_stream_quirks_deviate_only_as_asked(start: Start, http: aiohttp.C
     }[quirk]
     assert raw != clean or quirk == "byte_split"
     assert undo(raw) == clean
+
+
+async def test_close_ends_inflight_streams_promptly(http: aiohttp.ClientSession) -> None:
+    emu = await start_emulator(EmulatorConfig(port=0, latency_scale=1.0, decode_ms_per_step=20.0))
+    body = {"messages": USER, "max_tokens": 1000, "stream": True}
+    async with http.post(f"{emu.url}/v1/chat/completions", data=orjson.dumps(body)) as resp:
+        await resp.content.readuntil(b"\n\n")
+        t0 = asyncio.get_running_loop().time()
+        await emu.close()
+        rest = await resp.content.read()
+    assert asyncio.get_running_loop().time() - t0 < 3.0 and b"[DONE]" not in rest
