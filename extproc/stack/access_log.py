@@ -60,5 +60,13 @@ class AccessLog:
 
     def pool(self, request_id: str, timeout_s: float = 5.0) -> str:
         """``short`` / ``long`` (or Envoy's cluster field as is, e.g. ``-`` when no upstream was picked)."""
-        cluster = str(self.entry(request_id, timeout_s).get("cluster"))
+        self.entry(request_id, timeout_s)
+        return self.pool_of(request_id)
+
+    def pool_of(self, request_id: str) -> str:
+        """Like ``pool`` but without waiting: ``none`` when Envoy logged no line for the request."""
+        entry = self.by_id.get(request_id)
+        if entry is None:
+            return "none"
+        cluster = str(entry.get("cluster"))
         return CLUSTER_POOLS.get(cluster, cluster)

@@ -9,6 +9,7 @@ calibration, then the pools). Logs, the Envoy config and the calibration state l
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import dataclasses
 import os
@@ -22,6 +23,7 @@ from pathlib import Path
 from types import TracebackType
 
 import extproc
+from extproc.config import Config, add_config_flags, config_from_args
 from extproc.envoy_config import LONG_CLUSTER, ROUTER_CLUSTER, SHORT_CLUSTER, EnvoyLayout, render
 from extproc.stack.access_log import AccessLog
 from extproc.stack.probes import envoy_host_healthy, free_port, grpc_serving, http_ok
@@ -124,6 +126,14 @@ def router_argv(o: StackOptions, port: int, state_file: Path) -> list[str]:
         *EMULATOR_FRAMING,
         *o.router_flags,
     )  # fmt: skip
+
+
+def router_config(o: StackOptions) -> Config:
+    """The typed config the stack's router processes run with (for computing what they compute)."""
+    parser = argparse.ArgumentParser()
+    add_config_flags(parser)
+    argv = router_argv(o, port=1, state_file=Path("unused.json"))
+    return config_from_args(parser.parse_args(argv[argv.index("serve") + 1 :]))
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,230 @@
+"""``budget-router up``: the embedded stack, interactive or driving a replay to a report.
+
+Without ``--replay`` it starts the stack, prints the endpoint and a curl example and runs until
+Ctrl-C or SIGTERM. With ``--replay`` it sends the workload through Envoy, draws a progress bar, stops
+the stack (so Envoy and the routers flush their logs and state) and prints the report. Either way
+every child process is stopped on the way out, interrupted or not.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from extproc.router_from_config import build_router
+from extproc.stack.progress import Progress
+from extproc.stack.replay import MODEL, PlannedRequest, Replayer, plan
+from extproc.stack.report import build_report, render, save_png, true_ratios
+from extproc.stack.router_view import CalibrationTimeline, read_decisions
+from extproc.stack.stack import Stack, StackOptions, router_config
+from extproc.workload.cli_args import _mix, _positive_int, add_workload_arguments, workload_spec_from_args
+from extproc.workload.spec import build_workload
+
+TRACE_ALIASES = {"synthetic": "synthetic-heavy-tail"}
+DEMO_HINT = "budget-router up --replay azure-conv --rate 20 --duration 60"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_workload_arguments(parser, trace_flag="--replay")
+    w = parser.add_argument_group("workload (short spellings)")
+    w.add_argument("--requests", dest="count", type=_positive_int, default=argparse.SUPPRESS, help="= --count")
+    w.add_argument("--mix", dest="category_mix", type=_mix, default=argparse.SUPPRESS, help="= --category-mix")
+    w.add_argument("--seed", dest="workload_seed", type=int, default=argparse.SUPPRESS, help="= --workload-seed")
+    d = parser.add_argument_group("replay client")
+    d.add_argument("--concurrency", type=_positive_int, default=512, help="client cap on requests in flight")
+    d.add_argument("--stream-share", type=float, default=0.5, help="share of requests sent with stream=true")
+    d.add_argument("--timeout", type=float, default=600.0, help="per-request timeout in seconds")
+    d.add_argument("--png", type=Path, help="write a PNG of the learned ratios converging")
+    d.add_argument("--json", type=Path, help="write the report, every request and the ratio timeline as JSON")
+    s = parser.add_argument_group("stack")
+    s.add_argument("--latency-scale", type=float, default=1.0, help="emulator time scale (0 = instant)")
+    s.add_argument("--router-replicas", type=int, default=1, help="router processes behind Envoy (0 = none)")
+    s.add_argument("--fail-closed", action="store_true", help="Envoy answers 503 when the router fails")
+    s.add_argument(
+        "--router-flag", action="append", default=[], metavar="FLAG",
+        help="extra `budget-router serve` flag, e.g. --router-flag=--routing-b-short=4096 (repeatable)",
+    )  # fmt: skip
+    s.add_argument("--port", type=int, default=0, help="Envoy listener port (0 = a free one)")
+    s.add_argument("--admin-port", type=int, default=0, help="Envoy admin port (0 = a free one)")
+    s.add_argument("--state-file", type=Path, help="router calibration state (default: in the run dir)")
+    s.add_argument("--run-dir", type=Path, help="logs, envoy.yaml and state (default: a new temp dir)")
+
+
+def stack_options(args: argparse.Namespace) -> StackOptions:
+    if not 0.0 <= args.stream_share <= 1.0:
+        raise ValueError(f"--stream-share must be within [0, 1], got {args.stream_share}")
+    if args.latency_scale < 0:
+        raise ValueError(f"--latency-scale must be >= 0, got {args.latency_scale}")
+    flags = [part for flag in args.router_flag for part in flag.split("=", 1)]
+    # The replay reads the router's own decision lines for the report.
+    flags = ["--telemetry-json-logs", "true", "--telemetry-log-decisions", "true", *flags]
+    return StackOptions(
+        run_dir=args.run_dir,
+        router_replicas=args.router_replicas,
+        fail_open=not args.fail_closed,
+        router_flags=tuple(flags),
+        latency_scale=args.latency_scale,
+        listen_port=args.port,
+        admin_port=args.admin_port,
+        state_file=args.state_file,
+    )
+
+
+def _terminate_on_sigterm() -> None:
+    """SIGTERM behaves like Ctrl-C, so the same cleanup path stops every child."""
+
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+def run(args: argparse.Namespace) -> int:
+    opts = stack_options(args)
+    _terminate_on_sigterm()
+    if args.workload_trace:
+        args.workload_trace = TRACE_ALIASES.get(args.workload_trace, args.workload_trace)
+        spec = workload_spec_from_args(args)
+        if spec.count is None and spec.duration_s is None and spec.rate is not None:
+            raise ValueError("--rate needs --duration or --requests (a Poisson replay is otherwise endless)")
+        return asyncio.run(replay_main(args, Stack(opts), spec))
+    return interactive(Stack(opts))
+
+
+def interactive(stack: Stack) -> int:
+    stopped = threading.Event()
+    print(f"starting Envoy, router and two pools (logs in {stack.run_dir}) ...", file=sys.stderr, flush=True)
+    try:
+        stack.start()
+        print(banner(stack), flush=True)
+        while not stopped.wait(1.0):
+            dead = [p.name for p in stack.processes if not p.alive]
+            if dead:
+                print(f"budget-router up: {', '.join(dead)} exited; see {stack.run_dir}", file=sys.stderr)
+                return 1
+    except KeyboardInterrupt:
+        print("\nstopping ...", file=sys.stderr)
+    finally:
+        stack.stop()
+    return 0
+
+
+def banner(stack: Stack) -> str:
+    body = orjson.dumps({"model": MODEL, "max_tokens": 32, "messages": [{"role": "user", "content": "Hello!"}]})
+    return "\n".join(
+        [
+            f"Envoy (OpenAI API):   {stack.url}/v1/chat/completions",
+            f"Envoy admin:          {stack.admin_url}",
+            f"short pool (direct):  {stack.pool_url('short')}  max-model-len {stack.options.short.max_model_len}",
+            f"long pool (direct):   {stack.pool_url('long')}  max-model-len {stack.options.long.max_model_len}",
+            f"router calibration:   {stack.state_file}",
+            f"logs:                 {stack.run_dir}",
+            "",
+            f"curl -s {stack.url}/v1/chat/completions -H 'content-type: application/json' -d '{body.decode()}'",
+            "",
+            f"Which pool served it: {stack.access_log.path} (field 'cluster'). Ctrl-C stops everything.",
+            f"A replay instead: {DEMO_HINT}",
+        ]
+    )
+
+
+async def replay_main(args: argparse.Namespace, stack: Stack, spec: Any) -> int:
+    print(f"starting Envoy, router and two pools (logs in {stack.run_dir}) ...", file=sys.stderr, flush=True)
+    try:
+        starting = asyncio.create_task(asyncio.to_thread(stack.start))
+        requests = await asyncio.to_thread(build_workload, spec)
+        if not requests:
+            raise ValueError("the workload is empty (check --duration / --requests)")
+        planned = await asyncio.to_thread(plan, requests, args.stream_share, spec.seed)
+        await starting
+        print(f"stack up: {stack.url}; replaying {len(planned)} requests of {spec.trace}", file=sys.stderr, flush=True)
+        return await _replay_and_report(args, stack, spec, planned)
+    finally:
+        await asyncio.to_thread(stack.stop)
+
+
+async def _replay_and_report(args: argparse.Namespace, stack: Stack, spec: Any, planned: list[PlannedRequest]) -> int:
+    params = build_router(router_config(stack.options)).calibrator.params
+    timeline = CalibrationTimeline(stack.state_file, params)
+    replayer = Replayer(stack.url, planned, args.concurrency, args.timeout)
+    horizon = planned[-1].arrival_s
+    progress = Progress(replayer, horizon)
+    replayer.on_done = progress.count
+    started = time.monotonic()
+    helpers = [
+        asyncio.create_task(timeline.run(replayer.elapsed, stack.options.save_interval_s / 2)),
+        asyncio.create_task(progress.run()),
+    ]
+    interrupted = False
+    try:
+        await replayer.run()
+    except asyncio.CancelledError:
+        interrupted = True
+        task = asyncio.current_task()
+        if task is not None:
+            task.uncancel()
+    finally:
+        for task in helpers:
+            task.cancel()
+        await asyncio.gather(*helpers, return_exceptions=True)
+        progress.draw(final=True)
+    wall = time.monotonic() - started
+    await asyncio.to_thread(stack.stop)  # Envoy flushes its access log; routers save their final state
+    timeline.poll(replayer.elapsed())
+    stack.access_log.poll()
+    outcomes = list(replayer.outcomes)
+    pools = {o.request.request_id: stack.access_log.pool_of(o.request.request_id) for o in outcomes}
+    decisions = read_decisions(stack.run_dir / f"{p.name}.log" for p in stack.routers)
+    run_info = {
+        "trace": spec.trace,
+        "rate": spec.rate,
+        "duration_s": spec.duration_s,
+        "planned": len(planned),
+        "sent": replayer.sent,
+        "replay_s": max(horizon, 1e-9),
+        "wall_s": wall,
+        "stream_share": args.stream_share,
+        "seed": spec.seed,
+        "mix": str(spec.mix),
+        "latency_scale": stack.options.latency_scale,
+        "interrupted": interrupted,
+        "run_dir": str(stack.run_dir),
+    }
+    report = build_report(run_info, outcomes, pools, decisions, timeline.points)
+    print(render(report), flush=True)
+    if args.png:
+        save_png(timeline.points, true_ratios(outcomes, decisions), args.png)
+        print(f"ratio convergence plot: {args.png}")
+    if args.json:
+        dump = _dump(report, outcomes, pools, decisions, timeline)
+        args.json.write_bytes(orjson.dumps(dump, option=orjson.OPT_INDENT_2))
+        print(f"JSON report: {args.json}")
+    return 130 if interrupted else 0
+
+
+def _dump(report: dict[str, Any], outcomes, pools, decisions, timeline: CalibrationTimeline) -> dict[str, Any]:
+    rows = []
+    for o in outcomes:
+        r = o.request
+        d = decisions.get(r.request_id, {})
+        rows.append(
+            {
+                "id": r.request_id, "arrival_s": r.arrival_s, "category": r.category,
+                "prompt_tokens": r.prompt_tokens, "output_tokens": r.output_tokens, "stream": r.stream,
+                "text_bytes": r.text_bytes, "sent_s": o.sent_s, "status": o.status, "error": o.error,
+                "latency_s": o.latency_s, "first_byte_s": o.first_byte_s, "pool": pools.get(r.request_id),
+                "router": {k: d.get(k) for k in ("pool", "reason", "category", "estimated_prompt_tokens",
+                                                 "estimated_total_tokens", "ratio", "prompt_tokens",
+                                                 "estimate_error_pct", "spilled")} if d else None,
+            }
+        )  # fmt: skip
+    return {"report": report, "requests": rows, "ratio_timeline": [dataclasses.asdict(p) for p in timeline.points]}
