@@ -39,6 +39,7 @@ POOL_HEADER = "x-budget-pool"
 MODEL = EmulatorConfig().model
 CHAT_PATH = "/v1/chat/completions"
 Labels = tuple[tuple[str, str], ...]
+Samples = dict[tuple[str, Labels], float]
 
 
 def chat(content: Any = "Say hello in five words.", **fields: Any) -> dict[str, Any]:
@@ -87,12 +88,12 @@ class ObservedStack:
             out[pool] = [e for e in entries if e["headers"].get("x-request-id") == request_id]
         return out
 
-    async def metrics(self, session: aiohttp.ClientSession) -> dict[tuple[str, Labels], float]:
+    async def metrics(self, session: aiohttp.ClientSession) -> Samples:
         """Every sample of the router's Prometheus endpoint, keyed by (name, sorted labels)."""
         url = f"http://127.0.0.1:{self.metrics_port}/metrics"
         async with session.get(url, timeout=aiohttp.ClientTimeout(total=5)) as resp:
             text = await resp.text()
-        out: dict[tuple[str, Labels], float] = {}
+        out: Samples = {}
         for family in text_string_to_metric_families(text):
             for sample in family.samples:
                 out[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
@@ -114,8 +115,10 @@ class ObservedStack:
             await asyncio.sleep(0.05)
 
 
-def counter(samples: dict[tuple[str, Labels], float], name: str, **labels: str) -> float:
-    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+def increase(before: Samples, after: Samples, name: str, **labels: str) -> float:
+    """How much one Prometheus series grew between two scrapes (absent counts as 0)."""
+    key = (name, tuple(sorted(labels.items())))
+    return after.get(key, 0.0) - before.get(key, 0.0)
 
 
 @contextlib.contextmanager

@@ -44,7 +44,7 @@ from tests.hardening import (
     REASON_HEADER,
     ObservedStack,
     chat,
-    counter,
+    increase,
     observed_stack,
 )
 
@@ -301,15 +301,9 @@ async def check_row(obs: ObservedStack, session: aiohttp.ClientSession, row: Row
 
     after = await obs.metrics(session)
     if row.reason:
-        key = {"pool": row.pool or "", "reason": row.reason}
-        assert counter(after, "budget_router_requests_total", **key) == counter(
-            before, "budget_router_requests_total", **key
-        ) + 1
+        assert increase(before, after, "budget_router_requests_total", pool=row.pool or "", reason=row.reason) == 1
     if row.reason == UNPARSEABLE:
-        d = {"detail": row.detail}
-        assert counter(after, "budget_router_unparseable_total", **d) == counter(
-            before, "budget_router_unparseable_total", **d
-        ) + 1
+        assert increase(before, after, "budget_router_unparseable_total", detail=row.detail) == 1
     await obs.wait_idle(session)
     return reply, entry
 
@@ -385,8 +379,10 @@ async def test_client_disconnects_mid_stream(observed: ObservedStack, session: a
 
 
 # -- SSE responses the emulator never produces, through the real gRPC server -------------------------
-USAGE_EVENT = b'data: {"id":"x","object":"chat.completion.chunk","choices":[],"usage":{"prompt_tokens":57,' \
+USAGE_EVENT = (
+    b'data: {"id":"x","object":"chat.completion.chunk","choices":[],"usage":{"prompt_tokens":57,'
     b'"completion_tokens":3,"total_tokens":60}}\n\n'
+)
 TOKEN_EVENTS = b"".join(
     b'data: {"id":"x","object":"chat.completion.chunk","choices":[{"index":0,"delta":{"content":"' + t + b'"}}]}\n\n'
     for t in (b"Hel", b"lo", b" there")
