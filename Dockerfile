@@ -35,6 +35,12 @@ RUN set -eu; \
     python3 -m venv /opt/venv; \
     /opt/venv/bin/pip install --no-compile \
       ${PIP_INDEX_URL:+--index-url "$PIP_INDEX_URL"} ${PIP_EXTRA_INDEX_URL:+--extra-index-url "$PIP_EXTRA_INDEX_URL"} . ; \
+    # xds-protos ships its own, older copy of opentelemetry/proto/*; whichever package pip unpacks
+    # last wins, and the old copy breaks the OTLP exporter. Put OpenTelemetry's own files back.
+    otel_proto="$(/opt/venv/bin/python -c 'import importlib.metadata as m; print(m.version("opentelemetry-proto"))')"; \
+    /opt/venv/bin/pip install --no-deps --force-reinstall "opentelemetry-proto==${otel_proto}" \
+      ${PIP_INDEX_URL:+--index-url "$PIP_INDEX_URL"}; \
+    /opt/venv/bin/python -c 'from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter'; \
     /opt/venv/bin/budget-router --version
 
 # Unprivileged user; learned calibration persists in the state volume.

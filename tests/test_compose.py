@@ -94,6 +94,7 @@ def test_pool_sizes_follow_env() -> None:
     cpu = compose_config("cpu", env)["services"]
     assert "--max-model-len=4096" in cpu["emulator-short"]["command"]
     assert "--max-num-seqs=8" in cpu["emulator-long"]["command"]
+    assert "--model=org/some-model" in cpu["emulator-short"]["command"]
     gpu = compose_config("gpu", env)["services"]
     short_cmd = gpu["vllm-short"]["command"]
     assert short_cmd[:1] == ["org/some-model"] and "4096" in short_cmd
@@ -229,8 +230,11 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+TEST_MODEL = "budget-router/compose-test"
+
+
 def _chat(port: int, text: str) -> int:
-    body = json.dumps({"model": "m", "max_tokens": 16, "messages": [{"role": "user", "content": text}]}).encode()
+    body = json.dumps({"model": TEST_MODEL, "max_tokens": 16, "messages": [{"role": "user", "content": text}]}).encode()
     req = urllib.request.Request(
         f"http://127.0.0.1:{port}/v1/chat/completions", data=body, headers={"content-type": "application/json"}
     )
@@ -261,6 +265,7 @@ def test_cpu_profile_routes_to_both_pools_under_docker(tmp_path: Path) -> None:
             **os.environ,
             **pip_env,
             "BASE_IMAGE": BASE_IMAGE,
+            "MODEL": TEST_MODEL,
             "ENVOY_IMAGE": ENVOY_LOCAL_IMAGE,
             "ENVOY_PORT": str(envoy_port),
             "ENVOY_ADMIN_PORT": str(admin_port),
@@ -287,6 +292,10 @@ def test_cpu_profile_routes_to_both_pools_under_docker(tmp_path: Path) -> None:
             assert short_ok == [200] * 3 and long_ok == [200] * 2
             assert after[ec.SHORT_CLUSTER] - before[ec.SHORT_CLUSTER] >= 3
             assert after[ec.LONG_CLUSTER] - before[ec.LONG_CLUSTER] >= 2
+        except BaseException:
+            logs = subprocess.run([*project, "logs", "--tail", "40"], env=env, cwd=ROOT, capture_output=True, text=True)
+            print(logs.stdout[-6000:], logs.stderr[-2000:])
+            raise
         finally:
             subprocess.run(
                 [*project, "down", "-v", "--remove-orphans"], env=env, cwd=ROOT, capture_output=True, timeout=300
