@@ -58,6 +58,7 @@ class PoolStats:
     busy_s: float
     seq_s: float
     preemptions: int
+    free_blocks_at_end: int  # equals the profile's kv_blocks unless a block leaked
 
 
 @dataclass
@@ -180,6 +181,7 @@ class FleetSim:
                 sum(x.busy_s for x in pool.instances),
                 sum(x.seq_s for x in pool.instances),
                 sum(x.preemptions for x in pool.instances),
+                min(x.free for x in pool.instances),
             )
             for cfg, pool in zip(self.configs, pools, strict=True)
         ]

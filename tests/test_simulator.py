@@ -1,0 +1,146 @@
+"""The discrete-event instance/fleet simulator against queueing theory and hand-computed timelines."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+import pytest
+
+from extproc.algorithm import BudgetRouter, DispatchPolicy
+from extproc.planner.fleet import LEAST_OUTSTANDING, OVER_CONTEXT, ROUND_ROBIN, FleetSim, PoolConfig
+from extproc.planner.profiles import InstanceProfile
+from extproc.planner.routing import RouterDispatch
+from extproc.planner.sim_workload import SimWorkload
+
+
+def profile(**over: object) -> InstanceProfile:
+    base = InstanceProfile(
+        name="test", max_model_len=65536, max_num_seqs=16, max_num_batched_tokens=8192,
+        kv_capacity_tokens=1 << 20, block_size=16, iter_fixed_s=0.01, iter_per_seq_s=0.0,
+        iter_per_kv_token_s=0.0, prefill_per_token_s=0.0, prefill_attn_per_token_ctx_s=0.0, gpus=1,
+        usd_per_gpu_hour=1.0, max_waiting=None)
+    return dataclasses.replace(base, **over)
+
+
+def workload(arrival: object, prompt: object, output: object, category: str = "prose",
+             text_bytes: object = None) -> SimWorkload:
+    arr = np.asarray(arrival, dtype=np.float64)
+    n = len(arr)
+    p = np.broadcast_to(np.asarray(prompt, dtype=np.int64), n).copy()
+    o = np.broadcast_to(np.asarray(output, dtype=np.int64), n).copy()
+    tb = p * 4 if text_bytes is None else np.broadcast_to(np.asarray(text_bytes, dtype=np.int64), n).copy()
+    return SimWorkload("test", arr, p, o, (category,) * n, tb)
+
+
+def erlang_c_wait(c: int, lam: float, mu: float) -> tuple[float, float]:
+    """P(wait) and mean wait of M/M/c."""
+    a = lam / mu
+    head = sum(a**k / math.factorial(k) for k in range(c))
+    tail = a**c / math.factorial(c) * c / (c - a)
+    p_wait = tail / (head + tail)
+    return p_wait, p_wait / (c * mu - lam)
+
+
+def test_queue_waits_match_erlang_c() -> None:
+    """One instance, no KV pressure, constant iteration time and geometric output lengths:
+    service is exponential (mean 1 s), batch slots are the servers, so waits are M/M/c."""
+    c, w, mean_out, lam, n = 2, 0.002, 500, 1.0, 100_000
+    prof = profile(max_num_seqs=c, iter_fixed_s=w, max_num_batched_tokens=10_000)
+    waits, expected, p_waits, expected_p = [], [], [], []
+    for seed in (0, 1):
+        rng = np.random.default_rng(seed)
+        arrival = np.cumsum(rng.exponential(1 / lam, n))
+        out = rng.geometric(1 / mean_out, n)
+        res = FleetSim([PoolConfig("p", prof, 1)]).run(workload(arrival, 10, out))
+        # first token = admission boundary + one prefill iteration
+        wait = (res.first_token - arrival - w)[n // 10:]
+        p, mean = erlang_c_wait(c, (n - 1) / arrival[-1], 1 / (out.mean() * w))
+        waits.append(wait.mean())
+        expected.append(mean)
+        p_waits.append(np.mean(wait > w))
+        expected_p.append(p)
+    assert np.mean(waits) == pytest.approx(np.mean(expected), rel=0.05)
+    assert np.mean(p_waits) == pytest.approx(np.mean(expected_p), rel=0.05)
+
+
+def test_chunked_prefill_and_decode_times_follow_the_iteration_model() -> None:
+    p = profile(iter_fixed_s=0.01, iter_per_seq_s=0.001, iter_per_kv_token_s=1e-7, prefill_per_token_s=1e-5,
+                prefill_attn_per_token_ctx_s=1e-9, max_num_batched_tokens=8192)
+    prompt, out = 20_000, 50
+    res = FleetSim([PoolConfig("p", p, 1)]).run(workload([0.0], prompt, out))
+    ttft, done = 0.0, 0
+    for m in (8192, 8192, prompt - 2 * 8192):  # three chunks of at most the token budget
+        ttft += 0.01 + 0.001 + m * 1e-5 + 1e-9 * m * (done + m / 2)
+        done += m
+    decode = sum(0.01 + 0.001 + 1e-7 * (prompt + j) for j in range(out - 1))  # cache grows a token per step
+    assert res.first_token[0] == pytest.approx(ttft, rel=1e-9)
+    assert res.finish[0] - res.first_token[0] == pytest.approx(decode, rel=1e-9)
+
+
+def test_arrival_joins_at_the_next_iteration_boundary() -> None:
+    """A decode run of many iterations is one event; an arrival cuts it at the boundary after it."""
+    res = FleetSim([PoolConfig("p", profile(iter_fixed_s=0.01), 1)]).run(
+        workload([0.0, 0.0537], 100, [1000, 3]))
+    assert res.first_token[0] == pytest.approx(0.01)
+    assert res.first_token[1] == pytest.approx(0.07)  # boundary at 0.06, then its prefill iteration
+    assert res.finish[1] == pytest.approx(0.09)
+    assert res.finish[0] == pytest.approx(10.0)  # 1000 iterations of 10 ms, undisturbed
+
+
+def long_requests(n: int, seed: int = 0) -> SimWorkload:
+    rng = np.random.default_rng(seed)
+    return workload(np.cumsum(rng.exponential(0.05, n)), rng.integers(8000, 30000, n), rng.integers(500, 3000, n))
+
+
+def test_preemption_under_kv_pressure_and_not_without() -> None:
+    """64K context with 128 sequences overcommits a 1M-token KV cache (vLLM allows it: blocks are
+    allocated as tokens arrive); with 16 sequences the worst case fits and nothing is preempted."""
+    wl = long_requests(400)
+    tight = profile(max_num_seqs=128, iter_fixed_s=0.002, max_num_batched_tokens=16384)
+    roomy = profile(max_num_seqs=16, iter_fixed_s=0.002, max_num_batched_tokens=16384)
+    over = FleetSim([PoolConfig("p", tight, 1)]).run(wl)
+    safe = FleetSim([PoolConfig("p", roomy, 1)]).run(wl)
+    assert over.pools[0].preemptions > 0
+    assert over.preemptions.sum() == over.pools[0].preemptions
+    assert safe.pools[0].preemptions == 0
+    for res in (over, safe):
+        assert np.all(res.finish >= res.first_token) and not np.isnan(res.finish).any()  # all completed
+        assert res.pools[0].free_blocks_at_end == res.pools[0].profile.kv_blocks  # no block leaked
+
+
+def test_over_context_and_queue_cap_reject() -> None:
+    p = profile(max_model_len=4096, max_num_seqs=1, max_waiting=2, iter_fixed_s=0.1)
+    res = FleetSim([PoolConfig("p", p, 1)]).run(workload([0.0, 0.0, 0.0, 0.0, 0.0], [100, 5000, 100, 100, 100], 50))
+    assert res.rejected.tolist() == [0, OVER_CONTEXT, 0, 0, 2]  # 2: the third waiting request hits the cap
+
+
+@pytest.mark.parametrize("balancer", [ROUND_ROBIN, LEAST_OUTSTANDING])
+def test_balancers_spread_load(balancer: str) -> None:
+    wl = workload(np.arange(40) * 0.001, 100, [2000, 10] * 20)
+    res = FleetSim([PoolConfig("p", profile(), 4, balancer)]).run(wl)
+    assert not np.isnan(res.finish).any()
+    if balancer == LEAST_OUTSTANDING:  # short jobs finish early, so their instances take more
+        assert res.finish.max() < FleetSim([PoolConfig("p", profile(), 4, ROUND_ROBIN)]).run(wl).finish.max() + 1e-9
+
+
+def test_real_router_misroutes_cjk_at_cold_start_and_learns() -> None:
+    """CJK packs ~1.5 bytes/token; the cold-start ratio 4.0 halves its token estimate, so 10K-token
+    CJK prompts look like 4K and go short (and are rejected there as over context). Completed
+    requests teach the router the true ratio, and the mistakes stop."""
+    rng = np.random.default_rng(3)
+    n = 600
+    prompt = np.where(np.arange(n) % 2 == 0, rng.integers(500, 1500, n), rng.integers(9000, 12000, n))
+    text_bytes = ((prompt - 7) * rng.normal(1.5, 0.05, n)).astype(np.int64)
+    # 200 req/s and 0.5 s per response: ~100 requests are routed before the first usage comes back
+    wl = workload(np.arange(n) * 0.005, prompt, 100, category="cjk", text_bytes=text_bytes)
+    short = profile(max_model_len=8192, max_num_seqs=128, max_num_batched_tokens=16384, iter_fixed_s=0.005)
+    long = profile(iter_fixed_s=0.005)
+    dispatch = RouterDispatch(BudgetRouter(policy=DispatchPolicy(b_short=8192)), wl, 4 * 128, 4 * 16)
+    res = FleetSim([PoolConfig("short", short, 4), PoolConfig("long", long, 4)], dispatch).run(wl)
+    wrong = (wl.total > 8192) & (res.pool == 0)
+    assert wrong[:100].sum() >= 30
+    assert wrong[300:].sum() == 0
+    assert (res.rejected[wrong] == OVER_CONTEXT).all()
+    assert dispatch.router.calibrator.state("cjk").mean == pytest.approx(1.5, rel=0.05)
