@@ -67,6 +67,18 @@ class SimWorkload:
             self.name, self.arrival[:n], self.prompt[:n], self.output[:n], self.category[:n], self.text_bytes[:n]
         )
 
+    def resampled(self, rng: np.random.Generator) -> SimWorkload:
+        """Another draw of the same traffic: request sizes (with their bytes) resampled with
+        replacement, arrivals a fresh Poisson process at the same mean rate. Used to check that a
+        fleet sized on one sample holds on another."""
+        n = len(self)
+        idx = rng.integers(0, n, size=n)
+        span = float(self.arrival[-1] - self.arrival[0])
+        rate = (n - 1) / span if span > 0 else 1.0
+        arrival = np.cumsum(rng.exponential(1.0 / rate, size=n))
+        return SimWorkload(self.name, arrival, self.prompt[idx], self.output[idx],
+                           tuple(self.category[i] for i in idx), self.text_bytes[idx])
+
     def subset(self, mask: np.ndarray) -> SimWorkload:
         idx = np.flatnonzero(mask)
         return SimWorkload(
