@@ -44,13 +44,13 @@ async def serve(
     peers = store.load_into(rt.router.calibrator)
     server = RouterServer(rt)
     await server.start()
-    host = cfg.server.listen.rsplit(":", 1)[0]
-    print(f"budget-router listening on {host}:{server.port} (state peers loaded: {peers})", flush=True)
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    for sig in (signal.SIGTERM, signal.SIGINT):  # before the ready line: a supervisor may signal at once
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
+    host = cfg.server.listen.rsplit(":", 1)[0]
+    print(f"budget-router listening on {host}:{server.port} (state peers loaded: {peers})", flush=True)
     if ready is not None:
         ready.set()
 
