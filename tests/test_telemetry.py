@@ -12,16 +12,26 @@ import pytest
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as epg
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import SpanKind, StatusCode
 
 from extproc.config import load_config
 from extproc.exchange import Exchange, RouterRuntime
 from extproc.observer import ExchangeRecord
 from extproc.service import RouterServer
-from extproc.telemetry import DecisionLog, DecisionMetrics, ExchangeSpans, JsonLinesFormatter, TelemetryObserver
+from extproc.telemetry import (
+    DecisionLog,
+    DecisionMetrics,
+    ExchangeSpans,
+    HistogramSet,
+    JsonLinesFormatter,
+    TelemetryObserver,
+    merging,
+)
 from extproc.telemetry import names as n
 from tests.envoy_play import request_body, request_headers, response_body, response_headers, set_headers
 
@@ -58,11 +68,11 @@ def make_rig(capture_content: bool = False, decisions: DecisionLog | None = None
     exporter = InMemorySpanExporter()
     tracers = TracerProvider()
     tracers.add_span_processor(SimpleSpanProcessor(exporter))
-    reader = InMemoryMetricReader()
+    histograms = HistogramSet(Resource.create({}), InstrumentationScope("test"))
+    reader = merging(InMemoryMetricReader)(histograms)
     meters = MeterProvider(metric_readers=[reader])
-    observer = TelemetryObserver(
-        ExchangeSpans(tracers.get_tracer("test"), capture_content), DecisionMetrics(meters.get_meter("test")), decisions
-    )
+    metrics = DecisionMetrics(meters.get_meter("test"), histograms)
+    observer = TelemetryObserver(ExchangeSpans(tracers.get_tracer("test"), capture_content), metrics, decisions)
     rt = RouterRuntime.from_config(load_config(env={}, overrides={"calibration": {"state_file": ""}}), observer)
     observer.attach(rt)
     return Rig(rt, observer, exporter, reader)
@@ -297,7 +307,9 @@ def test_metric_values_after_scripted_exchanges(rig):
 
     phases = by_attrs(m[n.M_PROCESSING], key=lambda p: p.count)
     assert phases[(("phase", "request_headers"),)] == 6 and phases[(("phase", "request_body"),)] == 6
-    assert phases[(("phase", "response_headers"),)] == 4 and phases[(("phase", "response_body"),)] == 4
+    assert phases[(("phase", "response"),)] == 4
+    bounds = m[n.M_PROCESSING][0].explicit_bounds
+    assert tuple(bounds) == n.PROCESSING_BUCKETS and sum(m[n.M_PROCESSING][0].bucket_counts) == 6
 
 
 def test_gauges_read_calibration_and_in_flight(rig):

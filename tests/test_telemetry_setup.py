@@ -198,3 +198,28 @@ def test_otel_service_name_wins_over_config():
         assert shutdown is not None
         shutdown()
         assert [s for s, _ in receiver.spans()] == ["from-env"]
+
+
+def test_fast_histogram_follows_otel_bucket_rule_and_merges_into_sdk_batches():
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+
+    from extproc.telemetry import HistogramSet, merging
+
+    hs = HistogramSet(Resource.create({}), InstrumentationScope("t"))
+    h = hs.histogram("h", "s", "d", (1.0, 2.0), "k")
+    reader = merging(InMemoryMetricReader)(hs)
+    MeterProvider(metric_readers=[reader]).get_meter("t").create_counter("c").add(1)
+    for v in (0.5, 1.0, 1.5, 2.0, 9.0):
+        h.record(v, "a")
+    h.record(3.0, "b")
+    data = reader.get_metrics_data()
+    metrics = {m.name: m for sm in data.resource_metrics[0].scope_metrics for m in sm.metrics}
+    assert set(metrics) == {"c", "h"}
+    points = {p.attributes["k"]: p for p in metrics["h"].data.data_points}
+    a = points["a"]
+    assert list(a.bucket_counts) == [2, 2, 1]  # (-inf,1], (1,2], (2,inf): a bound belongs to its bucket
+    assert (a.count, a.sum, a.min, a.max) == (5, 14.0, 0.5, 9.0)
+    assert list(points["b"].bucket_counts) == [0, 0, 1]

@@ -11,9 +11,12 @@ import os
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+
 from extproc.config import Config
 from extproc.observer import ExchangeObserver
 from extproc.telemetry import names
+from extproc.telemetry.histograms import HistogramSet, merging
 from extproc.telemetry.logs import DecisionLog, JsonLinesFormatter, use_json_lines
 from extproc.telemetry.metrics import DecisionMetrics
 from extproc.telemetry.observer import TelemetryObserver
@@ -36,9 +39,11 @@ __all__ = [
     "DecisionLog",
     "DecisionMetrics",
     "ExchangeSpans",
+    "HistogramSet",
     "JsonLinesFormatter",
     "TelemetryObserver",
     "build_observer",
+    "merging",
     "names",
 ]
 
@@ -63,14 +68,15 @@ def build_observer(
     spans = metrics = None
     if not sdk_disabled(env):
         res = resource(t, env, worker)
+        histograms = HistogramSet(res, InstrumentationScope(names.INSTRUMENTATION_SCOPE, VERSION))
         if traces_enabled(t, env):
             tracers = tracer_provider(t, res, env)
             spans = ExchangeSpans(tracers.get_tracer(names.INSTRUMENTATION_SCOPE, VERSION), t.capture_content)
             shutdowns.append(tracers.shutdown)
-        readers = metric_readers(t, env, worker, shutdowns)
+        readers = metric_readers(t, env, worker, shutdowns, histograms)
         if readers:
             meters = meter_provider(readers, res)
-            metrics = DecisionMetrics(meters.get_meter(names.INSTRUMENTATION_SCOPE, VERSION))
+            metrics = DecisionMetrics(meters.get_meter(names.INSTRUMENTATION_SCOPE, VERSION), histograms)
             shutdowns.insert(0, meters.shutdown)  # flush metrics before the scrape port closes
     if spans is None and metrics is None and decisions is None:
         return ExchangeObserver(), None

@@ -66,6 +66,11 @@ M_DEVIATION = "budget_router.calibration.deviation"  # budget_router_calibration
 M_SAMPLES = "budget_router.calibration.samples"  # budget_router_calibration_samples{category}
 M_IN_FLIGHT = "budget_router.in_flight"  # budget_router_in_flight{pool}
 
+# Phases of the processing-time histogram: the two request messages, and everything after them.
+REQUEST_PHASES = ("request_headers", "request_body")
+RESPONSE_PHASE = "response"
+PHASES = (*REQUEST_PHASES, RESPONSE_PHASE)
+
 # Histogram buckets, chosen for what an operator asks of each series.
 SIGNED_ERROR_EDGES = (-50.0, -25.0, -15.0, -10.0, -5.0, -2.5, -1.0, 0.0, 1.0, 2.5, 5.0, 10.0, 15.0, 25.0, 50.0, 100.0)
 ERROR_PCT_BUCKETS = tuple(100.0 + e for e in SIGNED_ERROR_EDGES)

@@ -15,13 +15,14 @@ import logging
 from collections.abc import Callable, Mapping
 from importlib import metadata
 
-from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics import AlwaysOffExemplarFilter, MeterProvider
 from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
 
 from extproc.config import TelemetryConfig
+from extproc.telemetry.histograms import HistogramSet, merging
 
 log = logging.getLogger("budget_router.telemetry")
 Shutdown = Callable[[], None]
@@ -82,22 +83,23 @@ def tracer_provider(t: TelemetryConfig, res: Resource, env: Mapping[str, str]) -
 
 
 def metric_readers(
-    t: TelemetryConfig, env: Mapping[str, str], worker: int, shutdowns: list[Shutdown]
+    t: TelemetryConfig, env: Mapping[str, str], worker: int, shutdowns: list[Shutdown], histograms: HistogramSet
 ) -> list[MetricReader]:
     """Prometheus scrape endpoint (port + worker index, so workers never collide) and/or OTLP push."""
     readers: list[MetricReader] = []
     if t.metrics_port > 0:
-        reader = _prometheus(t.metrics_host, t.metrics_port + worker, shutdowns)
+        reader = _prometheus(t.metrics_host, t.metrics_port + worker, shutdowns, histograms)
         if reader is not None:
             readers.append(reader)
     if t.otlp_metrics or "otlp" in _exporters(env, "OTEL_METRICS_EXPORTER"):
         from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
 
-        readers.append(PeriodicExportingMetricReader(OTLPMetricExporter(endpoint=otlp_endpoint(t.otlp_endpoint))))
+        exporter = OTLPMetricExporter(endpoint=otlp_endpoint(t.otlp_endpoint))
+        readers.append(merging(PeriodicExportingMetricReader)(histograms, exporter))
     return readers
 
 
-def _prometheus(host: str, port: int, shutdowns: list[Shutdown]) -> MetricReader | None:
+def _prometheus(host: str, port: int, shutdowns: list[Shutdown], histograms: HistogramSet) -> MetricReader | None:
     from opentelemetry.exporter.prometheus import PrometheusMetricReader
     from prometheus_client import CollectorRegistry, start_http_server
 
@@ -115,8 +117,9 @@ def _prometheus(host: str, port: int, shutdowns: list[Shutdown]) -> MetricReader
         server.server_close()
 
     shutdowns.append(stop)
-    return PrometheusMetricReader(registry=registry, scope_info_enabled=False)
+    return merging(PrometheusMetricReader)(histograms, registry=registry, scope_info_enabled=False)
 
 
 def meter_provider(readers: list[MetricReader], res: Resource) -> MeterProvider:
-    return MeterProvider(metric_readers=readers, resource=res)
+    # No exemplars: they would cost a context lookup per measurement for little use here.
+    return MeterProvider(metric_readers=readers, resource=res, exemplar_filter=AlwaysOffExemplarFilter())
