@@ -19,14 +19,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
+import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 import orjson
 import pytest
+from multidict import CIMultiDict
 from prometheus_client.parser import text_string_to_metric_families
 
 from extproc.emulator.config import EmulatorConfig
@@ -45,6 +48,38 @@ Samples = dict[tuple[str, Labels], float]
 def chat(content: Any = "Say hello in five words.", **fields: Any) -> dict[str, Any]:
     """A small, valid chat request for the emulators (fields override or add top-level keys)."""
     return {"model": MODEL, "messages": [{"role": "user", "content": content}], "max_tokens": 8, **fields}
+
+
+@dataclass
+class Reply:
+    request_id: str
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+
+_ids = itertools.count(1)
+
+
+async def send(
+    session: aiohttp.ClientSession,
+    base_url: str,
+    method: str,
+    path: str,
+    body: bytes,
+    headers: Mapping[str, str] | Iterable[tuple[str, str]] = (),
+    timeout_s: float = 20.0,
+) -> Reply:
+    """One request with its own ``x-request-id`` (Envoy keeps it: access log, emulators and the router's
+    decision line all name it). ``headers`` may repeat a name."""
+    request_id = f"hardening-{os.getpid()}-{next(_ids)}"
+    hdrs = CIMultiDict({"content-type": "application/json", "x-request-id": request_id})
+    hdrs.extend(headers)
+    async with session.request(
+        method, base_url + path, data=body, headers=hdrs, timeout=aiohttp.ClientTimeout(total=timeout_s)
+    ) as resp:
+        raw = await resp.read()
+        return Reply(request_id, resp.status, {k.lower(): v for k, v in resp.headers.items()}, raw)
 
 
 @dataclass

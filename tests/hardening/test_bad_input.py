@@ -43,16 +43,17 @@ from tests.hardening import (
     POOL_HEADER,
     REASON_HEADER,
     ObservedStack,
+    Reply,
     chat,
     increase,
     observed_stack,
+    send,
 )
 
 pytestmark = pytest.mark.e2e
 
 ROUTER_LIMIT = 512 * 1024  # --server-max-request-body-bytes
 ENVOY_LIMIT = MIB  # EnvoyLayout.max_body_bytes (Envoy's buffer; 413 above it)
-CLIENT_TIMEOUT_S = 20.0
 TRACEPARENT = re.compile(r"^00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$")
 
 
@@ -124,14 +125,6 @@ SHAPES: dict[str, Callable[[Reply], bool]] = {
     "envoy_local": _is_envoy_local,
     "sse": _is_sse,
 }
-
-
-@dataclass
-class Reply:
-    request_id: str
-    status: int
-    headers: dict[str, str]
-    body: bytes
 
 
 @dataclass(frozen=True)
@@ -259,21 +252,6 @@ ROUTER_BUGS = {
 
 
 # -- driving a row ----------------------------------------------------------------------------------
-_ids = iter(range(1, 1_000_000))
-
-
-async def send(
-    session: aiohttp.ClientSession, base_url: str, method: str, path: str, body: bytes, headers: Mapping[str, str]
-) -> Reply:
-    request_id = f"bad-{next(_ids)}-{id(session)}"
-    hdrs = {"content-type": "application/json", "x-request-id": request_id, **headers}
-    async with session.request(
-        method, base_url + path, data=body, headers=hdrs, timeout=aiohttp.ClientTimeout(total=CLIENT_TIMEOUT_S)
-    ) as resp:
-        raw = await resp.read()
-        return Reply(request_id, resp.status, {k.lower(): v for k, v in resp.headers.items()}, raw)
-
-
 async def check_row(obs: ObservedStack, session: aiohttp.ClientSession, row: Row) -> tuple[Reply, dict[str, Any]]:
     """Send one row and check every outside view of it; returns the reply and the upstream entry."""
     before = await obs.metrics(session)
@@ -377,7 +355,7 @@ async def test_upstream_400_flat_error_format(observed: ObservedStack, session: 
 
 async def test_client_disconnects_mid_stream(observed: ObservedStack, session: aiohttp.ClientSession) -> None:
     body = dumps(chat(max_tokens=8_000, stream=True))
-    request_id = f"bad-disconnect-{next(_ids)}"
+    request_id = "bad-disconnect"
     headers = {"content-type": "application/json", "x-request-id": request_id}
     async with session.post(observed.url + CHAT_PATH, data=body, headers=headers) as resp:
         assert resp.status == 200
