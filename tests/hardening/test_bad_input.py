@@ -24,6 +24,7 @@ import hashlib
 import re
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -469,6 +470,25 @@ async def test_router_bug_sse_extra_blank_line(grpc_router: RouterServer) -> Non
     differ from the backend's although no usage-only event was removed there."""
     stream = TOKEN_EVENTS + b"\n" + USAGE_EVENT + DONE
     assert await play_stream(grpc_router, [stream]) == TOKEN_EVENTS + b"\n" + DONE
+
+
+# -- the table in the docs ------------------------------------------------------------------------------
+SPECIAL_ROWS = {  # doc id -> the test above that covers it
+    "upstream_503": test_upstream_503,
+    "upstream_400_flat": test_upstream_400_flat_error_format,
+    "client_disconnect": test_client_disconnects_mid_stream,
+    "stream_options_null": test_router_bug_null_stream_options_still_learns,
+    "sse_mixed_line_endings": test_router_bug_sse_mixed_line_endings,
+    "sse_extra_blank_line": test_router_bug_sse_extra_blank_line,
+}
+
+
+def test_docs_table_has_exactly_one_row_per_test() -> None:
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "bad-input.md").read_text()
+    documented = re.findall(r"^\| `([a-z0-9_]+)` \|", doc, flags=re.MULTILINE)
+    tested = [r.id for r in ROWS] + sorted(SSE_CASES) + sorted(ROUTER_BUGS) + sorted(SPECIAL_ROWS)
+    assert sorted(documented) == sorted(tested)
+    assert len(documented) >= 30
 
 
 # -- after the whole table ------------------------------------------------------------------------------
