@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import random
 import secrets
 import shutil
 import statistics
@@ -34,31 +35,40 @@ from router_cpu import cpu_seconds, free_port, one_exchange  # noqa: E402
 from tests.test_telemetry_setup import OtlpTraceReceiver  # noqa: E402
 
 
-def cases(otlp_port: int) -> dict[str, list[str]]:
+def cases(otlp_port: int) -> dict[str, tuple[float, list[str]]]:
+    """label -> (share of requests Envoy samples, router flags)."""
     traces = ["--telemetry-traces", "true", "--telemetry-otlp-endpoint", f"127.0.0.1:{otlp_port}"]
     return {
-        "off": ["--telemetry-metrics-port", "0"],
-        "metrics (Prometheus)": ["--telemetry-metrics-port", str(free_port())],
-        "traces + metrics": [*traces, "--telemetry-metrics-port", str(free_port())],
-        "traces + metrics + JSON decision logs": [
+        "off": (1.0, ["--telemetry-metrics-port", "0"]),
+        "metrics (Prometheus)": (1.0, ["--telemetry-metrics-port", str(free_port())]),
+        "traces 10 % sampled + metrics": (0.1, [*traces, "--telemetry-metrics-port", str(free_port())]),
+        "traces 100 % sampled + metrics": (1.0, [*traces, "--telemetry-metrics-port", str(free_port())]),
+        "traces 100 % + metrics + JSON decision logs": (1.0, [
             *traces, "--telemetry-metrics-port", str(free_port()),
             "--telemetry-json-logs", "true", "--telemetry-log-decisions", "true",
-        ],
+        ]),
     }  # fmt: skip
 
 
 class EnvoyTraceContext(grpc.aio.StreamStreamClientInterceptor):
-    """Puts an Envoy-style ``traceparent`` in each ext_proc call's metadata, as Envoy does when it traces."""
+    """Puts an Envoy-style ``traceparent`` in each ext_proc call's metadata, as Envoy does when it traces;
+    ``sampled`` is the share Envoy samples (the router's parent-based sampler follows Envoy's flag)."""
+
+    def __init__(self, sampled: float) -> None:
+        self.sampled = sampled
+        self.rng = random.Random(7)
 
     async def intercept_stream_stream(self, continuation, client_call_details, request_iterator):
-        traceparent = f"00-{secrets.token_hex(16)}-{secrets.token_hex(8)}-01"
+        flags = "01" if self.rng.random() < self.sampled else "00"
+        traceparent = f"00-{secrets.token_hex(16)}-{secrets.token_hex(8)}-{flags}"
         metadata = grpc.aio.Metadata(*(client_call_details.metadata or ()), ("traceparent", traceparent))
         return await continuation(client_call_details._replace(metadata=metadata), request_iterator)
 
 
-async def load(port: int, exchanges: int, concurrency: int, pid: int) -> float:
+async def load(port: int, exchanges: int, concurrency: int, pid: int, sampled: float) -> float:
     """Router CPU seconds spent on ``exchanges`` full exchanges (after a warm-up)."""
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}", interceptors=[EnvoyTraceContext()]) as channel:
+    interceptors = [EnvoyTraceContext(sampled)]
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}", interceptors=interceptors) as channel:
         stub = epg.ExternalProcessorStub(channel)
         for _ in range(200):
             await one_exchange(stub, True)
@@ -74,7 +84,7 @@ async def load(port: int, exchanges: int, concurrency: int, pid: int) -> float:
         return cpu_seconds(pid) - cpu0
 
 
-def measure(flags: list[str], exchanges: int, concurrency: int) -> float:
+def measure(sampled: float, flags: list[str], exchanges: int, concurrency: int) -> float:
     pin = ["taskset", "-c", "0"] if shutil.which("taskset") and (os.cpu_count() or 1) > 1 else []
     port = free_port()
     env = {**os.environ, "OTEL_BSP_SCHEDULE_DELAY": "200"}
@@ -86,7 +96,7 @@ def measure(flags: list[str], exchanges: int, concurrency: int) -> float:
         try:
             assert proc.stdout is not None
             proc.stdout.readline()  # "listening on ..." = ready
-            cpu = asyncio.run(load(port, exchanges, concurrency, proc.pid))
+            cpu = asyncio.run(load(port, exchanges, concurrency, proc.pid, sampled))
             if "--telemetry-metrics-port" in flags and flags[flags.index("--telemetry-metrics-port") + 1] != "0":
                 url = f"http://127.0.0.1:{flags[flags.index('--telemetry-metrics-port') + 1]}/metrics"
                 scraped = urllib.request.urlopen(url, timeout=5).read()
@@ -106,8 +116,8 @@ def main() -> None:
     with OtlpTraceReceiver() as receiver:
         runs: dict[str, list[float]] = {}
         for _ in range(args.repeats):
-            for label, flags in cases(receiver.port).items():
-                runs.setdefault(label, []).append(measure(flags, args.exchanges, args.concurrency))
+            for label, (sampled, flags) in cases(receiver.port).items():
+                runs.setdefault(label, []).append(measure(sampled, flags, args.exchanges, args.concurrency))
         time.sleep(0.5)
         spans = len(receiver.spans())
     base = statistics.median(runs["off"])
@@ -115,7 +125,7 @@ def main() -> None:
     for label, values in runs.items():
         med = statistics.median(values)
         spread = ", ".join(f"{v:.0f}" for v in values)
-        print(f"  {label:40s} {med:6.0f} µs  ({(med / base - 1) * 100:+5.1f} % vs off)   runs: {spread}")
+        print(f"  {label:44s} {med:6.0f} µs  ({(med / base - 1) * 100:+5.1f} % vs off)   runs: {spread}")
     print(f"  spans received by the OTLP receiver: {spans}")
 
 

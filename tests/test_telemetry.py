@@ -136,16 +136,14 @@ def test_one_server_span_with_genai_and_router_attributes(rig):
     assert (a[n.GEN_AI_INPUT_TOKENS], a[n.GEN_AI_OUTPUT_TOKENS]) == (60, 7)
     assert (a[n.POOL], a[n.REASON], a[n.CATEGORY]) == ("short", "threshold", "prose")
     assert a[n.TEXT_BYTES] == rec.text_bytes > 0
-    assert a[n.EST_PROMPT_TOKENS] == rec.estimated_prompt_tokens > 0
-    assert a[n.EST_TOTAL_TOKENS] == rec.estimated_prompt_tokens + 100
+    assert a[n.EST_TOTAL_TOKENS] == rec.estimated_prompt_tokens + 100 and rec.estimated_prompt_tokens > 0
     assert a[n.RATIO] == pytest.approx(4.0)
-    assert a[n.OUTPUT_RESERVE] == 100 and a[n.OUTPUT_DEFAULTED] is False
-    assert a[n.STREAM] is False and a[n.SPILLED] is False
-    assert a[n.USAGE_SOURCE] == "json" and a[n.OBSERVATION] == "accepted"
+    assert a[n.OUTPUT_RESERVE] == 100
+    assert n.STREAM not in a and n.SPILLED not in a  # flags are only set when true
+    assert a[n.USAGE_SOURCE] == "json" and n.OBSERVATION not in a  # accepted: nothing to flag
     expected_error = (rec.estimated_prompt_tokens - 60) / 60 * 100
     assert a[n.ESTIMATE_ERROR_PCT] == pytest.approx(expected_error)
-    assert a[n.HTTP_STATUS] == 200 and a[n.HTTP_METHOD] == "POST" and a[n.URL_PATH] == "/v1/chat/completions"
-    assert a[n.PROCESSING_SECONDS] > 0
+    assert a[n.HTTP_STATUS] == 200
     assert span.status.status_code is StatusCode.UNSET
 
 
@@ -160,8 +158,7 @@ def test_span_lives_from_request_headers_until_the_stream_ends(rig):
     [span] = rig.finished_spans()
     assert span.attributes[n.STREAM] is True and span.attributes[n.USAGE_SOURCE] == "sse"
     assert n.GEN_AI_REQUEST_MAX_TOKENS not in span.attributes  # client sent none: we used a default
-    assert span.attributes[n.OUTPUT_DEFAULTED] is True
-    assert span.attributes[n.INCLUDE_USAGE_INJECTED] is True
+    assert span.attributes[n.OUTPUT_RESERVE] == ex.record.output_reserve > 0
 
 
 def test_stream_that_ends_early_still_ends_the_span_with_the_decision(rig):
@@ -177,6 +174,7 @@ def test_unparseable_span_carries_reason_and_detail_only(rig):
     [span] = rig.finished_spans()
     assert (span.attributes[n.REASON], span.attributes[n.DETAIL]) == ("unparseable", "invalid_json")
     assert n.GEN_AI_OPERATION not in span.attributes and span.name == n.SPAN_NAME
+    assert span.attributes[n.URL_PATH] == "/v1/chat/completions"
 
 
 def test_server_error_marks_the_span(rig):

@@ -16,13 +16,18 @@ from opentelemetry.trace import Span, set_span_in_context
 
 
 def extract_parent(headers: Mapping[str, str], metadata: Sequence[tuple[str, str]]) -> Context:
-    """Parent context: the HTTP headers' trace context if valid, else the gRPC metadata's, else none."""
+    """Parent context: the HTTP headers' trace context if valid, else the gRPC metadata's, else none.
+
+    The common cases (no context, or context in only one place) cost a single extraction.
+    """
     propagator = propagate.get_global_textmap()
-    base = Context()
-    if metadata:
-        carrier = {k: v for k, v in metadata if isinstance(v, str)}  # binary (-bin) metadata is skipped
-        base = propagator.extract(carrier, context=base)
-    return propagator.extract(headers, context=base)
+    carrier = {k: v for k, v in metadata if isinstance(v, str)} if metadata else {}  # -bin metadata skipped
+    fields = propagator.fields
+    if not any(f in carrier for f in fields):
+        return propagator.extract(headers, context=Context())
+    if not any(f in headers for f in fields):
+        return propagator.extract(carrier, context=Context())
+    return propagator.extract(headers, context=propagator.extract(carrier, context=Context()))
 
 
 def inject(span: Span) -> dict[str, str]:
