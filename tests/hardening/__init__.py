@@ -114,6 +114,19 @@ class ObservedStack:
                 raise AssertionError(f"no decision line for {request_id} in the router log after {timeout_s}s")
             time.sleep(0.05)
 
+    async def wait_routing(self, session: aiohttp.ClientSession, timeout_s: float = 15.0) -> None:
+        """Until a request is decided by the router again (after a restart Envoy may fail open on its
+        first streams to the new process even though its health check already passed)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            probe = await send(session, self.url, "POST", CHAT_PATH, orjson.dumps(chat()))
+            try:
+                self.decision(probe.request_id, timeout_s=0.5)
+                return
+            except AssertionError:
+                if time.monotonic() > deadline:
+                    raise
+
     async def received(self, session: aiohttp.ClientSession, request_id: str) -> dict[str, list[dict[str, Any]]]:
         """Every request each pool received with this ``x-request-id`` (from the emulators' admin API)."""
         out: dict[str, list[dict[str, Any]]] = {}

@@ -92,6 +92,7 @@ async def test_client_pool_header_is_stripped_while_the_router_is_down(
         assert POOL_HEADER not in headers and observed.stack.access_log.pool(reply.request_id) == "long"
     finally:
         observed.stack.restart_router()
+        await observed.wait_routing(session)
 
 
 @pytest.mark.e2e
@@ -107,6 +108,7 @@ async def test_client_reason_header_is_stripped_while_the_router_is_down(
         headers = await upstream_headers(observed, session, reply)
     finally:
         observed.stack.restart_router()
+        await observed.wait_routing(session)
     assert REASON_HEADER not in headers
 
 
