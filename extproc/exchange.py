@@ -27,7 +27,7 @@ from extproc.algorithm.request_shape import CHAT, COMPLETIONS
 from extproc.config import Config
 from extproc.observer import ExchangeObserver, ExchangeRecord
 from extproc.sse import SseUsageScanner
-from extproc.usage import json_usage, overflow_prompt_tokens, usage_counts
+from extproc.usage import json_response, overflow_prompt_tokens, usage_counts
 
 UNPARSEABLE = "unparseable"
 NO_BODY = "no_body"
@@ -130,6 +130,8 @@ class Exchange:
     def on_request_body(self, msg: em.ep.HttpBody) -> em.ProcessingResponse:
         raw = msg.body
         self.record.body_bytes = len(raw)
+        if self.rt.cfg.telemetry.capture_content:
+            self.record.request_body = raw
         new_body = self._route_body(raw)
         set_headers = self._routing_headers()
         if new_body is not None:
@@ -227,8 +229,8 @@ class Exchange:
             if msg.end_of_stream:
                 tail = self._sse.finish()
                 out = (out or b"") + tail if out is not None or tail else None
-                prompt, completion = usage_counts(self._sse.usage)
-                self._learn(prompt, completion, "sse")
+                self.record.response_model = self._sse.model
+                self._learn(*usage_counts(self._sse.usage), "sse")
             if out is not None and out == msg.body:
                 out = None
             return em.response_body_response(out)
@@ -247,9 +249,11 @@ class Exchange:
             scanner = SseUsageScanner(self.rt.cfg.server.max_response_buffer_bytes)
             scanner.feed(body)
             scanner.finish()
+            self.record.response_model = scanner.model
             self._learn(*usage_counts(scanner.usage), "sse")
         else:
-            self._learn(*json_usage(body), "json")
+            prompt, completion, self.record.response_model = json_response(body)
+            self._learn(prompt, completion, "json")
 
     def _learn(self, prompt: int | None, completion: int | None, source: str) -> None:
         rec = self.record

@@ -37,6 +37,8 @@ class ExchangeRecord:
     completion_tokens: int | None = None
     observation: str = ""  # accepted | rejected reason
     estimate_error_pct: float | None = None
+    response_model: str | None = None
+    request_body: bytes | None = None  # only when telemetry.capture_content is on
     phase_seconds: dict[str, float] = field(default_factory=dict)
 
 

@@ -20,20 +20,20 @@ _LINE_SPLIT = re.compile(rb"\r\n|\n|\r")
 _SEPARATORS = (b"\n\n", b"\r\n\r\n", b"\r\r")
 
 
-def _usage_of(payload: bytes) -> tuple[dict[str, Any] | None, bool]:
-    """(usage dict or None, whether the event is a usage-only chunk with no choices)."""
+def _usage_of(payload: bytes) -> tuple[dict[str, Any] | None, bool, str | None]:
+    """(usage dict or None, whether the event is a usage-only chunk with no choices, model)."""
     if b"usage" not in payload:
-        return None, False
+        return None, False, None
     try:
         obj = orjson.loads(payload)
     except orjson.JSONDecodeError:
-        return None, False
+        return None, False, None
     if not isinstance(obj, dict):
-        return None, False
-    usage = obj.get("usage")
+        return None, False, None
+    usage, model = obj.get("usage"), obj.get("model")
     if not isinstance(usage, dict):
-        return None, False
-    return usage, obj.get("choices") == []
+        return None, False, None
+    return usage, obj.get("choices") == [], model if isinstance(model, str) else None
 
 
 def _data_payloads(event: bytes) -> list[bytes]:
@@ -49,6 +49,7 @@ class SseUsageScanner:
         self.max_pending = max_pending
         self.strip = strip_usage_only
         self.usage: dict[str, Any] | None = None
+        self.model: str | None = None
         self.overflowed = False  # a line longer than max_pending: scanning stopped, bytes pass through
         self._pending = b""
 
@@ -62,9 +63,9 @@ class SseUsageScanner:
             drop = False
             if b"usage" in event:
                 for payload in _data_payloads(event):
-                    usage, usage_only = _usage_of(payload)
+                    usage, usage_only, model = _usage_of(payload)
                     if usage is not None:
-                        self.usage = usage
+                        self.usage, self.model = usage, model or self.model
                         drop = drop or (self.strip and usage_only)
             if not drop:
                 kept.append(event)

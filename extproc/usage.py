@@ -41,13 +41,22 @@ def usage_counts(usage: Any) -> tuple[int | None, int | None]:
 
 
 def json_usage(body: bytes) -> tuple[int | None, int | None]:
+    prompt, completion, _ = json_response(body)
+    return prompt, completion
+
+
+def json_response(body: bytes) -> tuple[int | None, int | None, str | None]:
+    """(prompt_tokens, completion_tokens, model) of a non-streaming completion body."""
     if b"usage" not in body:
-        return None, None
+        return None, None, None
     try:
         obj = orjson.loads(body)
     except orjson.JSONDecodeError:
-        return None, None
-    return usage_counts(obj.get("usage")) if isinstance(obj, dict) else (None, None)
+        return None, None, None
+    if not isinstance(obj, dict):
+        return None, None, None
+    model = obj.get("model")
+    return (*usage_counts(obj.get("usage")), model if isinstance(model, str) else None)
 
 
 def overflow_prompt_tokens(body: bytes) -> int | None:

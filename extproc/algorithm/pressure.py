@@ -18,6 +18,14 @@ from typing import Protocol
 
 
 class PressureSource(Protocol):
+    def snapshot(self) -> dict[str, int]:
+        """In-flight plus unexpired leases per pool, without touching the heaps (safe from a scrape thread)."""
+        now = self._clock()
+        return {
+            pool: self.in_flight.get(pool, 0) + sum(1 for t in list(self._leases.get(pool, ())) if t > now)
+            for pool in self.capacity
+        }
+
     def pressure(self, pool: str) -> float: ...
 
 
@@ -51,6 +59,14 @@ class InFlightPressure:
             while leases and leases[0] <= now:
                 heapq.heappop(leases)
         return self.in_flight.get(pool, 0) + (len(leases) if leases else 0)
+
+    def snapshot(self) -> dict[str, int]:
+        """In-flight plus unexpired leases per pool, without touching the heaps (safe from a scrape thread)."""
+        now = self._clock()
+        return {
+            pool: self.in_flight.get(pool, 0) + sum(1 for t in list(self._leases.get(pool, ())) if t > now)
+            for pool in self.capacity
+        }
 
     def pressure(self, pool: str) -> float:
         return self.count(pool) / self.capacity.get(pool, 1)

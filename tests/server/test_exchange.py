@@ -170,3 +170,14 @@ def test_pressure_tracks_in_flight_and_spills(rt):
     for e in exchanges:
         e.close()
     assert rt.pressure.in_flight == {"short": 0, "long": 0}
+
+
+def test_response_model_is_recorded_and_body_only_kept_when_capturing(rt):
+    ex, _, _ = route(rt, chat(max_tokens=10))
+    assert ex.record.request_body is None
+    ex.handle(response_headers())
+    ex.handle(response_body(b'{"model":"llama-3","usage":{"prompt_tokens":80,"completion_tokens":10}}'))
+    assert ex.record.response_model == "llama-3"
+    rt.cfg.telemetry.capture_content = True
+    ex2, _, _ = route(rt, chat("secret", max_tokens=10))
+    assert b"secret" in ex2.record.request_body

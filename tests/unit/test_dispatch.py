@@ -62,3 +62,16 @@ def test_leases_expire_and_tracked_durations_set_their_length():
     p.release("short", duration_s=12.0)
     assert p.mean_duration["short"] == 0.9 * 2.0 + 0.1 * 12.0
     assert p.count("short") == 0
+
+
+def test_snapshot_counts_leases_without_popping():
+    from extproc.algorithm.pressure import InFlightPressure
+
+    now = [0.0]
+    p = InFlightPressure({"short": 4, "long": 2}, clock=lambda: now[0], initial_duration_s=1.0)
+    p.lease("short")
+    p.acquire("long")
+    assert p.snapshot() == {"short": 1, "long": 1}
+    now[0] = 5.0
+    assert p.snapshot() == {"short": 0, "long": 1}
+    assert len(p._leases["short"]) == 1  # untouched until the routing thread purges
