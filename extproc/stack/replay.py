@@ -19,6 +19,7 @@ import numpy as np
 import orjson
 
 from extproc.emulator.config import EmulatorConfig
+from extproc.workload.corpus import get_encoding
 from extproc.workload.prompts import request_body
 from extproc.workload.trace import TraceRequest
 
@@ -34,6 +35,7 @@ class PlannedRequest:
     category: str
     prompt_tokens: int  # exact BPE tokens of the message text (the emulator adds its template)
     output_tokens: int
+    expected_usage: int  # usage.prompt_tokens the emulator reports: text + its chat template
     stream: bool
     text_bytes: int
     body: bytes
@@ -56,6 +58,7 @@ def plan(
 ) -> list[PlannedRequest]:
     """One body per trace request; deterministic for a seed."""
     rng = np.random.default_rng(seed)
+    template = emulator_template_tokens()
     streams = rng.random(len(requests)) < stream_share
     seeds = rng.integers(0, 2**31, size=len(requests))
     out: list[PlannedRequest] = []
@@ -69,12 +72,20 @@ def plan(
                 category=str(req.category),
                 prompt_tokens=req.prompt_tokens,
                 output_tokens=req.output_tokens,
+                expected_usage=req.prompt_tokens + template,
                 stream=bool(stream),
                 text_bytes=len(text.encode()),
                 body=orjson.dumps(doc),
             )
         )
     return out
+
+
+def emulator_template_tokens(role: str = "user") -> int:
+    """What the emulator's chat template adds to a one-message request (see ``PromptCounter.chat``)."""
+    cfg = EmulatorConfig()
+    role_tokens = len(get_encoding(cfg.encoding).encode(role))
+    return cfg.template_tokens_per_request + cfg.template_tokens_per_message + role_tokens
 
 
 def _classify(status: int, body: bytes) -> str:

@@ -47,7 +47,7 @@ def pool_stats(outcomes: Sequence[Outcome], pools: Mapping[str, str]) -> dict[st
         out[pool] = {
             "requests": len(group),
             "ok": len(ok),
-            "non_2xx": dict(sorted(Counter(o.status for o in group if o.status and not 200 <= o.status < 300).items())),
+            "non_2xx": dict(sorted(Counter(str(o.status) for o in group if o.status and not 200 <= o.status < 300).items())),
             "context_overflow": sum(o.error == "context_overflow" for o in group),
             "latency_p50_s": _pct(ok, 50),
             "latency_p99_s": _pct(ok, 99),
@@ -56,15 +56,33 @@ def pool_stats(outcomes: Sequence[Outcome], pools: Mapping[str, str]) -> dict[st
     return out
 
 
-def estimate_errors(decisions: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Signed error of the router's prompt estimate at routing time vs usage, per router category.
-    Negative means the router thought the prompt smaller than it was (the dangerous side)."""
+def actual_prompt_tokens(o: Outcome, decision: Mapping[str, Any]) -> tuple[int, str]:
+    """The true ``usage.prompt_tokens`` of a request and where it came from: the response the client
+    read, else the usage the router read (a sampled stream), else the exact count the prompt was cut
+    to plus the emulator's template (streams the router did not sample)."""
+    if o.usage.get("prompt_tokens"):
+        return o.usage["prompt_tokens"], "client"
+    if decision.get("prompt_tokens"):
+        return int(decision["prompt_tokens"]), "router"
+    return o.request.expected_usage, "constructed"
+
+
+def estimate_errors(outcomes: Sequence[Outcome], decisions: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """Signed error of the router's prompt estimate at routing time vs the truth, per router category,
+    for every request the router routed (not only the ones it learned from). Negative means the router
+    thought the prompt smaller than it was (the dangerous side)."""
     per: dict[str, list[float]] = defaultdict(list)
-    for d in decisions.values():
-        err = d.get("estimate_error_pct")
-        if err is not None and d.get("category"):
-            per[str(d["category"])].append(float(err))
-    out: dict[str, dict[str, Any]] = {}
+    sources: Counter[str] = Counter()
+    mismatches = 0
+    for o in outcomes:
+        d = decisions.get(o.request.request_id)
+        if not d or not d.get("estimated_prompt_tokens") or not d.get("category"):
+            continue
+        actual, source = actual_prompt_tokens(o, d)
+        sources[source] += 1
+        mismatches += source != "constructed" and actual != o.request.expected_usage
+        per[str(d["category"])].append((int(d["estimated_prompt_tokens"]) - actual) / actual * 100.0)
+    out: dict[str, Any] = {}
     for category, errs in sorted(per.items()):
         absolute = [abs(e) for e in errs]
         out[category] = {
@@ -76,7 +94,7 @@ def estimate_errors(decisions: Mapping[str, Mapping[str, Any]]) -> dict[str, dic
             "underestimates": sum(e < 0 for e in errs),
             "worst_under": min(errs),
         }
-    return out
+    return {"by_category": out, "truth_from": dict(sources), "usage_differs_from_construction": mismatches}
 
 
 def true_ratios(outcomes: Sequence[Outcome], decisions: Mapping[str, Mapping[str, Any]]) -> dict[str, float]:
@@ -136,7 +154,7 @@ def build_report(
             "output_defaulted": sum(bool(d.get("output_defaulted")) for d in seen.values()),
         },
         "client_errors": dict(errors),
-        "estimate_error_pct": estimate_errors(seen),
+        "estimate_error_pct": estimate_errors(outcomes, seen),
         "ratios": convergence(points, truth),
     }
 
@@ -152,6 +170,8 @@ def render(report: Mapping[str, Any]) -> str:
         f"Replay {r['trace']}: {r['sent']} requests in {r['wall_s']:.1f}s "
         f"({r['sent'] / max(r['replay_s'], 1e-9):.1f} req/s offered, {r['stream_share']:.0%} streaming), "
         f"{r['completed']} answered{queued}",
+        f"Workload: {r['need_long']} of {r['planned']} requests need more than the short pool's "
+        f"{r['short_context']} tokens (prompt + max_tokens)",
         "",
         f"{'pool':<8}{'requests':>9}{'ok':>7}{'overflow':>9}{'non-2xx':>9}{'p50 s':>8}{'p99 s':>8}{'TTFB p50':>10}",
     ]
@@ -173,7 +193,7 @@ def render(report: Mapping[str, Any]) -> str:
         lines.append("Client errors: " + ", ".join(f"{k} {v}" for k, v in report["client_errors"].items()))
     lines += ["", "Estimate error of prompt tokens at routing time (% of actual; negative = under)"]
     lines.append(f"{'category':<12}{'n':>6}{'p50':>8}{'|p50|':>8}{'|p90|':>8}{'|p99|':>8}{'under':>7}{'worst':>8}")
-    for category, e in report["estimate_error_pct"].items():
+    for category, e in report["estimate_error_pct"]["by_category"].items():
         lines.append(
             f"{category:<12}{e['n']:>6}{_f(e['p50'], '+.1f'):>8}{_f(e['abs_p50'], '.1f'):>8}"
             f"{_f(e['abs_p90'], '.1f'):>8}{_f(e['abs_p99'], '.1f'):>8}{e['underestimates']:>7}"

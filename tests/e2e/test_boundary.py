@@ -8,9 +8,7 @@ its ratio stays at the cold start for every request of the test.
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -19,9 +17,8 @@ import pytest
 
 from extproc.algorithm import shape_from_body
 from extproc.algorithm.request_shape import CHAT
-from extproc.config import add_config_flags, config_from_args
 from extproc.router_from_config import build_router
-from extproc.stack.stack import Stack, StackOptions, router_argv
+from extproc.stack.stack import Stack, StackOptions, router_config
 from tests.conftest import start_stack
 from tests.e2e.client import body_for, calibration, post
 
@@ -30,11 +27,7 @@ pytestmark = pytest.mark.e2e
 
 def stack_router_estimate(body: dict[str, Any]) -> int:
     """The cold-start L_total of ``body`` under the flags the stack passes to ``budget-router serve``."""
-    parser = argparse.ArgumentParser()
-    add_config_flags(parser)
-    argv = router_argv(StackOptions(), port=1, state_file=Path("unused.json"))
-    cfg = config_from_args(parser.parse_args(argv[argv.index("serve") + 1 :]))
-    router = build_router(cfg)
+    router = build_router(router_config(StackOptions()))
     return router.estimate(shape_from_body(CHAT, body, router.categorizer)).total
 
 

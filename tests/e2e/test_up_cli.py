@@ -1,0 +1,108 @@
+"""``budget-router up`` as a user runs it: a short replay to a JSON report, and the interactive stack
+stopped by SIGTERM. Both must leave no process behind and every port free."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import orjson
+import pytest
+import yaml
+
+from extproc.stack.probes import http_get, port_open
+from extproc.stack.stack import child_env
+
+pytestmark = pytest.mark.e2e
+
+
+def _up(*args: str) -> list[str]:
+    return [sys.executable, "-m", "extproc.cli", "up", *args]
+
+
+def _ports(run_dir: Path) -> set[int]:
+    """Every port the stack used, read from the Envoy config it rendered."""
+    text = (run_dir / "envoy.yaml").read_text()
+    return {int(p) for p in re.findall(r"port_value: (\d+)", text)}
+
+
+def _leftovers(run_dir: Path) -> list[str]:
+    """Processes whose command line names the run dir (Envoy's config, the routers' state file)."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if str(run_dir) in cmdline:
+            found.append(f"{pid}: {cmdline}")
+    return found
+
+
+def _assert_clean(run_dir: Path) -> None:
+    ports = _ports(run_dir)
+    assert len(ports) >= 4
+    assert [p for p in ports if port_open("127.0.0.1", p)] == []
+    assert _leftovers(run_dir) == []
+
+
+def test_replay_prints_a_report_and_writes_json(tmp_path: Path) -> None:
+    run_dir, report_path, png = tmp_path / "run", tmp_path / "report.json", tmp_path / "ratios.png"
+    argv = _up(
+        "--replay", "synthetic", "--requests", "40", "--rate", "40", "--latency-scale", "0",
+        "--stream-share", "0.5", "--seed", "3", "--run-dir", str(run_dir), "--json", str(report_path),
+        "--png", str(png),
+    )  # fmt: skip
+    done = subprocess.run(argv, env=child_env(), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Context-overflow errors in the short pool: none" in done.stdout
+    data = orjson.loads(report_path.read_bytes())
+    report, rows = data["report"], data["requests"]
+    assert len(rows) == 40 and report["run"]["completed"] == 40
+    pools = report["pools"]
+    assert pools["short"]["requests"] + pools["long"]["requests"] == 40
+    assert pools["short"]["requests"] > 0 and pools["long"]["requests"] > 0  # the heavy tail goes long
+    assert pools["short"]["context_overflow"] == 0
+    # Every request the router routed short really fits the short pool's window.
+    for row in rows:
+        if row["pool"] == "short":
+            assert row["prompt_tokens"] + row["output_tokens"] < 8192
+    assert report["routing"]["router_decisions"] == 40
+    assert report["ratios"] and data["ratio_timeline"]
+    assert png.stat().st_size > 10_000
+    _assert_clean(run_dir)
+
+
+def test_interactive_stack_serves_until_sigterm(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen(
+        _up("--latency-scale", "0", "--run-dir", str(run_dir)),
+        env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        url = None
+        deadline = time.monotonic() + 60
+        assert proc.stdout is not None
+        while url is None and time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            match = re.search(r"Envoy \(OpenAI API\):\s+(http://\S+)/v1/chat/completions", line)
+            url = match.group(1) if match else None
+        assert url, "no endpoint banner"
+        models = http_get(url + "/v1/models")
+        assert models[0] == 200 and b"emulated" in models[1]
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    _assert_clean(run_dir)
+    config = yaml.safe_load((run_dir / "envoy.yaml").read_text())
+    assert config["static_resources"]["listeners"][0]["address"]["socket_address"]["address"] == "127.0.0.1"
