@@ -70,6 +70,8 @@ class EnvoyLayout:
     failure_mode_allow: bool = True
     with_response_processing: bool = True
     strip_client_header: bool = True
+    # Other headers only the router may set (its optional decision-reason header); stripped with the pool header.
+    owned_headers: tuple[str, ...] = ("x-budget-reason",)
     otlp: Endpoint | None = None
     service_name: str = "envoy-budget-router"
     max_body_bytes: int = 30 * MIB
@@ -368,7 +370,7 @@ def early_header_mutation(layout: EnvoyLayout) -> list[dict[str, Any]]:
             "name": "envoy.http.early_header_mutation.header_mutation",
             "typed_config": {
                 "@type": _type("envoy.extensions.http.early_header_mutation.header_mutation.v3.HeaderMutation"),
-                "mutations": [{"remove": layout.header_name}],
+                "mutations": [{"remove": name} for name in (layout.header_name, *layout.owned_headers)],
             },
         }
     ]

@@ -62,16 +62,22 @@ def endpoint_of(method: str, path: str) -> str | None:
     return None
 
 
-def inject_include_usage(raw: bytes, body: dict) -> bytes:
-    """Ask for the final usage chunk, touching the client's bytes as little as possible."""
-    opts = body.get("stream_options")
-    if opts is None:
+def inject_include_usage(raw: bytes, body: dict) -> bytes | None:
+    """Ask for the final usage chunk, touching the client's bytes as little as possible.
+
+    Returns None (leave the body alone) when ``stream_options`` is present but not an object or null:
+    vLLM rejects such a body, and the client must get that 400, not a repaired request.
+    """
+    if "stream_options" not in body:
         start = raw.index(b"{") + 1
         rest = raw[start:].lstrip()
         sep = b"" if rest.startswith(b"}") else b","
         return raw[:start] + b'"stream_options":{"include_usage":true}' + sep + raw[start:]
-    new = dict(body)
-    new["stream_options"] = {**(opts if isinstance(opts, dict) else {}), "include_usage": True}
+    opts = body["stream_options"]
+    if opts is not None and not isinstance(opts, dict):
+        return None
+    new = dict(body)  # re-serialised: a key the client sent twice must not win over ours
+    new["stream_options"] = {**(opts or {}), "include_usage": True}
     return orjson.dumps(new)
 
 
@@ -169,8 +175,9 @@ class Exchange:
         self._take(decision.pool, follow)
         self.rt.observer.decided(rec)
         if follow and shape.stream and not shape.client_include_usage and rcfg.inject_include_usage:
-            rec.include_usage_injected = True
-            return inject_include_usage(raw, body)
+            new_body = inject_include_usage(raw, body)
+            rec.include_usage_injected = new_body is not None
+            return new_body
         return None
 
     def _decide_long(self, reason: str, detail: str) -> None:

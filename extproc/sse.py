@@ -1,11 +1,13 @@
 """Server-sent-event scanning for usage, robust to any chunking.
 
 Envoy hands STREAMED response bodies over in arbitrary chunks: an event, a line, even the word
-``usage`` can be split across two. We keep the unfinished tail and only ever look at complete
-lines/events, take the *last* usage seen (some servers repeat it on every chunk), and never raise:
-garbage, comments, keep-alives and ``[DONE]`` are skipped. Optionally the usage-only event that the
-router itself asked for (``include_usage`` injection) is removed so clients that did not ask for it
-see exactly what they would have seen without the router.
+``usage`` can be split across two. The scanner follows the SSE grammar line by line (``\\r\\n``,
+``\\n`` or ``\\r`` end a line; an empty line ends an event; ``data:`` lines of one event are joined
+with ``\\n``), keeps only the unfinished line, takes the *last* usage seen (some servers repeat it on
+every chunk), and never raises: garbage, comments, keep-alives and ``[DONE]`` are skipped.
+Optionally the usage-only event that the router itself asked for (``include_usage`` injection) is
+removed, so clients that did not ask for it see exactly the bytes they would have seen without the
+router (every other byte, line endings included, passes through unchanged).
 """
 
 from __future__ import annotations
@@ -15,9 +17,7 @@ from typing import Any
 
 import orjson
 
-_EVENT_END = re.compile(rb"\r\n\r\n|\n\n|\r\r")
-_LINE_SPLIT = re.compile(rb"\r\n|\n|\r")
-_SEPARATORS = (b"\n\n", b"\r\n\r\n", b"\r\r")
+_LINE_END = re.compile(rb"\r\n|\n|\r")
 
 
 def _usage_of(payload: bytes) -> tuple[dict[str, Any] | None, bool, str | None]:
@@ -36,68 +36,68 @@ def _usage_of(payload: bytes) -> tuple[dict[str, Any] | None, bool, str | None]:
     return usage, obj.get("choices") == [], model if isinstance(model, str) else None
 
 
-def _data_payloads(event: bytes) -> list[bytes]:
-    out = []
-    for line in _LINE_SPLIT.split(event):
-        if line.startswith(b"data:"):
-            out.append(line[6:] if line[5:6] == b" " else line[5:])
-    return out
-
-
 class SseUsageScanner:
     def __init__(self, max_pending: int = 1 << 20, strip_usage_only: bool = False) -> None:
         self.max_pending = max_pending
         self.strip = strip_usage_only
         self.usage: dict[str, Any] | None = None
         self.model: str | None = None
-        self.overflowed = False  # a line longer than max_pending: scanning stopped, bytes pass through
-        self._pending = b""
+        self.overflowed = False  # an event larger than max_pending: scanning stopped, bytes pass through
+        self._pending = b""  # an unfinished line
+        self._event_raw: list[bytes] = []  # raw lines of the current event (only kept when stripping)
+        self._event_size = 0
+        self._data: list[bytes] = []  # data field values of the current event
 
-    def _scan_events(self, complete: bytes) -> bytes | None:
-        """Process complete events; return the bytes to emit when stripping, else None."""
-        kept: list[bytes] = []
-        pos = 0
-        for m in _EVENT_END.finditer(complete):
-            event = complete[pos : m.end()]
-            pos = m.end()
-            drop = False
-            if b"usage" in event:
-                for payload in _data_payloads(event):
-                    usage, usage_only, model = _usage_of(payload)
-                    if usage is not None:
-                        self.usage, self.model = usage, model or self.model
-                        drop = drop or (self.strip and usage_only)
-            if not drop:
-                kept.append(event)
-        return b"".join(kept) if self.strip else None
+    def _end_event(self, out: list[bytes]) -> None:
+        drop = False
+        if self._data:
+            payload = self._data[0] if len(self._data) == 1 else b"\n".join(self._data)
+            usage, usage_only, model = _usage_of(payload)
+            if usage is not None:
+                self.usage, self.model = usage, model or self.model
+                drop = self.strip and usage_only
+        if self.strip and not drop:
+            out.extend(self._event_raw)
+        self._event_raw, self._event_size, self._data = [], 0, []
+
+    def _line(self, line: bytes, raw: bytes, out: list[bytes]) -> None:
+        if self.strip:
+            self._event_raw.append(raw)
+        self._event_size += len(raw)
+        if not line:
+            self._end_event(out)
+        elif line.startswith(b"data:"):
+            self._data.append(line[6:] if line[5:6] == b" " else line[5:])
 
     def feed(self, chunk: bytes) -> bytes | None:
         """Consume one chunk. Returns replacement bytes for it when stripping is on, else None."""
         if self.overflowed:
             return chunk if self.strip else None
         data = self._pending + chunk if self._pending else chunk
-        cut = max((i + len(sep) for sep in _SEPARATORS if (i := data.rfind(sep)) >= 0), default=-1)
-        if cut < 0:
-            complete, self._pending = b"", data
-        else:
-            complete, self._pending = data[:cut], data[cut:]
-        if len(self._pending) > self.max_pending:
+        out: list[bytes] = []
+        pos = 0
+        for m in _LINE_END.finditer(data):
+            if m.end() == len(data) and data[m.start()] == 13:  # a final "\r" may be half of "\r\n"
+                break
+            self._line(data[pos : m.start()], data[pos : m.end()], out)
+            pos = m.end()
+        self._pending = data[pos:]
+        if self._event_size + len(self._pending) > self.max_pending:
             # One event larger than we are willing to hold: stop scanning, never block the client.
             self.overflowed = True
-            held, self._pending = self._pending, b""
-            return (self._scan_events(complete) or b"") + held if self.strip else None
-        if not self.strip:
-            if b"usage" in complete:
-                self._scan_events(complete)
-            return None
-        return self._scan_events(complete) if complete else b""
+            out.extend(self._event_raw)
+            out.append(self._pending)
+            self._pending, self._event_raw, self._data = b"", [], []
+        return b"".join(out) if self.strip else None
 
     def finish(self) -> bytes:
-        """End of stream: scan an unterminated final event too; return any bytes still held."""
-        tail, self._pending = self._pending, b""
-        if not tail or self.overflowed:
-            return tail if self.strip else b""
-        emitted = self._scan_events(tail + b"\n\n")
-        if not self.strip:
-            return b""
-        return tail if emitted else b""
+        """End of stream: an unterminated last line and event count too; returns bytes still held."""
+        out: list[bytes] = []
+        if not self.overflowed:
+            if self._pending:
+                line = self._pending[:-1] if self._pending.endswith(b"\r") else self._pending
+                self._line(line, self._pending, out)
+                self._pending = b""
+            if self._event_raw or self._data:
+                self._end_event(out)
+        return b"".join(out) if self.strip else b""

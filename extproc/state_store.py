@@ -14,6 +14,7 @@ import fcntl
 import logging
 import os
 import socket
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,7 @@ class StateStore:
     def _locked(self):
         assert self.path is not None
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(str(self.path) + ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+        fd = os.open(str(self.path) + ".lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield
@@ -58,14 +59,18 @@ class StateStore:
 
     def _write(self, replicas: dict[str, Any]) -> None:
         assert self.path is not None
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        # mkstemp: O_EXCL, mode 0600, a fresh random name (a planted symlink cannot redirect the write).
+        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
         try:
-            os.write(fd, orjson.dumps({"version": 1, "replicas": replicas}, option=orjson.OPT_INDENT_2))
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, self.path)
+            with os.fdopen(fd, "wb") as f:
+                f.write(orjson.dumps({"version": 1, "replicas": replicas}, option=orjson.OPT_INDENT_2))
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
 
     def _fresh_peers(self, replicas: dict[str, Any], now: float, window: float = STALE_AFTER_S) -> list[dict[str, Any]]:
         out = []

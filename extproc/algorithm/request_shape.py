@@ -56,6 +56,25 @@ def _json_len(value: Any) -> int:
     return len(str(value))
 
 
+_TRUE = frozenset({"1", "true", "t", "yes", "y", "on"})
+
+
+def client_asked_for_usage(opts: Any) -> bool:
+    """Whether vLLM would send the usage chunk for these ``stream_options``.
+
+    vLLM's ``include_usage`` defaults to true once ``stream_options`` is an object, and pydantic's
+    lax booleans accept 1 and strings such as "true"/"yes"; anything else means no usage chunk.
+    """
+    if not isinstance(opts, Mapping):
+        return False
+    value = opts.get("include_usage", True)
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int | float):
+        return value == 1
+    return isinstance(value, str) and value.strip().lower() in _TRUE
+
+
 def output_tokens(body: Mapping[str, Any]) -> int | None:
     """``max_completion_tokens`` wins over ``max_tokens`` (as in vLLM); absent or null gives None.
 
@@ -114,8 +133,7 @@ def shape_from_body(endpoint: str, body: Any, categorizer: Categorizer) -> Reque
         raise ShapeError("not_object", "request body must be a JSON object")
     out = output_tokens(body)
     stream = body.get("stream") is True
-    opts = body.get("stream_options")
-    include_usage = isinstance(opts, Mapping) and opts.get("include_usage") is True
+    include_usage = client_asked_for_usage(body.get("stream_options"))
     model = body.get("model") if isinstance(body.get("model"), str) else None
     if endpoint == CHAT:
         texts, structured, images, tools = _chat_parts(body.get("messages"))

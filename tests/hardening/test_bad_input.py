@@ -233,8 +233,8 @@ ROWS = [
         "short", "threshold", body_changed=True),
 ]  # fmt: skip
 
-# Rows whose expectation is what vLLM (the emulator) answers directly; today the router changes it.
-ROUTER_BUGS = {
+# Rows whose expectation is what vLLM (the emulator) answers directly (the router once changed these).
+VLLM_PARITY = {
     "stream_options_not_object": (
         dumps(chat(**STREAM, stream_options="yes")),
         "the router replaces an invalid stream_options with {'include_usage': true}: the client gets 200 "
@@ -298,14 +298,13 @@ async def test_row(observed: ObservedStack, session: aiohttp.ClientSession, row:
         assert entry["stream_options"] == {"include_usage": True}
 
 
-@pytest.mark.parametrize("case", sorted(ROUTER_BUGS))
-@pytest.mark.xfail(strict=True, reason="ROUTER BUG (reported): stream_options handling differs from vLLM")
-async def test_router_bug_stream_options_like_vllm(
+@pytest.mark.parametrize("case", sorted(VLLM_PARITY))
+async def test_stream_options_like_vllm(
     observed: ObservedStack, session: aiohttp.ClientSession, case: str
 ) -> None:
     """Through the router the client gets what the pool answers directly: the same status, and the
     usage chunk exactly when the pool sends one. (Ids differ: the emulator derives them from the body.)"""
-    body, _why = ROUTER_BUGS[case]
+    body, _why = VLLM_PARITY[case]
     via = await send(session, observed.url, "POST", CHAT_PATH, body, {})
     direct = await send(session, observed.stack.pool_url("short"), "POST", CHAT_PATH, body, {})
     assert (via.status, usage_chunks(via)) == (direct.status, usage_chunks(direct))
@@ -315,12 +314,11 @@ def usage_chunks(reply: Reply) -> int:
     return sum(1 for p in data_payloads(reply.body) if p.startswith(b"{") and b'"usage"' in p)
 
 
-@pytest.mark.xfail(strict=True, reason="ROUTER BUG (reported): stream_options=null defeats the include_usage injection")
-async def test_router_bug_null_stream_options_still_learns(
+async def test_null_stream_options_still_learns(
     observed: ObservedStack, session: aiohttp.ClientSession
 ) -> None:
-    """The router prepends its stream_options and leaves the client's explicit null after it; the last
-    key wins upstream, so no usage comes back and the router learns nothing from such clients."""
+    """An explicit ``stream_options: null`` is replaced, not shadowed: the router still learns from it
+    (a prepended key would lose to the client's later null upstream)."""
     plain = await send(session, observed.url, "POST", CHAT_PATH, dumps(chat(stream=True)), {})
     null = await send(session, observed.url, "POST", CHAT_PATH, dumps(chat(stream=True, stream_options=None)), {})
     assert plain.status == null.status == 200
@@ -454,20 +452,16 @@ async def test_sse_row(grpc_router: RouterServer, case: str) -> None:
     assert grpc_router.processor.active == 0
 
 
-@pytest.mark.xfail(strict=True, reason="ROUTER BUG (reported): an event ended by LF + CRLF is not seen as ended")
-async def test_router_bug_sse_mixed_line_endings(grpc_router: RouterServer) -> None:
-    """SSE allows any of CRLF, LF, CR per line; an event closed by "\\n\\r\\n" is merged with the next
-    one, so with stripping on a content chunk followed by the usage-only chunk is dropped with it."""
+async def test_sse_mixed_line_endings(grpc_router: RouterServer) -> None:
+    """SSE allows any of CRLF, LF, CR per line: an event closed by "\\n\\r\\n" is its own event and
+    survives the removal of the usage-only chunk after it."""
     last_token = b'data: {"choices":[{"index":0,"delta":{"content":"!"}}]}\n\r\n'
     client_gets = await play_stream(grpc_router, [TOKEN_EVENTS + last_token + USAGE_EVENT + DONE])
     assert client_gets == TOKEN_EVENTS + last_token + DONE
 
 
-@pytest.mark.xfail(strict=True, reason="ROUTER BUG (reported): part of a run of blank lines is dropped")
-async def test_router_bug_sse_extra_blank_line(grpc_router: RouterServer) -> None:
-    """Blank lines between events are legal SSE and carry no event; with stripping on, the scanner
-    drops one line ending of "\n\n\n" (its event split and its cut disagree), so the client's bytes
-    differ from the backend's although no usage-only event was removed there."""
+async def test_sse_extra_blank_line(grpc_router: RouterServer) -> None:
+    """Blank lines between events are legal SSE and carry no event: every line ending passes through."""
     stream = TOKEN_EVENTS + b"\n" + USAGE_EVENT + DONE
     assert await play_stream(grpc_router, [stream]) == TOKEN_EVENTS + b"\n" + DONE
 
@@ -477,16 +471,16 @@ SPECIAL_ROWS = {  # doc id -> the test above that covers it
     "upstream_503": test_upstream_503,
     "upstream_400_flat": test_upstream_400_flat_error_format,
     "client_disconnect": test_client_disconnects_mid_stream,
-    "stream_options_null": test_router_bug_null_stream_options_still_learns,
-    "sse_mixed_line_endings": test_router_bug_sse_mixed_line_endings,
-    "sse_extra_blank_line": test_router_bug_sse_extra_blank_line,
+    "stream_options_null": test_null_stream_options_still_learns,
+    "sse_mixed_line_endings": test_sse_mixed_line_endings,
+    "sse_extra_blank_line": test_sse_extra_blank_line,
 }
 
 
 def test_docs_table_has_exactly_one_row_per_test() -> None:
     doc = (Path(__file__).resolve().parents[2] / "docs" / "bad-input.md").read_text()
     documented = re.findall(r"^\| `([a-z0-9_]+)` \|", doc, flags=re.MULTILINE)
-    tested = [r.id for r in ROWS] + sorted(SSE_CASES) + sorted(ROUTER_BUGS) + sorted(SPECIAL_ROWS)
+    tested = [r.id for r in ROWS] + sorted(SSE_CASES) + sorted(VLLM_PARITY) + sorted(SPECIAL_ROWS)
     assert sorted(documented) == sorted(tested)
     assert len(documented) >= 30
 

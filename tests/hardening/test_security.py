@@ -96,7 +96,6 @@ async def test_client_pool_header_is_stripped_while_the_router_is_down(
 
 
 @pytest.mark.e2e
-@pytest.mark.xfail(strict=True, reason="ENVOY CONFIG GAP (reported): only the pool header is stripped by Envoy")
 async def test_client_reason_header_is_stripped_while_the_router_is_down(
     observed: ObservedStack, session: aiohttp.ClientSession
 ) -> None:
@@ -282,7 +281,6 @@ def test_state_file_is_replaced_atomically_under_concurrent_readers(tmp_path: Pa
     assert len(inodes) > 1  # written beside and renamed, not rewritten in place
 
 
-@pytest.mark.xfail(strict=True, reason="ROUTER BUG (reported): the temp file follows a planted symlink")
 def test_state_write_does_not_follow_a_symlink_planted_at_its_temp_name(tmp_path: Path) -> None:
     """The temp name is predictable (``.<name>.<pid>.tmp``) and opened without O_EXCL/O_NOFOLLOW, so
     anyone who can write the state directory can make the router overwrite a file it can write."""
