@@ -73,7 +73,8 @@ def make_rig(capture_content: bool = False, decisions: DecisionLog | None = None
     meters = MeterProvider(metric_readers=[reader])
     metrics = DecisionMetrics(meters.get_meter("test"), histograms)
     observer = TelemetryObserver(ExchangeSpans(tracers.get_tracer("test"), capture_content), metrics, decisions)
-    rt = RouterRuntime.from_config(load_config(env={}, overrides={"calibration": {"state_file": ""}}), observer)
+    overrides = {"calibration": {"state_file": ""}, "telemetry": {"capture_content": capture_content}}
+    rt = RouterRuntime.from_config(load_config(env={}, overrides=overrides), observer)
     observer.attach(rt)
     return Rig(rt, observer, exporter, reader)
 
@@ -224,9 +225,6 @@ def test_prompt_text_is_never_recorded_by_default(rig):
     assert n.GEN_AI_INPUT_MESSAGES not in span.attributes
 
 
-@pytest.mark.skipif(
-    "request_body" not in ExchangeRecord.__slots__, reason="needs ExchangeRecord.request_body (exchange wiring)"
-)
 def test_prompt_recorded_only_with_capture_content():
     rig = make_rig(capture_content=True)
     run(rig.rt, chat(SECRET, max_tokens=5))
