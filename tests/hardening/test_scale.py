@@ -102,6 +102,8 @@ def workers(tmp_path: Path) -> Iterator[tuple[ManagedProcess, int, Path]]:
         proc.wait_until(lambda: grpc_serving(f"127.0.0.1:{port}"), 60, "SERVING")
         assert proc.pid is not None
         wait_for(lambda: len(router_workers(proc.pid)) >= WORKERS, 30, f"{WORKERS} worker processes")
+        # Each worker binds when its interpreter has started; the first one SERVING says nothing of the rest.
+        wait_for(lambda: len(listening_inodes(port)) >= WORKERS, 30, f"{WORKERS} listening sockets")
         yield proc, port, state
     finally:
         code = proc.stop(10.0)
