@@ -142,6 +142,9 @@ def banner(stack: Stack) -> str:
 
 
 async def replay_main(args: argparse.Namespace, stack: Stack, spec: Any) -> int:
+    main = asyncio.current_task()
+    if main is not None:  # SIGTERM cancels like Ctrl-C does under asyncio.run: one cleanup path
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main.cancel)
     print(f"starting Envoy, router and two pools (logs in {stack.run_dir}) ...", file=sys.stderr, flush=True)
     try:
         starting = asyncio.create_task(asyncio.to_thread(stack.start))
@@ -153,7 +156,8 @@ async def replay_main(args: argparse.Namespace, stack: Stack, spec: Any) -> int:
         print(f"stack up: {stack.url}; replaying {len(planned)} requests of {spec.trace}", file=sys.stderr, flush=True)
         return await _replay_and_report(args, stack, spec, planned)
     finally:
-        await asyncio.to_thread(stack.stop)
+        # Not via to_thread: a second Ctrl-C must not abandon the cleanup half way.
+        stack.stop()
 
 
 async def _replay_and_report(args: argparse.Namespace, stack: Stack, spec: Any, planned: list[PlannedRequest]) -> int:

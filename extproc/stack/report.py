@@ -44,10 +44,11 @@ def pool_stats(outcomes: Sequence[Outcome], pools: Mapping[str, str]) -> dict[st
             continue
         ok = [o.latency_s for o in group if not o.error and o.latency_s is not None]
         ttfb = [o.first_byte_s for o in group if not o.error and o.first_byte_s is not None]
+        bad = Counter(str(o.status) for o in group if o.status and not 200 <= o.status < 300)
         out[pool] = {
             "requests": len(group),
             "ok": len(ok),
-            "non_2xx": dict(sorted(Counter(str(o.status) for o in group if o.status and not 200 <= o.status < 300).items())),
+            "non_2xx": dict(sorted(bad.items())),
             "context_overflow": sum(o.error == "context_overflow" for o in group),
             "latency_p50_s": _pct(ok, 50),
             "latency_p99_s": _pct(ok, 99),

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 import os
 import shutil
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -34,6 +34,10 @@ HOST = "127.0.0.1"
 # message; the router is told the same so that its learned ratio is the text's own bytes/token.
 EMULATOR_FRAMING = ("--routing-framing-per-request", "5", "--routing-framing-per-message", "5")
 PORT_ATTEMPTS = 3
+
+
+class StackStopped(RuntimeError):
+    """``stop()`` was called while the stack was starting."""
 
 
 @dataclass(frozen=True)
@@ -159,6 +163,8 @@ class Stack:
         self.routers: list[ManagedProcess] = []
         self.envoy: ManagedProcess | None = None
         self._spawned: list[ManagedProcess] = []  # every backend process ever started, for cleanup
+        self._lock = threading.Lock()
+        self._closing = False
         self.access_log = AccessLog(self.run_dir / "envoy-access.log")
         self.started = False
 
@@ -226,11 +232,21 @@ class Stack:
         ]
         return specs
 
-    def _spawn(self, spec: _Launch, port: int) -> ManagedProcess:
-        proc = ManagedProcess(spec.name, spec.argv_for(port), self.run_dir / f"{spec.name}.log", child_env())
-        self._spawned.append(proc)
-        proc.start()
+    def _start_process(self, proc: ManagedProcess) -> ManagedProcess:
+        """Start a child unless ``stop()`` has begun: a stop from another thread (Ctrl-C while the
+        stack is still coming up) must never race a start into an orphan."""
+        with self._lock:
+            if self._closing:
+                raise StackStopped("the stack was stopped while starting")
+            if proc is not self.envoy:
+                self._spawned.append(proc)
+            proc.start()
         return proc
+
+    def _spawn(self, spec: _Launch, port: int) -> ManagedProcess:
+        return self._start_process(
+            ManagedProcess(spec.name, spec.argv_for(port), self.run_dir / f"{spec.name}.log", child_env())
+        )
 
     def _start_backends(self) -> None:
         """Pools and routers start together (each pays a second of imports), then each is awaited; one
@@ -269,7 +285,7 @@ class Stack:
                 "--file-flush-interval-msec", "100",
             ]  # fmt: skip
             self.envoy = ManagedProcess("envoy", argv, self.run_dir / "envoy.log")
-            self.envoy.start()
+            self._start_process(self.envoy)
             try:
                 self.envoy.wait_until(lambda: http_ok(f"{self.admin_url}/ready"), o.startup_timeout_s, "ready")
                 self.wait_upstreams_healthy()
@@ -295,6 +311,8 @@ class Stack:
     def start(self) -> Stack:
         if self.started:
             return self
+        if self._closing:
+            raise StackStopped("a stopped stack cannot be started again; make a new Stack")
         self.started = True  # from here on stop() has something to clean
         try:
             self._start_backends()
@@ -305,7 +323,10 @@ class Stack:
         return self
 
     def stop(self) -> None:
-        """Envoy, then routers (they drain and save calibration), then pools; idempotent."""
+        """Envoy, then routers (they drain and save calibration), then pools; idempotent and safe to
+        call from another thread while ``start()`` runs. A stopped stack cannot be started again."""
+        with self._lock:
+            self._closing = True
         if self.envoy is not None:
             self.envoy.stop(5.0)
         for proc in reversed(self._spawned):  # routers were spawned after the pools
@@ -330,9 +351,6 @@ class Stack:
                 self.options.startup_timeout_s,
                 "seeing the restarted router healthy",
             )
-
-    def with_options(self, **changes: object) -> Stack:
-        return Stack(dataclasses.replace(self.options, **changes))  # type: ignore[arg-type]
 
     # -- context managers ------------------------------------------------------------------------
     def __enter__(self) -> Stack:

@@ -108,3 +108,27 @@ def test_interactive_stack_serves_until_sigterm(tmp_path: Path) -> None:
     _assert_clean(run_dir)
     config = yaml.safe_load((run_dir / "envoy.yaml").read_text())
     assert config["static_resources"]["listeners"][0]["address"]["socket_address"]["address"] == "127.0.0.1"
+
+
+def test_ctrl_c_mid_replay_reports_what_finished_and_cleans_up(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    argv = _up("--replay", "azure-conv", "--rate", "20", "--duration", "60", "--run-dir", str(run_dir))
+    proc = subprocess.Popen(argv, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stderr is not None
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            line = proc.stderr.readline()
+            if not line or line.startswith("stack up:"):
+                break
+        time.sleep(2.0)
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130
+    match = re.search(r"Replay azure-conv: (\d+) requests", out)
+    assert match and 0 < int(match.group(1)) < 1_000, out
+    _assert_clean(run_dir)
