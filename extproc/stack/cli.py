@@ -68,9 +68,8 @@ def stack_options(args: argparse.Namespace) -> StackOptions:
         raise ValueError(f"--stream-share must be within [0, 1], got {args.stream_share}")
     if args.latency_scale < 0:
         raise ValueError(f"--latency-scale must be >= 0, got {args.latency_scale}")
-    flags = [part for flag in args.router_flag for part in flag.split("=", 1)]
     # The replay reads the router's own decision lines for the report.
-    flags = ["--telemetry-json-logs", "true", "--telemetry-log-decisions", "true", *flags]
+    flags = ["--telemetry-json-logs", "true", "--telemetry-log-decisions", "true", *args.router_flag]
     return StackOptions(
         run_dir=args.run_dir,
         router_replicas=args.router_replicas,

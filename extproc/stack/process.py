@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import subprocess
 import time
@@ -18,6 +19,14 @@ from pathlib import Path
 
 class ProcessFailed(RuntimeError):
     """A child exited or never became healthy; the message carries the tail of its log."""
+
+    @property
+    def port_conflict(self) -> bool:
+        """Whether the log reads like a lost race for a just-released port (worth a retry)."""
+        return bool(_PORT_CONFLICT.search(str(self)))
+
+
+_PORT_CONFLICT = re.compile(r"address already in use|cannot listen|cannot bind|failed to bind", re.I)
 
 
 class ManagedProcess:

@@ -258,9 +258,9 @@ class Stack:
                 try:
                     proc.wait_until(lambda p=port, s=spec: s.probe_for(p), timeout, spec.what)
                     break
-                except ProcessFailed:
+                except ProcessFailed as exc:
                     proc.stop(1.0)
-                    if attempt == PORT_ATTEMPTS - 1:
+                    if attempt == PORT_ATTEMPTS - 1 or not exc.port_conflict:
                         raise
                     port = free_port()
                     proc = self._spawn(spec, port)
@@ -292,6 +292,8 @@ class Stack:
                 return
             except ProcessFailed as exc:
                 self.envoy.stop(1.0)
+                if not exc.port_conflict:
+                    raise
                 last = exc
         assert last is not None
         raise last
