@@ -34,6 +34,7 @@ EXT_PROC_FILTER = "envoy.filters.http.ext_proc"
 EXT_PROC_SERVICE = "envoy.service.ext_proc.v3.ExternalProcessor"
 ROUTER_CLUSTER = "budget_router"
 SHORT_CLUSTER = "pool_short"
+SHORT_FAILOVER_CLUSTER = "pool_short_failover"
 LONG_CLUSTER = "pool_long"
 OTEL_CLUSTER = "otel_collector"
 # Response-body modes the router may switch to with mode_override: STREAMED for SSE (so a long
@@ -82,6 +83,9 @@ class EnvoyLayout:
     stream_idle_timeout_s: float = 600.0
     router_health_interval_s: float = 2.0
     pool_health_interval_s: float = 5.0
+    # Route "short" through an aggregate cluster [pool_short, pool_long]: when no short host is healthy,
+    # short requests (which always fit the long pool) go long instead of failing.
+    short_failover: bool = True
     pool_health_path: str = "/health"
     max_concurrent_requests: int = 10_000
     access_log_path: str | None = "/dev/stdout"
@@ -225,6 +229,22 @@ def _h2_windows(nbytes: int) -> dict[str, Any]:
     return {"initial_stream_window_size": window, "initial_connection_window_size": window}
 
 
+def short_failover_cluster() -> dict[str, Any]:
+    """Aggregate cluster: the short pool while it has healthy hosts, else the long pool."""
+    return {
+        "name": SHORT_FAILOVER_CLUSTER,
+        "connect_timeout": "5s",
+        "lb_policy": "CLUSTER_PROVIDED",
+        "cluster_type": {
+            "name": "envoy.clusters.aggregate",
+            "typed_config": {
+                "@type": _type("envoy.extensions.clusters.aggregate.v3.ClusterConfig"),
+                "clusters": [SHORT_CLUSTER, LONG_CLUSTER],
+            },
+        },
+    }
+
+
 def clusters(layout: EnvoyLayout) -> list[dict[str, Any]]:
     """The router (gRPC/HTTP/2), short-pool, long-pool and optional collector clusters."""
     pool_check = {"http_health_check": {"path": layout.pool_health_path}}
@@ -239,6 +259,8 @@ def clusters(layout: EnvoyLayout) -> list[dict[str, Any]]:
         )
         for name, endpoints in ((SHORT_CLUSTER, layout.short), (LONG_CLUSTER, layout.long))
     ]
+    if layout.short_failover:
+        out.append(short_failover_cluster())
     if layout.ext_proc:
         router_h2 = {
             **_h2_windows(layout.grpc_max_message_bytes),
@@ -355,7 +377,7 @@ def routes(layout: EnvoyLayout) -> list[dict[str, Any]]:
                 "prefix": "/",
                 "headers": [{"name": layout.header_name, "string_match": {"exact": layout.short_value}}],
             },
-            "route": {"cluster": SHORT_CLUSTER, **action},
+            "route": {"cluster": SHORT_FAILOVER_CLUSTER if layout.short_failover else SHORT_CLUSTER, **action},
         },
         {"name": "budget_default_long", "match": {"prefix": "/"}, "route": {"cluster": LONG_CLUSTER, **action}},
     ]
@@ -566,6 +588,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-response-processing", action="store_true", help="router sees requests only")
     parser.add_argument("--no-ext-proc", action="store_true", help="routing header only (no router)")
     parser.add_argument("--keep-client-header", action="store_true", help="trust a client-sent routing header")
+    parser.add_argument(
+        "--no-short-failover",
+        action="store_true",
+        help="short requests fail (503) instead of going long when no short host is healthy",
+    )
     parser.add_argument("--max-body-bytes", type=int, default=d.max_body_bytes)
     parser.add_argument("--grpc-max-message-bytes", type=int, default=d.grpc_max_message_bytes)
     parser.add_argument("--message-timeout-s", type=float, default=d.message_timeout_s)
@@ -593,6 +620,7 @@ def layout_from_args(args: argparse.Namespace) -> EnvoyLayout:
         with_response_processing=not args.no_response_processing,
         ext_proc=not args.no_ext_proc,
         strip_client_header=not args.keep_client_header,
+        short_failover=not args.no_short_failover,
         max_body_bytes=args.max_body_bytes,
         grpc_max_message_bytes=args.grpc_max_message_bytes,
         message_timeout_s=args.message_timeout_s,

@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 
 CLUSTER_POOLS = {"pool_short": "short", "pool_long": "long"}
+AGGREGATE_CLUSTERS = {"pool_short_failover"}  # serves from either pool: resolve by upstream host
 
 
 class AccessLog:
@@ -22,6 +23,7 @@ class AccessLog:
         self._offset = 0
         self._pending = b""
         self.by_id: dict[str, dict[str, Any]] = {}
+        self.host_pools: dict[str, str] = {}  # "host:port" -> pool, for aggregate clusters
 
     def poll(self) -> int:
         """Read what Envoy appended since the last call; returns the number of new entries."""
@@ -69,4 +71,6 @@ class AccessLog:
         if entry is None:
             return "none"
         cluster = str(entry.get("cluster"))
+        if cluster in AGGREGATE_CLUSTERS:
+            return self.host_pools.get(str(entry.get("upstream")), cluster)
         return CLUSTER_POOLS.get(cluster, cluster)

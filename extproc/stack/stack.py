@@ -195,6 +195,7 @@ class Stack:
 
     def layout(self) -> EnvoyLayout:
         o = self.options
+        self.access_log.host_pools = {f"{HOST}:{port}": pool for pool, port in self.pool_ports.items()}
         fields = {
             "listen_host": HOST,
             "listen_port": self.listen_port,

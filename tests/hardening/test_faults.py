@@ -206,22 +206,28 @@ async def test_sigterm_goes_not_serving_drains_streams_and_exits_zero(
 
 
 @pytest.mark.parametrize("dead", ["long", "short"])
-async def test_pool_down_other_pool_unaffected_and_dead_pool_fails_fast(
+async def test_pool_down_other_pool_unaffected_and_short_fails_over_to_long(
     tmp_path_factory: pytest.TempPathFactory, session: aiohttp.ClientSession, dead: str
 ) -> None:
-    with start_stack(tmp_path_factory, f"pooldown-{dead}") as stack:
+    """A dead long pool: long requests fail fast (503), short ones are unaffected. A dead short pool:
+    once Envoy's health check ejects it, short requests (which always fit the long pool) are served
+    by the long pool through the aggregate cluster; long requests are unaffected."""
+    with start_stack(tmp_path_factory, f"pooldown-{dead}", layout_overrides={"pool_health_interval_s": 0.5}) as stack:
         stack.pools[dead].kill()
+        await asyncio.sleep(1.5)  # two failed health checks at 0.5 s: the dead pool is ejected
         prompts = {"short": SHORT_PROMPT, "long": LONG_PROMPT}
         for pool, tokens in prompts.items():
             started = time.monotonic()
             reply = await post(session, stack.url, body_for("prose", tokens, max_tokens=8), timeout_s=15)
             elapsed = time.monotonic() - started
-            assert stack.access_log.pool(reply.request_id) == pool  # routing ignores pool health
-            if pool == dead:
-                assert reply.status == 503, reply.body  # Envoy: connection refused / no healthy upstream
+            served = stack.access_log.pool(reply.request_id)
+            assert stack.access_log.entry(reply.request_id)["pool"] == pool  # the router's decision is unchanged
+            if pool == dead == "long":
+                assert reply.status == 503, reply.body  # Envoy: no healthy upstream
                 assert elapsed < 5.0
             else:
                 assert reply.status == 200, reply.body
+                assert served == ("long" if dead == "short" else pool)  # short pool dead: the long pool serves
 
 
 async def test_slow_short_pool_spills_short_requests_never_long_ones(
