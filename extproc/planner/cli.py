@@ -68,6 +68,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--slo-ttft-p99", type=_seconds, default=2.0, help="P99 time to first token, s (default 2.0)")
     g.add_argument("--slo-tpot-p99", type=_seconds, default=0.08, help="P99 time per output token, s (default 0.08)")
     g.add_argument("--util-cap", type=_fraction, default=0.9, help="offered load / capacity cap (default 0.9)")
+    g.add_argument("--max-reject", type=float, default=0.001,
+                   help="largest share of requests a picked threshold may lose to rejections (default 0.001)")
     g.add_argument("--warmup", type=float, default=0.1, help="share of the first requests left out of the metrics")
     g.add_argument("--homogeneous-balancer", choices=BALANCERS, default=ROUND_ROBIN,
                    help="load balancing of the homogeneous baseline (default round_robin, as in the paper)")
@@ -94,6 +96,8 @@ def _run(args: argparse.Namespace) -> int:
         raise ValueError("--trace is required (azure-conv, azure-code, azure-both, synthetic-heavy-tail, or a file)")
     if args.count is not None and args.count < 100:
         raise ValueError("--requests must be at least 100 (P99s of fewer requests mean little)")
+    if not 0.0 <= args.max_reject <= 1.0:
+        raise ValueError("--max-reject must be a share in [0, 1]")
     if not 0.0 <= args.warmup < 0.9:
         raise ValueError("--warmup must be in [0, 0.9)")
     if args.homogeneous_seqs is not None and args.homogeneous_seqs < 1:
@@ -111,7 +115,8 @@ def _run(args: argparse.Namespace) -> int:
     settings = PlanSettings(
         profile=profile, rate=rate, slo=Slo(args.slo_ttft_p99, args.slo_tpot_p99, args.util_cap),
         warmup=args.warmup, homogeneous_balancer=args.homogeneous_balancer, pool_balancer=args.pool_balancer,
-        homogeneous_seqs=args.homogeneous_seqs, spillover=not args.no_spillover, seed=spec.seed)
+        homogeneous_seqs=args.homogeneous_seqs, spillover=not args.no_spillover, seed=spec.seed,
+        max_reject=args.max_reject)
     thresholds = args.sweep or [args.b_short]
     bar = None if args.quiet else ProgressBar()
     try:

@@ -47,6 +47,7 @@ class PlanSettings:
     homogeneous_seqs: int | None = None  # override max_num_seqs of the baseline (vLLM-style overcommit)
     spillover: bool = True
     seed: int = 0
+    max_reject: float = 0.001  # share of requests a pick may lose to over-context rejections
 
     @property
     def homogeneous(self) -> InstanceProfile:
@@ -95,6 +96,8 @@ class ThresholdOutcome:
     saving: float | None  # simulated: 1 - dual GPUs / homogeneous GPUs
     misrouted_long_to_short: int
     spilled: int
+    rejected_share: float  # over context or full queue: under-estimated requests the short pool refuses
+
 
     def as_dict(self) -> dict[str, Any]:
         out = {k: v for k, v in dataclasses.asdict(self).items() if k != "dual"}
@@ -268,7 +271,8 @@ class Planner:
             closed_form_gpus=homogeneous.gpus * (1.0 - closed) if math.isfinite(closed) else float("nan"),
             dual=dual, saving=saving,
             misrouted_long_to_short=int(np.sum(true_long & (res.pool == 0))),
-            spilled=int(dispatch.spilled.sum()))
+            spilled=int(dispatch.spilled.sum()),
+            rejected_share=float(np.mean(res.rejected != 0)))
 
     def _offline_routing(self, b_short: int) -> np.ndarray:
         """Which requests the router would send short, learning as it goes (no pressure): the split
@@ -291,10 +295,10 @@ class Planner:
                                  "(the long pool's context)")
         homogeneous, mu_h = self.size_homogeneous()
         outcomes = [self.size_dual(b, homogeneous, mu_h) for b in thresholds]
-        feasible = [i for i, o in enumerate(outcomes) if o.dual.feasible]
+        feasible = [i for i, o in enumerate(outcomes) if o.dual.feasible and o.rejected_share <= self.s.max_reject]
         best = min(feasible, key=lambda i: (outcomes[i].dual.usd_per_year, outcomes[i].b_short)) if feasible else None
         settings = {"profile": self.s.profile.name, "rate": self.s.rate, "slo": dataclasses.asdict(self.s.slo),
                     "warmup": self.s.warmup, "homogeneous_balancer": self.s.homogeneous_balancer,
                     "pool_balancer": self.s.pool_balancer, "homogeneous_max_num_seqs": self.s.homogeneous.max_num_seqs,
-                    "spillover": self.s.spillover, "seed": self.s.seed}
+                    "spillover": self.s.spillover, "seed": self.s.seed, "max_reject": self.s.max_reject}
         return PlanReport(settings, trace, len(self.wl), mu_h, homogeneous, outcomes, best)

@@ -54,7 +54,12 @@ def format_table(rep: PlanReport) -> str:
     for i, t in enumerate(rep.thresholds):
         d = t.dual
         saving = "-" if t.saving is None else f"{100 * t.saving:.1f}%"
-        note = ("<- cheapest meeting the SLOs" if i == rep.best else "") if d.feasible else "SLO NOT MET: " + d.reason
+        if not d.feasible:
+            note = "SLO NOT MET: " + d.reason
+        elif t.rejected_share > st["max_reject"]:
+            note = f"rejects {100 * t.rejected_share:.2f}% (under-estimated, over the short context)"
+        else:
+            note = "<- cheapest meeting the SLOs" if i == rep.best else ""
         lines.append(
             f"{t.b_short:>8}{t.alpha:>7.3f}{t.alpha_routed:>8.3f}{t.mu_short:>7.2f}{t.mu_long:>7.2f}{t.rho:>6.2f}"
             f"{100 * t.closed_form_saving:>7.1f}%{d.gpus:>7}{saving:>8}{_money(d.usd_per_year):>10}"
