@@ -64,7 +64,9 @@ class Rig:
         return out
 
 
-def make_rig(capture_content: bool = False, decisions: DecisionLog | None = None) -> Rig:
+def make_rig(
+    capture_content: bool = False, decisions: DecisionLog | None = None, parent_based: bool = False
+) -> Rig:
     exporter = InMemorySpanExporter()
     tracers = TracerProvider()
     tracers.add_span_processor(SimpleSpanProcessor(exporter))
@@ -72,7 +74,8 @@ def make_rig(capture_content: bool = False, decisions: DecisionLog | None = None
     reader = merging(InMemoryMetricReader)(histograms)
     meters = MeterProvider(metric_readers=[reader])
     metrics = DecisionMetrics(meters.get_meter("test"), histograms)
-    observer = TelemetryObserver(ExchangeSpans(tracers.get_tracer("test"), capture_content), metrics, decisions)
+    spans = ExchangeSpans(tracers.get_tracer("test"), capture_content, parent_based=parent_based)
+    observer = TelemetryObserver(spans, metrics, decisions)
     overrides = {"calibration": {"state_file": ""}, "telemetry": {"capture_content": capture_content}}
     rt = RouterRuntime.from_config(load_config(env={}, overrides=overrides), observer)
     observer.attach(rt)
@@ -394,3 +397,25 @@ async def test_grpc_server_hands_metadata_context_to_the_span(tmp_path):
     assert sent["traceparent"] == f"00-{ENVOY_TRACE}-{span.context.span_id:016x}-01"
     assert span.attributes[n.GEN_AI_INPUT_TOKENS] == 60
     assert by_attrs(rig.points()[n.M_USAGE]) == {(("source", "json"),): 1}
+
+
+UNSAMPLED = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00"
+SAMPLED = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+
+
+@pytest.mark.parametrize("where", ["header", "metadata"])
+def test_unsampled_parent_costs_no_span_but_keeps_the_trace_id_for_logs(where, caplog):
+    rig = make_rig(parent_based=True, decisions=DecisionLog(json_lines=False))
+    kw = {"headers": {"traceparent": UNSAMPLED}} if where == "header" else {"metadata": (("traceparent", UNSAMPLED),)}
+    with caplog.at_level(logging.INFO, "budget_router.decisions"):
+        _, first = run(rig.rt, chat(max_tokens=5), (200, "application/json", usage_json(60)), **kw)
+    assert rig.finished_spans() == []
+    assert "traceparent" not in set_headers(first.request_headers.response.header_mutation)
+    assert "0af7651916cd43dd8448eb211c80319c" in caplog.text
+
+
+def test_sampled_or_malformed_parent_still_gets_a_span():
+    rig = make_rig(parent_based=True)
+    run(rig.rt, chat(max_tokens=5), (200, "application/json", usage_json(60)), headers={"traceparent": SAMPLED})
+    run(rig.rt, chat(max_tokens=5), (200, "application/json", usage_json(60)), headers={"traceparent": "00-zz-01"})
+    assert len(rig.finished_spans()) == 2

@@ -71,7 +71,13 @@ def build_observer(
         histograms = HistogramSet(res, InstrumentationScope(names.INSTRUMENTATION_SCOPE, VERSION))
         if traces_enabled(t, env):
             tracers = tracer_provider(t, res, env)
-            spans = ExchangeSpans(tracers.get_tracer(names.INSTRUMENTATION_SCOPE, VERSION), t.capture_content)
+            sampler = env.get("OTEL_TRACES_SAMPLER", "parentbased_always_on")
+            spans = ExchangeSpans(
+                tracers.get_tracer(names.INSTRUMENTATION_SCOPE, VERSION),
+                t.capture_content,
+                parent_based=sampler.startswith("parentbased_")
+                and "tracecontext" in env.get("OTEL_PROPAGATORS", "tracecontext"),
+            )
             shutdowns.append(tracers.shutdown)
         readers = metric_readers(t, env, worker, shutdowns, histograms)
         if readers:

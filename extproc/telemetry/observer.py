@@ -72,8 +72,9 @@ class TelemetryObserver(ExchangeObserver):
             return
         try:
             if self.spans is not None:
-                span: Span | None = self.spans.start(record, headers, metadata)
-                trace_id = _trace_id_of(span)
+                started = self.spans.start(record, headers, metadata)
+                span: Span | None = None if isinstance(started, str) else started
+                trace_id = started if isinstance(started, str) else _trace_id_of(started)
             else:  # logs only: still name the caller's trace so lines join Envoy's spans
                 span, trace_id = None, _trace_id_of(get_current_span(extract_parent(headers, metadata)))
             self._live[id(record)] = _Live(span, trace_id, headers.get(REQUEST_ID_HEADER, ""))

@@ -35,3 +35,35 @@ def inject(span: Span) -> dict[str, str]:
     carrier: dict[str, str] = {}
     propagate.get_global_textmap().inject(carrier, context=set_span_in_context(span))
     return carrier
+
+
+def _traceparent(headers: Mapping[str, str], metadata: Sequence[tuple[str, str]]) -> str | None:
+    value = headers.get("traceparent")
+    if value is not None:
+        return value
+    for key, v in metadata or ():
+        if key == "traceparent" and isinstance(v, str):
+            return v
+    return None
+
+
+def unsampled_parent(headers: Mapping[str, str], metadata: Sequence[tuple[str, str]]) -> str | None:
+    """Trace id of a well-formed W3C parent whose sampled flag is off, else None.
+
+    With a parent-based sampler such a parent yields a non-recording span anyway; recognising it from
+    the header's last byte skips the propagator and the SDK (~50 µs a request in CPython), which is
+    what keeps tracing cheap when Envoy samples a small share of requests.
+    """
+    tp = _traceparent(headers, metadata)
+    if tp is None or len(tp) != 55 or tp[2] != "-" or tp[35] != "-" or tp[52] != "-":
+        return None
+    try:
+        flags = int(tp[53:], 16)
+        int(tp[3:35], 16)
+        int(tp[36:52], 16)
+    except ValueError:
+        return None
+    trace_id = tp[3:35]
+    if flags & 1 or tp.startswith("ff") or trace_id == "0" * 32:
+        return None
+    return trace_id

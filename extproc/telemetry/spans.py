@@ -15,17 +15,25 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
 
 from extproc.observer import ExchangeRecord
 from extproc.telemetry import names as n
-from extproc.telemetry.propagation import extract_parent, inject
+from extproc.telemetry.propagation import extract_parent, inject, unsampled_parent
 
 AttrValue = str | bool | int | float
 
 
 class ExchangeSpans:
-    def __init__(self, tracer: Tracer, capture_content: bool = False) -> None:
+    def __init__(self, tracer: Tracer, capture_content: bool = False, parent_based: bool = False) -> None:
         self.tracer = tracer
         self.capture_content = capture_content
+        self.parent_based = parent_based  # the sampler follows the parent: unsampled parents need no span
 
-    def start(self, record: ExchangeRecord, headers: Mapping[str, str], metadata: Sequence[tuple[str, str]]) -> Span:
+    def start(
+        self, record: ExchangeRecord, headers: Mapping[str, str], metadata: Sequence[tuple[str, str]]
+    ) -> Span | str:
+        """The span, or (parent-based sampling, parent not sampled) just the parent's trace id."""
+        if self.parent_based:
+            trace_id = unsampled_parent(headers, metadata)
+            if trace_id is not None:
+                return trace_id
         return self.tracer.start_span(n.SPAN_NAME, context=extract_parent(headers, metadata), kind=SpanKind.SERVER)
 
     @staticmethod
