@@ -75,6 +75,9 @@ class EnvoyLayout:
     owned_headers: tuple[str, ...] = ("x-budget-reason",)
     otlp: Endpoint | None = None
     service_name: str = "envoy-budget-router"
+    # Share of requests Envoy traces. 100 suits a demo; in production ~1-10 % keeps the router's tracing
+    # cost low (it creates no span for an unsampled parent).
+    trace_sampling_percent: float = 100.0
     max_body_bytes: int = 30 * MIB
     grpc_max_message_bytes: int = 32 * MIB
     message_timeout_s: float = 30.0
@@ -455,7 +458,7 @@ def connection_manager(layout: EnvoyLayout) -> dict[str, Any]:
         # Envoy's span becomes the parent of the router's (trace context rides in the ext_proc gRPC
         # metadata) and of vLLM's (traceparent header upstream).
         hcm["tracing"] = {
-            "random_sampling": {"value": 100},
+            "random_sampling": {"value": layout.trace_sampling_percent},
             "provider": {
                 "name": "envoy.tracers.opentelemetry",
                 "typed_config": {
@@ -582,6 +585,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             help=f"{name} endpoint (repeat for replicas); default {', '.join(f'{h}:{p}' for h, p in getattr(d, name))}",
         )
     parser.add_argument("--otlp", default="otel-collector:4317", help="OTLP/gRPC collector HOST:PORT or 'none'")
+    parser.add_argument(
+        "--trace-sampling", type=float, default=d.trace_sampling_percent, help="percent of requests Envoy traces"
+    )
     parser.add_argument("--header-name", default=d.header_name)
     parser.add_argument("--short-value", default=d.short_value)
     parser.add_argument("--fail-closed", action="store_true", help="router errors become 503, not fail-open")
@@ -621,6 +627,7 @@ def layout_from_args(args: argparse.Namespace) -> EnvoyLayout:
         ext_proc=not args.no_ext_proc,
         strip_client_header=not args.keep_client_header,
         short_failover=not args.no_short_failover,
+        trace_sampling_percent=args.trace_sampling,
         max_body_bytes=args.max_body_bytes,
         grpc_max_message_bytes=args.grpc_max_message_bytes,
         message_timeout_s=args.message_timeout_s,
