@@ -70,9 +70,13 @@ def _hcm(layout: ec.EnvoyLayout) -> dict[str, Any]:
 def test_routes_send_only_the_exact_short_header_short_and_default_long() -> None:
     layout = ec.compose_layout()
     short, default = _hcm(layout)["route_config"]["virtual_hosts"][0]["routes"]
-    assert short["route"]["cluster"] == ec.SHORT_CLUSTER
+    assert short["route"]["cluster"] == ec.SHORT_FAILOVER_CLUSTER
     assert short["match"]["headers"] == [{"name": "x-budget-pool", "string_match": {"exact": "short"}}]
     assert default["match"] == {"prefix": "/"} and default["route"]["cluster"] == ec.LONG_CLUSTER
+    failover = next(c for c in ec.clusters(layout) if c["name"] == ec.SHORT_FAILOVER_CLUSTER)
+    assert failover["cluster_type"]["typed_config"]["clusters"] == [ec.SHORT_CLUSTER, ec.LONG_CLUSTER]
+    plain = _hcm(dataclasses.replace(layout, short_failover=False))["route_config"]["virtual_hosts"][0]["routes"][0]
+    assert plain["route"]["cluster"] == ec.SHORT_CLUSTER
 
 
 def test_ext_proc_modes_and_fail_modes() -> None:
