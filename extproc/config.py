@@ -100,6 +100,9 @@ class CalibrationConfig:
     converged_sample_rate: float = opt(
         0.1, "Share of responses still followed once a category converged (1.0 = all; lower saves CPU)."
     )
+    priors: list[str] = opt(
+        ["cjk=1.5", "mixed=2.5"], "Per-category cold start (category=bytes/token); others use cold_start."
+    )
     state_file: str = opt(_default_state_file(), "Where learned ratios persist ('' disables).")
     save_interval_s: float = opt(30.0, "How often the state file is written (and merged with peers).")
 
@@ -192,6 +195,20 @@ def _apply(cfg: Config, values: Mapping[str, Mapping[str, Any]], source: str) ->
         raise ConfigError(f"{source}: unknown section(s) {sorted(unknown)}")
 
 
+def parse_priors(items: list[str]) -> dict[str, float]:
+    """``["cjk=1.5", ...]`` -> ``{"cjk": 1.5}``; a malformed item is a ConfigError naming it."""
+    out: dict[str, float] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        try:
+            if not sep or not name.strip():
+                raise ValueError(item)
+            out[name.strip()] = float(value)
+        except ValueError:
+            raise ConfigError(f"calibration.priors: {item!r} is not category=bytes_per_token") from None
+    return out
+
+
 def validate(cfg: Config) -> Config:
     r, c = cfg.routing, cfg.calibration
     checks = [
@@ -203,6 +220,7 @@ def validate(cfg: Config) -> Config:
         (c.gamma >= 0.0, "calibration.gamma must be >= 0"),
         (0.0 < c.min_ratio < c.cold_start <= c.max_ratio, "need 0 < min_ratio < cold_start <= max_ratio"),
         (0.0 <= c.converged_sample_rate <= 1.0, "calibration.converged_sample_rate must be in [0, 1]"),
+        (all(c.min_ratio <= v <= c.max_ratio for v in parse_priors(c.priors).values()), "priors out of bounds"),
         (cfg.server.workers >= 1, "server.workers must be >= 1"),
         (
             cfg.server.workers == 1 or not cfg.server.listen.endswith(":0"),

@@ -163,7 +163,8 @@ class Exchange:
         except ShapeError as exc:
             return self._decide_long(UNPARSEABLE, exc.reason)
         self.shape = shape
-        est, decision = self.rt.router.route(shape, self.rt.pressure.pressure(SHORT))
+        pressure = self.rt.pressure
+        est, decision = self.rt.router.route(shape, pressure.pressure(SHORT), pressure.pressure(LONG))
         follow = self.record.learn = self._wants_sample()
         self._estimate = est
         rec = self.record

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from extproc.algorithm import BudgetParams, BudgetRouter, CalibrationParams, CategoryParams, DispatchPolicy
-from extproc.config import Config
+from extproc.config import Config, parse_priors
 
 
 def build_router(cfg: Config) -> BudgetRouter:
@@ -32,6 +32,7 @@ def build_router(cfg: Config) -> BudgetRouter:
             max_ratio=c.max_ratio,
             outlier_factor=c.outlier_factor,
             converged_samples=c.converged_samples,
+            priors=tuple(parse_priors(c.priors).items()),
         ),
         categories=CategoryParams(
             enabled=tuple(k.enabled),

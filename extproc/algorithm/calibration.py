@@ -9,8 +9,11 @@ weight takes over (n ≥ 20) reaches the true ratio within 50 samples and is the
 the cold start stays the ratio of unseen categories and the gate below, and the first deviation
 (measured against the cold start) keeps σ̂, hence the safety margin, wide while samples are few.
 
-Safety: c* is what routing uses, and smaller means more tokens (safer). Until ``min_samples``
-observations a category may only become *more* conservative than the cold start, observations
+Safety: c* is what routing uses, and smaller means more tokens (safer). Each category starts from
+its prior (4.0, the paper's cold start, except CJK 1.5 and mixed 2.5: CJK tokenises at 1.3-3.8
+B/token depending on the tokenizer, so 4.0 would undercount it up to 3x and overflow the short
+pool on the first requests). Until ``min_samples`` observations a category may only become *more*
+conservative than its prior, observations
 outside [min_ratio, max_ratio] are rejected (a backend lying in usage cannot push the ratio out),
 and once warmed up, far outliers are rejected too.
 """
@@ -33,6 +36,8 @@ class CalibrationParams:
     max_ratio: float = 8.0
     outlier_factor: float = 0.6
     converged_samples: int = 50
+    # Per-category cold starts (category, bytes/token) that replace ``cold_start``; see README.
+    priors: tuple[tuple[str, float], ...] = (("cjk", 1.5), ("mixed", 2.5))
 
 
 class Observation(enum.Enum):
@@ -54,14 +59,18 @@ class Calibrator:
         self.params = params or CalibrationParams()
         self._state: dict[str, CategoryState] = {}
         self._ratio_cache: dict[str, float] = {}
+        self._priors = dict(self.params.priors)
         for name in categories:
             self.state(name)
 
     def state(self, category: str) -> CategoryState:
         st = self._state.get(category)
         if st is None:
-            st = self._state[category] = CategoryState(mean=self.params.cold_start)
+            st = self._state[category] = CategoryState(mean=self.prior(category))
         return st
+
+    def prior(self, category: str) -> float:
+        return self._priors.get(category, self.params.cold_start)
 
     def categories(self) -> dict[str, CategoryState]:
         return dict(self._state)
@@ -74,7 +83,7 @@ class Calibrator:
         p, st = self.params, self.state(category)
         c_star = st.mean - p.gamma * st.dev
         if st.samples < p.min_samples:
-            c_star = min(c_star, p.cold_start)
+            c_star = min(c_star, self.prior(category))
         c_star = min(max(c_star, p.min_ratio), p.max_ratio)
         self._ratio_cache[category] = c_star
         return c_star

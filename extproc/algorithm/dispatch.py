@@ -37,12 +37,21 @@ class Decision:
         return self.reason == SPILLOVER
 
 
-def decide(total_tokens: int, policy: DispatchPolicy, short_pressure: float = 0.0) -> Decision:
+def decide(
+    total_tokens: int, policy: DispatchPolicy, short_pressure: float = 0.0, long_pressure: float = 0.0
+) -> Decision:
+    """Spillover needs the short pool at its threshold *and* the long pool less loaded than the short
+    one: moving work onto a pool that is even fuller only trades a short queue for a longer one."""
     if total_tokens > policy.short_context:
         reason = OVER_LONG_CONTEXT if total_tokens > policy.long_context else CAPACITY
         return Decision(LONG, reason)
     if total_tokens > policy.b_short:
         return Decision(LONG, THRESHOLD)
-    if policy.spillover and short_pressure >= policy.spill_threshold and total_tokens <= policy.long_context:
+    if (
+        policy.spillover
+        and short_pressure >= policy.spill_threshold
+        and long_pressure < short_pressure
+        and total_tokens <= policy.long_context
+    ):
         return Decision(LONG, SPILLOVER)
     return Decision(SHORT, THRESHOLD)

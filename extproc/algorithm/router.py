@@ -35,9 +35,11 @@ class BudgetRouter:
     def estimate(self, shape: RequestShape) -> Estimate:
         return estimate(shape, self.calibrator.ratio, self.budget)
 
-    def route(self, shape: RequestShape, short_pressure: float = 0.0) -> tuple[Estimate, Decision]:
+    def route(
+        self, shape: RequestShape, short_pressure: float = 0.0, long_pressure: float = 0.0
+    ) -> tuple[Estimate, Decision]:
         est = self.estimate(shape)
-        return est, decide(est.total, self.policy, short_pressure)
+        return est, decide(est.total, self.policy, short_pressure, long_pressure)
 
     def learn(self, shape: RequestShape, prompt_tokens: int, routed: Estimate | None = None) -> Learned:
         """Feed one observed ``usage.prompt_tokens`` back; ``routed`` is the estimate made at request time."""

@@ -106,3 +106,22 @@ def test_merge_is_sample_weighted():
     a.load({"k": {"mean": 4.0, "dev": 0.1, "samples": 30}})
     a.merge([{"k": {"mean": 2.0, "dev": 0.1, "samples": 10}}])
     assert a.state("k").mean == pytest.approx(3.5)
+
+
+def test_category_priors_make_cjk_safe_from_the_first_request():
+    cal = Calibrator(CalibrationParams(), ["prose", "cjk"])
+    assert cal.ratio("prose") == 4.0 and cal.ratio("cjk") == 1.5
+    cal.observe("cjk", 3000, 1000)  # 3 B/token observed: not trusted above the prior until warmed up
+    assert cal.ratio("cjk") <= 1.5
+
+
+def test_priors_from_config_and_their_errors():
+    from extproc.config import ConfigError, load_config
+    from extproc.router_from_config import build_router
+
+    r = build_router(load_config(env={"BUDGET_ROUTER_CALIBRATION_PRIORS": "cjk=2.0,code=3.5"}))
+    assert r.calibrator.ratio("code") == 3.5 and r.calibrator.ratio("cjk") == 2.0
+    with pytest.raises(ConfigError, match="not category=bytes_per_token"):
+        load_config(env={"BUDGET_ROUTER_CALIBRATION_PRIORS": "cjk:2"})
+    with pytest.raises(ConfigError, match="priors out of bounds"):
+        load_config(env={"BUDGET_ROUTER_CALIBRATION_PRIORS": "cjk=40"})

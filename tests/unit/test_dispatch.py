@@ -75,3 +75,8 @@ def test_snapshot_counts_leases_without_popping():
     now[0] = 5.0
     assert p.snapshot() == {"short": 0, "long": 1}
     assert len(p._leases["short"]) == 1  # untouched until the routing thread purges
+
+
+def test_no_spill_onto_a_long_pool_that_is_fuller():
+    assert decide(100, P, short_pressure=1.2, long_pressure=1.5).pool == SHORT
+    assert decide(100, P, short_pressure=1.2, long_pressure=0.5).pool == LONG
