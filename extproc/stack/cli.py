@@ -26,7 +26,7 @@ from extproc.stack.replay import MODEL, PlannedRequest, Replayer, plan
 from extproc.stack.report import build_report, render, save_png, true_ratios
 from extproc.stack.router_view import CalibrationTimeline, read_decisions
 from extproc.stack.stack import Stack, StackOptions, router_config
-from extproc.workload.cli_args import _mix, _positive_int, add_workload_arguments, workload_spec_from_args
+from extproc.workload.cli_args import add_workload_arguments, mix_arg, positive_int, workload_spec_from_args
 from extproc.workload.spec import build_workload
 
 TRACE_ALIASES = {"synthetic": "synthetic-heavy-tail"}
@@ -36,11 +36,11 @@ DEMO_HINT = "budget-router up --replay azure-conv --rate 20 --duration 60"
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_workload_arguments(parser, trace_flag="--replay")
     w = parser.add_argument_group("workload (short spellings)")
-    w.add_argument("--requests", dest="count", type=_positive_int, default=argparse.SUPPRESS, help="= --count")
-    w.add_argument("--mix", dest="category_mix", type=_mix, default=argparse.SUPPRESS, help="= --category-mix")
+    w.add_argument("--requests", dest="count", type=positive_int, default=argparse.SUPPRESS, help="= --count")
+    w.add_argument("--mix", dest="category_mix", type=mix_arg, default=argparse.SUPPRESS, help="= --category-mix")
     w.add_argument("--seed", dest="workload_seed", type=int, default=argparse.SUPPRESS, help="= --workload-seed")
     d = parser.add_argument_group("replay client")
-    d.add_argument("--concurrency", type=_positive_int, default=512, help="client cap on requests in flight")
+    d.add_argument("--concurrency", type=positive_int, default=512, help="client cap on requests in flight")
     d.add_argument("--stream-share", type=float, default=0.5, help="share of requests sent with stream=true")
     d.add_argument("--timeout", type=float, default=600.0, help="per-request timeout in seconds")
     d.add_argument("--png", type=Path, help="write a PNG of the learned ratios converging")

@@ -17,14 +17,14 @@ def _positive_float(text: str) -> float:
     return value
 
 
-def _positive_int(text: str) -> int:
+def positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
     return value
 
 
-def _mix(text: str) -> CategoryMix:
+def mix_arg(text: str) -> CategoryMix:
     try:
         return CategoryMix.parse(text)
     except ValueError as exc:
@@ -54,7 +54,7 @@ def add_workload_arguments(
         default=1.0,
         help="without --rate: divide the trace's own arrival times by this factor",
     )
-    group.add_argument("--count", type=_positive_int, default=None, help="stop after this many requests")
+    group.add_argument("--count", type=positive_int, default=None, help="stop after this many requests")
     group.add_argument(
         "--duration",
         type=_positive_float,
@@ -65,7 +65,7 @@ def add_workload_arguments(
     group.add_argument("--workload-seed", type=int, default=0, help="seed for sizes, arrivals and categories")
     group.add_argument(
         "--category-mix",
-        type=_mix,
+        type=mix_arg,
         default=CategoryMix(),
         help="NAME=WEIGHT,... for requests the trace does not categorise (default: "
         + ",".join(f"{k}={v}" for k, v in DEFAULT_WEIGHTS.items())
@@ -85,7 +85,7 @@ def add_workload_arguments(
     )
     group.add_argument(
         "--max-output-tokens",
-        type=_positive_int,
+        type=positive_int,
         default=None,
         help="CDF and synthetic traces: cap on output tokens (the excess goes to the prompt)",
     )
