@@ -8,8 +8,8 @@ import math
 import numpy as np
 import pytest
 
-from extproc.algorithm import BudgetRouter, DispatchPolicy
-from extproc.planner.fleet import LEAST_OUTSTANDING, OVER_CONTEXT, ROUND_ROBIN, FleetSim, PoolConfig
+from extproc.algorithm import BudgetRouter, CalibrationParams, DispatchPolicy
+from extproc.planner.fleet import LEAST_OUTSTANDING, OVER_CONTEXT, ROUND_ROBIN, FleetSim, PoolConfig, SimResult
 from extproc.planner.profiles import InstanceProfile
 from extproc.planner.routing import RouterDispatch
 from extproc.planner.sim_workload import SimWorkload
@@ -125,10 +125,7 @@ def test_balancers_spread_load(balancer: str) -> None:
         assert res.finish.max() < FleetSim([PoolConfig("p", profile(), 4, ROUND_ROBIN)]).run(wl).finish.max() + 1e-9
 
 
-def test_real_router_misroutes_cjk_at_cold_start_and_learns() -> None:
-    """CJK packs ~1.5 bytes/token; the cold-start ratio 4.0 halves its token estimate, so 10K-token
-    CJK prompts look like 4K and go short (and are rejected there as over context). Completed
-    requests teach the router the true ratio, and the mistakes stop."""
+def cjk_fleet_run(calibration: CalibrationParams) -> tuple[SimWorkload, SimResult, RouterDispatch]:
     rng = np.random.default_rng(3)
     n = 600
     prompt = np.where(np.arange(n) % 2 == 0, rng.integers(500, 1500, n), rng.integers(9000, 12000, n))
@@ -137,10 +134,26 @@ def test_real_router_misroutes_cjk_at_cold_start_and_learns() -> None:
     wl = workload(np.arange(n) * 0.005, prompt, 100, category="cjk", text_bytes=text_bytes)
     short = profile(max_model_len=8192, max_num_seqs=128, max_num_batched_tokens=16384, iter_fixed_s=0.005)
     long = profile(iter_fixed_s=0.005)
-    dispatch = RouterDispatch(BudgetRouter(policy=DispatchPolicy(b_short=8192)), wl, 4 * 128, 4 * 16)
+    router = BudgetRouter(policy=DispatchPolicy(b_short=8192), calibration=calibration)
+    dispatch = RouterDispatch(router, wl, 4 * 128, 4 * 16)
     res = FleetSim([PoolConfig("short", short, 4), PoolConfig("long", long, 4)], dispatch).run(wl)
+    return wl, res, dispatch
+
+
+def test_real_router_misroutes_cjk_at_cold_start_and_learns() -> None:
+    """The paper's cold start (4.0 bytes/token for every category) halves the token estimate of CJK
+    text at ~1.5 bytes/token, so 10K-token CJK prompts look like 4K and go short, where vLLM rejects
+    them as over context. Completed requests teach the router the true ratio, and the mistakes stop."""
+    wl, res, dispatch = cjk_fleet_run(CalibrationParams(priors=()))
     wrong = (wl.total > 8192) & (res.pool == 0)
     assert wrong[:100].sum() >= 30
     assert wrong[300:].sum() == 0
     assert (res.rejected[wrong] == OVER_CONTEXT).all()
     assert dispatch.router.calibrator.state("cjk").mean == pytest.approx(1.5, rel=0.05)
+
+
+def test_router_configuration_reaches_the_simulation() -> None:
+    """With the shipped per-category priors (CJK starts at 1.5 bytes/token) the same traffic is
+    routed right from the first request."""
+    wl, res, _ = cjk_fleet_run(CalibrationParams())
+    assert not ((wl.total > 8192) & (res.pool == 0)).any()

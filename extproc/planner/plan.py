@@ -293,6 +293,7 @@ class Planner:
             if not 0 < b <= self.s.profile.long.max_model_len:
                 raise ValueError(f"B_short {b} must be in 1..{self.s.profile.long.max_model_len} "
                                  "(the long pool's context)")
+            short_pool_at(self.s.profile.short, b)  # a threshold the short pool cannot be built for fails now
         homogeneous, mu_h = self.size_homogeneous()
         outcomes = [self.size_dual(b, homogeneous, mu_h) for b in thresholds]
         feasible = [i for i, o in enumerate(outcomes) if o.dual.feasible and o.rejected_share <= self.s.max_reject]

@@ -2,7 +2,7 @@
 
 Each request is reduced to the ``RequestShape`` the ext_proc server would build (one chat message of
 ``text_bytes`` in the request's category, ``max_tokens`` = its output length), routed by
-``BudgetRouter.route`` with the short pool's in-flight pressure for spillover, and its true
+``BudgetRouter.route`` with both pools' in-flight pressure for spillover, and its true
 ``prompt_tokens`` are fed back through ``BudgetRouter.learn`` when it completes, at its completion
 time, so calibration converges in simulated time exactly as it would behind Envoy.
 """
@@ -43,7 +43,7 @@ class RouterDispatch:
             output_tokens=self._output[i],
         )
         pressure = self.pressure
-        est, decision = self.router.route(shape, pressure.pressure(SHORT))
+        est, decision = self.router.route(shape, pressure.pressure(SHORT), pressure.pressure(POOLS[1]))
         self._pending[i] = (shape, est)
         self.estimated_total[i] = est.total
         if decision.reason == SPILLOVER:
