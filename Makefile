@@ -36,6 +36,9 @@ test: venv
 
 bench: venv
 	$(BIN)/python benchmarks/router_cpu.py
+	$(BIN)/python benchmarks/telemetry_overhead.py
+	$(BIN)/python benchmarks/simulator_speed.py
+	$(BIN)/python benchmarks/workload_speed.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
