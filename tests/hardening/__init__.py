@@ -36,6 +36,7 @@ from extproc.emulator.config import EmulatorConfig
 from extproc.stack.probes import free_port
 from extproc.stack.stack import Stack
 from tests.conftest import start_stack
+from tests.e2e.client import Reply
 
 REASON_HEADER = "x-budget-reason"
 POOL_HEADER = "x-budget-pool"
@@ -48,14 +49,6 @@ Samples = dict[tuple[str, Labels], float]
 def chat(content: Any = "Say hello in five words.", **fields: Any) -> dict[str, Any]:
     """A small, valid chat request for the emulators (fields override or add top-level keys)."""
     return {"model": MODEL, "messages": [{"role": "user", "content": content}], "max_tokens": 8, **fields}
-
-
-@dataclass
-class Reply:
-    request_id: str
-    status: int
-    headers: dict[str, str]
-    body: bytes
 
 
 _ids = itertools.count(1)
