@@ -1,44 +1,33 @@
-"""Translate the typed config into the pure algorithm's parameter objects (one mapping, one place)."""
+"""Translate the typed config into the pure algorithm's parameter objects (one mapping, one place).
+
+Parameters take the value of the config option with the same name, so a new option reaches the
+algorithm by giving both the same name; only the few whose names or types differ are spelled out.
+"""
 
 from __future__ import annotations
+
+import dataclasses
+from typing import Any, TypeVar
 
 from extproc.algorithm import BudgetParams, BudgetRouter, CalibrationParams, CategoryParams, DispatchPolicy
 from extproc.config import Config, parse_priors
 
+P = TypeVar("P")
+
+
+def _same_named(params: type[P], section: object, **explicit: Any) -> P:
+    names = {f.name for f in dataclasses.fields(params)}  # type: ignore[arg-type]
+    values = {n: getattr(section, n) for n in names if hasattr(section, n)}
+    return params(**{**values, **explicit})
+
 
 def build_router(cfg: Config) -> BudgetRouter:
-    r, c, s, k = cfg.routing, cfg.calibration, cfg.spillover, cfg.categories
+    s, k = cfg.spillover, cfg.categories
     return BudgetRouter(
-        budget=BudgetParams(
-            default_output_tokens=r.default_output_tokens,
-            framing_per_request=r.framing_per_request,
-            framing_per_message=r.framing_per_message,
-            framing_per_tool=r.framing_per_tool,
-            image_tokens=r.image_tokens,
+        budget=_same_named(BudgetParams, cfg.routing),
+        policy=_same_named(DispatchPolicy, cfg.routing, spillover=s.enabled, spill_threshold=s.threshold),
+        calibration=_same_named(
+            CalibrationParams, cfg.calibration, priors=tuple(parse_priors(cfg.calibration.priors).items())
         ),
-        policy=DispatchPolicy(
-            b_short=r.b_short,
-            short_context=r.short_context,
-            long_context=r.long_context,
-            spillover=s.enabled,
-            spill_threshold=s.threshold,
-        ),
-        calibration=CalibrationParams(
-            beta=c.beta,
-            gamma=c.gamma,
-            cold_start=c.cold_start,
-            min_samples=c.min_samples,
-            min_ratio=c.min_ratio,
-            max_ratio=c.max_ratio,
-            outlier_factor=c.outlier_factor,
-            converged_samples=c.converged_samples,
-            priors=tuple(parse_priors(c.priors).items()),
-        ),
-        categories=CategoryParams(
-            enabled=tuple(k.enabled),
-            default=k.default,
-            cjk_share=k.cjk_share,
-            mixed_share=k.mixed_share,
-            code_score=k.code_score,
-        ),
+        categories=_same_named(CategoryParams, k, enabled=tuple(k.enabled)),
     )
