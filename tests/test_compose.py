@@ -21,6 +21,7 @@ import pytest
 import yaml
 
 from extproc import envoy_config as ec
+from tests.processes import terminate
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE_IMAGE = "budget-router-base:bookworm"
@@ -150,12 +151,7 @@ def docker_engine(tmp: Path) -> Iterator[None]:
             time.sleep(0.5)
         yield
     finally:
-        daemon.terminate()
-        try:
-            daemon.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            daemon.kill()
-            daemon.wait()
+        terminate(daemon, 30)
         log.close()
 
 

@@ -26,6 +26,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from extproc import envoy_config as ec
+from tests.processes import terminate
 
 ROOT = Path(__file__).resolve().parents[1]
 ENVOY = "envoy"
@@ -342,12 +343,7 @@ def running_envoy(layout: ec.EnvoyLayout, tmp_path: Path) -> Iterator[subprocess
     try:
         yield proc
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        terminate(proc, 10)
         log.close()
 
 
