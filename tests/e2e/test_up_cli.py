@@ -8,8 +8,10 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
+from typing import IO
 
 import orjson
 import pytest
@@ -110,20 +112,40 @@ def test_interactive_stack_serves_until_sigterm(tmp_path: Path) -> None:
     assert config["static_resources"]["listeners"][0]["address"]["socket_address"]["address"] == "127.0.0.1"
 
 
+def _wait_for_line(stream: IO[str], prefix: str, timeout_s: float) -> list[str]:
+    """Read ``stream`` on a thread until a line starts with ``prefix``; fail the test if it never comes.
+
+    A blocking ``readline`` in the test's own thread cannot honour a deadline, so a stack that never
+    became ready would be noticed only after the replay had run to its end.
+    """
+    seen: list[str] = []
+    ready = threading.Event()
+
+    def pump() -> None:
+        for line in stream:
+            seen.append(line)
+            if line.startswith(prefix):
+                ready.set()
+        ready.set()  # EOF: the process ended before it was ready
+
+    threading.Thread(target=pump, daemon=True).start()
+    if not ready.wait(timeout_s) or not any(line.startswith(prefix) for line in seen):
+        pytest.fail(f"no {prefix!r} line within {timeout_s:.0f} s; stderr so far:\n{''.join(seen)[-3000:]}")
+    return seen
+
+
 def test_ctrl_c_mid_replay_reports_what_finished_and_cleans_up(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     argv = _up("--replay", "azure-conv", "--rate", "20", "--duration", "60", "--run-dir", str(run_dir))
     proc = subprocess.Popen(argv, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        assert proc.stderr is not None
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            line = proc.stderr.readline()
-            if not line or line.startswith("stack up:"):
-                break
+        assert proc.stderr is not None and proc.stdout is not None
+        _wait_for_line(proc.stderr, "stack up:", timeout_s=90)
         time.sleep(2.0)
+        assert proc.poll() is None, "the replay ended before it could be interrupted"
         proc.send_signal(signal.SIGINT)
-        out, _ = proc.communicate(timeout=60)
+        out = proc.stdout.read()
+        proc.wait(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
