@@ -41,7 +41,7 @@ from pathlib import Path
 import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from extproc.envoy_config import ROUTER_CLUSTER, SHORT_CLUSTER, EnvoyLayout, render
+from extproc.gateway.envoy_config import ROUTER_CLUSTER, SHORT_CLUSTER, EnvoyLayout, render
 from extproc.stack.probes import envoy_host_healthy, free_port, grpc_serving, http_ok
 from extproc.stack.process import ManagedProcess
 from extproc.stack.stack import child_env, envoy_binary

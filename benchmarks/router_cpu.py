@@ -28,7 +28,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as epg
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from extproc.algorithm import BudgetRouter, shape_from_body
-from extproc.envoy_messages import NONE
+from extproc.server.envoy_wire import NONE
 from tests.envoy_play import request_body, request_headers, response_body, response_headers
 
 TEXT = (

@@ -14,9 +14,9 @@ import time
 
 import numpy as np
 
-from extproc.planner.metrics import fleet_percentiles
 from extproc.planner.plan import Planner, PlanSettings
 from extproc.planner.profiles import load_profile
+from extproc.planner.service_levels import fleet_percentiles
 from extproc.planner.sim_workload import MeasuredBytesPerToken, from_requests
 from extproc.workload.spec import WorkloadSpec, build_workload
 

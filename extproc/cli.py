@@ -9,20 +9,20 @@ import sys
 
 # name -> (module, one-line help). Each module exposes add_arguments(parser) and run(args) -> int.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "serve": ("extproc.serve_cmd", "run the ext_proc gRPC server Envoy talks to"),
-    "emulate": ("extproc.emulator.cli", "run a vLLM-compatible emulator (no GPU needed)"),
-    "up": ("extproc.stack.cli", "start the embedded stack: Envoy + router + two emulator pools"),
-    "plan": ("extproc.planner.cli", "size a dual-pool fleet from a trace (simulator + cost model)"),
-    "envoy-config": ("extproc.envoy_config", "render the Envoy config for given ports"),
-    "config": ("extproc.config_cmd", "print the effective configuration or the options table"),
+    "serve": ("extproc.commands.serve", "run the ext_proc gRPC server Envoy talks to"),
+    "emulate": ("extproc.commands.emulate", "run a vLLM-compatible emulator (no GPU needed)"),
+    "up": ("extproc.commands.up", "start the embedded stack: Envoy + router + two emulator pools"),
+    "plan": ("extproc.commands.plan", "size a dual-pool fleet from a trace (simulator + cost model)"),
+    "envoy-config": ("extproc.gateway.envoy_config", "render the Envoy config for given ports"),
+    "config": ("extproc.commands.config", "print the effective configuration or the options table"),
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(wanted: str | None = None) -> argparse.ArgumentParser:
+    """The parser, with only the ``wanted`` subcommand's options loaded (the others' imports are heavy)."""
     parser = argparse.ArgumentParser(prog="budget-router", description=__doc__)
     parser.add_argument("--version", action="version", version="budget-router 0.1.0")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    wanted = sys.argv[1] if len(sys.argv) > 1 else None
     for name, (module, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         if wanted == name:
@@ -31,10 +31,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    if argv is not None:
-        sys.argv = [sys.argv[0], *argv]
-    parser = build_parser()
-    args = parser.parse_args(sys.argv[1:])
+    argv = sys.argv[1:] if argv is None else list(argv)
+    wanted = next((a for a in argv if not a.startswith("-")), None)
+    parser = build_parser(wanted)
+    args = parser.parse_args(argv)
     if not args.command:
         parser.print_help()
         return 2

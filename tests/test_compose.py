@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import yaml
 
-from extproc import envoy_config as ec
+from extproc.gateway import envoy_config as ec
 from tests.processes import terminate
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from extproc.emulator.config import EmulatorConfig, FaultConfig
 from extproc.emulator.engine import Engine, State
+from extproc.emulator.engine_args import EmulatorConfig, FaultConfig
 from extproc.emulator.errors import ApiError, context_length_error
 from extproc.emulator.protocol import PromptCounter, parse_generation
 from extproc.emulator.tokens import TokenCounter, windows

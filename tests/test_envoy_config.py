@@ -25,7 +25,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from hypothesis import given
 from hypothesis import strategies as st
 
-from extproc import envoy_config as ec
+from extproc.gateway import envoy_config as ec
 from extproc.stack.stack import envoy_binary
 from tests.processes import terminate
 

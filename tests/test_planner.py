@@ -10,9 +10,9 @@ import pytest
 
 from extproc.cli import main
 from extproc.planner.capacity import alpha_at, closed_form_saving, instances_for, short_pool_at
-from extproc.planner.metrics import Slo, summarise
 from extproc.planner.plan import Planner, PlanSettings
 from extproc.planner.profiles import builtin_profiles, load_profile, parse_profile
+from extproc.planner.service_levels import Slo, summarise
 from extproc.planner.sim_workload import MeasuredBytesPerToken, SimWorkload, from_requests
 from extproc.planner.sizing import size_pools
 from extproc.workload.spec import WorkloadSpec, build_workload

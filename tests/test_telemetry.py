@@ -20,9 +20,9 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import SpanKind, StatusCode
 
 from extproc.config import load_config
-from extproc.exchange import Exchange, RouterRuntime
-from extproc.observer import ExchangeRecord
-from extproc.service import RouterServer
+from extproc.server.events import ExchangeRecord
+from extproc.server.exchange import Exchange, RouterRuntime
+from extproc.server.service import RouterServer
 from extproc.telemetry import (
     DecisionLog,
     DecisionMetrics,

@@ -16,8 +16,8 @@ import pytest
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
 from extproc.config import TelemetryConfig, load_config
-from extproc.exchange import Exchange, RouterRuntime
-from extproc.observer import ExchangeObserver
+from extproc.server.events import ExchangeObserver
+from extproc.server.exchange import Exchange, RouterRuntime
 from extproc.telemetry import TelemetryObserver, build_observer
 from extproc.telemetry.providers import otlp_endpoint, traces_enabled
 from tests.envoy_play import request_body, request_headers, response_body, response_headers

@@ -17,7 +17,7 @@ from typing import Any
 
 from aiohttp import web
 
-from extproc.emulator.config import HUGE_USAGE, FaultConfig
+from extproc.emulator.engine_args import HUGE_USAGE, FaultConfig
 from extproc.emulator.errors import ERROR_TYPES, ApiError, error_body
 
 

@@ -18,7 +18,7 @@ from collections import Counter, deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
-from extproc.emulator.config import EmulatorConfig
+from extproc.emulator.engine_args import EmulatorConfig
 
 
 class State(enum.Enum):

@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from extproc.emulator.config import EmulatorConfig
+from extproc.emulator.engine_args import EmulatorConfig
 from extproc.emulator.errors import ApiError, context_length_error
 from extproc.emulator.tokens import TokenCounter
 

@@ -13,10 +13,10 @@ from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
 from extproc.emulator import stream_faults
 from extproc.emulator.admin import Faults, RequestLog
-from extproc.emulator.config import EmulatorConfig
 from extproc.emulator.engine import Engine, Sequence, State
+from extproc.emulator.engine_args import EmulatorConfig
 from extproc.emulator.errors import ApiError, error_body
-from extproc.emulator.metrics import metrics_registry, render
+from extproc.emulator.prometheus import metrics_registry, render
 from extproc.emulator.protocol import GenerationRequest, PromptCounter, parse_generation, parse_json_object
 from extproc.emulator.responses import (
     CHAT_CHUNK,

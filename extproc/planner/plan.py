@@ -26,9 +26,9 @@ from extproc.planner.capacity import (
     short_pool_at,
 )
 from extproc.planner.fleet import LEAST_OUTSTANDING, ROUND_ROBIN, FleetSim, PoolConfig, SimResult
-from extproc.planner.metrics import PoolMetrics, Slo, fleet_percentiles, summarise
 from extproc.planner.profiles import FleetProfile, InstanceProfile
 from extproc.planner.routing import RouterDispatch
+from extproc.planner.service_levels import PoolMetrics, Slo, fleet_percentiles, summarise
 from extproc.planner.sim_workload import SimWorkload
 from extproc.planner.sizing import size_pools
 

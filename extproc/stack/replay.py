@@ -18,7 +18,7 @@ import aiohttp
 import numpy as np
 import orjson
 
-from extproc.emulator.config import EmulatorConfig
+from extproc.emulator.engine_args import EmulatorConfig
 from extproc.workload.corpus import get_encoding
 from extproc.workload.prompts import request_body
 from extproc.workload.trace import TraceRequest

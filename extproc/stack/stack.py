@@ -1,7 +1,7 @@
 """The embedded stack: real Envoy, the router and two emulated vLLM pools on 127.0.0.1.
 
 ``Stack`` is what ``budget-router up`` runs and what the end-to-end tests start. It picks free ports,
-renders the Envoy config from the same renderer as the compose stack (``extproc.envoy_config``), waits
+renders the Envoy config from the same renderer as the compose stack (``extproc.gateway.envoy_config``), waits
 until every process is healthy *and* Envoy's own health checks see every upstream, and stops everything
 in dependency order (Envoy first so no new traffic arrives, then the routers, which drain and save
 calibration, then the pools). Logs, the Envoy config and the calibration state live in one run dir.
@@ -23,7 +23,7 @@ from types import TracebackType
 
 import extproc
 from extproc.config import Config, add_config_flags, config_from_args
-from extproc.envoy_config import LONG_CLUSTER, ROUTER_CLUSTER, SHORT_CLUSTER, EnvoyLayout, render
+from extproc.gateway.envoy_config import LONG_CLUSTER, ROUTER_CLUSTER, SHORT_CLUSTER, EnvoyLayout, render
 from extproc.stack.access_log import AccessLog
 from extproc.stack.probes import envoy_host_healthy, free_port, grpc_serving, http_ok
 from extproc.stack.process import ManagedProcess, ProcessFailed

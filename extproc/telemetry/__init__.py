@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
 from extproc.config import Config
-from extproc.observer import ExchangeObserver
+from extproc.server.events import ExchangeObserver
 from extproc.telemetry import names
 from extproc.telemetry.histograms import HistogramSet, merging
 from extproc.telemetry.logs import DecisionLog, JsonLinesFormatter, use_json_lines
@@ -33,7 +33,7 @@ from extproc.telemetry.providers import (
 from extproc.telemetry.spans import ExchangeSpans
 
 if TYPE_CHECKING:
-    from extproc.exchange import RouterRuntime
+    from extproc.server.exchange import RouterRuntime
 
 __all__ = [
     "DecisionLog",

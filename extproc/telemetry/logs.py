@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 
-from extproc.observer import ExchangeRecord
+from extproc.server.events import ExchangeRecord
 
 DECISION_LOGGER = "budget_router.decisions"
 RECORD_FIELDS = (

@@ -17,12 +17,12 @@ from typing import TYPE_CHECKING, Any
 
 from opentelemetry.metrics import CallbackOptions, Meter, Observation
 
-from extproc.observer import ExchangeRecord
+from extproc.server.events import ExchangeRecord
 from extproc.telemetry import names as n
 from extproc.telemetry.histograms import HistogramSet
 
 if TYPE_CHECKING:
-    from extproc.exchange import RouterRuntime
+    from extproc.server.exchange import RouterRuntime
 
 ACCEPTED = "accepted"
 UNPARSEABLE = "unparseable"

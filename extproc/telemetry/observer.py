@@ -13,14 +13,14 @@ from typing import TYPE_CHECKING
 
 from opentelemetry.trace import Span, get_current_span
 
-from extproc.observer import ExchangeObserver, ExchangeRecord
+from extproc.server.events import ExchangeObserver, ExchangeRecord
 from extproc.telemetry.logs import DecisionLog
 from extproc.telemetry.metrics import DecisionMetrics
 from extproc.telemetry.propagation import extract_parent
 from extproc.telemetry.spans import ExchangeSpans
 
 if TYPE_CHECKING:
-    from extproc.exchange import RouterRuntime
+    from extproc.server.exchange import RouterRuntime
 
 log = logging.getLogger("budget_router.telemetry")
 REQUEST_ID_HEADER = "x-request-id"  # Envoy's generate_request_id

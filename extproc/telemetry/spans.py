@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
 
-from extproc.observer import ExchangeRecord
+from extproc.server.events import ExchangeRecord
 from extproc.telemetry import names as n
 from extproc.telemetry.propagation import extract_parent, inject, unsampled_parent
 

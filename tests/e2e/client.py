@@ -10,7 +10,7 @@ from typing import Any
 import aiohttp
 import orjson
 
-from extproc.emulator.config import EmulatorConfig
+from extproc.emulator.engine_args import EmulatorConfig
 from extproc.stack.stack import Stack
 from extproc.workload.prompts import chat_body
 

@@ -17,7 +17,7 @@ import pytest
 
 from extproc.algorithm import shape_from_body
 from extproc.algorithm.request_shape import CHAT
-from extproc.router_from_config import build_router
+from extproc.router_factory import build_router
 from extproc.stack.stack import Stack, StackOptions, router_config
 from tests.conftest import start_stack
 from tests.e2e.client import body_for, calibration, post

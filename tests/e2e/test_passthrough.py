@@ -16,7 +16,7 @@ import aiohttp
 import orjson
 import pytest
 
-from extproc.exchange import inject_include_usage
+from extproc.server.exchange import inject_include_usage
 from extproc.stack.stack import Stack
 from tests.e2e.client import body_for, is_usage_only, post, samples, sse_payloads, wait_samples
 

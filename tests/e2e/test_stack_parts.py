@@ -15,7 +15,7 @@ from extproc.algorithm import CalibrationParams
 from extproc.stack.access_log import AccessLog
 from extproc.stack.process import ManagedProcess, ProcessFailed
 from extproc.stack.replay import Outcome, PlannedRequest, emulator_template_tokens
-from extproc.stack.report import build_report, convergence, estimate_errors, render, true_ratios
+from extproc.stack.replay_report import build_report, convergence, estimate_errors, render, true_ratios
 from extproc.stack.router_view import CalibrationTimeline, RatioPoint, read_decisions
 
 

@@ -32,7 +32,7 @@ import pytest
 from multidict import CIMultiDict
 from prometheus_client.parser import text_string_to_metric_families
 
-from extproc.emulator.config import EmulatorConfig
+from extproc.emulator.engine_args import EmulatorConfig
 from extproc.stack.probes import free_port
 from extproc.stack.stack import Stack
 from tests.conftest import start_stack

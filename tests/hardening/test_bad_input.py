@@ -34,9 +34,9 @@ import pytest
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as epg
 
 from extproc.config import load_config
-from extproc.envoy_config import MIB
-from extproc.exchange import RouterRuntime
-from extproc.service import RouterServer
+from extproc.gateway.envoy_config import MIB
+from extproc.server.exchange import RouterRuntime
+from extproc.server.service import RouterServer
 from tests.envoy_play import request_body, request_headers, response_body, response_headers
 from tests.hardening import (
     CHAT_PATH,

@@ -34,8 +34,8 @@ from extproc.algorithm import BudgetRouter, ShapeError, shape_from_body
 from extproc.algorithm.dispatch import LONG, SHORT
 from extproc.algorithm.request_shape import CHAT, COMPLETIONS
 from extproc.config import load_config
-from extproc.exchange import Exchange, RouterRuntime
-from extproc.sse import SseUsageScanner
+from extproc.server.exchange import Exchange, RouterRuntime
+from extproc.server.sse import SseUsageScanner
 from tests.envoy_play import request_body, request_headers, response_body, response_headers
 
 BUDGET = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -358,7 +358,7 @@ def atheris_target(data: bytes) -> None:
 ATHERIS_MAIN = """
 import sys, atheris
 with atheris.instrument_imports(include=["extproc"]):
-    import extproc.algorithm, extproc.sse
+    import extproc.algorithm, extproc.server.sse
 from tests.hardening.test_fuzz import atheris_target
 atheris.Setup(sys.argv, atheris_target)
 atheris.Fuzz()

@@ -3,7 +3,7 @@
 * ``budget-router serve --server-workers N``: N processes, each its own listening socket on the same
   port (SO_REUSEPORT; the kernel spreads Envoy's connections over them), each a full router with no
   shared lock. Their calibration meets in the state file: every save interval each worker publishes
-  its snapshot and blends in the others' (``extproc/state_store.py``), so what one worker learned
+  its snapshot and blends in the others' (``extproc/server/state_store.py``), so what one worker learned
   reaches all of them within a few intervals.
 * Several replicas in Envoy's router cluster (HTTP/2, gRPC health-checked, least-request): every
   replica routes the same way, and killing one loses no request (fail-open until Envoy ejects it,
@@ -25,7 +25,7 @@ import orjson
 import pytest
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as epg
 
-from extproc.envoy_config import ROUTER_CLUSTER
+from extproc.gateway.envoy_config import ROUTER_CLUSTER
 from extproc.stack.probes import envoy_host_healthy, free_port, grpc_serving
 from extproc.stack.process import ManagedProcess
 from extproc.stack.stack import EMULATOR_FRAMING, Stack, child_env, wait_for

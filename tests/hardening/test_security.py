@@ -27,8 +27,8 @@ import pytest
 
 from extproc.algorithm import Calibrator
 from extproc.config import ServerConfig, TelemetryConfig, load_config
-from extproc.exchange import Exchange, RouterRuntime
-from extproc.state_store import StateStore
+from extproc.server.exchange import Exchange, RouterRuntime
+from extproc.server.state_store import StateStore
 from extproc.telemetry import JsonLinesFormatter
 from tests.envoy_play import request_body, request_headers, response_body, response_headers
 from tests.hardening import CHAT_PATH, POOL_HEADER, REASON_HEADER, ObservedStack, Reply, chat, observed_stack, send

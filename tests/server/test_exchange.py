@@ -4,8 +4,8 @@ import orjson
 import pytest
 
 from extproc.config import load_config
-from extproc.envoy_messages import NONE, STREAMED
-from extproc.exchange import Exchange, RouterRuntime, inject_include_usage
+from extproc.server.envoy_wire import NONE, STREAMED
+from extproc.server.exchange import Exchange, RouterRuntime, inject_include_usage
 from tests.envoy_play import request_body, request_headers, response_body, response_headers, set_headers
 
 

@@ -11,8 +11,8 @@ from envoy_data_plane.envoy.service.ext_proc.v3 import ProcessingResponse as DpR
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from extproc.config import load_config
-from extproc.exchange import RouterRuntime
-from extproc.service import EXT_PROC_SERVICE, RouterServer
+from extproc.server.exchange import RouterRuntime
+from extproc.server.service import EXT_PROC_SERVICE, RouterServer
 from tests.envoy_play import request_body, request_headers, response_body, response_headers
 
 

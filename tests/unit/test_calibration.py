@@ -117,7 +117,7 @@ def test_category_priors_make_cjk_safe_from_the_first_request():
 
 def test_priors_from_config_and_their_errors():
     from extproc.config import ConfigError, load_config
-    from extproc.router_from_config import build_router
+    from extproc.router_factory import build_router
 
     r = build_router(load_config(env={"BUDGET_ROUTER_CALIBRATION_PRIORS": "cjk=2.0,code=3.5"}))
     assert r.calibrator.ratio("code") == 3.5 and r.calibrator.ratio("cjk") == 2.0

@@ -2,7 +2,7 @@ import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from extproc.sse import SseUsageScanner
+from extproc.server.sse import SseUsageScanner
 
 
 def event(obj, nl=b"\n"):

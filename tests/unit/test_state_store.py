@@ -4,7 +4,7 @@ import stat
 import orjson
 
 from extproc.algorithm import CalibrationParams, Calibrator
-from extproc.state_store import StateStore
+from extproc.server.state_store import StateStore
 
 
 def cal(**state):

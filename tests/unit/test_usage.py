@@ -3,7 +3,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from extproc.usage import json_usage, overflow_prompt_tokens, usage_counts
+from extproc.server.usage import json_usage, overflow_prompt_tokens, usage_counts
 
 V1 = (
     "This model's maximum context length is 8192 tokens. However, you requested 9000 tokens "

@@ -19,15 +19,15 @@ from dataclasses import dataclass, field
 
 import orjson
 
-from extproc import envoy_messages as em
 from extproc.algorithm import BudgetRouter, RequestShape, ShapeError, shape_from_body
 from extproc.algorithm.dispatch import LONG, SHORT
 from extproc.algorithm.pressure import InFlightPressure
 from extproc.algorithm.request_shape import CHAT, COMPLETIONS
 from extproc.config import Config
-from extproc.observer import ExchangeObserver, ExchangeRecord
-from extproc.sse import SseUsageScanner
-from extproc.usage import json_response, overflow_prompt_tokens, usage_counts
+from extproc.server import envoy_wire as em
+from extproc.server.events import ExchangeObserver, ExchangeRecord
+from extproc.server.sse import SseUsageScanner
+from extproc.server.usage import json_response, overflow_prompt_tokens, usage_counts
 
 UNPARSEABLE = "unparseable"
 NO_BODY = "no_body"
@@ -45,7 +45,7 @@ class RouterRuntime:
 
     @classmethod
     def from_config(cls, cfg: Config, observer: ExchangeObserver | None = None) -> RouterRuntime:
-        from extproc.router_from_config import build_router
+        from extproc.router_factory import build_router
 
         pressure = InFlightPressure({SHORT: cfg.spillover.short_capacity, LONG: cfg.spillover.long_capacity})
         return cls(cfg, build_router(cfg), pressure, observer or ExchangeObserver())

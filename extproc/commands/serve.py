@@ -18,9 +18,9 @@ from collections.abc import Coroutine
 from typing import Any
 
 from extproc.config import Config, ConfigError, add_config_flags, config_from_args
-from extproc.exchange import RouterRuntime
-from extproc.service import RouterServer
-from extproc.state_store import StateStore
+from extproc.server.exchange import RouterRuntime
+from extproc.server.service import RouterServer
+from extproc.server.state_store import StateStore
 
 log = logging.getLogger("budget_router")
 

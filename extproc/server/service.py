@@ -10,7 +10,7 @@ import grpc
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as epg
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from extproc.exchange import Exchange, RouterRuntime
+from extproc.server.exchange import Exchange, RouterRuntime
 
 log = logging.getLogger("budget_router.service")
 EXT_PROC_SERVICE = "envoy.service.ext_proc.v3.ExternalProcessor"
@@ -57,7 +57,7 @@ class ExternalProcessor(epg.ExternalProcessorServicer):
 
 
 def _continue_for(req):
-    from extproc import envoy_messages as em
+    from extproc.server import envoy_wire as em
 
     kind = req.WhichOneof("request")
     if kind == "request_headers":

@@ -15,7 +15,7 @@ import types
 import typing
 from typing import Any
 
-from extproc.emulator.config import STREAM_QUIRKS, USAGE_LIES, EmulatorConfig, FaultConfig
+from extproc.emulator.engine_args import STREAM_QUIRKS, USAGE_LIES, EmulatorConfig, FaultConfig
 from extproc.emulator.errors import CONTEXT_STYLES, ERROR_SHAPES
 from extproc.emulator.tokens import ENCODINGS
 

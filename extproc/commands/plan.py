@@ -15,11 +15,11 @@ from pathlib import Path
 import numpy as np
 
 from extproc.planner.fleet import BALANCERS, LEAST_OUTSTANDING, ROUND_ROBIN
-from extproc.planner.metrics import Slo
 from extproc.planner.plan import Planner, PlanSettings
+from extproc.planner.plan_report import format_table, write_json
 from extproc.planner.profiles import builtin_profiles, load_profile
-from extproc.planner.progress import ProgressBar
-from extproc.planner.report import format_table, write_json
+from extproc.planner.service_levels import Slo
+from extproc.planner.sim_progress import ProgressBar
 from extproc.planner.sim_workload import MeasuredBytesPerToken, from_requests
 from extproc.workload.cli_args import add_workload_arguments, workload_spec_from_args
 from extproc.workload.spec import build_workload

@@ -20,10 +20,10 @@ from typing import Any
 
 import orjson
 
-from extproc.router_from_config import build_router
-from extproc.stack.progress import Progress
+from extproc.router_factory import build_router
 from extproc.stack.replay import MODEL, PlannedRequest, Replayer, plan
-from extproc.stack.report import build_report, render, save_png, true_ratios
+from extproc.stack.replay_progress import Progress
+from extproc.stack.replay_report import build_report, render, save_png, true_ratios
 from extproc.stack.router_view import CalibrationTimeline, read_decisions
 from extproc.stack.stack import Stack, StackOptions, router_config
 from extproc.workload.cli_args import add_workload_arguments, mix_arg, positive_int, workload_spec_from_args
