@@ -1,4 +1,5 @@
-# The budget-router image: the ext_proc router (`serve`) and the vLLM emulator (`emulate`).
+# The budget-router images: built with EXTRAS="" it is the lean router (`serve` only: no Envoy binary,
+# tokenizer, numpy or matplotlib); with EXTRAS=emulator it also runs the vLLM emulator (`emulate`).
 #
 # Works where no image registry is reachable: BASE_IMAGE can be any local image with python3 (>= 3.11),
 # its venv module and the ca-certificates bundle (e.g. a debootstrap'ed Debian bookworm with
@@ -10,6 +11,7 @@ FROM ${BASE_IMAGE}
 ARG EXTRA_CA_DIR=deploy/ca-certificates
 ARG PIP_INDEX_URL=
 ARG PIP_EXTRA_INDEX_URL=
+ARG EXTRAS=
 
 # Extra CAs join the system bundle before pip runs; pip and Python then use that bundle.
 COPY ${EXTRA_CA_DIR}/ /usr/local/share/ca-certificates/budget-router-extra/
@@ -34,7 +36,7 @@ COPY extproc ./extproc
 RUN set -eu; \
     python3 -m venv /opt/venv; \
     /opt/venv/bin/pip install --no-compile \
-      ${PIP_INDEX_URL:+--index-url "$PIP_INDEX_URL"} ${PIP_EXTRA_INDEX_URL:+--extra-index-url "$PIP_EXTRA_INDEX_URL"} . ; \
+      ${PIP_INDEX_URL:+--index-url "$PIP_INDEX_URL"} ${PIP_EXTRA_INDEX_URL:+--extra-index-url "$PIP_EXTRA_INDEX_URL"} ".${EXTRAS:+[$EXTRAS]}" ; \
     # xds-protos ships its own, older copy of opentelemetry/proto/*; whichever package pip unpacks
     # last wins, and the old copy breaks the OTLP exporter. Put OpenTelemetry's own files back.
     otel_proto="$(/opt/venv/bin/python -c 'import importlib.metadata as m; print(m.version("opentelemetry-proto"))')"; \
@@ -43,11 +45,11 @@ RUN set -eu; \
     /opt/venv/bin/python -c 'from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter'; \
     /opt/venv/bin/budget-router --version
 
-# Unprivileged user; learned calibration persists in the state volume.
+# Unprivileged user. Learned calibration persists where compose mounts a named volume; no VOLUME here,
+# so containers that never write state (the emulators) leave no anonymous volumes behind.
 RUN useradd --system --uid 10001 --home-dir /var/lib/budget-router --shell /usr/sbin/nologin budget \
  && mkdir -p /var/lib/budget-router && chown budget /var/lib/budget-router
 ENV BUDGET_ROUTER_CALIBRATION_STATE_FILE=/var/lib/budget-router/calibration.json
-VOLUME ["/var/lib/budget-router"]
 USER budget
 WORKDIR /var/lib/budget-router
 EXPOSE 9002 9464 8000

@@ -16,6 +16,15 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "envoy-config": ("extproc.gateway.envoy_config", "render the Envoy config for given ports"),
     "config": ("extproc.commands.config", "print the effective configuration or the options table"),
 }
+# The pyproject extra each subcommand needs beyond the lean core (which is all `serve` needs).
+EXTRAS: dict[str, str] = {"emulate": "emulator", "up": "stack", "plan": "planner"}
+
+
+def _missing_extra(command: str, exc: ModuleNotFoundError) -> int:
+    extra = EXTRAS.get(command)
+    hint = f"; install it with: pip install 'budget-router[{extra}]'" if extra else ""
+    print(f"budget-router {command}: error: missing package {exc.name!r}{hint}", file=sys.stderr)
+    return 2
 
 
 def build_parser(wanted: str | None = None) -> argparse.ArgumentParser:
@@ -30,10 +39,14 @@ def build_parser(wanted: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     wanted = next((a for a in argv if not a.startswith("-")), None)
-    parser = build_parser(wanted)
+    try:
+        parser = build_parser(wanted)
+    except ModuleNotFoundError as exc:
+        return _missing_extra(wanted or "", exc)
     args = parser.parse_args(argv)
     if not args.command:
         parser.print_help()
@@ -41,6 +54,10 @@ def main(argv: list[str] | None = None) -> int:
     module = importlib.import_module(COMMANDS[args.command][0])
     try:
         return int(module.run(args) or 0)
+    except ModuleNotFoundError as exc:  # a lazily imported optional dependency
+        if exc.name and not exc.name.startswith("extproc"):
+            return _missing_extra(args.command, exc)
+        raise
     except KeyboardInterrupt:
         return 130
     except Exception as exc:  # the last line of defence: a message, not a traceback

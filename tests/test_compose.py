@@ -24,6 +24,11 @@ from extproc.gateway import envoy_config as ec
 from tests.processes import terminate
 
 ROOT = Path(__file__).resolve().parents[1]
+# The README's command for the emulator stack; the opt-in Docker test runs exactly this.
+DOCUMENTED_UP = ["--profile", "cpu", "up", "-d", "--wait"]
+# After the router dies, a request is answered (by the long pool) within this: the router cluster's
+# 0.25 s connect timeout once, then outlier ejection makes Envoy skip the router without waiting.
+FAIL_OPEN_BOUND_S = 1.5
 BASE_IMAGE = "budget-router-base:bookworm"
 ENVOY_LOCAL_IMAGE = "budget-router-envoy:local"
 
@@ -48,10 +53,11 @@ needs_compose = pytest.mark.skipif(
 )
 
 
-def compose_config(profile: str, env: dict[str, str] | None = None) -> dict[str, Any]:
+def compose_config(profile: str, env: dict[str, str] | None = None, profiles: tuple[str, ...] = ()) -> dict[str, Any]:
     assert COMPOSE is not None
+    extra = [arg for p in profiles for arg in ("--profile", p)]
     proc = subprocess.run(
-        [*COMPOSE, "-f", str(ROOT / "docker-compose.yml"), "--profile", profile, "config", "--format", "json"],
+        [*COMPOSE, "-f", str(ROOT / "docker-compose.yml"), "--profile", profile, *extra, "config", "--format", "json"],
         capture_output=True,
         text=True,
         cwd=ROOT,
@@ -76,12 +82,17 @@ def reachable_names(services: dict[str, Any]) -> set[str]:
 )
 def test_compose_profile_is_valid_and_matches_envoy_yaml(profile: str, pools: set[str]) -> None:
     services = compose_config(profile)["services"]
-    assert set(services) == {"envoy", "router", "otel-collector", "jaeger", *pools}
-    # every address in the committed Envoy config is a name this profile answers to
+    assert set(services) == {"envoy", "router", *pools}
+    # every address in the committed Envoy config is a name this profile answers to (the collector's
+    # with the tracing profile added)
     layout = ec.compose_layout()
     names = reachable_names(services)
-    for host, _port in (*layout.router, *layout.short, *layout.long, layout.otlp):
+    for host, _port in (*layout.router, *layout.short, *layout.long):
         assert host in names, f"{host} unresolvable in profile {profile}"
+    assert layout.otlp is not None
+    traced = compose_config(profile, profiles=("tracing",))["services"]
+    assert set(traced) == {"envoy", "router", "otel-collector", "jaeger", *pools}
+    assert layout.otlp[0] in reachable_names(traced)
     mounts = {(v["source"], v["target"]) for v in services["envoy"]["volumes"]}
     assert (str(ROOT / "envoy" / "envoy.yaml"), "/etc/envoy/envoy.yaml") in mounts
     assert services["envoy"]["image"].startswith("envoyproxy/envoy:v1.40")
@@ -99,9 +110,42 @@ def test_pool_sizes_follow_env() -> None:
     gpu = compose_config("gpu", env)["services"]
     short_cmd = gpu["vllm-short"]["command"]
     assert short_cmd[:1] == ["org/some-model"] and "4096" in short_cmd
-    assert "--otlp-traces-endpoint" in short_cmd
+    assert "--otlp-traces-endpoint" not in short_cmd  # tracing is off unless .env turns it on
+    traced = compose_config("gpu", {**env, "VLLM_TRACE_ARGS": "--otlp-traces-endpoint grpc://otel-collector:4317"})
+    assert "--otlp-traces-endpoint" in traced["services"]["vllm-short"]["command"]
     devices = gpu["vllm-long"]["deploy"]["resources"]["reservations"]["devices"]
     assert devices[0]["capabilities"] == ["gpu"]
+
+
+@needs_compose
+def test_each_image_is_built_by_one_service_and_the_router_image_is_lean() -> None:
+    services = compose_config("cpu")["services"]
+    builds = {name: svc["build"] for name, svc in services.items() if "build" in svc}
+    assert set(builds) == {"router", "emulator-short"}
+    assert builds["router"]["args"]["EXTRAS"] == ""  # the core package: no Envoy binary, numpy or plots
+    assert builds["emulator-short"]["args"]["EXTRAS"] == "emulator"
+    assert services["emulator-long"]["image"] == services["emulator-short"]["image"]
+    assert services["emulator-long"]["pull_policy"] == "never"  # reuses the image emulator-short builds
+    assert services["router"]["image"] != services["emulator-short"]["image"]
+    dockerfile = (ROOT / "Dockerfile").read_text().splitlines()
+    assert not [line for line in dockerfile if line.startswith("VOLUME")]  # no anonymous volumes per run
+
+
+@needs_compose
+def test_tracing_is_a_setting_and_envoy_has_a_healthcheck() -> None:
+    off = compose_config("cpu")["services"]
+    assert "--telemetry-traces=false" in off["router"]["command"]
+    on = compose_config("cpu", {"TRACES": "true"}, profiles=("tracing",))["services"]
+    assert "--telemetry-traces=true" in on["router"]["command"]
+    assert "/ready" in " ".join(off["envoy"]["healthcheck"]["test"])
+    assert ".env" in (ROOT / ".gitignore").read_text().split()
+
+
+def test_readme_compose_commands_are_the_tested_ones() -> None:
+    readme = (ROOT / "README.md").read_text()
+    assert "docker compose " + " ".join(DOCUMENTED_UP) in readme
+    assert "docker compose " + " ".join(DOCUMENTED_UP) in (ROOT / "docker-compose.yml").read_text()
+    assert '\\"$MODEL\\"' not in readme  # the old curl needed a variable the user's shell does not have
 
 
 def test_otel_collector_config_exports_traces_to_jaeger() -> None:
@@ -267,15 +311,22 @@ def test_cpu_profile_routes_to_both_pools_under_docker(tmp_path: Path) -> None:
             "ENVOY_ADMIN_PORT": str(admin_port),
             "ROUTER_METRICS_PORT": str(_free_port()),
         }
-        project = [*COMPOSE, "-p", "brtest", "-f", str(ROOT / "docker-compose.yml"), "--profile", "cpu"]
+        project = [*COMPOSE, "-p", "brtest", "-f", str(ROOT / "docker-compose.yml")]
+        volumes_before = set(_run(["docker", "volume", "ls", "-q"]).stdout.split())
+        dangling_before = set(_run(["docker", "images", "-q", "-f", "dangling=true"]).stdout.split())
         try:
-            _run([*project, "build", "router", "emulator-short", "emulator-long"], env=env, cwd=ROOT, timeout=1800)
-            _run(
-                [*project, "up", "-d", "--wait", "envoy", "router", "emulator-short", "emulator-long"],
-                env=env,
-                cwd=ROOT,
-                timeout=600,
-            )
+            # Exactly the README's command: builds both images once, waits for every healthcheck.
+            _run([*project, *DOCUMENTED_UP], env=env, cwd=ROOT, timeout=1800)
+            health = _run(["docker", "inspect", "-f", "{{.State.Health.Status}}", "brtest-envoy-1"]).stdout.strip()
+            assert health == "healthy"
+            dangling = set(_run(["docker", "images", "-q", "-f", "dangling=true"]).stdout.split())
+            assert dangling <= dangling_before, "a build left untagged images behind"
+            sizes = {
+                tag: int(_run(["docker", "image", "inspect", "-f", "{{.Size}}", tag]).stdout)
+                for tag in ("budget-router:local", "budget-router-emulator:local")
+            }
+            print("image sizes (MB):", {tag: round(size / 1e6) for tag, size in sizes.items()})
+            assert sizes["budget-router:local"] < sizes["budget-router-emulator:local"]
             for _ in range(60):  # Envoy's first health-check round on both pools
                 with contextlib.suppress(OSError):
                     if _chat(envoy_port, "ping") == 200:
@@ -288,11 +339,28 @@ def test_cpu_profile_routes_to_both_pools_under_docker(tmp_path: Path) -> None:
             assert short_ok == [200] * 3 and long_ok == [200] * 2
             assert after[ec.SHORT_CLUSTER] - before[ec.SHORT_CLUSTER] >= 3
             assert after[ec.LONG_CLUSTER] - before[ec.LONG_CLUSTER] >= 2
+            # A killed router container answers nothing (no RST): Envoy must fail open at once, not
+            # after the connect timeout times every request until the health checks notice.
+            _run(["docker", "kill", "brtest-router-1"])
+            timings = []
+            for _ in range(5):
+                started = time.monotonic()
+                assert _chat(envoy_port, "Say hello in one word.") == 200
+                timings.append(time.monotonic() - started)
+            print("after docker kill of the router, request seconds:", [round(t, 3) for t in timings])
+            assert max(timings) < FAIL_OPEN_BOUND_S, timings
+            after_kill = _cluster_requests(admin_port)
+            assert after_kill[ec.LONG_CLUSTER] - after[ec.LONG_CLUSTER] >= 5  # fail-open = the long pool
         except BaseException:
             logs = subprocess.run([*project, "logs", "--tail", "40"], env=env, cwd=ROOT, capture_output=True, text=True)
             print(logs.stdout[-6000:], logs.stderr[-2000:])
             raise
         finally:
             subprocess.run(
-                [*project, "down", "-v", "--remove-orphans"], env=env, cwd=ROOT, capture_output=True, timeout=300
-            )
+                [*project, "--profile", "cpu", "down", "--remove-orphans"],
+                env=env, cwd=ROOT, capture_output=True, timeout=300,
+            )  # fmt: skip
+            # no anonymous volumes left behind; only the router's named state volume, removed here
+            left = set(_run(["docker", "volume", "ls", "-q"]).stdout.split()) - volumes_before
+            assert left <= {"brtest_router-state"}, left
+            subprocess.run(["docker", "volume", "rm", "brtest_router-state"], capture_output=True)

