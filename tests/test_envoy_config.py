@@ -9,6 +9,7 @@ import contextlib
 import dataclasses
 import socket
 import subprocess
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -382,11 +383,13 @@ def _layout(short: Pool, long: Pool, **kwargs: Any) -> ec.EnvoyLayout:
         short=[("127.0.0.1", short.port)],
         long=[("127.0.0.1", long.port)],
         router=[("127.0.0.1", kwargs.pop("router_port", _free_port()))],
-        pool_health_interval_s=1.0,
-        router_health_interval_s=0.5,
-        message_timeout_s=5.0,
-        access_log_path=None,
-        **kwargs,
+        **{
+            "pool_health_interval_s": 1.0,
+            "router_health_interval_s": 0.5,
+            "message_timeout_s": 5.0,
+            "access_log_path": None,
+            **kwargs,
+        },
     )
 
 
@@ -479,3 +482,50 @@ def test_gateway_api_example_parses_and_defaults_to_long() -> None:
     ext = docs["EnvoyExtensionPolicy"]["spec"]["extProc"][0]
     assert ext["failOpen"] is True and ext["processingMode"]["allowModeOverride"] is True
     assert ext["processingMode"]["request"]["body"] == "Buffered"
+
+
+@contextlib.contextmanager
+def blackhole(port: int) -> Iterator[None]:
+    """A port that accepts no connections and refuses none: what a killed container's address does.
+
+    A listener with a backlog of one, filled by a connection nobody accepts: the kernel then drops
+    every further SYN, so a connect hangs until the client's own timeout (no RST, unlike a dead
+    process on loopback).
+    """
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind(("127.0.0.1", port))
+    listener.listen(0)
+    filler = socket.create_connection(("127.0.0.1", port), timeout=1)
+    try:
+        yield
+    finally:
+        filler.close()
+        listener.close()
+
+
+@pytest.mark.e2e
+async def test_router_that_vanishes_fails_open_without_waiting_out_health_checks(
+    pools: tuple[Pool, Pool], tmp_path: Path
+) -> None:
+    router_port = _free_port()
+    # The shipped health-check interval: without a short connect timeout and outlier ejection each
+    # request would wait the old 5 s connect timeout until two checks (>= 4 s) had failed.
+    layout = _layout(*pools, router_port=router_port, router_health_interval_s=2.0)
+    async with aiohttp.ClientSession() as session:
+        with running_envoy(layout, tmp_path) as proc:
+            async with scripted_router(layout, router_port, "full"):
+                await wait_ready(session, layout, proc)
+                status, body = await _post(session, layout, body=b'{"route": "short"}')
+                assert (status, body["pool"]) == (200, "short")
+            with blackhole(router_port):
+                timings = []
+                for _ in range(5):
+                    started = time.monotonic()
+                    status, body = await _post(session, layout, body=b'{"route": "short"}')
+                    timings.append(time.monotonic() - started)
+                    assert (status, body["pool"]) == (200, "long")
+    # One connect timeout (0.25 s) at most, then the ejected router is skipped.
+    print("fail-open seconds after the router vanished:", [round(t, 3) for t in timings])
+    assert timings[0] < 1.5 and max(timings[1:]) < 0.5, timings
+    assert layout.router_connect_timeout_s == 0.25
