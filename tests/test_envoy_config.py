@@ -525,6 +525,14 @@ async def test_router_that_vanishes_fails_open_without_waiting_out_health_checks
                     status, body = await _post(session, layout, body=b'{"route": "short"}')
                     timings.append(time.monotonic() - started)
                     assert (status, body["pool"]) == (200, "long")
+            # Back: the ejection (<= 2 s) and one health check later, requests route short again.
+            async with scripted_router(layout, router_port, "full"):
+                started, pool = time.monotonic(), "long"
+                while pool != "short" and time.monotonic() - started < 10:
+                    await asyncio.sleep(0.1)
+                    pool = (await _post(session, layout, body=b'{"route": "short"}'))[1]["pool"]
+                recovered_s = time.monotonic() - started
+                assert pool == "short" and recovered_s < 2.0 + 2 * layout.router_health_interval_s, recovered_s
     # One connect timeout (0.25 s) at most, then the ejected router is skipped.
     print("fail-open seconds after the router vanished:", [round(t, 3) for t in timings])
     assert timings[0] < 1.5 and max(timings[1:]) < 0.5, timings

@@ -289,17 +289,22 @@ def clusters(layout: EnvoyLayout) -> list[dict[str, Any]]:
             panic_threshold=0.0,
             connect_timeout_s=layout.router_connect_timeout_s,
         )
-        # A killed container's address answers nothing (no RST): without these, every request waits
-        # out the connect timeout until two health checks have failed. The first failed connect ejects
-        # the replica, and with the panic threshold at 0 the next request fails open without waiting.
-        router["outlier_detection"] = {
-            "split_external_local_origin_errors": True,
-            "consecutive_local_origin_failure": 1,
-            "enforcing_consecutive_local_origin_failure": 100,
-            "interval": _secs(layout.router_health_interval_s),
-            "base_ejection_time": _secs(max(2 * layout.router_health_interval_s, 1.0)),
-            "max_ejection_percent": 100,
-        }
+        # A killed container's address answers nothing (no RST): without ejection, every request waits
+        # out the connect timeout until two health checks have failed. Fail-open only: the first failed
+        # connect ejects the replica, so with the panic threshold at 0 the next request goes to the long
+        # pool at once. Ejection outlives a restarted router by up to max_ejection_time, which costs
+        # only capacity when failing open; fail-closed it would cost 503s, so there the health checks
+        # alone decide (each request then waits one short connect at most).
+        if layout.failure_mode_allow:
+            router["outlier_detection"] = {
+                "split_external_local_origin_errors": True,
+                "consecutive_local_origin_failure": 1,
+                "enforcing_consecutive_local_origin_failure": 100,
+                "interval": "1s",
+                "base_ejection_time": "1s",
+                "max_ejection_time": "2s",
+                "max_ejection_percent": 100,
+            }
         out.insert(0, router)
     if layout.otlp is not None:
         host, port = layout.otlp
