@@ -32,6 +32,9 @@ from tests.processes import terminate
 
 ROOT = Path(__file__).resolve().parents[1]
 ENVOY = envoy_binary()
+# A request is answered within this after the router vanishes: one 0.25 s router connect timeout, then
+# fail-open to the long pool (slack for a loaded CI machine).
+FAIL_OPEN_BOUND_S = 1.0
 
 
 # ---------------------------------------------------------------- pure renderer
@@ -509,8 +512,8 @@ async def test_router_that_vanishes_fails_open_without_waiting_out_health_checks
     pools: tuple[Pool, Pool], tmp_path: Path
 ) -> None:
     router_port = _free_port()
-    # The shipped health-check interval: without a short connect timeout and outlier ejection each
-    # request would wait the old 5 s connect timeout until two checks (>= 4 s) had failed.
+    # The shipped health-check interval: without a connect timeout sized for a local hop each request
+    # would wait the old 5 s connect timeout until two checks (>= 4 s) had failed.
     layout = _layout(*pools, router_port=router_port, router_health_interval_s=2.0)
     async with aiohttp.ClientSession() as session:
         with running_envoy(layout, tmp_path) as proc:
@@ -525,15 +528,15 @@ async def test_router_that_vanishes_fails_open_without_waiting_out_health_checks
                     status, body = await _post(session, layout, body=b'{"route": "short"}')
                     timings.append(time.monotonic() - started)
                     assert (status, body["pool"]) == (200, "long")
-            # Back: the ejection (<= 2 s) and one health check later, requests route short again.
+            # Back: on its first passing health check the router routes again.
             async with scripted_router(layout, router_port, "full"):
                 started, pool = time.monotonic(), "long"
                 while pool != "short" and time.monotonic() - started < 10:
                     await asyncio.sleep(0.1)
                     pool = (await _post(session, layout, body=b'{"route": "short"}'))[1]["pool"]
                 recovered_s = time.monotonic() - started
-                assert pool == "short" and recovered_s < 2.0 + 2 * layout.router_health_interval_s, recovered_s
-    # One connect timeout (0.25 s) at most, then the ejected router is skipped.
+                assert pool == "short" and recovered_s < 2 * layout.router_health_interval_s + 0.5, recovered_s
+    # Each request waits one router connect timeout (0.25 s) at most before Envoy fails open.
     print("fail-open seconds after the router vanished:", [round(t, 3) for t in timings])
-    assert timings[0] < 1.5 and max(timings[1:]) < 0.5, timings
+    assert max(timings) < FAIL_OPEN_BOUND_S, timings
     assert layout.router_connect_timeout_s == 0.25

@@ -289,22 +289,12 @@ def clusters(layout: EnvoyLayout) -> list[dict[str, Any]]:
             panic_threshold=0.0,
             connect_timeout_s=layout.router_connect_timeout_s,
         )
-        # A killed container's address answers nothing (no RST): without ejection, every request waits
-        # out the connect timeout until two health checks have failed. Fail-open only: the first failed
-        # connect ejects the replica, so with the panic threshold at 0 the next request goes to the long
-        # pool at once. Ejection outlives a restarted router by up to max_ejection_time, which costs
-        # only capacity when failing open; fail-closed it would cost 503s, so there the health checks
-        # alone decide (each request then waits one short connect at most).
-        if layout.failure_mode_allow:
-            router["outlier_detection"] = {
-                "split_external_local_origin_errors": True,
-                "consecutive_local_origin_failure": 1,
-                "enforcing_consecutive_local_origin_failure": 100,
-                "interval": "1s",
-                "base_ejection_time": "1s",
-                "max_ejection_time": "2s",
-                "max_ejection_percent": 100,
-            }
+        # A killed container's address answers nothing (no RST): each request then waits out the
+        # router's connect timeout before failing open, until two health checks have failed. That
+        # timeout is sized for a local hop (0.25 s), so the outage costs a quarter second per request
+        # for a few seconds, and a restarted router is used again on its first passing health check.
+        # (Outlier ejection would skip even that quarter second, but Envoy then keeps a restarted
+        # router unused for up to a second after its health check passes.)
         out.insert(0, router)
     if layout.otlp is not None:
         host, port = layout.otlp
