@@ -275,10 +275,10 @@ def test_metric_values_after_scripted_exchanges(rig):
     assert recs[4].observation == "out_of_bounds" and recs[5].spilled
     m = rig.points()
     assert by_attrs(m[n.M_REQUESTS]) == {
-        (("pool", "short"), ("reason", "threshold")): 3,
-        (("pool", "long"), ("reason", "unparseable")): 1,
-        (("pool", "long"), ("reason", "capacity")): 1,
-        (("pool", "long"), ("reason", "spillover")): 1,
+        (("endpoint", "chat"), ("pool", "short"), ("reason", "threshold")): 3,
+        (("endpoint", "other"), ("pool", "long"), ("reason", "unparseable")): 1,
+        (("endpoint", "chat"), ("pool", "long"), ("reason", "capacity")): 1,
+        (("endpoint", "chat"), ("pool", "long"), ("reason", "spillover")): 1,
     }
     assert by_attrs(m[n.M_SPILLOVERS]) == {(): 1}
     assert by_attrs(m[n.M_UNPARSEABLE]) == {(("detail", "invalid_json"),): 1}
