@@ -103,6 +103,34 @@ def output_tokens(body: Mapping[str, Any], keys: tuple[str, ...] = OUTPUT_LIMIT_
     return None
 
 
+_CHAT_TEXT_PARTS = frozenset({"text"})
+_RESPONSE_TEXT_PARTS = frozenset({"input_text", "output_text", "text"})
+_IMAGE_PARTS = frozenset({"image_url", "input_image", "image"})
+
+
+def _content(content: Any, texts: list[str], text_types: frozenset[str], reason: str) -> tuple[int, int]:
+    """Add a message's text to ``texts``; return (structured bytes, images) of its other parts."""
+    if isinstance(content, str):
+        texts.append(content)
+        return 0, 0
+    if content is None:
+        return 0, 0
+    if not isinstance(content, list):
+        raise ShapeError(reason, "message content must be a string, a list of parts or null")
+    structured = images = 0
+    for part in content:
+        if not isinstance(part, Mapping):
+            raise ShapeError(reason, "content parts must be objects")
+        kind = part.get("type")
+        if kind in text_types and isinstance(part.get("text"), str):
+            texts.append(part["text"])
+        elif kind in _IMAGE_PARTS:
+            images += 1
+        else:
+            structured += _json_len(part)
+    return structured, images
+
+
 def _chat_parts(messages: Any) -> tuple[list[str], int, int, int]:
     if not isinstance(messages, list) or not messages:
         raise ShapeError("bad_messages", "messages must be a non-empty list")
@@ -111,31 +139,13 @@ def _chat_parts(messages: Any) -> tuple[list[str], int, int, int]:
     for msg in messages:
         if not isinstance(msg, Mapping):
             raise ShapeError("bad_messages", "each message must be an object")
-        content = msg.get("content")
-        if isinstance(content, str):
-            texts.append(content)
-        elif isinstance(content, list):
-            for part in content:
-                if not isinstance(part, Mapping):
-                    raise ShapeError("bad_messages", "content parts must be objects")
-                kind = part.get("type")
-                if kind == "text" and isinstance(part.get("text"), str):
-                    texts.append(part["text"])
-                elif kind in _IMAGE_PARTS:
-                    images += 1
-                else:
-                    structured += _json_len(part)
-        elif content is not None:
-            raise ShapeError("bad_messages", "message content must be a string, a list of parts or null")
+        part_bytes, part_images = _content(msg.get("content"), texts, _CHAT_TEXT_PARTS, "bad_messages")
+        structured, images = structured + part_bytes, images + part_images
         calls = msg.get("tool_calls")
         if isinstance(calls, list):
             tools += len(calls)
             structured += _json_len(calls)
     return texts, structured, images, tools
-
-
-_RESPONSE_TEXT_PARTS = frozenset({"input_text", "output_text", "text"})
-_IMAGE_PARTS = frozenset({"image_url", "input_image", "image"})
 
 
 def _response_parts(body: Mapping[str, Any]) -> tuple[list[str], int, int, int, int]:
@@ -167,22 +177,8 @@ def _response_parts(body: Mapping[str, Any]) -> tuple[list[str], int, int, int, 
             structured += _json_len(item)
             continue
         messages += 1
-        content = item.get("content")
-        if isinstance(content, str):
-            texts.append(content)
-        elif isinstance(content, list):
-            for part in content:
-                if not isinstance(part, Mapping):
-                    raise ShapeError("bad_input", "content parts must be objects")
-                ptype = part.get("type")
-                if ptype in _RESPONSE_TEXT_PARTS and isinstance(part.get("text"), str):
-                    texts.append(part["text"])
-                elif ptype in _IMAGE_PARTS:
-                    images += 1
-                else:
-                    structured += _json_len(part)
-        elif content is not None:
-            raise ShapeError("bad_input", "message content must be a string, a list of parts or null")
+        part_bytes, part_images = _content(item.get("content"), texts, _RESPONSE_TEXT_PARTS, "bad_input")
+        structured, images = structured + part_bytes, images + part_images
     return texts, structured, images, tools, messages
 
 
@@ -199,23 +195,31 @@ def _model(body: Mapping[str, Any]) -> str | None:
     return model if isinstance(model, str) else None
 
 
-def _responses_shape(body: Mapping[str, Any], categorizer: Categorizer) -> RequestShape:
-    texts, structured, images, tools, messages = _response_parts(body)
+def _templated_shape(
+    endpoint: str,
+    body: Mapping[str, Any],
+    categorizer: Categorizer,
+    parts: tuple[list[str], int, int, int, int],
+    out: int | None,
+    include_usage: bool,
+) -> RequestShape:
+    """Chat and Responses requests: message text, structured parts and tools through a chat template."""
+    texts, structured, images, tools, messages = parts
     n_defs, def_bytes = _tool_definitions(body)
-    text = texts[0] if len(texts) == 1 else "\n".join(texts)
     structured += def_bytes
+    text = texts[0] if len(texts) == 1 else "\n".join(texts)
     has_text = bool(text) or not structured
     return RequestShape(
-        endpoint=RESPONSES,
+        endpoint=endpoint,
         category=categorizer.classify(text) if has_text else categorizer.structured(),
         text_bytes=sum(_nbytes(t) for t in texts),
         structured_bytes=structured,
         images=images,
         messages=messages,
         tool_items=tools + n_defs,
-        output_tokens=output_tokens(body, OUTPUT_LIMIT_KEYS[RESPONSES]),
+        output_tokens=out,
         stream=body.get("stream") is True,
-        client_include_usage=True,  # the final response.completed event always carries usage
+        client_include_usage=include_usage,
         model=_model(body),
     )
 
@@ -224,31 +228,16 @@ def shape_from_body(endpoint: str, body: Any, categorizer: Categorizer) -> Reque
     if not isinstance(body, Mapping):
         raise ShapeError("not_object", "request body must be a JSON object")
     if endpoint == RESPONSES:
-        return _responses_shape(body, categorizer)
+        out = output_tokens(body, OUTPUT_LIMIT_KEYS[RESPONSES])
+        # usage always arrives in the final response.completed event: nothing to ask for
+        return _templated_shape(RESPONSES, body, categorizer, _response_parts(body), out, True)
     out = output_tokens(body, OUTPUT_LIMIT_KEYS.get(endpoint, OUTPUT_LIMIT_KEYS[CHAT]))
     stream = body.get("stream") is True
     include_usage = client_asked_for_usage(body.get("stream_options"))
     model = _model(body)
     if endpoint == CHAT:
-        texts, structured, images, tools = _chat_parts(body.get("messages"))
-        n_defs, def_bytes = _tool_definitions(body)
-        tools += n_defs
-        structured += def_bytes
-        text = texts[0] if len(texts) == 1 else "\n".join(texts)
-        has_text = bool(text) or not structured
-        return RequestShape(
-            endpoint=CHAT,
-            category=categorizer.classify(text) if has_text else categorizer.structured(),
-            text_bytes=sum(_nbytes(t) for t in texts),
-            structured_bytes=structured,
-            images=images,
-            messages=len(body["messages"]),
-            tool_items=tools,
-            output_tokens=out,
-            stream=stream,
-            client_include_usage=include_usage,
-            model=model,
-        )
+        parts = (*_chat_parts(body.get("messages")), len(body["messages"]))
+        return _templated_shape(CHAT, body, categorizer, parts, out, include_usage)
     if endpoint == COMPLETIONS:
         prompt = body.get("prompt")
         known = None
