@@ -19,20 +19,21 @@ import aiohttp
 import orjson
 
 from extproc.emulator import EmulatorConfig, start_emulator
-from extproc.emulator.tokens import TokenCounter
+from extproc.emulator.tokens import ENCODINGS, TokenCounter
 
 
 def bench_counting() -> None:
     para = "The router estimates tokens, then routes.\n def f(x):\n    return x * 2\n 长文本测试。\n"
     text = (para * (1_000_000 // len(para) + 1))[:1_000_000]
-    counter = TokenCounter("cl100k_base")
-    t0 = time.perf_counter()
-    n = counter.count(text)
-    cold = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    counter.count(text)
-    warm = time.perf_counter() - t0
-    print(f"count 1 MB prompt: {n} tokens, cold {cold * 1000:.1f} ms, cached {warm * 1e6:.1f} us")
+    for encoding in ENCODINGS:  # cl100k/o200k: bpe_openai in windows; llama3/qwen3: quicktok-v1 in one call
+        counter = TokenCounter(encoding)
+        t0 = time.perf_counter()
+        n = counter.count(text)
+        cold = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        counter.count(text)
+        warm = time.perf_counter() - t0
+        print(f"count 1 MB prompt, {encoding}: {n} tokens, cold {cold * 1000:.1f} ms, cached {warm * 1e6:.1f} us")
 
 
 async def _stream(http: aiohttp.ClientSession, url: str, body: bytes) -> float:

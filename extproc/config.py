@@ -19,6 +19,8 @@ from typing import Any
 
 import yaml
 
+from extproc.algorithm.dispatch import NO_OUTPUT_LIMIT_POLICIES
+
 ENV_PREFIX = "BUDGET_ROUTER_"
 MIB = 1024 * 1024
 
@@ -62,7 +64,12 @@ class RoutingConfig:
     short_context: int = opt(8192, "max_model_len of the short pool; larger budgets can never go short.")
     long_context: int = opt(65536, "max_model_len of the long pool; larger budgets go long and are counted.")
     default_output_tokens: int = opt(
-        1024, "Output reserve when a request sets neither max_completion_tokens nor max_tokens."
+        1024, "Output reserve when a request sets no output limit (max_completion_tokens/max_tokens/max_output_tokens)."
+    )
+    no_output_limit: str = opt(
+        "reserve",
+        "Requests without an output limit: reserve (route by prompt + default_output_tokens; if that goes short, "
+        "vLLM lets the answer run only to the end of the short context) or long (always the long pool).",
     )
     framing_per_request: int = opt(3, "Chat-template tokens added once per request (generation prompt).")
     framing_per_message: int = opt(4, "Chat-template tokens added per message (role header, separators).")
@@ -216,6 +223,7 @@ def validate(cfg: Config) -> Config:
         (r.short_context > 0 and r.long_context > 0, "pool contexts must be > 0"),
         (r.short_value != r.long_value, "routing.short_value and long_value must differ"),
         (r.default_output_tokens >= 0, "routing.default_output_tokens must be >= 0"),
+        (r.no_output_limit in NO_OUTPUT_LIMIT_POLICIES, "routing.no_output_limit must be reserve or long"),
         (0.0 <= c.beta < 1.0, "calibration.beta must be in [0, 1)"),
         (c.gamma >= 0.0, "calibration.gamma must be >= 0"),
         (0.0 < c.min_ratio < c.cold_start <= c.max_ratio, "need 0 < min_ratio < cold_start <= max_ratio"),

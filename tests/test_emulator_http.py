@@ -154,7 +154,7 @@ async def test_models_health_metrics_and_unknown_routes(start: Start, http: aioh
 @pytest.mark.parametrize(
     ("style", "shape", "message"),
     [
-        ("current", "nested", "'max_tokens' or 'max_completion_tokens' is too large: 1020. This model's maximum "
+        ("v0.11", "nested", "'max_tokens' or 'max_completion_tokens' is too large: 1020. This model's maximum "
          "context length is 1024 tokens and your request has {p} input tokens (1020 > 1024 - {p}). "
          "(parameter=max_tokens, value=1020)"),
         ("legacy", "flat", "This model's maximum context length is 1024 tokens. However, you requested {t} tokens "
@@ -175,7 +175,7 @@ async def test_context_overflow_400(
     )
     assert status == 400
     info = {"message": message.format(p=p, t=p + 1020), "type": "BadRequestError",
-            "param": "max_tokens" if style == "current" else None, "code": 400}  # fmt: skip
+            "param": "max_tokens" if style == "v0.11" else None, "code": 400}  # fmt: skip
     assert orjson.loads(raw) == ({"object": "error", **info} if shape == "flat" else {"error": info})
     fits = {"messages": USER, "max_tokens": 1024 - p}
     assert (await post(http, f"{emu.url}/v1/chat/completions", fits))[0] == 200
@@ -195,7 +195,7 @@ BAD = [
     ({"messages": USER, "max_tokens": 1.5}, 400, "valid integer"),
     ({"messages": USER, "max_tokens": -1}, 400, "max_tokens must be at least 1, got -1."),
     ({"messages": USER, "max_tokens": 0}, 400, "max_tokens must be at least 1, got 0."),
-    ({"messages": USER, "max_tokens": 10**12}, 400, "is too large: 1000000000000."),
+    ({"messages": USER, "max_tokens": 10**12}, 400, "max_tokens=1000000000000 cannot be greater than"),
     ({"messages": USER, "stream_options": {"include_usage": True}}, 400, "only be defined when `stream=True`"),
     ({"messages": USER, "model": "other"}, 404, "The model `other` does not exist."),
     ({"messages": USER, "tools": [{"type": "function"}]}, 400, "tools.0.function.name"),
@@ -367,3 +367,184 @@ async def test_close_ends_inflight_streams_promptly(http: aiohttp.ClientSession)
         await emu.close()
         rest = await resp.content.read()
     assert asyncio.get_running_loop().time() - t0 < 3.0 and b"[DONE]" not in rest
+
+
+# ---- today's vLLM: context-length wordings by version ------------------------------------------
+CHAT_URL = "/v1/chat/completions"
+
+
+@pytest.mark.parametrize(
+    ("style", "body", "message", "param"),
+    [
+        ("v0.18", {"messages": USER, "max_tokens": 1020}, "This model's maximum context length is 1024 tokens. "
+         "However, you requested 1020 output tokens and your prompt contains at least 5 input tokens, for a total "
+         "of at least 1025 tokens. Please reduce the length of the input prompt or the number of requested output "
+         "tokens. (parameter=input_tokens, value=5)", "input_tokens"),
+        ("v0.16", {"messages": USER, "max_tokens": 1020}, "You passed 5 input tokens and requested 1020 output "
+         "tokens. However, the model's context length is only 1024 tokens, resulting in a maximum input length of "
+         "4 tokens. Please reduce the length of the input prompt. (parameter=input_tokens, value=5)",
+         "input_tokens"),
+        ("v0.18", {"messages": [{"role": "user", "content": "x" * 200_000}], "max_tokens": 24}, "This model's "
+         "maximum context length is 1024 tokens. However, you requested 24 output tokens and your prompt contains "
+         "200004 characters (more than 128000 characters, which is the upper bound for 1000 input tokens). Please "
+         "reduce the length of the input prompt or the number of requested output tokens. "
+         "(parameter=input_text, value=200004)", "input_text"),
+        ("v0.16", {"messages": [{"role": "user", "content": "x" * 200_000}], "max_tokens": 24}, "You passed "
+         "200004 input characters and requested 24 output tokens. However, the model's context length is only "
+         "1024 tokens, resulting in a maximum input length of 1000 tokens (at most 128000 characters). Please "
+         "reduce the length of the input prompt. (parameter=input_text, value=200004)", "input_text"),
+    ],
+)  # fmt: skip
+async def test_renderer_era_context_errors_over_http(
+    start: Start, http: aiohttp.ClientSession, style: str, body: dict, message: str, param: str
+) -> None:
+    """vLLM >= 0.16: text is tokenized only up to max input + 1, so the count is a lower bound."""
+    emu = await start(context_error_style=style)
+    status, raw, _ = await post(http, emu.url + CHAT_URL, body)
+    assert status == 400
+    assert orjson.loads(raw) == {"error": {"message": message, "type": "BadRequestError", "param": param,
+                                           "code": 400}}  # fmt: skip
+
+
+async def test_token_id_prompts_get_an_exact_count_in_the_newest_wording(
+    start: Start, http: aiohttp.ClientSession
+) -> None:
+    emu = await start(context_error_style="v0.18")
+    status, raw, _ = await post(http, f"{emu.url}/v1/completions", {"prompt": list(range(100)), "max_tokens": 1000})
+    assert status == 400
+    assert "your prompt contains 100 input tokens, for a total of 1100 tokens." in orjson.loads(raw)["error"]["message"]
+
+
+# ---- a request without an output limit gets the rest of the context ----------------------------
+async def test_no_max_tokens_generates_up_to_the_end_of_the_context(start: Start, http: aiohttp.ClientSession) -> None:
+    emu = await start(max_model_len=256)
+    p = expected_chat_prompt(USER)
+    _, raw, _ = await post(http, emu.url + CHAT_URL, {"messages": USER})
+    body = orjson.loads(raw)
+    assert body["usage"]["completion_tokens"] == 256 - p and body["choices"][0]["finish_reason"] == "length"
+    eos = await start(max_model_len=256, eos_after_tokens=20)
+    _, raw, _ = await post(http, eos.url + CHAT_URL, {"messages": USER})
+    body = orjson.loads(raw)
+    assert body["usage"]["completion_tokens"] == 20 and body["choices"][0]["finish_reason"] == "stop"
+    _, raw, _ = await post(http, f"{emu.url}/v1/responses", {"input": "hi"})
+    assert orjson.loads(raw)["usage"]["output_tokens"] == 256 - orjson.loads(raw)["usage"]["input_tokens"]
+
+
+# ---- n > 1 ---------------------------------------------------------------------------------------
+async def test_n_choices_count_the_prompt_once_and_every_completion(start: Start, http: aiohttp.ClientSession) -> None:
+    emu = await start()
+    p = expected_chat_prompt(USER)
+    _, raw, _ = await post(http, emu.url + CHAT_URL, {"messages": USER, "max_tokens": 5, "n": 3})
+    body = orjson.loads(raw)
+    assert [c["index"] for c in body["choices"]] == [0, 1, 2]
+    assert len({c["message"]["content"] for c in body["choices"]}) == 3  # independent samples
+    assert body["usage"] == {"prompt_tokens": p, "total_tokens": p + 15, "completion_tokens": 15,
+                             "prompt_tokens_details": None}  # fmt: skip
+    stream = {"messages": USER, "max_tokens": 4, "n": 2, "stream": True, "stream_options": {"include_usage": True}}
+    _, raw, _ = await post(http, emu.url + CHAT_URL, stream)
+    *chunks, usage = sse_events(raw)
+    roles = [c["choices"][0]["index"] for c in chunks if "role" in c["choices"][0]["delta"]]
+    finishes = [c["choices"][0]["index"] for c in chunks if c["choices"][0]["finish_reason"] == "length"]
+    assert sorted(roles) == [0, 1] and sorted(finishes) == [0, 1] and len(chunks) == 2 * (1 + 4)
+    assert usage["usage"] == {"prompt_tokens": p, "total_tokens": p + 8, "completion_tokens": 8}
+    _, raw, _ = await post(http, f"{emu.url}/v1/completions", {"prompt": ["a", "b c"], "max_tokens": 2, "n": 2})
+    body = orjson.loads(raw)
+    assert [c["index"] for c in body["choices"]] == [0, 1, 2, 3] and body["usage"]["completion_tokens"] == 8
+    assert body["usage"]["prompt_tokens"] == 2 + len(ENC.encode_ordinary("a")) + len(ENC.encode_ordinary("b c"))
+    status, raw, _ = await post(http, emu.url + CHAT_URL, {"messages": USER, "n": 0})
+    assert status == 400 and "body.n" in orjson.loads(raw)["error"]["message"]
+
+
+# ---- POST /v1/responses --------------------------------------------------------------------------
+def expected_responses_prompt(instructions: str | None, user: str) -> int:
+    msgs = ([{"role": "system", "content": instructions}] if instructions else []) + [{"role": "user", "content": user}]
+    return expected_chat_prompt(msgs)
+
+
+async def test_responses_json(start: Start, http: aiohttp.ClientSession) -> None:
+    emu = await start()
+    body = {"model": emu.emulator.cfg.model, "instructions": "Be brief.", "input": "What is BPE?",
+            "max_output_tokens": 6}  # fmt: skip
+    status, raw, ctype = await post(http, f"{emu.url}/v1/responses", body)
+    assert status == 200 and ctype.startswith("application/json")
+    out = orjson.loads(raw)
+    p = expected_responses_prompt("Be brief.", "What is BPE?")
+    assert out["object"] == "response" and out["id"].startswith("resp_") and out["created_at"] == FROZEN
+    assert out["usage"] == {"input_tokens": p, "input_tokens_details": {"cached_tokens": 0}, "output_tokens": 6,
+                            "output_tokens_details": {"reasoning_tokens": 0}, "total_tokens": p + 6}  # fmt: skip
+    assert (out["status"], out["incomplete_details"]) == ("incomplete", {"reason": "max_output_tokens"})
+    assert (out["instructions"], out["max_output_tokens"]) == ("Be brief.", 6)
+    (message,) = out["output"]
+    assert message["type"] == "message" and message["role"] == "assistant"
+    assert len(ENC.encode_ordinary(message["content"][0]["text"])) == 6
+    items = {"input": [{"role": "user", "content": [{"type": "input_text", "text": "What is BPE?"}]}],
+             "max_output_tokens": 2}  # fmt: skip
+    _, raw, _ = await post(http, f"{emu.url}/v1/responses", items)
+    assert orjson.loads(raw)["usage"]["input_tokens"] == expected_responses_prompt(None, "What is BPE?")
+
+
+async def test_responses_stream_events_end_with_usage_in_response_completed(
+    start: Start, http: aiohttp.ClientSession
+) -> None:
+    emu = await start()
+    body = {"input": "What is BPE?", "max_output_tokens": 3, "stream": True}
+    status, raw, ctype = await post(http, f"{emu.url}/v1/responses", body)
+    assert status == 200 and ctype == "text/event-stream; charset=utf-8"
+    frames = raw.split(b"\n\n")
+    assert frames[-1] == b"" and b"[DONE]" not in raw
+    events = []
+    for frame in frames[:-1]:
+        event_line, data_line = frame.split(b"\n")
+        payload = orjson.loads(data_line.removeprefix(b"data: "))
+        assert event_line == b"event: " + payload["type"].encode()
+        events.append(payload)
+    assert [e["sequence_number"] for e in events] == list(range(len(events)))
+    kinds = [e["type"] for e in events]
+    assert kinds == ["response.created", "response.in_progress", "response.output_item.added",
+                     "response.content_part.added", *["response.output_text.delta"] * 3, "response.output_text.done",
+                     "response.content_part.done", "response.output_item.done", "response.completed"]  # fmt: skip
+    assert all(e["response"]["usage"] is None for e in events[:2])
+    final = events[-1]["response"]
+    p = expected_responses_prompt(None, "What is BPE?")
+    assert (final["usage"]["input_tokens"], final["usage"]["output_tokens"]) == (p, 3)
+    text = "".join(e["delta"] for e in events if e["type"] == "response.output_text.delta")
+    assert final["output"][0]["content"][0]["text"] == text
+    status, raw, _ = await post(http, f"{emu.url}/v1/responses", {"input": "x", "n": 2})
+    assert status == 400
+
+
+async def test_responses_context_error_names_output_tokens(start: Start, http: aiohttp.ClientSession) -> None:
+    emu = await start(context_error_style="v0.18")
+    status, raw, _ = await post(http, f"{emu.url}/v1/responses", {"input": "hello", "max_output_tokens": 1020})
+    assert status == 400 and "you requested 1020 output tokens" in orjson.loads(raw)["error"]["message"]
+
+
+# ---- tokenizer and template by model name --------------------------------------------------------
+@pytest.mark.parametrize(
+    ("model", "encoding", "per_message", "per_request"),
+    [
+        ("meta-llama/Llama-3.1-8B-Instruct", "llama3", 4, 5),
+        ("Qwen/Qwen3-8B", "qwen3", 4, 3),
+        ("gpt-4o-mini", "o200k_base", 3, 3),
+        ("gpt-4-turbo", "cl100k_base", 3, 3),
+    ],
+)
+async def test_model_profile_auto_counts_with_the_models_tokenizer_and_template(
+    start: Start, http: aiohttp.ClientSession, model: str, encoding: str, per_message: int, per_request: int
+) -> None:
+    import quicktok
+
+    emu = await start(model=model, model_profile="auto")
+    assert emu.emulator.cfg.encoding == encoding
+    enc = quicktok.get_encoding(encoding)
+    text = "Grüße aus Köln — 東京の天気は晴れです。def f(x): return x**2"
+    _, raw, _ = await post(http, emu.url + CHAT_URL, {"messages": [{"role": "user", "content": text}], "max_tokens": 1})
+    want = per_request + per_message + len(enc.encode_ordinary("user")) + len(enc.encode_ordinary(text))
+    assert orjson.loads(raw)["usage"]["prompt_tokens"] == want
+
+
+def test_model_profile_errors_name_the_option() -> None:
+    with pytest.raises(ValueError, match="no profile matches model 'mistral-7b'"):
+        EmulatorConfig(model="mistral-7b", model_profile="auto").validate()
+    with pytest.raises(ValueError, match="model_profile must be one of"):
+        EmulatorConfig(model_profile="gpt-2").validate()

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from extproc.emulator.engine import Engine, State
 from extproc.emulator.engine_args import EmulatorConfig, FaultConfig
-from extproc.emulator.errors import ApiError, context_length_error
+from extproc.emulator.errors import ApiError, PromptSize, context_length_error
 from extproc.emulator.protocol import PromptCounter, parse_generation
 from extproc.emulator.tokens import TokenCounter, windows
 
@@ -61,7 +61,7 @@ def test_megabyte_prompt_is_counted_exactly() -> None:
 
 # ---- prompt accounting -------------------------------------------------------------------------
 def chat_tokens(body: dict) -> int:
-    return PromptCounter(EmulatorConfig(), COUNTER).chat(body)
+    return PromptCounter(EmulatorConfig(), COUNTER).chat(body).tokens
 
 
 def test_chat_prompt_tokens_are_bpe_plus_template() -> None:
@@ -94,10 +94,10 @@ def test_parts_tools_and_tool_calls_are_counted() -> None:
 
 def test_completion_prompts() -> None:
     pc = PromptCounter(EmulatorConfig(), COUNTER)
-    assert pc.completion({"prompt": "hello world"}) == (1 + bpe("hello world"),)
-    assert pc.completion({"prompt": ["a", "b c"]}) == (1 + bpe("a"), 1 + bpe("b c"))
-    assert pc.completion({"prompt": [1, 2, 3]}) == (3,)
-    assert pc.completion({"prompt": [[1], [2, 3]]}) == (1, 2)
+    assert pc.completion({"prompt": "hello world"}) == (PromptSize(1 + bpe("hello world"), 11),)
+    assert pc.completion({"prompt": ["a", "b c"]}) == (PromptSize(1 + bpe("a"), 1), PromptSize(1 + bpe("b c"), 3))
+    assert pc.completion({"prompt": [1, 2, 3]}) == (PromptSize(3),)
+    assert pc.completion({"prompt": [[1], [2, 3]]}) == (PromptSize(1), PromptSize(2))
     with pytest.raises(ApiError, match="out of vocabulary"):
         pc.completion({"prompt": [10**9]})
 
@@ -105,14 +105,19 @@ def test_completion_prompts() -> None:
 @settings(max_examples=200, deadline=None)
 @given(
     st.dictionaries(
-        st.sampled_from(["messages", "prompt", "max_tokens", "stream", "stream_options", "model", "n", "tools"]),
+        st.sampled_from(
+            [
+                *("messages", "prompt", "input", "instructions", "max_tokens", "max_output_tokens"),
+                *("stream", "stream_options", "model", "n", "tools"),
+            ]
+        ),
         st.recursive(
             st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=5),
             lambda kids: st.lists(kids, max_size=3) | st.dictionaries(st.text(max_size=6), kids, max_size=3),
             max_leaves=8,
         ),
     ),
-    st.sampled_from(["chat", "completion"]),
+    st.sampled_from(["chat", "completion", "responses"]),
 )
 def test_any_json_body_is_served_or_answered_with_an_api_error(body: dict, kind: str) -> None:
     cfg = EmulatorConfig(max_model_len=256, max_num_seqs=4)
@@ -121,34 +126,79 @@ def test_any_json_body_is_served_or_answered_with_an_api_error(body: dict, kind:
     except ApiError as err:
         assert err.status in (400, 404) and err.message
     else:
-        assert all(0 < p < cfg.max_model_len for p in gen.prompt_tokens)
-        assert all(p + gen.output_tokens <= cfg.max_model_len for p in gen.prompt_tokens)
+        assert all(0 < p < cfg.max_model_len for p in gen.prompt_tokens) and gen.n >= 1
+        assert all(p + out.tokens <= cfg.max_model_len for p, out in gen.sequences())
 
 
 # ---- vLLM error texts --------------------------------------------------------------------------
 def test_context_messages_of_each_style() -> None:
-    assert context_length_error("current", 100, 40, 60) is None
-    cur = context_length_error("current", 100, 40, 61)
+    text = PromptSize(40, chars=160)
+    assert context_length_error("v0.11", 100, text, 60) is None
+    cur = context_length_error("v0.11", 100, text, 61)
     assert cur is not None and cur.param == "max_tokens"
     assert cur.message == (
         "'max_tokens' or 'max_completion_tokens' is too large: 61. This model's maximum context length is "
         "100 tokens and your request has 40 input tokens (61 > 100 - 40). (parameter=max_tokens, value=61)"
     )
-    full = context_length_error("current", 100, 100, None)
+    full = context_length_error("v0.11", 100, PromptSize(100, 400), None)
     assert full is not None and full.message == (
         "This model's maximum context length is 100 tokens. However, your request has 100 input tokens. "
         "Please reduce the length of the input messages. (parameter=input_tokens, value=100)"
     )
-    legacy = context_length_error("legacy", 100, 40, 61)
+    legacy = context_length_error("legacy", 100, text, 61)
     assert legacy is not None and legacy.message == (
         "This model's maximum context length is 100 tokens. However, you requested 101 tokens "
         "(40 in the messages, 61 in the completion). Please reduce the length of the messages or completion."
     )
-    req = context_length_error("requested", 100, 40, 61)
+    req = context_length_error("requested", 100, text, 61)
     assert req is not None and req.message.startswith(
         "Requested token count exceeds the model's maximum context length of 100 tokens. "
         "You requested a total of 101 tokens: 40 tokens from the input messages and 61 tokens for the completion."
     )
+
+
+# vLLM >= 0.16 tokenizes text with truncation at (max input + 1): a text prompt's count is a lower bound.
+RENDERER_CASES = [
+    # (style, prompt, max_tokens, message, param, value)
+    ("v0.18", PromptSize(50, 200), 61, "This model's maximum context length is 100 tokens. However, you requested "
+     "61 output tokens and your prompt contains at least 40 input tokens, for a total of at least 101 tokens. "
+     "Please reduce the length of the input prompt or the number of requested output tokens.", "input_tokens", 40),
+    ("v0.18", PromptSize(50), 61, "This model's maximum context length is 100 tokens. However, you requested "
+     "61 output tokens and your prompt contains 50 input tokens, for a total of 111 tokens. "
+     "Please reduce the length of the input prompt or the number of requested output tokens.", "input_tokens", 50),
+    ("v0.18", PromptSize(50, 5000), 61, "This model's maximum context length is 100 tokens. However, you requested "
+     "61 output tokens and your prompt contains 5000 characters (more than 4992 characters, which is the upper "
+     "bound for 39 input tokens). Please reduce the length of the input prompt or the number of requested output "
+     "tokens.", "input_text", 5000),
+    ("v0.16", PromptSize(50, 200), 61, "You passed 40 input tokens and requested 61 output tokens. However, the "
+     "model's context length is only 100 tokens, resulting in a maximum input length of 39 tokens. Please reduce "
+     "the length of the input prompt.", "input_tokens", 40),
+    ("v0.16", PromptSize(50, 5000), 61, "You passed 5000 input characters and requested 61 output tokens. However, "
+     "the model's context length is only 100 tokens, resulting in a maximum input length of 39 tokens (at most "
+     "4992 characters). Please reduce the length of the input prompt.", "input_text", 5000),
+    ("v0.18", PromptSize(100, 400), None, "This model's maximum context length is 100 tokens. However, you "
+     "requested 0 output tokens and your prompt contains at least 100 input tokens, for a total of at least 100 "
+     "tokens. Please reduce the length of the input prompt or the number of requested output tokens.",
+     "input_tokens", 100),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("style", "prompt", "max_tokens", "message", "param", "value"), RENDERER_CASES)
+def test_renderer_era_messages(
+    style: str, prompt: PromptSize, max_tokens: int | None, message: str, param: str, value: int
+) -> None:
+    err = context_length_error(style, 100, prompt, max_tokens, max_chars_per_token=128)
+    assert err is not None and err.param == param
+    assert err.message == f"{message} (parameter={param}, value={value})"
+
+
+@pytest.mark.parametrize("style", ["v0.18", "v0.16", "v0.11", "legacy", "requested"])
+@given(prompt=st.integers(1, 300), max_tokens=st.none() | st.integers(1, 300))
+def test_every_style_refuses_exactly_what_does_not_fit(style: str, prompt: int, max_tokens: int | None) -> None:
+    """The same requests fail in every wording: prompt + max_tokens over the context, or no room left."""
+    err = context_length_error(style, 100, PromptSize(prompt, prompt), max_tokens)
+    fits = prompt + (max_tokens or 1) <= 100
+    assert (err is None) == fits
 
 
 def test_config_rejects_bad_values() -> None:

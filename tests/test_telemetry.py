@@ -275,10 +275,10 @@ def test_metric_values_after_scripted_exchanges(rig):
     assert recs[4].observation == "out_of_bounds" and recs[5].spilled
     m = rig.points()
     assert by_attrs(m[n.M_REQUESTS]) == {
-        (("pool", "short"), ("reason", "threshold")): 3,
-        (("pool", "long"), ("reason", "unparseable")): 1,
-        (("pool", "long"), ("reason", "capacity")): 1,
-        (("pool", "long"), ("reason", "spillover")): 1,
+        (("endpoint", "chat"), ("pool", "short"), ("reason", "threshold")): 3,
+        (("endpoint", "other"), ("pool", "long"), ("reason", "unparseable")): 1,
+        (("endpoint", "chat"), ("pool", "long"), ("reason", "capacity")): 1,
+        (("endpoint", "chat"), ("pool", "long"), ("reason", "spillover")): 1,
     }
     assert by_attrs(m[n.M_SPILLOVERS]) == {(): 1}
     assert by_attrs(m[n.M_UNPARSEABLE]) == {(("detail", "invalid_json"),): 1}
@@ -419,3 +419,16 @@ def test_sampled_or_malformed_parent_still_gets_a_span():
     run(rig.rt, chat(max_tokens=5), (200, "application/json", usage_json(60)), headers={"traceparent": SAMPLED})
     run(rig.rt, chat(max_tokens=5), (200, "application/json", usage_json(60)), headers={"traceparent": "00-zz-01"})
     assert len(rig.finished_spans()) == 2
+
+
+def test_responses_api_is_labelled_by_endpoint_in_metrics_and_spans(rig):
+    body = orjson.dumps({"model": "m", "input": "hello " * 50})  # no max_output_tokens
+    usage = orjson.dumps({"object": "response", "model": "m", "usage": {"input_tokens": 60, "output_tokens": 3}})
+    ex, _ = run(rig.rt, body, (200, "application/json", usage), path="/v1/responses")
+    assert (ex.record.endpoint, ex.record.usage_source, ex.record.prompt_tokens) == ("responses", "json", 60)
+    m = rig.points()
+    assert by_attrs(m[n.M_REQUESTS]) == {(("endpoint", "responses"), ("pool", "short"), ("reason", "threshold")): 1}
+    assert by_attrs(m[n.M_NO_MAX_TOKENS]) == {(("endpoint", "responses"),): 1}
+    [span] = rig.finished_spans()
+    assert span.name == "chat m" and span.attributes[n.ENDPOINT] == "responses"
+    assert (span.attributes[n.GEN_AI_INPUT_TOKENS], span.attributes[n.GEN_AI_OUTPUT_TOKENS]) == (60, 3)

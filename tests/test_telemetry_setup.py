@@ -140,7 +140,7 @@ def test_prometheus_endpoint_serves_router_metrics_and_closes_on_shutdown():
         text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
     finally:
         shutdown()
-    assert 'budget_router_requests_total{pool="short",reason="threshold"} 1.0' in text
+    assert 'budget_router_requests_total{endpoint="chat",pool="short",reason="threshold"} 1.0' in text
     assert 'budget_router_usage_observations_total{source="json"} 1.0' in text
     assert 'budget_router_estimate_vs_actual_percent_bucket{category="prose",le="+Inf"} 1.0' in text
     assert 'budget_router_processing_duration_seconds_count{phase="request_body"} 1.0' in text

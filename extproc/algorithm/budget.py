@@ -13,7 +13,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from extproc.algorithm.request_shape import CHAT, RequestShape
+from extproc.algorithm.request_shape import COMPLETIONS, RequestShape
 
 Ratios = Callable[[str], float]
 
@@ -38,7 +38,8 @@ class Estimate:
 
 
 def framing_tokens(shape: RequestShape, p: BudgetParams) -> int:
-    if shape.endpoint != CHAT:
+    """Chat-template tokens: chat and Responses requests are rendered through the template."""
+    if shape.endpoint == COMPLETIONS:
         return 0
     return p.framing_per_request + p.framing_per_message * shape.messages + p.framing_per_tool * shape.tool_items
 

@@ -14,7 +14,13 @@ from typing import Any
 
 from extproc.algorithm.categories import Categorizer
 
-CHAT, COMPLETIONS = "chat", "completions"
+CHAT, COMPLETIONS, RESPONSES = "chat", "completions", "responses"
+# The output limit of each endpoint, in vLLM's precedence (the first one set wins).
+OUTPUT_LIMIT_KEYS = {
+    CHAT: ("max_completion_tokens", "max_tokens"),
+    COMPLETIONS: ("max_tokens",),
+    RESPONSES: ("max_output_tokens",),
+}
 
 
 class ShapeError(ValueError):
@@ -75,13 +81,13 @@ def client_asked_for_usage(opts: Any) -> bool:
     return isinstance(value, str) and value.strip().lower() in _TRUE
 
 
-def output_tokens(body: Mapping[str, Any]) -> int | None:
+def output_tokens(body: Mapping[str, Any], keys: tuple[str, ...] = OUTPUT_LIMIT_KEYS[CHAT]) -> int | None:
     """``max_completion_tokens`` wins over ``max_tokens`` (as in vLLM); absent or null gives None.
 
     Anything vLLM would reject (bool, negative, zero, fractional, string) raises ShapeError so the
     request takes the safe route and the backend's own 400 reaches the client.
     """
-    for key in ("max_completion_tokens", "max_tokens"):
+    for key in keys:
         value = body.get(key)
         if value is None:
             continue
@@ -97,6 +103,34 @@ def output_tokens(body: Mapping[str, Any]) -> int | None:
     return None
 
 
+_CHAT_TEXT_PARTS = frozenset({"text"})
+_RESPONSE_TEXT_PARTS = frozenset({"input_text", "output_text", "text"})
+_IMAGE_PARTS = frozenset({"image_url", "input_image", "image"})
+
+
+def _content(content: Any, texts: list[str], text_types: frozenset[str], reason: str) -> tuple[int, int]:
+    """Add a message's text to ``texts``; return (structured bytes, images) of its other parts."""
+    if isinstance(content, str):
+        texts.append(content)
+        return 0, 0
+    if content is None:
+        return 0, 0
+    if not isinstance(content, list):
+        raise ShapeError(reason, "message content must be a string, a list of parts or null")
+    structured = images = 0
+    for part in content:
+        if not isinstance(part, Mapping):
+            raise ShapeError(reason, "content parts must be objects")
+        kind = part.get("type")
+        if kind in text_types and isinstance(part.get("text"), str):
+            texts.append(part["text"])
+        elif kind in _IMAGE_PARTS:
+            images += 1
+        else:
+            structured += _json_len(part)
+    return structured, images
+
+
 def _chat_parts(messages: Any) -> tuple[list[str], int, int, int]:
     if not isinstance(messages, list) or not messages:
         raise ShapeError("bad_messages", "messages must be a non-empty list")
@@ -105,22 +139,8 @@ def _chat_parts(messages: Any) -> tuple[list[str], int, int, int]:
     for msg in messages:
         if not isinstance(msg, Mapping):
             raise ShapeError("bad_messages", "each message must be an object")
-        content = msg.get("content")
-        if isinstance(content, str):
-            texts.append(content)
-        elif isinstance(content, list):
-            for part in content:
-                if not isinstance(part, Mapping):
-                    raise ShapeError("bad_messages", "content parts must be objects")
-                kind = part.get("type")
-                if kind == "text" and isinstance(part.get("text"), str):
-                    texts.append(part["text"])
-                elif kind in ("image_url", "input_image", "image"):
-                    images += 1
-                else:
-                    structured += _json_len(part)
-        elif content is not None:
-            raise ShapeError("bad_messages", "message content must be a string, a list of parts or null")
+        part_bytes, part_images = _content(msg.get("content"), texts, _CHAT_TEXT_PARTS, "bad_messages")
+        structured, images = structured + part_bytes, images + part_images
         calls = msg.get("tool_calls")
         if isinstance(calls, list):
             tools += len(calls)
@@ -128,34 +148,96 @@ def _chat_parts(messages: Any) -> tuple[list[str], int, int, int]:
     return texts, structured, images, tools
 
 
+def _response_parts(body: Mapping[str, Any]) -> tuple[list[str], int, int, int, int]:
+    """Text, structured bytes, images, tool items and messages of a Responses API request.
+
+    ``instructions`` is a system message; ``input`` a string (one user message) or a list of items:
+    messages (string or typed-part content) count as text, function calls and their outputs, reasoning
+    and file parts as structured JSON, image parts at the fixed image cost.
+    """
+    texts: list[str] = []
+    structured = images = tools = messages = 0
+    instructions = body.get("instructions")
+    if isinstance(instructions, str):
+        texts.append(instructions)
+        messages += 1
+    elif instructions is not None:
+        raise ShapeError("bad_input", "instructions must be a string")
+    items = body.get("input")
+    if isinstance(items, str):
+        return [*texts, items], 0, 0, 0, messages + 1
+    if not isinstance(items, list) or not items:
+        raise ShapeError("bad_input", "input must be a string or a non-empty list of items")
+    for item in items:
+        if not isinstance(item, Mapping):
+            raise ShapeError("bad_input", "each input item must be an object")
+        kind = item.get("type", "message")
+        if kind != "message":
+            tools += kind in ("function_call", "function_call_output")
+            structured += _json_len(item)
+            continue
+        messages += 1
+        part_bytes, part_images = _content(item.get("content"), texts, _RESPONSE_TEXT_PARTS, "bad_input")
+        structured, images = structured + part_bytes, images + part_images
+    return texts, structured, images, tools, messages
+
+
+def _tool_definitions(body: Mapping[str, Any]) -> tuple[int, int]:
+    """(count, structured bytes) of the ``tools`` list."""
+    tool_defs = body.get("tools")
+    if isinstance(tool_defs, list):
+        return len(tool_defs), _json_len(tool_defs)
+    return 0, 0
+
+
+def _model(body: Mapping[str, Any]) -> str | None:
+    model = body.get("model")
+    return model if isinstance(model, str) else None
+
+
+def _templated_shape(
+    endpoint: str,
+    body: Mapping[str, Any],
+    categorizer: Categorizer,
+    parts: tuple[list[str], int, int, int, int],
+    out: int | None,
+    include_usage: bool,
+) -> RequestShape:
+    """Chat and Responses requests: message text, structured parts and tools through a chat template."""
+    texts, structured, images, tools, messages = parts
+    n_defs, def_bytes = _tool_definitions(body)
+    structured += def_bytes
+    text = texts[0] if len(texts) == 1 else "\n".join(texts)
+    has_text = bool(text) or not structured
+    return RequestShape(
+        endpoint=endpoint,
+        category=categorizer.classify(text) if has_text else categorizer.structured(),
+        text_bytes=sum(_nbytes(t) for t in texts),
+        structured_bytes=structured,
+        images=images,
+        messages=messages,
+        tool_items=tools + n_defs,
+        output_tokens=out,
+        stream=body.get("stream") is True,
+        client_include_usage=include_usage,
+        model=_model(body),
+    )
+
+
 def shape_from_body(endpoint: str, body: Any, categorizer: Categorizer) -> RequestShape:
     if not isinstance(body, Mapping):
         raise ShapeError("not_object", "request body must be a JSON object")
-    out = output_tokens(body)
+    if endpoint == RESPONSES:
+        out = output_tokens(body, OUTPUT_LIMIT_KEYS[RESPONSES])
+        # usage always arrives in the final response.completed event: nothing to ask for
+        return _templated_shape(RESPONSES, body, categorizer, _response_parts(body), out, True)
+    out = output_tokens(body, OUTPUT_LIMIT_KEYS.get(endpoint, OUTPUT_LIMIT_KEYS[CHAT]))
     stream = body.get("stream") is True
     include_usage = client_asked_for_usage(body.get("stream_options"))
-    model = body.get("model") if isinstance(body.get("model"), str) else None
+    model = _model(body)
     if endpoint == CHAT:
-        texts, structured, images, tools = _chat_parts(body.get("messages"))
-        tool_defs = body.get("tools")
-        if isinstance(tool_defs, list):
-            tools += len(tool_defs)
-            structured += _json_len(tool_defs)
-        text = texts[0] if len(texts) == 1 else "\n".join(texts)
-        has_text = bool(text) or not structured
-        return RequestShape(
-            endpoint=CHAT,
-            category=categorizer.classify(text) if has_text else categorizer.structured(),
-            text_bytes=sum(_nbytes(t) for t in texts),
-            structured_bytes=structured,
-            images=images,
-            messages=len(body["messages"]),
-            tool_items=tools,
-            output_tokens=out,
-            stream=stream,
-            client_include_usage=include_usage,
-            model=model,
-        )
+        parts = (*_chat_parts(body.get("messages")), len(body["messages"]))
+        return _templated_shape(CHAT, body, categorizer, parts, out, include_usage)
     if endpoint == COMPLETIONS:
         prompt = body.get("prompt")
         known = None

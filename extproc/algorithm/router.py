@@ -39,7 +39,7 @@ class BudgetRouter:
         self, shape: RequestShape, short_pressure: float = 0.0, long_pressure: float = 0.0
     ) -> tuple[Estimate, Decision]:
         est = self.estimate(shape)
-        return est, decide(est.total, self.policy, short_pressure, long_pressure)
+        return est, decide(est.total, self.policy, short_pressure, long_pressure, est.output_defaulted)
 
     def learn(self, shape: RequestShape, prompt_tokens: int, routed: Estimate | None = None) -> Learned:
         """Feed one observed ``usage.prompt_tokens`` back; ``routed`` is the estimate made at request time."""

@@ -17,6 +17,7 @@ from typing import Any
 
 from extproc.emulator.engine_args import STREAM_QUIRKS, USAGE_LIES, EmulatorConfig, FaultConfig
 from extproc.emulator.errors import CONTEXT_STYLES, ERROR_SHAPES
+from extproc.emulator.models import PROFILE_CHOICES
 from extproc.emulator.tokens import ENCODINGS
 
 HELP: dict[str, str] = {
@@ -25,14 +26,17 @@ HELP: dict[str, str] = {
     "model": "served model name (also accepted as --served-model-name)",
     "max_model_len": "context window: prompt + max_tokens beyond it gets vLLM's 400",
     "max_num_seqs": "most sequences running at once; the rest wait in a FIFO queue",
-    "encoding": "BPE used for token counts",
+    "encoding": "BPE used for token counts (llama3 and qwen3 need the emulator extra: quicktok-v1)",
+    "model_profile": "tokenizer + chat-template overhead: none (the flags as set), auto (by --model name: "
+    "llama* -> llama3, qwen* -> qwen3, gpt-4o*/o1/o3 -> o200k, gpt-4*/gpt-3.5* -> cl100k) or a profile name",
     "kv_cache_tokens": "KV cache capacity in tokens (default max_model_len * max_num_seqs / 2)",
     "block_size": "KV cache block size in tokens",
     "template_tokens_per_message": "chat-template tokens per message, besides the role's own tokens",
     "template_tokens_per_request": "chat-template tokens per request (BOS + generation prompt)",
     "bos_tokens": "tokens added to string prompts of /v1/completions",
     "image_tokens": "fixed token cost of one image/audio/video content part",
-    "default_output_tokens": "tokens generated when a chat request sets no max_tokens (an EOS stand-in)",
+    "eos_after_tokens": "without max_tokens a request may generate the rest of the context (vLLM's default); "
+    "N > 0 makes the model stop (finish_reason stop) after N tokens instead",
     "latency_scale": "multiplies every modelled time (0 = as fast as possible)",
     "prefill_ms_per_token": "prefill time per prompt token, ms",
     "decode_ms_per_step": "base time of one decode step, ms",
@@ -40,7 +44,10 @@ HELP: dict[str, str] = {
     "decode_ms_per_1k_kv_tokens": "extra decode-step time per 1000 tokens held in the KV cache, ms",
     "seed": "seed of the generated text and of fault draws",
     "frozen_time": "fixed 'created' timestamp (byte-for-byte comparable bodies)",
-    "context_error_style": "wording of the context-length 400: current vLLM, legacy vLLM, or 'requested'",
+    "context_error_style": "wording of the context-length 400, by vLLM version: v0.18 (today's: 'at least N input "
+    "tokens', input characters), v0.16 ('You passed N input tokens/characters'), v0.11, legacy (<= 0.9), or "
+    "'requested' (SGLang)",
+    "max_chars_per_token": "vLLM's pre-tokenization check refuses prompts longer than max input tokens x this",
     "error_shape": "error body: nested {'error': {...}} (current vLLM) or flat {'object': 'error', ...}",
     "request_log_size": "requests remembered for GET /admin/requests",
     "max_body_bytes": "largest request body accepted (413 beyond)",
@@ -54,6 +61,7 @@ HELP: dict[str, str] = {
 }
 CHOICES: dict[str, tuple[str, ...]] = {
     "encoding": ENCODINGS,
+    "model_profile": PROFILE_CHOICES,
     "context_error_style": CONTEXT_STYLES,
     "error_shape": ERROR_SHAPES,
     "usage_lie": USAGE_LIES,

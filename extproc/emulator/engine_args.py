@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
-from extproc.emulator.errors import CONTEXT_STYLES, ERROR_SHAPES
-from extproc.emulator.tokens import ENCODINGS
+from extproc.emulator.errors import CONTEXT_STYLES, ERROR_SHAPES, MAX_CHARS_PER_TOKEN
+from extproc.emulator.models import NONE, resolve_profile
+from extproc.emulator.tokens import ENCODINGS, check_available
 
 USAGE_LIES = ("none", "zero", "huge", "random")
 # How a stream may deviate from vLLM's clean framing (see stream_faults.py).
@@ -68,6 +69,9 @@ class EmulatorConfig:
     max_model_len: int = 8192
     max_num_seqs: int = 128
     encoding: str = "cl100k_base"
+    # none: encoding and template_* below as set; auto: chosen by the model name; or a profile name
+    # (llama3, qwen3, gpt-4o, gpt-4), which then replaces encoding, template_* and bos_tokens.
+    model_profile: str = NONE
     # KV cache capacity in tokens; None = max_model_len * max_num_seqs / 2 (at least max_model_len).
     kv_cache_tokens: int | None = None
     block_size: int = 16
@@ -77,7 +81,9 @@ class EmulatorConfig:
     template_tokens_per_request: int = 5
     bos_tokens: int = 1  # added to string prompts of /v1/completions (not to token-id prompts)
     image_tokens: int = 576  # fixed cost of one image/audio/video content part
-    default_output_tokens: int = 256  # generated when the request sets no max_tokens (stands in for EOS)
+    # A request without max_tokens may generate the rest of the context (vLLM's default). 0: it does
+    # (like ignore_eos); N: the emulated model emits EOS after N tokens if its budget is larger.
+    eos_after_tokens: int = 0
     latency_scale: float = 1.0  # multiplies every modelled time; 0 = as fast as possible
     prefill_ms_per_token: float = 0.025  # ~40K prompt tokens/s
     decode_ms_per_step: float = 8.0
@@ -85,7 +91,8 @@ class EmulatorConfig:
     decode_ms_per_1k_kv_tokens: float = 0.02  # attention over the batch's KV slows it too
     seed: int = 0
     frozen_time: int | None = None  # fixed "created" for byte-for-byte comparisons
-    context_error_style: str = "current"
+    context_error_style: str = "v0.18"
+    max_chars_per_token: int = MAX_CHARS_PER_TOKEN  # vLLM's pre-tokenization check: input chars per token
     error_shape: str = "nested"
     request_log_size: int = 256
     max_body_bytes: int = 256 * 1024 * 1024
@@ -103,7 +110,9 @@ class EmulatorConfig:
         return self.kv_capacity_tokens // self.block_size
 
     def validate(self) -> None:
-        positive = ("max_model_len", "max_num_seqs", "block_size", "request_log_size", "max_body_bytes")
+        positive = (
+            "max_model_len", "max_num_seqs", "block_size", "request_log_size", "max_body_bytes", "max_chars_per_token",
+        )  # fmt: skip
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -118,10 +127,11 @@ class EmulatorConfig:
                 raise ValueError(f"{name} must be a finite number >= 0, got {value}")
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port must be within 0-65535, got {self.port}")
-        if self.default_output_tokens < 1:
-            raise ValueError(f"default_output_tokens must be >= 1, got {self.default_output_tokens}")
+        if self.eos_after_tokens < 0:
+            raise ValueError(f"eos_after_tokens must be >= 0, got {self.eos_after_tokens}")
         if self.encoding not in ENCODINGS:
             raise ValueError(f"encoding must be one of {', '.join(ENCODINGS)}, got {self.encoding!r}")
+        check_available(self.effective().encoding)
         if self.context_error_style not in CONTEXT_STYLES:
             raise ValueError(
                 f"context_error_style must be one of {', '.join(CONTEXT_STYLES)}, got {self.context_error_style!r}"
@@ -138,3 +148,17 @@ class EmulatorConfig:
                 f"{self.block_size}) cannot hold one sequence of max_model_len={self.max_model_len}"
             )
         self.faults.validate()
+
+    def effective(self) -> EmulatorConfig:
+        """The settings served: a model profile's tokenizer and template replace the explicit ones."""
+        profile = resolve_profile(self.model_profile, self.model)
+        if profile is None:
+            return self
+        return replace(
+            self,
+            model_profile=NONE,
+            encoding=profile.encoding,
+            template_tokens_per_message=profile.tokens_per_message,
+            template_tokens_per_request=profile.tokens_per_request,
+            bos_tokens=profile.bos_tokens,
+        )

@@ -14,10 +14,22 @@ from typing import Any
 import orjson
 
 ERROR_SHAPES = ("nested", "flat")
-# current: vLLM >= 0.10 (two checks, "(parameter=..., value=...)" suffix, param set);
-# legacy: vLLM 0.4-0.9 ("you requested M tokens (P in the messages, C in the completion)");
+# The context-length checks of each vLLM generation, newest first (vLLM's own source history):
+# v0.18:     renderers/params.py after vllm#36197 (2026-03): "... you requested M output tokens and your
+#            prompt contains [at least] N input tokens, for a total of [at least] T tokens"; text prompts
+#            are tokenized with truncation at max_input + 1, so N is a lower bound ("at least") when
+#            tokenization stopped early; a pre-tokenization check on input characters comes first.
+# v0.16:     renderers/params.py before #36197: "You passed N input tokens and requested M output
+#            tokens. However, the model's context length is only L tokens, ..." (N is the truncated
+#            count, a lower bound it does not mark) and "You passed C input characters ...".
+# v0.11:     serving_engine._validate_input (0.10-0.15): "However, your request has P input tokens" and
+#            "'max_tokens' or 'max_completion_tokens' is too large: M. ...".
+# legacy:    0.4-0.9: "you requested T tokens (P in the messages, M in the completion)".
 # requested: the "Requested token count exceeds ..." wording (SGLang and vLLM forks).
-CONTEXT_STYLES = ("current", "legacy", "requested")
+CONTEXT_STYLES = ("v0.18", "v0.16", "v0.11", "legacy", "requested")
+# The longest token of cl100k_base, o200k_base, Llama-3 and Qwen3 decodes to 128 characters (measured with
+# quicktok-v1's vocabularies); vLLM multiplies the input token limit by it for the character pre-check.
+MAX_CHARS_PER_TOKEN = 128
 
 ERROR_TYPES = {
     400: "BadRequestError",
@@ -64,12 +76,34 @@ def _with_extras(message: str, parameter: str, value: int) -> str:
     return f"{message} (parameter={parameter}, value={value})"
 
 
-def context_length_error(style: str, max_model_len: int, prompt_tokens: int, max_tokens: int | None) -> ApiError | None:
+@dataclass(frozen=True)
+class PromptSize:
+    """One prompt as vLLM's length checks see it."""
+
+    tokens: int  # its true token count
+    chars: int | None = None  # characters of the rendered prompt text; None for token-id prompts
+
+    @property
+    def tokenized(self) -> bool:
+        """Text prompts are tokenized by the server (and may be truncated while doing so)."""
+        return self.chars is not None
+
+
+def context_length_error(
+    style: str,
+    max_model_len: int,
+    prompt: PromptSize,
+    max_tokens: int | None,
+    max_chars_per_token: int = MAX_CHARS_PER_TOKEN,
+) -> ApiError | None:
     """The 400 vLLM gives when a prompt (plus its ``max_tokens``) does not fit, or None if it fits.
 
     ``max_tokens`` is None when the request set neither max_tokens nor max_completion_tokens: then
     vLLM only checks that the prompt leaves room for one generated token.
     """
+    if style in ("v0.18", "v0.16"):
+        return _renderer_error(style, max_model_len, prompt, max_tokens or 0, max_chars_per_token)
+    prompt_tokens = prompt.tokens
     total = prompt_tokens + (max_tokens or 0)
     prompt_full = prompt_tokens >= max_model_len
     if not prompt_full and (max_tokens is None or total <= max_model_len):
@@ -108,3 +142,55 @@ def context_length_error(style: str, max_model_len: int, prompt_tokens: int, max
         f"request has {prompt_tokens} input tokens ({max_tokens} > {max_model_len} - {prompt_tokens})."
     )
     return ApiError(400, _with_extras(msg, "max_tokens", max_tokens), param="max_tokens")
+
+
+def _renderer_error(
+    style: str, max_model_len: int, prompt: PromptSize, max_tokens: int, max_chars_per_token: int
+) -> ApiError | None:
+    """vLLM >= 0.16 checks in its renderer: input characters before tokenizing, then input tokens.
+
+    The limit on input is ``max_model_len - max_tokens``; without max_tokens the request only needs
+    one free position (the default budget is what remains), so a prompt of max_model_len is refused.
+    """
+    if max_tokens > max_model_len:  # TokenizeParams refuses it before looking at the prompt
+        msg = (
+            f"max_tokens={max_tokens} cannot be greater than max_model_len=max_total_tokens={max_model_len}. "
+            "Please request fewer output tokens."
+        )
+        return ApiError(400, _with_extras(msg, "max_tokens", max_tokens), param="max_tokens")
+    max_input = max_model_len - max_tokens if max_tokens else max_model_len - 1
+    tail = " Please reduce the length of the input prompt or the number of requested output tokens."
+    head = (
+        f"This model's maximum context length is {max_model_len} tokens. "
+        f"However, you requested {max_tokens} output tokens and your prompt contains"
+    )
+    max_chars = max_input * max_chars_per_token
+    if prompt.chars is not None and prompt.chars > max_chars:
+        if style == "v0.18":
+            msg = (
+                f"{head} {prompt.chars} characters (more than {max_chars} characters, which is the upper bound "
+                f"for {max_input} input tokens).{tail}"
+            )
+        else:
+            msg = (
+                f"You passed {prompt.chars} input characters and requested {max_tokens} output tokens. However, "
+                f"the model's context length is only {max_model_len} tokens, resulting in a maximum input length "
+                f"of {max_input} tokens (at most {max_chars} characters). Please reduce the length of the input prompt."
+            )
+        return ApiError(400, _with_extras(msg, "input_text", prompt.chars), param="input_text")
+    if prompt.tokens <= max_input:
+        return None
+    # Text is tokenized with truncation at max_input + 1, so the count stops there: a lower bound,
+    # which v0.18 marks "at least" and v0.16 reports as if it were the count. Token ids are exact.
+    truncated = prompt.tokenized
+    seen = max_input + 1 if truncated else prompt.tokens
+    if style == "v0.18":
+        bound = "at least " if truncated else ""
+        msg = f"{head} {bound}{seen} input tokens, for a total of {bound}{seen + max_tokens} tokens.{tail}"
+    else:
+        msg = (
+            f"You passed {seen} input tokens and requested {max_tokens} output tokens. However, the model's "
+            f"context length is only {max_model_len} tokens, resulting in a maximum input length of {max_input} "
+            "tokens. Please reduce the length of the input prompt."
+        )
+    return ApiError(400, _with_extras(msg, "input_tokens", seen), param="input_tokens")

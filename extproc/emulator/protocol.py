@@ -16,8 +16,10 @@ from typing import Any
 import orjson
 
 from extproc.emulator.engine_args import EmulatorConfig
-from extproc.emulator.errors import ApiError, context_length_error
+from extproc.emulator.errors import ApiError, PromptSize, context_length_error
 from extproc.emulator.tokens import TokenCounter
+
+CHAT, COMPLETION, RESPONSES = "chat", "completion", "responses"
 
 TEXT_PARTS = {"text": "text", "input_text": "text", "refusal": "refusal"}
 MEDIA_PARTS = frozenset(
@@ -27,16 +29,33 @@ COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # vLLM's CompletionRequest.max_tokens defau
 
 
 @dataclass(frozen=True)
+class Output:
+    """What one prompt's sequences generate: every one of its ``n`` samples the same length."""
+
+    tokens: int
+    finish_reason: str  # "length" when the budget was used up, "stop" for the EOS stand-in
+
+
+@dataclass(frozen=True)
 class GenerationRequest:
     """What the engine needs to serve one validated request."""
 
-    kind: str  # "chat" | "completion"
+    kind: str  # CHAT | COMPLETION | RESPONSES
     model: str
     stream: bool
     include_usage: bool
-    prompt_tokens: tuple[int, ...]  # one entry per prompt (chat: exactly one)
-    output_tokens: int  # tokens to generate for each prompt
-    finish_reason: str  # "length" when max_tokens was reached, "stop" for the EOS stand-in
+    prompts: tuple[PromptSize, ...]  # one entry per prompt (chat, responses: exactly one)
+    outputs: tuple[Output, ...]  # one per prompt
+    n: int = 1  # samples per prompt; choice index = prompt index * n + sample
+    max_output_tokens: int | None = None  # as requested (echoed by the Responses API)
+
+    @property
+    def prompt_tokens(self) -> tuple[int, ...]:
+        return tuple(p.tokens for p in self.prompts)
+
+    def sequences(self) -> list[tuple[int, Output]]:
+        """(prompt tokens, output) of every sequence, in choice-index order."""
+        return [(p.tokens, out) for p, out in zip(self.prompts, self.outputs, strict=True) for _ in range(self.n)]
 
 
 def invalid(param: str, what: str) -> ApiError:
@@ -86,21 +105,29 @@ class PromptCounter:
     def __init__(self, cfg: EmulatorConfig, counter: TokenCounter) -> None:
         self.cfg = cfg
         self.bpe = counter
+        self._chars = 0  # characters of prompt text counted since the last _start()
+
+    def _start(self) -> None:
+        self._chars = 0
+
+    def _text(self, text: str) -> int:
+        self._chars += len(text)
+        return self.bpe.count(text)
 
     def _json(self, value: Any) -> int:
-        return self.bpe.count(orjson.dumps(value).decode())
+        return self._text(orjson.dumps(value).decode())
 
     def _content(self, content: Any, where: str) -> int:
         if content is None:
             return 0
         if isinstance(content, str):
-            return self.bpe.count(content)
+            return self._text(content)
         if not isinstance(content, list):
             raise invalid(where, "Input should be a valid string or a list of content parts")
         total = 0
         for i, part in enumerate(content):
             if isinstance(part, str):
-                total += self.bpe.count(part)
+                total += self._text(part)
                 continue
             if not isinstance(part, dict):
                 raise invalid(f"{where}.{i}", "Content part should be an object")
@@ -109,19 +136,23 @@ class PromptCounter:
                 text = part.get(TEXT_PARTS[kind])
                 if not isinstance(text, str):
                     raise invalid(f"{where}.{i}.{TEXT_PARTS[kind]}", "Input should be a valid string")
-                total += self.bpe.count(text)
+                total += self._text(text)
             elif kind in MEDIA_PARTS:
                 total += self.cfg.image_tokens
             else:
                 raise invalid(f"{where}.{i}.type", f"Unknown part type: {kind!r}")
         return total
 
-    def chat(self, body: Mapping[str, Any]) -> int:
+    def _message(self, role: str, content: Any, where: str) -> int:
+        return self.cfg.template_tokens_per_message + self._text(role) + self._content(content, where)
+
+    def chat(self, body: Mapping[str, Any]) -> PromptSize:
         messages = body.get("messages")
         if messages is None:
             raise invalid("messages", "Field required")
         if not isinstance(messages, list):
             raise invalid("messages", "Input should be a valid list")
+        self._start()
         total = self.cfg.template_tokens_per_request
         for i, msg in enumerate(messages):
             where = f"messages.{i}"
@@ -130,41 +161,90 @@ class PromptCounter:
             role = msg.get("role")
             if not isinstance(role, str):
                 raise invalid(f"{where}.role", "Field required (a string)")
-            total += self.cfg.template_tokens_per_message + self.bpe.count(role)
-            total += self._content(msg.get("content"), f"{where}.content")
+            total += self._message(role, msg.get("content"), f"{where}.content")
             for key in ("name", "tool_call_id"):
                 value = msg.get(key)
                 if value is not None:
                     if not isinstance(value, str):
                         raise invalid(f"{where}.{key}", "Input should be a valid string")
-                    total += self.bpe.count(value)
+                    total += self._text(value)
             calls = msg.get("tool_calls")
             if calls is not None:
                 if not isinstance(calls, list):
                     raise invalid(f"{where}.tool_calls", "Input should be a valid list")
                 total += self._json(calls)
-        tools = body.get("tools")
-        if tools is not None:
-            if not isinstance(tools, list):
-                raise invalid("tools", "Input should be a valid list")
-            for i, tool in enumerate(tools):
-                fn = tool.get("function") if isinstance(tool, dict) else None
-                if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
-                    raise invalid(f"tools.{i}.function.name", "Field required")
-            if tools:
-                total += self._json(tools)
-        return total
+        total += self._tools(body, chat=True)
+        return PromptSize(total, self._chars)
 
-    def completion(self, body: Mapping[str, Any]) -> tuple[int, ...]:
+    def _tools(self, body: Mapping[str, Any], chat: bool) -> int:
+        """Tool definitions as their JSON text (chat nests them under ``function``; Responses does not)."""
+        tools = body.get("tools")
+        if tools is None:
+            return 0
+        if not isinstance(tools, list):
+            raise invalid("tools", "Input should be a valid list")
+        for i, tool in enumerate(tools):
+            if not chat:
+                if not isinstance(tool, dict):
+                    raise invalid(f"tools.{i}", "Input should be a valid dictionary")
+                continue
+            fn = tool.get("function") if isinstance(tool, dict) else None
+            if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
+                raise invalid(f"tools.{i}.function.name", "Field required")
+        return self._json(tools) if tools else 0
+
+    def responses(self, body: Mapping[str, Any]) -> PromptSize:
+        """The Responses API's ``instructions`` (a system message) and ``input`` (a string or items)."""
+        self._start()
+        total = self.cfg.template_tokens_per_request
+        instructions = body.get("instructions")
+        if instructions is not None:
+            if not isinstance(instructions, str):
+                raise invalid("instructions", "Input should be a valid string")
+            total += self._message("system", instructions, "instructions")
+        items = body.get("input")
+        if items is None:
+            raise invalid("input", "Field required")
+        if isinstance(items, str):
+            items = [{"role": "user", "content": items}]
+        if not isinstance(items, list):
+            raise invalid("input", "Input should be a valid string or a list of items")
+        for i, item in enumerate(items):
+            where = f"input.{i}"
+            if not isinstance(item, dict):
+                raise invalid(where, "Input should be a valid dictionary")
+            kind = item.get("type", "message")
+            if kind == "message":
+                role = item.get("role")
+                if not isinstance(role, str):
+                    raise invalid(f"{where}.role", "Field required (a string)")
+                total += self._message(role, item.get("content"), f"{where}.content")
+            elif kind == "function_call":
+                total += self.cfg.template_tokens_per_message + self._json(
+                    {k: item.get(k) for k in ("name", "arguments")}
+                )
+            elif kind == "function_call_output":
+                output = item.get("output")
+                if not isinstance(output, str):
+                    raise invalid(f"{where}.output", "Input should be a valid string")
+                total += self._message("tool", output, f"{where}.output")
+            elif kind == "reasoning":
+                total += self._json(item.get("summary") or [])
+            else:
+                raise invalid(f"{where}.type", f"Unknown input item type: {kind!r}")
+        total += self._tools(body, chat=False)
+        return PromptSize(total, self._chars)
+
+    def completion(self, body: Mapping[str, Any]) -> tuple[PromptSize, ...]:
         prompt = body.get("prompt")
         if prompt is None:
             raise invalid("prompt", "Field required")
         if isinstance(prompt, str):
-            return (self.cfg.bos_tokens + self.bpe.count(prompt),)
+            return (self._string_prompt(prompt),)
         if not isinstance(prompt, list) or not prompt:
             raise ApiError(400, "Either prompt or prompt_embeds must be provided and non-empty.")
         if all(isinstance(p, str) for p in prompt):
-            return tuple(self.cfg.bos_tokens + self.bpe.count(p) for p in prompt)
+            return tuple(self._string_prompt(p) for p in prompt)
         if all(isinstance(p, int) and not isinstance(p, bool) for p in prompt):
             return (self._ids(prompt),)
         if all(isinstance(p, list) for p in prompt):
@@ -176,15 +256,20 @@ class PromptCounter:
             return tuple(rows)
         raise invalid("prompt", "Input should be a string, a list of strings or a list of token ids")
 
-    def _ids(self, ids: list[int]) -> int:
+    def _string_prompt(self, text: str) -> PromptSize:
+        return PromptSize(self.cfg.bos_tokens + self.bpe.count(text), len(text))
+
+    def _ids(self, ids: list[int]) -> PromptSize:
         bad = self.bpe.check_ids(ids)
         if bad is not None:
             raise ApiError(400, f"Token id {bad} is out of vocabulary")
-        return len(ids)
+        return PromptSize(len(ids))
 
 
-def _stream_flags(body: Mapping[str, Any]) -> tuple[bool, bool]:
+def _stream_flags(body: Mapping[str, Any], kind: str) -> tuple[bool, bool]:
     stream = bool(lax_bool(body, "stream"))
+    if kind == RESPONSES:
+        return stream, True  # usage always comes in the final response.completed event
     options = body.get("stream_options")
     if options is None:
         return stream, False
@@ -206,30 +291,56 @@ def _check_model(cfg: EmulatorConfig, body: Mapping[str, Any]) -> None:
         raise ApiError(404, f"The model `{model}` does not exist.", param="model", type="NotFoundError")
 
 
+def _requested(kind: str, body: Mapping[str, Any]) -> int | None:
+    """The request's output limit, None when it sets none (vLLM's precedence, 0 included)."""
+    if kind == CHAT:
+        return lax_int(body, "max_completion_tokens") or lax_int(body, "max_tokens")
+    if kind == RESPONSES:
+        return lax_int(body, "max_output_tokens")
+    if "max_tokens" not in body:
+        return COMPLETIONS_DEFAULT_MAX_TOKENS
+    return lax_int(body, "max_tokens")
+
+
+def _samples(kind: str, body: Mapping[str, Any]) -> int:
+    n = lax_int(body, "n")
+    if n is None:
+        return 1
+    if kind == RESPONSES:
+        raise invalid("n", "Extra inputs are not permitted")
+    if n < 1:
+        raise invalid("n", f"Input should be greater than or equal to 1, got {n}")
+    return n
+
+
+def _output(cfg: EmulatorConfig, prompt: PromptSize, requested: int | None) -> Output:
+    """A set limit is generated in full (like ``ignore_eos``); none means the rest of the context."""
+    if requested is not None:
+        return Output(requested, "length")
+    room = cfg.max_model_len - prompt.tokens
+    if cfg.eos_after_tokens and cfg.eos_after_tokens < room:
+        return Output(cfg.eos_after_tokens, "stop")
+    return Output(room, "length")
+
+
 def parse_generation(
     kind: str, body: Mapping[str, Any], cfg: EmulatorConfig, prompts: PromptCounter
 ) -> GenerationRequest:
-    """Validate a /v1/chat/completions (``kind="chat"``) or /v1/completions body like vLLM."""
+    """Validate a /v1/chat/completions, /v1/completions or /v1/responses body like vLLM."""
     _check_model(cfg, body)
-    stream, include_usage = _stream_flags(body)
-    n = lax_int(body, "n")
-    if n is not None and n != 1:
-        raise invalid("n", "The emulator serves n=1 only")
-    if kind == "chat":
-        prompt_tokens: tuple[int, ...] = (prompts.chat(body),)
-        completion_cap, max_tokens = lax_int(body, "max_completion_tokens"), lax_int(body, "max_tokens")
-        requested = completion_cap or max_tokens  # vLLM's precedence, 0 included
-        default = cfg.default_output_tokens
+    stream, include_usage = _stream_flags(body, kind)
+    n = _samples(kind, body)
+    if kind == CHAT:
+        sizes: tuple[PromptSize, ...] = (prompts.chat(body),)
+    elif kind == RESPONSES:
+        sizes = (prompts.responses(body),)
     else:
-        prompt_tokens = prompts.completion(body)
-        requested = lax_int(body, "max_tokens")
-        default = COMPLETIONS_DEFAULT_MAX_TOKENS
-        if "max_tokens" not in body:
-            requested = default
-    for count in prompt_tokens:
-        if count == 0:
+        sizes = prompts.completion(body)
+    requested = _requested(kind, body)
+    for size in sizes:
+        if size.tokens == 0:
             raise ApiError(400, "The decoder prompt cannot be empty")
-        err = context_length_error(cfg.context_error_style, cfg.max_model_len, count, requested)
+        err = context_length_error(cfg.context_error_style, cfg.max_model_len, size, requested, cfg.max_chars_per_token)
         if err is not None:
             raise err
     if requested is not None and requested < 1:
@@ -238,18 +349,13 @@ def parse_generation(
             f"max_tokens must be at least 1, got {requested}. (parameter=max_tokens, value={requested})",
             param="max_tokens",
         )
-    if requested is not None:
-        output, finish = requested, "length"
-    else:
-        # vLLM would allow max_model_len - prompt; a real model stops at EOS far earlier.
-        room = cfg.max_model_len - max(prompt_tokens)
-        output, finish = min(default, room), ("stop" if default <= room else "length")
     return GenerationRequest(
         kind=kind,
         model=cfg.model,
         stream=stream,
         include_usage=include_usage,
-        prompt_tokens=prompt_tokens,
-        output_tokens=output,
-        finish_reason=finish,
+        prompts=sizes,
+        outputs=tuple(_output(cfg, size, requested) for size in sizes),
+        n=n,
+        max_output_tokens=requested,
     )

@@ -17,24 +17,37 @@ from extproc.emulator.engine import Engine, Sequence, State
 from extproc.emulator.engine_args import EmulatorConfig
 from extproc.emulator.errors import ApiError, error_body
 from extproc.emulator.prometheus import metrics_registry, render
-from extproc.emulator.protocol import GenerationRequest, PromptCounter, parse_generation, parse_json_object
+from extproc.emulator.protocol import (
+    CHAT,
+    COMPLETION,
+    RESPONSES,
+    GenerationRequest,
+    PromptCounter,
+    parse_generation,
+    parse_json_object,
+)
 from extproc.emulator.responses import (
     CHAT_CHUNK,
     DONE,
     TEXT_COMPLETION,
     Envelope,
+    ResponseEvents,
+    ResponseHead,
     chat_body,
     chat_role_chunk,
     chat_token_chunk,
     completion_body,
     completion_chunk,
     models_body,
+    response_body,
+    responses_usage,
     usage_chunk,
 )
 from extproc.emulator.text import TextSource, request_digest
 from extproc.emulator.tokens import TokenCounter
 
 SSE_CONTENT_TYPE = "text/event-stream; charset=utf-8"
+ID_PREFIX = {CHAT: "chatcmpl-", COMPLETION: "cmpl-", RESPONSES: "resp_"}
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -47,7 +60,7 @@ class Emulator:
 
     def __init__(self, cfg: EmulatorConfig) -> None:
         cfg.validate()
-        self.cfg = cfg
+        cfg = self.cfg = cfg.effective()
         self.bpe = TokenCounter(cfg.encoding)
         self.prompts = PromptCounter(cfg, self.bpe)
         self.text = TextSource(self.bpe)
@@ -66,6 +79,7 @@ class Emulator:
         r = app.router
         r.add_post("/v1/chat/completions", self._chat)
         r.add_post("/v1/completions", self._completions)
+        r.add_post("/v1/responses", self._responses)
         r.add_get("/v1/models", self._models)
         r.add_get("/health", self._health)
         r.add_get("/ping", self._health)
@@ -127,10 +141,13 @@ class Emulator:
 
     # ---- generation ----------------------------------------------------------------------------
     async def _chat(self, request: web.Request) -> web.StreamResponse:
-        return await self._generate(request, "chat")
+        return await self._generate(request, CHAT)
 
     async def _completions(self, request: web.Request) -> web.StreamResponse:
-        return await self._generate(request, "completion")
+        return await self._generate(request, COMPLETION)
+
+    async def _responses(self, request: web.Request) -> web.StreamResponse:
+        return await self._generate(request, RESPONSES)
 
     async def _generate(self, request: web.Request, kind: str) -> web.StreamResponse:
         raw = await request.read()
@@ -148,16 +165,16 @@ class Emulator:
                 await asyncio.sleep(self.faults.config.extra_latency_ms / 1000)
             if self.closing:
                 raise ApiError(503, "The server is shutting down.")
-            digests = [request_digest(self.cfg.seed, kind, raw, i) for i in range(len(gen.prompt_tokens))]
-            prefix = "chatcmpl-" if kind == "chat" else "cmpl-"
-            env = Envelope(id=prefix + digests[0].hex()[:32], created=self.now(), model=self.cfg.model)
-            texts = [self.text.tokens(d, gen.output_tokens) for d in digests]
-            seqs = [self.engine.submit(p, gen.output_tokens, gen.finish_reason) for p in gen.prompt_tokens]
+            plan = gen.sequences()
+            digests = [request_digest(self.cfg.seed, kind, raw, j) for j in range(len(plan))]
+            env = Envelope(id=ID_PREFIX[kind] + digests[0].hex()[:32], created=self.now(), model=self.cfg.model)
+            texts = [self.text.tokens(d, out.tokens) for d, (_, out) in zip(digests, plan, strict=True)]
+            seqs = [self.engine.submit(prompt, out.tokens, out.finish_reason) for prompt, out in plan]
             try:
                 if gen.stream:
-                    response = await self._stream(request, gen, env, texts, seqs)
+                    response = await self._stream(request, gen, env, texts, seqs, body)
                 else:
-                    response = await self._complete(gen, env, texts, seqs)
+                    response = await self._complete(gen, env, texts, seqs, body)
             finally:
                 for seq in seqs:
                     self.engine.abort(seq)  # no-op once finished; frees the slot if the client left
@@ -170,20 +187,25 @@ class Emulator:
     def _usage_prompt(self, gen: GenerationRequest) -> int:
         return self.faults.reported_prompt_tokens(sum(gen.prompt_tokens))
 
+    @staticmethod
+    def _response_head(gen: GenerationRequest, env: Envelope, body: dict) -> ResponseHead:
+        instructions = body.get("instructions")
+        return ResponseHead(env, instructions if isinstance(instructions, str) else None, gen.max_output_tokens)
+
     async def _complete(
-        self, gen: GenerationRequest, env: Envelope, texts: list[list[str]], seqs: list[Sequence]
+        self, gen: GenerationRequest, env: Envelope, texts: list[list[str]], seqs: list[Sequence], body: dict
     ) -> web.Response:
         await asyncio.gather(*(_drain(seq) for seq in seqs))
         if any(seq.state is not State.FINISHED for seq in seqs):
             raise ApiError(503, "The server is shutting down.", type="ServiceUnavailableError")
-        completion = gen.output_tokens * len(seqs)
+        completion = sum(seq.target for seq in seqs)
         prompt = self._usage_prompt(gen)
-        if gen.kind == "chat":
-            body = chat_body(env, "".join(texts[0]), gen.finish_reason, prompt, completion)
-        else:
-            joined = ["".join(t) for t in texts]
-            body = completion_body(env, joined, gen.finish_reason, prompt, completion)
-        return _json(body)
+        choices = [("".join(t), seq.finish_reason) for t, seq in zip(texts, seqs, strict=True)]
+        if gen.kind == RESPONSES:
+            head = self._response_head(gen, env, body)
+            return _json(response_body(head, choices[0][0], choices[0][1], prompt, completion))
+        render = chat_body if gen.kind == CHAT else completion_body
+        return _json(render(env, choices, prompt, completion))
 
     async def _stream(
         self,
@@ -192,22 +214,29 @@ class Emulator:
         env: Envelope,
         texts: list[list[str]],
         seqs: list[Sequence],
+        body: dict,
     ) -> web.StreamResponse:
         response = web.StreamResponse(headers={"content-type": SSE_CONTENT_TYPE})
         await response.prepare(request)
         quirk = self.faults.config.stream_quirk
-        cut = stream_faults.cut_after(quirk, gen.output_tokens)
+        cut = stream_faults.cut_after(quirk, sum(seq.target for seq in seqs))
+        events = ResponseEvents(self._response_head(gen, env, body)) if gen.kind == RESPONSES else None
         sent = [0] * len(seqs)
         try:
+            if events is not None:
+                await _write(response, quirk, events.start())
             async for index, generated in _merged_progress(seqs):
                 out = bytearray()
-                if gen.kind == "chat" and sent[index] == 0:
-                    out += chat_role_chunk(env)
+                if gen.kind == CHAT and sent[index] == 0:
+                    out += chat_role_chunk(env, index)
+                seq = seqs[index]
                 for k in range(sent[index], generated):
-                    finish = gen.finish_reason if k == gen.output_tokens - 1 else None
+                    finish = seq.finish_reason if k == seq.target - 1 else None
                     tok = texts[index][k]
-                    if gen.kind == "chat":
-                        out += chat_token_chunk(env, tok, finish)
+                    if events is not None:
+                        out += events.delta(tok)
+                    elif gen.kind == CHAT:
+                        out += chat_token_chunk(env, tok, finish, index)
                     else:
                         out += completion_chunk(env, index, tok, finish)
                 sent[index] = generated
@@ -218,15 +247,32 @@ class Emulator:
                     return response
             if any(seq.state is not State.FINISHED for seq in seqs):
                 return response  # shutting down: end the stream without [DONE], as a dying server would
-            usage = b""
-            if gen.include_usage:
-                obj = CHAT_CHUNK if gen.kind == "chat" else TEXT_COMPLETION
-                usage = usage_chunk(env, obj, self._usage_prompt(gen), sum(sent))
-            await _write(response, quirk, stream_faults.tail(quirk, usage, DONE))
+            await _write(response, quirk, self._stream_end(gen, env, events, texts, seqs, sum(sent)))
             await response.write_eof()
         except ConnectionResetError:
             pass  # the client went away; the caller frees the sequences
         return response
+
+    def _stream_end(
+        self,
+        gen: GenerationRequest,
+        env: Envelope,
+        events: ResponseEvents | None,
+        texts: list[list[str]],
+        seqs: list[Sequence],
+        completion: int,
+    ) -> bytes:
+        """The usage chunk and ``[DONE]``, or the Responses API's closing events (usage in the last)."""
+        quirk = self.faults.config.stream_quirk
+        if events is not None:
+            usage = None if quirk == "no_usage" else responses_usage(self._usage_prompt(gen), completion)
+            closing = events.finish("".join(texts[0]), seqs[0].finish_reason, usage)
+            return stream_faults.tail(quirk if quirk == "bad_json" else "none", closing, b"")
+        usage = b""
+        if gen.include_usage:
+            obj = CHAT_CHUNK if gen.kind == CHAT else TEXT_COMPLETION
+            usage = usage_chunk(env, obj, self._usage_prompt(gen), completion)
+        return stream_faults.tail(quirk, usage, DONE)
 
 
 async def _write(response: web.StreamResponse, quirk: str, data: bytes) -> None:

@@ -7,16 +7,22 @@ that follows a non-space, or a letter/digit right after a line break). BPE never
 pre-token boundaries, so the sum of the windows' counts equals the count of the whole text.
 Only text with no such place in a whole window (e.g. tens of thousands of CJK characters with no
 line break) is cut blindly, which can move the count by a token per cut.
+
+The Llama-3 and Qwen3 vocabularies come from ``quicktok-v1`` (the ``emulator`` extra), which counts
+text of any size in one call, so no windows are needed there.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import bpe_openai
 
-ENCODINGS = ("cl100k_base", "o200k_base")
+OPENAI_ENCODINGS = ("cl100k_base", "o200k_base")  # from bpe_openai (a core dependency)
+QUICKTOK_ENCODINGS = ("llama3", "qwen3")  # from quicktok-v1 (the emulator extra)
+ENCODINGS = OPENAI_ENCODINGS + QUICKTOK_ENCODINGS
 
 # One character is at most 4 UTF-8 bytes and so at most 4 tokens: 40K chars stay under 200K tokens.
 WINDOW_CHARS = 40_000
@@ -65,7 +71,9 @@ class TokenCounter:
         if encoding not in ENCODINGS:
             raise ValueError(f"unknown encoding {encoding!r}; choose one of {', '.join(ENCODINGS)}")
         self.encoding_name = encoding
-        self._enc = bpe_openai.get_encoding(encoding)
+        self._enc = _load(encoding)
+        self._ordinary: Callable[[str], list[int]] = self._enc.encode_ordinary
+        self._windowed = encoding in OPENAI_ENCODINGS
         self.vocab_size: int = self._enc.max_token_value + 1
         self._cache: OrderedDict[str, int] = OrderedDict()
         self._cache_chars = 0
@@ -73,9 +81,11 @@ class TokenCounter:
 
     def encode(self, text: str) -> list[int]:
         """Token ids of ``text`` (special-token strings are ordinary text, as in a chat message)."""
+        if not self._windowed:
+            return list(self._ordinary(text))
         out: list[int] = []
         for piece in windows(text):
-            out.extend(self._enc.encode_ordinary(piece))
+            out.extend(self._ordinary(piece))
         return out
 
     def count(self, text: str) -> int:
@@ -85,12 +95,13 @@ class TokenCounter:
         if hit is not None:
             self._cache.move_to_end(text)
             return hit
-        n = sum(len(self._enc.encode_ordinary(piece)) for piece in windows(text))
+        pieces = windows(text) if self._windowed else (text,)
+        n = sum(len(self._ordinary(piece)) for piece in pieces)
         self._remember(text, n)
         return n
 
     def is_single_token(self, text: str) -> bool:
-        return len(self._enc.encode_ordinary(text)) == 1
+        return len(self._ordinary(text)) == 1
 
     def _remember(self, text: str, n: int) -> None:
         if len(text) > self._cache_limit // 4:
@@ -107,3 +118,26 @@ class TokenCounter:
             if tok < 0 or tok >= self.vocab_size:
                 return tok
         return None
+
+
+def _quicktok(encoding: str) -> Any:
+    try:
+        import quicktok
+    except ImportError:
+        raise ValueError(
+            f"encoding {encoding!r} needs quicktok-v1: pip install 'budget-router[emulator]' "
+            f"(or choose one of {', '.join(OPENAI_ENCODINGS)})"
+        ) from None
+    return quicktok
+
+
+def check_available(encoding: str) -> None:
+    """Fail at startup, with the install hint, when an encoding's vocabulary is not installed."""
+    if encoding in QUICKTOK_ENCODINGS:
+        _quicktok(encoding)
+
+
+def _load(encoding: str) -> Any:
+    if encoding in OPENAI_ENCODINGS:
+        return bpe_openai.get_encoding(encoding)
+    return _quicktok(encoding).get_encoding(encoding)

@@ -22,7 +22,7 @@ import orjson
 from extproc.algorithm import BudgetRouter, RequestShape, ShapeError, shape_from_body
 from extproc.algorithm.dispatch import LONG, SHORT
 from extproc.algorithm.pressure import InFlightPressure
-from extproc.algorithm.request_shape import CHAT, COMPLETIONS
+from extproc.algorithm.request_shape import CHAT, COMPLETIONS, RESPONSES
 from extproc.config import Config
 from extproc.server import envoy_wire as em
 from extproc.server.events import ExchangeObserver, ExchangeRecord
@@ -59,6 +59,8 @@ def endpoint_of(method: str, path: str) -> str | None:
         return CHAT
     if path.endswith("/completions"):
         return COMPLETIONS
+    if path.endswith("/responses"):
+        return RESPONSES
     return None
 
 

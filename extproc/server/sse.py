@@ -8,6 +8,9 @@ every chunk), and never raises: garbage, comments, keep-alives and ``[DONE]`` ar
 Optionally the usage-only event that the router itself asked for (``include_usage`` injection) is
 removed, so clients that did not ask for it see exactly the bytes they would have seen without the
 router (every other byte, line endings included, passes through unchanged).
+Responses API streams (``/v1/responses``) nest it: the final ``response.completed`` event carries
+``{"response": {"usage": {"input_tokens", "output_tokens"}, "model"}}``; earlier events have
+``"usage": null`` there and are skipped like any other event without usage.
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ def _usage_of(payload: bytes) -> tuple[dict[str, Any] | None, bool, str | None]:
     if not isinstance(obj, dict):
         return None, False, None
     usage, model = obj.get("usage"), obj.get("model")
+    if usage is None and isinstance(obj.get("response"), dict):
+        usage, model = obj["response"].get("usage"), obj["response"].get("model")
     if not isinstance(usage, dict):
         return None, False, None
     return usage, obj.get("choices") == [], model if isinstance(model, str) else None

@@ -17,7 +17,7 @@ from extproc.server.events import ExchangeRecord
 
 DECISION_LOGGER = "budget_router.decisions"
 RECORD_FIELDS = (
-    "method", "path", "pool", "reason", "detail", "category", "model", "text_bytes", "body_bytes",
+    "method", "path", "endpoint", "pool", "reason", "detail", "category", "model", "text_bytes", "body_bytes",
     "estimated_prompt_tokens", "estimated_total_tokens", "ratio", "output_reserve", "output_defaulted",
     "stream", "include_usage_injected", "spilled", "status", "usage_source", "prompt_tokens",
     "completion_tokens", "observation", "estimate_error_pct",

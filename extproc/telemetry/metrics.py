@@ -66,7 +66,13 @@ class DecisionMetrics:
         self.runtime: RouterRuntime | None = None
         self._last_ratio: dict[str, float] = {}
         self.requests = _Tally(
-            meter, n.M_REQUESTS, "{request}", "Routing decisions by pool and reason.", "pool", "reason"
+            meter,
+            n.M_REQUESTS,
+            "{request}",
+            "Routing decisions by pool, reason and endpoint (chat, completions, responses; other = not parsed).",
+            "pool",
+            "reason",
+            "endpoint",
         )
         self.spillovers = _Tally(
             meter, n.M_SPILLOVERS, "{request}", "Requests that fit the short pool but went long under pressure."
@@ -75,7 +81,11 @@ class DecisionMetrics:
             meter, n.M_UNPARSEABLE, "{request}", "Requests routed long because the body could not be read.", "detail"
         )
         self.no_max_tokens = _Tally(
-            meter, n.M_NO_MAX_TOKENS, "{request}", "Requests without max_tokens (default reserve used).", "endpoint"
+            meter,
+            n.M_NO_MAX_TOKENS,
+            "{request}",
+            "Requests that set no output limit (routed per routing.no_output_limit).",
+            "endpoint",
         )
         self.usage = _Tally(
             meter,
@@ -124,7 +134,7 @@ class DecisionMetrics:
 
     # -- hooks -----------------------------------------------------------------------------------
     def decided(self, record: ExchangeRecord) -> None:
-        self.requests.add(record.pool, record.reason)
+        self.requests.add(record.pool, record.reason, record.endpoint or n.OTHER_ENDPOINT)
         if record.spilled:
             self.spillovers.add()
         if record.reason == UNPARSEABLE:

@@ -25,11 +25,14 @@ HTTP_METHOD = "http.request.method"
 HTTP_STATUS = "http.response.status_code"
 URL_PATH = "url.path"
 
-# Our endpoint names -> gen_ai.operation.name values.
-OPERATIONS = {"chat": "chat", "completions": "text_completion"}
+# Our endpoint names -> gen_ai.operation.name values (a Responses API call is a chat operation; the
+# endpoint attribute tells them apart).
+OPERATIONS = {"chat": "chat", "completions": "text_completion", "responses": "chat"}
+OTHER_ENDPOINT = "other"  # endpoint label of requests whose body was not parsed
 
 # -- our span attributes ------------------------------------------------------------------------
 POOL = PREFIX + "pool"
+ENDPOINT = PREFIX + "endpoint"
 REASON = PREFIX + "reason"
 DETAIL = PREFIX + "detail"
 CATEGORY = PREFIX + "category"
@@ -49,7 +52,7 @@ ESTIMATE_ERROR_PCT = PREFIX + "estimate_error_pct"
 PROCESSING_SECONDS = PREFIX + "processing_seconds"
 
 # -- metrics (OTel names; the Prometheus names the exporter derives are in the comments) ---------
-M_REQUESTS = "budget_router.requests"  # budget_router_requests_total{pool,reason}
+M_REQUESTS = "budget_router.requests"  # budget_router_requests_total{pool,reason,endpoint}
 M_SPILLOVERS = "budget_router.spillovers"  # budget_router_spillovers_total
 M_UNPARSEABLE = "budget_router.unparseable"  # budget_router_unparseable_total{detail}
 M_NO_MAX_TOKENS = "budget_router.requests_without_max_tokens"  # ..._total{endpoint}

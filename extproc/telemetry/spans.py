@@ -66,6 +66,7 @@ class ExchangeSpans:
             a[n.URL_PATH] = record.path.split("?", 1)[0]
             return a
         a[n.GEN_AI_OPERATION] = operation
+        a[n.ENDPOINT] = record.endpoint
         if record.model:
             a[n.GEN_AI_REQUEST_MODEL] = record.model
         if not record.output_defaulted:
@@ -100,7 +101,7 @@ class ExchangeSpans:
 
 
 def prompt_content(body: bytes | None) -> str | None:
-    """The request's ``messages`` (chat) or ``prompt`` (completions) as JSON text, or None."""
+    """The request's ``messages`` (chat), ``prompt`` (completions) or ``input`` (responses) as JSON text."""
     if not body:
         return None
     try:
@@ -109,5 +110,5 @@ def prompt_content(body: bytes | None) -> str | None:
         return None
     if not isinstance(data, dict):
         return None
-    value = data.get("messages", data.get("prompt"))
+    value = data.get("messages", data.get("prompt", data.get("input")))
     return None if value is None else orjson.dumps(value).decode()

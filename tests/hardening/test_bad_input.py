@@ -280,7 +280,9 @@ async def check_row(obs: ObservedStack, session: aiohttp.ClientSession, row: Row
 
     after = await obs.metrics(session)
     if row.reason:
-        assert increase(before, after, "budget_router_requests_total", pool=row.pool or "", reason=row.reason) == 1
+        endpoint = decision.get("endpoint") or "other"
+        labels = {"pool": row.pool or "", "reason": row.reason, "endpoint": endpoint}
+        assert increase(before, after, "budget_router_requests_total", **labels) == 1
     if row.reason == UNPARSEABLE:
         assert increase(before, after, "budget_router_unparseable_total", detail=row.detail) == 1
     await obs.wait_idle(session)

@@ -4,6 +4,7 @@ import orjson
 import pytest
 
 from extproc.config import load_config
+from extproc.emulator.responses import Envelope, ResponseEvents, ResponseHead, responses_usage
 from extproc.server.envoy_wire import NONE, STREAMED
 from extproc.server.exchange import Exchange, RouterRuntime, inject_include_usage
 from tests.envoy_play import request_body, request_headers, response_body, response_headers, set_headers
@@ -181,3 +182,61 @@ def test_response_model_is_recorded_and_body_only_kept_when_capturing(rt):
     rt.cfg.telemetry.capture_content = True
     ex2, _, _ = route(rt, chat("secret", max_tokens=10))
     assert b"secret" in ex2.record.request_body
+
+
+# ---- the Responses API -----------------------------------------------------------------------------
+def responses(text="hello " * 50, **kw):
+    return orjson.dumps({"model": "m", "instructions": "Be brief.", "input": text, **kw})
+
+
+@pytest.mark.parametrize(("limit", "pool", "reason"), [(100, "short", "threshold"), (9000, "long", "capacity")])
+def test_responses_are_routed_by_their_budget(rt, limit, pool, reason):
+    ex, _, b = route(rt, responses(max_output_tokens=limit), path="/v1/responses")
+    assert set_headers(b.request_body.response.header_mutation)["x-budget-pool"] == pool
+    assert (ex.record.endpoint, ex.record.reason, ex.record.output_reserve) == ("responses", reason, limit)
+    assert ex.record.estimated_total_tokens > limit  # instructions + input + template framing + output
+
+
+def test_responses_stream_is_never_rewritten_and_learns_from_response_completed(rt):
+    ex, _, b = route(rt, responses(stream=True, max_output_tokens=10), path="/v1/responses")
+    assert not b.request_body.response.HasField("body_mutation")  # usage always comes: nothing to inject
+    r = ex.handle(response_headers(content_type="text/event-stream"))
+    assert r.mode_override.response_body_mode == STREAMED
+    events = ResponseEvents(ResponseHead(Envelope("resp_1", 0, "served-m"), "Be brief.", 10))
+    body = events.start() + events.delta("hi") + events.finish("hi", "length", responses_usage(83, 1))
+    out = ex.handle(response_body(body[:100], eos=False)).response_body.response
+    assert not out.HasField("body_mutation")
+    ex.handle(response_body(body[100:], eos=True))
+    assert (ex.record.usage_source, ex.record.prompt_tokens, ex.record.completion_tokens) == ("sse", 83, 1)
+    assert ex.record.response_model == "served-m" and ex.record.observation == "accepted"
+
+
+def test_responses_json_learns_input_tokens(rt):
+    ex, _, _ = route(rt, responses(max_output_tokens=10), path="/v1/responses")
+    ex.handle(response_headers())
+    ex.handle(response_body(b'{"object":"response","usage":{"input_tokens":83,"output_tokens":10}}'))
+    assert (ex.record.usage_source, ex.record.prompt_tokens, ex.record.completion_tokens) == ("json", 83, 10)
+
+
+@pytest.mark.parametrize(
+    ("body", "detail"),
+    [(b'{"input": 5}', "bad_input"), (b'{"input": "x", "max_output_tokens": 0}', "invalid_max_tokens")],
+)
+def test_unreadable_responses_go_long(rt, body, detail):
+    ex, _, _ = route(rt, body, path="/v1/responses")
+    assert (ex.record.pool, ex.record.reason, ex.record.detail) == ("long", "unparseable", detail)
+
+
+# ---- requests without an output limit ---------------------------------------------------------------
+def test_no_output_limit_reserve_routes_by_default_reserve_and_long_sends_long(rt):
+    ex, _, _ = route(rt, chat())
+    assert (ex.record.pool, ex.record.reason, ex.record.output_defaulted) == ("short", "threshold", True)
+    assert ex.record.output_reserve == rt.cfg.routing.default_output_tokens
+    cfg = load_config(env={}, overrides={"calibration": {"state_file": ""}, "routing": {"no_output_limit": "long"}})
+    rt_long = RouterRuntime.from_config(cfg)
+    ex, _, _ = route(rt_long, chat())
+    assert (ex.record.pool, ex.record.reason) == ("long", "no_output_limit")
+    ex, _, _ = route(rt_long, responses(), path="/v1/responses")
+    assert (ex.record.pool, ex.record.reason) == ("long", "no_output_limit")
+    ex, _, _ = route(rt_long, chat(max_tokens=10))  # a request with a limit is routed by its budget
+    assert (ex.record.pool, ex.record.reason) == ("short", "threshold")

@@ -5,6 +5,7 @@ from extproc.algorithm.dispatch import (
     SHORT,
     SPILLOVER,
     THRESHOLD,
+    Decision,
     DispatchPolicy,
     decide,
 )
@@ -80,3 +81,11 @@ def test_snapshot_counts_leases_without_popping():
 def test_no_spill_onto_a_long_pool_that_is_fuller():
     assert decide(100, P, short_pressure=1.2, long_pressure=1.5).pool == SHORT
     assert decide(100, P, short_pressure=1.2, long_pressure=0.5).pool == LONG
+
+
+def test_no_output_limit_policy():
+    reserve, long_ = DispatchPolicy(), DispatchPolicy(no_output_limit="long")
+    assert decide(2000, reserve, output_defaulted=True) == Decision("short", "threshold")
+    assert decide(2000, long_, output_defaulted=True) == Decision("long", "no_output_limit")
+    assert decide(2000, long_, output_defaulted=False) == Decision("short", "threshold")
+    assert decide(70000, long_, output_defaulted=True) == Decision("long", "over_long_context")

@@ -1,4 +1,6 @@
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from extproc.algorithm import Categorizer, ShapeError, shape_from_body
 from extproc.algorithm.request_shape import output_tokens
@@ -91,3 +93,86 @@ def test_stream_and_include_usage_flags():
     assert s.stream and s.client_include_usage
     s = shape_from_body("chat", chat("x", stream="yes"), C)
     assert not s.stream
+
+
+# ---- the Responses API -------------------------------------------------------------------------------
+def test_responses_string_input_and_instructions_are_text():
+    s = shape_from_body("responses", {"instructions": "Be brief.", "input": "héllo", "max_output_tokens": 7}, C)
+    assert (s.endpoint, s.text_bytes, s.messages, s.output_tokens) == ("responses", 9 + len("héllo".encode()), 2, 7)
+    assert s.client_include_usage  # usage always arrives in response.completed: never inject
+    assert shape_from_body("responses", {"input": "x", "max_tokens": 99}, C).output_tokens is None
+
+
+def test_responses_items_text_parts_images_and_tool_items():
+    body = {
+        "input": [
+            {"role": "user", "content": "plain"},
+            {"type": "message", "role": "user", "content": [
+                {"type": "input_text", "text": "typed"}, {"type": "input_image", "image_url": "data:,"},
+            ]},
+            {"type": "function_call", "call_id": "c1", "name": "f", "arguments": "{}"},
+            {"type": "function_call_output", "call_id": "c1", "output": "sunny"},
+        ],
+        "tools": [{"type": "function", "name": "f", "parameters": {}}],
+    }  # fmt: skip
+    s = shape_from_body("responses", body, C)
+    assert (s.text_bytes, s.images, s.messages, s.tool_items) == (len("plaintyped"), 1, 2, 3)
+    assert s.structured_bytes > len(b'"sunny"')
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        ({"input": 5}, "bad_input"),
+        ({"input": []}, "bad_input"),
+        ({"input": ["x"]}, "bad_input"),
+        ({"input": "x", "instructions": 3}, "bad_input"),
+        ({"input": [{"role": "user", "content": 3}]}, "bad_input"),
+        ({"input": "x", "max_output_tokens": -1}, "invalid_max_tokens"),
+    ],
+)
+def test_bad_responses_bodies(body, reason):
+    with pytest.raises(ShapeError) as exc:
+        shape_from_body("responses", body, C)
+    assert exc.value.reason == reason
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+    lambda kids: st.lists(kids, max_size=4) | st.dictionaries(st.text(max_size=8), kids, max_size=4),
+    max_leaves=12,
+)
+response_items = st.fixed_dictionaries(
+    {},
+    optional={
+        "type": st.sampled_from(["message", "function_call", "function_call_output", "reasoning", "x"]),
+        "role": st.sampled_from(["user", "assistant", "system"]),
+        "content": st.text(max_size=20) | st.lists(
+            st.fixed_dictionaries({"type": st.sampled_from(["input_text", "input_image", "input_file"])},
+                                  optional={"text": st.text(max_size=10) | json_values}),
+            max_size=3,
+        ) | json_values,
+    },
+)  # fmt: skip
+
+
+@given(
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "input": st.text(max_size=30) | st.lists(response_items, max_size=4) | json_values,
+            "instructions": st.text(max_size=20) | json_values,
+            "max_output_tokens": json_values,
+            "tools": json_values,
+            "stream": json_values,
+        },
+    )
+)
+def test_any_responses_body_gives_a_shape_or_a_shape_error(body):
+    try:
+        s = shape_from_body("responses", body, C)
+    except ShapeError as exc:
+        assert exc.reason in ("bad_input", "invalid_max_tokens")
+        return
+    assert s.text_bytes >= 0 and s.structured_bytes >= 0 and s.messages >= 0
+    assert s.output_tokens is None or s.output_tokens >= 1

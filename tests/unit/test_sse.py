@@ -2,6 +2,7 @@ import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from extproc.emulator.responses import Envelope, ResponseEvents, ResponseHead, responses_usage
 from extproc.server.sse import SseUsageScanner
 
 
@@ -93,3 +94,26 @@ def test_never_raises_and_strip_off_never_changes_bytes(chunks, strip):
     out += s.finish()
     if not strip:
         assert out == b""
+
+
+def responses_stream(crlf: bool) -> bytes:
+    """A /v1/responses stream as the emulator writes it (typed events, usage in response.completed)."""
+    events = ResponseEvents(ResponseHead(Envelope("resp_1", 0, "served-m"), None, None))
+    body = events.start() + b"".join(events.delta(f" w{i}") for i in range(5))
+    body += events.finish(" w0 w1 w2 w3 w4", "stop", responses_usage(42, 5))
+    return body.replace(b"\n", b"\r\n") if crlf else body
+
+
+@given(cuts=chunkings, crlf=st.booleans())
+def test_responses_stream_usage_comes_from_response_completed_at_any_chunking(cuts, crlf):
+    body = responses_stream(crlf)
+    s = SseUsageScanner()
+    run(s, body, [c % (len(body) + 1) for c in cuts])
+    assert (s.usage["input_tokens"], s.usage["output_tokens"], s.model) == (42, 5, "served-m")
+
+
+def test_responses_events_before_completion_carry_no_usage():
+    body = responses_stream(False)
+    s = SseUsageScanner()
+    s.feed(body[: body.index(b"event: response.completed")])
+    assert s.usage is None  # response.created/in_progress have "usage": null
