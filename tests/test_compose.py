@@ -26,9 +26,10 @@ from tests.processes import terminate
 ROOT = Path(__file__).resolve().parents[1]
 # The README's command for the emulator stack; the opt-in Docker test runs exactly this.
 DOCUMENTED_UP = ["--profile", "cpu", "up", "-d", "--wait"]
-# After the router dies, a request is answered (by the long pool) within this: the router cluster's
-# 0.25 s connect timeout, then fail-open (slack for a loaded machine).
-FAIL_OPEN_BOUND_S = 1.0
+# After the router dies the first request waits one router connect timeout (1.5 s) and ejects it, the
+# next ones are answered by the long pool at once (bounds with slack for a loaded machine).
+FIRST_FAIL_OPEN_BOUND_S = 2.5
+FAIL_OPEN_BOUND_S = 0.5
 BASE_IMAGE = "budget-router-base:bookworm"
 ENVOY_LOCAL_IMAGE = "budget-router-envoy:local"
 
@@ -348,7 +349,7 @@ def test_cpu_profile_routes_to_both_pools_under_docker(tmp_path: Path) -> None:
                 assert _chat(envoy_port, "Say hello in one word.") == 200
                 timings.append(time.monotonic() - started)
             print("after docker kill of the router, request seconds:", [round(t, 3) for t in timings])
-            assert max(timings) < FAIL_OPEN_BOUND_S, timings
+            assert timings[0] < FIRST_FAIL_OPEN_BOUND_S and max(timings[1:]) < FAIL_OPEN_BOUND_S, timings
             after_kill = _cluster_requests(admin_port)
             assert after_kill[ec.LONG_CLUSTER] - after[ec.LONG_CLUSTER] >= 5  # fail-open = the long pool
         except BaseException:

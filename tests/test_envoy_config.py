@@ -32,9 +32,10 @@ from tests.processes import terminate
 
 ROOT = Path(__file__).resolve().parents[1]
 ENVOY = envoy_binary()
-# A request is answered within this after the router vanishes: one 0.25 s router connect timeout, then
-# fail-open to the long pool (slack for a loaded CI machine).
-FAIL_OPEN_BOUND_S = 1.0
+# After the router vanishes, the first request waits one router connect timeout (1.5 s) and ejects it;
+# the next ones fail open to the long pool at once (bounds with slack for a loaded CI machine).
+FIRST_FAIL_OPEN_BOUND_S = 2.5
+FAIL_OPEN_BOUND_S = 0.5
 
 
 # ---------------------------------------------------------------- pure renderer
@@ -512,8 +513,8 @@ async def test_router_that_vanishes_fails_open_without_waiting_out_health_checks
     pools: tuple[Pool, Pool], tmp_path: Path
 ) -> None:
     router_port = _free_port()
-    # The shipped health-check interval: without a connect timeout sized for a local hop each request
-    # would wait the old 5 s connect timeout until two checks (>= 4 s) had failed.
+    # The shipped health-check interval: without ejection each request would wait the connect timeout
+    # until two checks (>= 4 s) had failed.
     layout = _layout(*pools, router_port=router_port, router_health_interval_s=2.0)
     async with aiohttp.ClientSession() as session:
         with running_envoy(layout, tmp_path) as proc:
@@ -536,7 +537,5 @@ async def test_router_that_vanishes_fails_open_without_waiting_out_health_checks
                     pool = (await _post(session, layout, body=b'{"route": "short"}'))[1]["pool"]
                 recovered_s = time.monotonic() - started
                 assert pool == "short" and recovered_s < 2 * layout.router_health_interval_s + 0.5, recovered_s
-    # Each request waits one router connect timeout (0.25 s) at most before Envoy fails open.
     print("fail-open seconds after the router vanished:", [round(t, 3) for t in timings])
-    assert max(timings) < FAIL_OPEN_BOUND_S, timings
-    assert layout.router_connect_timeout_s == 0.25
+    assert timings[0] < FIRST_FAIL_OPEN_BOUND_S and max(timings[1:]) < FAIL_OPEN_BOUND_S, timings

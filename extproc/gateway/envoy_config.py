@@ -85,9 +85,10 @@ class EnvoyLayout:
     route_timeout_s: float = 600.0
     stream_idle_timeout_s: float = 600.0
     router_health_interval_s: float = 2.0
-    # The router is a local gRPC hop (same host or pod network): a connect that takes longer than this
-    # is a dead replica, and every request waits for it before failing open.
-    router_connect_timeout_s: float = 0.25
+    # The router is a local gRPC hop: a connect slower than this is a dead replica. Above Linux's 1 s
+    # initial SYN retransmission, so a restarted router whose port still has TIME_WAIT entries (a
+    # reused 4-tuple costs one retransmitted SYN) is reached instead of failed.
+    router_connect_timeout_s: float = 1.5
     pool_health_interval_s: float = 5.0
     # Route "short" through an aggregate cluster [pool_short, pool_long]: when no short host is healthy,
     # short requests (which always fit the long pool) go long instead of failing.
@@ -289,12 +290,21 @@ def clusters(layout: EnvoyLayout) -> list[dict[str, Any]]:
             panic_threshold=0.0,
             connect_timeout_s=layout.router_connect_timeout_s,
         )
-        # A killed container's address answers nothing (no RST): each request then waits out the
-        # router's connect timeout before failing open, until two health checks have failed. That
-        # timeout is sized for a local hop (0.25 s), so the outage costs a quarter second per request
-        # for a few seconds, and a restarted router is used again on its first passing health check.
-        # (Outlier ejection would skip even that quarter second, but Envoy then keeps a restarted
-        # router unused for up to a second after its health check passes.)
+        # A killed container's address answers nothing (no RST): each request would wait out the
+        # connect timeout until two health checks had failed. Failing open, the first failed connect
+        # ejects the replica instead, so the next requests go to the long pool at once; the detector
+        # ticks every 0.1 s, so a restarted router is used again as soon as its health check passes.
+        # Failing closed there is no ejection: it would turn a healthy-again router into 503s.
+        if layout.failure_mode_allow:
+            router["outlier_detection"] = {
+                "split_external_local_origin_errors": True,
+                "consecutive_local_origin_failure": 1,
+                "enforcing_consecutive_local_origin_failure": 100,
+                "interval": "0.1s",
+                "base_ejection_time": "1s",
+                "max_ejection_time": "2s",
+                "max_ejection_percent": 100,
+            }
         out.insert(0, router)
     if layout.otlp is not None:
         host, port = layout.otlp
