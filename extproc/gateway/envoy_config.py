@@ -448,8 +448,8 @@ def access_log_format(layout: EnvoyLayout) -> dict[str, str]:
         "flags": "%RESPONSE_FLAGS%",
         "details": "%RESPONSE_CODE_DETAILS%",
         "request_id": "%REQ(X-REQUEST-ID)%",
-        "pool": SERVED_POOL,  # the pool that served; "-" when no upstream answered
-        "routed": f"%REQ({layout.header_name.upper()})%",  # the router's choice ("-": none, i.e. long)
+        "pool": SERVED_POOL,  # the pool whose endpoint served; null when no upstream was picked
+        "routed": f"%REQ({layout.header_name.upper()})%",  # the router's choice; null: none (the long default)
         "cluster": "%UPSTREAM_CLUSTER%",
         "upstream": "%UPSTREAM_HOST%",
         "bytes_in": "%BYTES_RECEIVED%",
