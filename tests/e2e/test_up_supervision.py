@@ -11,14 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
 import signal
 import subprocess
-import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
 
 import aiohttp
 import orjson
@@ -30,6 +26,7 @@ from extproc.stack.access_log import AccessLog
 from extproc.stack.probes import http_get
 from extproc.stack.stack import child_env
 from tests.e2e.client import CHAT_PATH, body_for, post, sse_payloads
+from tests.e2e.console import Console
 from tests.e2e.test_up_cli import _assert_clean, _up
 
 pytestmark = pytest.mark.e2e
@@ -38,39 +35,6 @@ IN_FLIGHT = 100
 DURING_RESTART = 60
 STREAM_TOKENS = 300  # long enough (at latency scale 1) that every stream outlives the kill
 CATEGORY = "prose"
-
-
-@dataclass
-class Console:
-    """``up``'s merged stdout/stderr, read on a thread with the time each line arrived."""
-
-    stream: IO[str]
-    lines: list[tuple[float, str]] = field(default_factory=list)
-    changed: threading.Condition = field(default_factory=threading.Condition)
-
-    def __post_init__(self) -> None:
-        threading.Thread(target=self._pump, daemon=True).start()
-
-    def _pump(self) -> None:
-        for line in self.stream:
-            with self.changed:
-                self.lines.append((time.monotonic(), line.rstrip("\n")))
-                self.changed.notify_all()
-
-    def wait_for(self, pattern: str, timeout_s: float) -> tuple[float, re.Match[str]]:
-        """The first line matching ``pattern``; fails the test when none comes in time."""
-        regex = re.compile(pattern)
-        deadline = time.monotonic() + timeout_s
-        with self.changed:
-            while True:
-                for t, line in self.lines:
-                    if match := regex.search(line):
-                        return t, match
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    text = "\n".join(line for _, line in self.lines)[-3000:]
-                    pytest.fail(f"no line matching {pattern!r} within {timeout_s:.0f} s; console:\n{text}")
-                self.changed.wait(left)
 
 
 def _router_pid(port: int) -> int:
