@@ -63,7 +63,7 @@ class AccessLog:
         return self.by_id[request_id]
 
     def pool(self, request_id: str, timeout_s: float = 5.0) -> str:
-        """``short`` / ``long`` (or Envoy's cluster field as is, e.g. ``-`` when no upstream was picked)."""
+        """``short`` / ``long``, else Envoy's cluster field as is (``-`` when no upstream was picked)."""
         self.entry(request_id, timeout_s)
         return self.pool_of(request_id)
 
@@ -73,4 +73,4 @@ class AccessLog:
         if entry is None:
             return "none"
         pool = str(entry.get("pool"))
-        return pool if pool in POOLS else str(entry.get("cluster"))
+        return pool if pool in POOLS else str(entry.get("cluster") or "-")
