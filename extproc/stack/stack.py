@@ -200,6 +200,7 @@ class Stack:
         self.pool_ports: dict[str, int] = {}
         self.router_ports: list[int] = []
         self.router_metrics_ports: list[int] = []
+        self._ready: dict[str, Callable[[], bool]] = {}  # child name -> its readiness probe, for restarts
         self.pools: dict[str, ManagedProcess] = {}
         self.routers: list[ManagedProcess] = []
         self.envoy: ManagedProcess | None = None
@@ -322,6 +323,7 @@ class Stack:
                         raise
                     port = free_port()
                     proc = self._spawn(spec, port)
+            self._ready[spec.name] = lambda p=port, s=spec: s.probe_for(p)
             if spec.pool:
                 self.pools[spec.pool], self.pool_ports[spec.pool] = proc, port
             else:
@@ -345,7 +347,7 @@ class Stack:
             self.envoy = ManagedProcess("envoy", argv, self.run_dir / "envoy.log")
             self._start_process(self.envoy)
             try:
-                self.envoy.wait_until(lambda: http_ok(f"{self.admin_url}/ready"), o.startup_timeout_s, "ready")
+                self.envoy.wait_until(self._envoy_ready, o.startup_timeout_s, "ready")
                 self.wait_upstreams_healthy()
                 return
             except ProcessFailed as exc:
@@ -409,17 +411,16 @@ class Stack:
         else:
             router_down = "Envoy fails open: every request goes to the long pool meanwhile"
         short_down = "short requests go to the long pool meanwhile" if self.layout().short_failover else ""
-        watched = [Watched(self.envoy, lambda: http_ok(f"{self.admin_url}/ready"), "no client can connect meanwhile")]
+        watched = [Watched(self.envoy, self._envoy_ready, "no client can connect meanwhile")]
+        watched += [Watched(r, self._ready[r.name], router_down) for r in self.routers]
         watched += [
-            Watched(r, lambda p=p: grpc_serving(f"{HOST}:{p}"), router_down)
-            for r, p in zip(self.routers, self.router_ports, strict=True)
-        ]
-        watched += [
-            Watched(proc, lambda p=self.pool_ports[pool]: http_ok(f"http://{HOST}:{p}/health"), note)
+            Watched(proc, self._ready[proc.name], short_down if pool == "short" else f"requests routed {pool} fail")
             for pool, proc in self.pools.items()
-            for note in [short_down if pool == "short" else f"requests routed {pool} fail meanwhile"]
         ]
         return watched
+
+    def _envoy_ready(self) -> bool:
+        return http_ok(f"{self.admin_url}/ready")
 
     @property
     def _router_config(self) -> Config:

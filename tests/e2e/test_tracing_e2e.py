@@ -12,8 +12,6 @@ Request ids are UUIDs: Envoy's default request-id extension only samples a reque
 from __future__ import annotations
 
 import re
-import signal
-import subprocess
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -26,8 +24,7 @@ from extproc.config import TelemetryConfig
 from extproc.stack.stack import Stack, child_env
 from tests.conftest import start_stack
 from tests.e2e.client import MODEL
-from tests.e2e.console import Console
-from tests.e2e.test_up_cli import _up
+from tests.e2e.console import running_up
 from tests.test_telemetry_setup import OtlpTraceReceiver
 
 pytestmark = pytest.mark.e2e
@@ -134,21 +131,16 @@ def test_client_traceparent_wins_over_envoys_metadata(traced):
 
 def test_up_otlp_traces_envoy_and_the_router_together(tmp_path: Path) -> None:
     """``budget-router up --otlp`` alone turns tracing on in both: one trace, Envoy's span the parent."""
-    run_dir = tmp_path / "run"
     env = {**child_env(), "OTEL_BSP_SCHEDULE_DELAY": "100"}
     with OtlpTraceReceiver() as receiver:
         collector = f"127.0.0.1:{receiver.port}"
-        argv = _up("--latency-scale", "0", "--run-dir", str(run_dir), "--otlp", collector)
-        proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        try:
-            assert proc.stdout is not None
-            console = Console(proc.stdout)
-            _, m = console.wait_for(r"Envoy \(OpenAI API\):\s+(http://\S+)/v1/chat/completions", 90)
+        args = ("--latency-scale", "0", "--run-dir", str(tmp_path / "run"), "--otlp", collector)
+        with running_up(*args, env=env) as (console, url):
             console.wait_for(rf"traces \(OTLP/gRPC\):\s+{re.escape(collector)}", 5)
             request_id = str(uuid.uuid4())
             body = {"model": MODEL, "max_tokens": 4, "messages": [{"role": "user", "content": "Trace me. " * 20}]}
             req = urllib.request.Request(
-                m.group(1) + "/v1/chat/completions",
+                url + "/v1/chat/completions",
                 data=orjson.dumps(body),
                 headers={"content-type": "application/json", "x-request-id": request_id},
             )
@@ -160,9 +152,3 @@ def test_up_otlp_traces_envoy_and_the_router_together(tmp_path: Path) -> None:
             assert router is not None, f"spans seen: {[(svc, sp.name) for svc, sp in spans]}"
             envoy_ids = {sp.span_id for svc, sp in spans if svc == ENVOY_SERVICE and sp.trace_id == trace_id}
             assert router.parent_span_id in envoy_ids
-            proc.send_signal(signal.SIGTERM)
-            assert proc.wait(30) == 0
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()

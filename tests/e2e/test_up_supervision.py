@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import subprocess
 import time
 from pathlib import Path
 
@@ -24,10 +23,9 @@ from extproc.algorithm import Calibrator
 from extproc.server.state_store import StateStore
 from extproc.stack.access_log import AccessLog
 from extproc.stack.probes import http_get
-from extproc.stack.stack import child_env
 from tests.e2e.client import CHAT_PATH, body_for, post, sse_payloads
-from tests.e2e.console import Console
-from tests.e2e.test_up_cli import _assert_clean, _up
+from tests.e2e.console import running_up
+from tests.e2e.test_up_cli import _assert_clean
 
 pytestmark = pytest.mark.e2e
 
@@ -131,13 +129,7 @@ def _ok(result: object) -> bool:
 
 def test_router_sigkill_under_up_loses_no_request_and_resumes_calibration(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
-    argv = _up("--latency-scale", "1", "--run-dir", str(run_dir), "--served-pool-header")
-    proc = subprocess.Popen(argv, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        assert proc.stdout is not None
-        console = Console(proc.stdout)
-        _, m = console.wait_for(r"Envoy \(OpenAI API\):\s+(http://\S+)/v1/chat/completions", 90)
-        url = m.group(1)
+    with running_up("--latency-scale", "1", "--run-dir", str(run_dir), "--served-pool-header") as (console, url):
         _, m = console.wait_for(r"router-0 \(ext_proc\):\s+127\.0\.0\.1:(\d+)\s+metrics (http://\S+)", 5)
         router_port, metrics_url = int(m.group(1)), m.group(2)
 
@@ -174,12 +166,6 @@ def test_router_sigkill_under_up_loses_no_request_and_resumes_calibration(tmp_pa
             f"\nsent {IN_FLIGHT + DURING_RESTART}, failed {len(failed)}, router back "
             f"{restarted_at - run['killed_at']:.2f} s after SIGKILL (up says {m.group(1)} s)"
         )
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(30) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
     _assert_clean(run_dir)
 
 
