@@ -35,17 +35,16 @@ STREAM_TOKENS = 300  # long enough (at latency scale 1) that every stream outliv
 CATEGORY = "prose"
 
 
-def _router_pid(port: int) -> int:
-    """The router process listening on ``port`` (found by its command line, as an operator would)."""
-    wanted = f"--server-listen 127.0.0.1:{port} "
+def _pid_of(fragment: str) -> int:
+    """The process whose command line contains ``fragment`` (found as an operator would)."""
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
-        if wanted in cmdline and " serve " in cmdline:
+        if fragment in cmdline:
             return int(pid)
-    raise AssertionError(f"no router process on port {port}")
+    raise AssertionError(f"no process with {fragment!r} in its command line")
 
 
 def _decisions_since_last_start(log: Path) -> list[dict]:
@@ -102,7 +101,7 @@ async def _load_through_kill(url: str, router_port: int, state_file: Path) -> di
         for _ in range(IN_FLIGHT):
             await asyncio.wait_for(first_bytes.get(), 60)
         assert not any(t.done() for t in in_flight), "a stream ended before the kill: raise STREAM_TOKENS"
-        pid = _router_pid(router_port)
+        pid = _pid_of(f" serve --server-listen 127.0.0.1:{router_port} ")
         os.kill(pid, signal.SIGKILL)
         killed_at = time.monotonic()
         saved = Calibrator()
@@ -166,6 +165,13 @@ def test_router_sigkill_under_up_loses_no_request_and_resumes_calibration(tmp_pa
             f"\nsent {IN_FLIGHT + DURING_RESTART}, failed {len(failed)}, router back "
             f"{restarted_at - run['killed_at']:.2f} s after SIGKILL (up says {m.group(1)} s)"
         )
+
+        # A pool that dies is reported and restarted the same way; meanwhile short requests fail over.
+        _, m = console.wait_for(r"short pool \(direct\):\s+http://127\.0\.0\.1:(\d+)", 1)
+        os.kill(_pid_of(f" emulate --host 127.0.0.1 --port {m.group(1)} "), signal.SIGKILL)
+        console.wait_for(r"pool-short \(pid \d+\) was killed by SIGKILL; restarting in .*long pool meanwhile", 10)
+        console.wait_for(r"pool-short serving again", 30)
+        asyncio.run(_one_prose(url))
     _assert_clean(run_dir)
 
 
