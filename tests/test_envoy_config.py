@@ -105,6 +105,42 @@ def test_ext_proc_modes_and_fail_modes() -> None:
     assert cfg["processing_mode"]["response_body_mode"] == "NONE"
 
 
+def test_every_pool_endpoint_names_its_pool_and_the_log_reads_it() -> None:
+    """The served pool comes from the endpoint's metadata, so an aggregate (failover) cluster or a
+    retry onto the other pool still logs the pool that answered."""
+    layout = ec.EnvoyLayout(short=[("s1", 1), ("s2", 2)], long=[("l1", 3)])
+    boot = yaml.safe_load(ec.render(layout))
+    named = {
+        c["name"]: [e["metadata"]["filter_metadata"][ec.POOL_METADATA_NAMESPACE]["pool"] for e in lb["lb_endpoints"]]
+        for c in boot["static_resources"]["clusters"]
+        if "load_assignment" in c and c["name"] in ec.CLUSTER_POOLS
+        for lb in c["load_assignment"]["endpoints"]
+    }
+    assert named == {ec.SHORT_CLUSTER: ["short", "short"], ec.LONG_CLUSTER: ["long"]}
+    router = next(c for c in boot["static_resources"]["clusters"] if c["name"] == ec.ROUTER_CLUSTER)
+    assert "metadata" not in router["load_assignment"]["endpoints"][0]["lb_endpoints"][0]
+    fmt = _hcm(layout)["access_log"][0]["typed_config"]["log_format"]["json_format"]
+    assert fmt["pool"] == f"%UPSTREAM_METADATA({ec.POOL_METADATA_NAMESPACE}:pool)%"
+    assert fmt["routed"] == "%REQ(X-BUDGET-POOL)%"
+
+
+def test_served_pool_header_is_opt_in() -> None:
+    assert "response_headers_to_add" not in _hcm(ec.EnvoyLayout())["route_config"]["virtual_hosts"][0]
+    on = ec.EnvoyLayout(served_pool_header=ec.SERVED_POOL_HEADER)
+    (added,) = _hcm(on)["route_config"]["virtual_hosts"][0]["response_headers_to_add"]
+    assert added["header"] == {"key": ec.SERVED_POOL_HEADER, "value": ec.SERVED_POOL}
+
+
+def test_cli_served_pool_header_flag(tmp_path: Path) -> None:
+    from extproc.cli import main
+
+    out = tmp_path / "e.yaml"
+    assert main(["envoy-config", "--out", str(out), "--served-pool-header"]) == 0
+    host = yaml.safe_load(out.read_text())["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+    headers = host["typed_config"]["route_config"]["virtual_hosts"][0]["response_headers_to_add"]
+    assert headers[0]["header"]["key"] == ec.SERVED_POOL_HEADER
+
+
 def test_limits_are_consistent() -> None:
     layout = ec.EnvoyLayout(max_body_bytes=8 * ec.MIB, grpc_max_message_bytes=10 * ec.MIB)
     boot = yaml.safe_load(ec.render(layout))
@@ -124,6 +160,7 @@ def test_limits_are_consistent() -> None:
         ({"long": [("h", 0)]}, "1..65535"),
         ({"router": [("bad host", 1)]}, "bad host"),
         ({"header_name": "X-Budget-Pool"}, "lower-case"),
+        ({"served_pool_header": "Served Pool"}, "served_pool_header"),
         ({"max_body_bytes": 10}, "64 KiB"),
     ],
 )
@@ -172,6 +209,7 @@ VARIANTS = {
         long=[("127.0.0.1", 8003)],
         otlp=("127.0.0.1", 4317),
         access_log_path=None,
+        served_pool_header=ec.SERVED_POOL_HEADER,
     ),
     "no-ext-proc": ec.EnvoyLayout(ext_proc=False, strip_client_header=False),
 }

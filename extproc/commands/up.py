@@ -3,7 +3,8 @@
 Without ``--replay`` it starts the stack, prints the endpoint and a curl example and runs until
 Ctrl-C or SIGTERM. With ``--replay`` it sends the workload through Envoy, draws a progress bar, stops
 the stack (so Envoy and the routers flush their logs and state) and prints the report. Either way
-every child process is stopped on the way out, interrupted or not.
+a child that dies meanwhile is restarted (a crashed router is an outage of routing, not of serving),
+and every child process is stopped on the way out, interrupted or not.
 """
 
 from __future__ import annotations
@@ -11,15 +12,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import os
 import signal
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import orjson
 
+from extproc.config import TelemetryConfig
+from extproc.gateway.envoy_config import SERVED_POOL_HEADER, Endpoint, parse_endpoint
 from extproc.router_factory import build_router
 from extproc.stack.replay import MODEL, PlannedRequest, Replayer, plan
 from extproc.stack.replay_progress import Progress
@@ -31,6 +35,8 @@ from extproc.workload.spec import build_workload
 
 TRACE_ALIASES = {"synthetic": "synthetic-heavy-tail"}
 DEMO_HINT = "budget-router up --replay azure-conv --rate 20 --duration 60"
+OTLP_ENV = "OTEL_EXPORTER_OTLP_ENDPOINT"
+OTLP_GRPC_PORT = 4317
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -61,6 +67,40 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     s.add_argument("--admin-port", type=int, default=0, help="Envoy admin port (0 = a free one)")
     s.add_argument("--state-file", type=Path, help="router calibration state (default: in the run dir)")
     s.add_argument("--run-dir", type=Path, help="logs, envoy.yaml and state (default: a new temp dir)")
+    o = parser.add_argument_group("observability")
+    o.add_argument(
+        "--metrics-port", type=int, default=TelemetryConfig().metrics_port,
+        help="routers' Prometheus port (replicas take the next ones; a free port where taken; 0 = off)",
+    )  # fmt: skip
+    o.add_argument(
+        "--otlp", metavar="HOST:PORT",
+        help=f"OTLP/gRPC collector: tracing on in Envoy and the routers (default: ${OTLP_ENV}, else off)",
+    )  # fmt: skip
+    o.add_argument(
+        "--served-pool-header", action="store_true",
+        help=f"Envoy adds {SERVED_POOL_HEADER}: <pool> to every response (for debugging clients)",
+    )  # fmt: skip
+
+
+def otlp_collector(flag: str | None, env: dict[str, str] | os._Environ[str]) -> Endpoint | None:
+    """``--otlp HOST:PORT``, else the standard ``OTEL_EXPORTER_OTLP_ENDPOINT`` (a URL or HOST:PORT)."""
+    text = flag if flag is not None else env.get(OTLP_ENV, "")
+    if not text.strip():
+        return None
+    source = "--otlp" if flag is not None else OTLP_ENV
+    if "://" in text:
+        url = urlsplit(text)
+        try:
+            port = url.port or OTLP_GRPC_PORT
+        except ValueError as exc:
+            raise ValueError(f"{source}: bad port in {text!r}") from exc
+        if not url.hostname:
+            raise ValueError(f"{source}: expected HOST:PORT or a URL, got {text!r}")
+        return url.hostname, port
+    try:
+        return parse_endpoint(text)
+    except ValueError as exc:
+        raise ValueError(f"{source}: {exc}") from exc
 
 
 def stack_options(args: argparse.Namespace) -> StackOptions:
@@ -68,6 +108,8 @@ def stack_options(args: argparse.Namespace) -> StackOptions:
         raise ValueError(f"--stream-share must be within [0, 1], got {args.stream_share}")
     if args.latency_scale < 0:
         raise ValueError(f"--latency-scale must be >= 0, got {args.latency_scale}")
+    if not 0 <= args.metrics_port <= 65535:
+        raise ValueError(f"--metrics-port must be within 0..65535, got {args.metrics_port}")
     # The replay reads the router's own decision lines for the report.
     flags = ["--telemetry-json-logs", "true", "--telemetry-log-decisions", "true", *args.router_flag]
     return StackOptions(
@@ -79,6 +121,10 @@ def stack_options(args: argparse.Namespace) -> StackOptions:
         listen_port=args.port,
         admin_port=args.admin_port,
         state_file=args.state_file,
+        supervise=True,
+        metrics_port=args.metrics_port,
+        otlp=otlp_collector(args.otlp, os.environ),
+        layout_overrides={"served_pool_header": SERVED_POOL_HEADER} if args.served_pool_header else {},
     )
 
 
@@ -104,16 +150,13 @@ def run(args: argparse.Namespace) -> int:
 
 
 def interactive(stack: Stack) -> int:
-    stopped = threading.Event()
+    """Serve until Ctrl-C or SIGTERM; the stack's supervisor restarts whatever dies meanwhile."""
     print(f"starting Envoy, router and two pools (logs in {stack.run_dir}) ...", file=sys.stderr, flush=True)
     try:
         stack.start()
         print(banner(stack), flush=True)
-        while not stopped.wait(1.0):
-            dead = [p.name for p in stack.processes if not p.alive]
-            if dead:
-                print(f"budget-router up: {', '.join(dead)} exited; see {stack.run_dir}", file=sys.stderr)
-                return 1
+        while True:
+            time.sleep(3600)
     except KeyboardInterrupt:
         print("\nstopping ...", file=sys.stderr)
     finally:
@@ -129,15 +172,30 @@ def banner(stack: Stack) -> str:
             f"Envoy admin:          {stack.admin_url}",
             f"short pool (direct):  {stack.pool_url('short')}  max-model-len {stack.options.short.max_model_len}",
             f"long pool (direct):   {stack.pool_url('long')}  max-model-len {stack.options.long.max_model_len}",
+            *observability_lines(stack),
             f"router calibration:   {stack.state_file}",
             f"logs:                 {stack.run_dir}",
             "",
             f"curl -s {stack.url}/v1/chat/completions -H 'content-type: application/json' -d '{body.decode()}'",
             "",
-            f"Which pool served it: {stack.access_log.path} (field 'cluster'). Ctrl-C stops everything.",
+            f"Which pool served it: {stack.access_log.path} (field 'pool'). Ctrl-C stops everything;",
+            "a router or pool that dies is restarted (Envoy fails open to the long pool meanwhile).",
             f"A replay instead: {DEMO_HINT}",
         ]
     )
+
+
+def observability_lines(stack: Stack) -> list[str]:
+    """Router addresses, their Prometheus endpoints and where traces go, one line each."""
+    metrics = stack.metrics_urls()
+    lines = [
+        f"router-{i} (ext_proc):  {stack.router_address(i)}" + (f"  metrics {metrics[i]}" if metrics else "")
+        for i in range(len(stack.router_ports))
+    ]
+    if stack.options.otlp:
+        host, port = stack.options.otlp
+        lines.append(f"traces (OTLP/gRPC):   {host}:{port}  from Envoy and the router(s)")
+    return lines
 
 
 async def replay_main(args: argparse.Namespace, stack: Stack, spec: Any) -> int:
@@ -152,7 +210,13 @@ async def replay_main(args: argparse.Namespace, stack: Stack, spec: Any) -> int:
             raise ValueError("the workload is empty (check --duration / --requests)")
         planned = await asyncio.to_thread(plan, requests, args.stream_share, spec.seed)
         await starting
-        print(f"stack up: {stack.url}; replaying {len(planned)} requests of {spec.trace}", file=sys.stderr, flush=True)
+        metrics = "".join(f"; metrics {url}" for url in stack.metrics_urls())
+        traces = f"; traces to {stack.options.otlp[0]}:{stack.options.otlp[1]}" if stack.options.otlp else ""
+        print(
+            f"stack up: {stack.url}; replaying {len(planned)} requests of {spec.trace}{metrics}{traces}",
+            file=sys.stderr,
+            flush=True,
+        )
         return await _replay_and_report(args, stack, spec, planned)
     finally:
         # Not via to_thread: a second Ctrl-C must not abandon the cleanup half way.

@@ -37,6 +37,12 @@ SHORT_CLUSTER = "pool_short"
 SHORT_FAILOVER_CLUSTER = "pool_short_failover"
 LONG_CLUSTER = "pool_long"
 OTEL_CLUSTER = "otel_collector"
+# Every pool endpoint carries its pool's name as host metadata, so logs and headers name the pool that
+# really served even when the route's cluster is an aggregate (failover, or a retry onto another pool).
+POOL_METADATA_NAMESPACE = "budget_router"
+SERVED_POOL = f"%UPSTREAM_METADATA({POOL_METADATA_NAMESPACE}:pool)%"
+CLUSTER_POOLS = {SHORT_CLUSTER: "short", LONG_CLUSTER: "long"}
+SERVED_POOL_HEADER = "x-budget-pool-served"  # the name the opt-in served-pool header gets
 # Response-body modes the router may switch to with mode_override: STREAMED for SSE (so a long
 # generation is never buffered whole) and NONE once it needs nothing more from the response.
 OVERRIDE_RESPONSE_BODY_MODES = ("STREAMED", "NONE")
@@ -96,6 +102,8 @@ class EnvoyLayout:
     pool_health_path: str = "/health"
     max_concurrent_requests: int = 10_000
     access_log_path: str | None = "/dev/stdout"
+    # Response header naming the pool that answered (for debugging clients); "" = not sent.
+    served_pool_header: str = ""
 
     def __post_init__(self) -> None:
         for name in ("router", "short", "long"):
@@ -104,8 +112,10 @@ class EnvoyLayout:
             object.__setattr__(self, "otlp", _endpoints([self.otlp], "otlp")[0])
         for name in ("listen_port", "admin_port"):
             _check_port(getattr(self, name), name)
-        if not _HEADER_RE.match(self.header_name):
-            raise ValueError(f"header_name {self.header_name!r} must be a lower-case HTTP header token")
+        for name in ("header_name", "served_pool_header"):
+            value = getattr(self, name)
+            if (value or name == "header_name") and not _HEADER_RE.match(value):
+                raise ValueError(f"{name} {value!r} must be a lower-case HTTP header token")
         if not self.short_value:
             raise ValueError("short_value must not be empty")
         if self.max_body_bytes < 64 * 1024:
@@ -185,6 +195,8 @@ def _cluster(
     connect_timeout_s: float = 5.0,
 ) -> dict[str, Any]:
     limit = layout.max_concurrent_requests
+    pool = CLUSTER_POOLS.get(name)
+    metadata = {"metadata": {"filter_metadata": {POOL_METADATA_NAMESPACE: {"pool": pool}}}} if pool else {}
     cluster: dict[str, Any] = {
         "name": name,
         "type": "STATIC" if all(_is_ip(h) for h, _ in endpoints) else "STRICT_DNS",
@@ -207,7 +219,9 @@ def _cluster(
         },
         "load_assignment": {
             "cluster_name": name,
-            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": _address(h, p)}} for h, p in endpoints]}],
+            "endpoints": [
+                {"lb_endpoints": [{"endpoint": {"address": _address(h, p)}, **metadata} for h, p in endpoints]}
+            ],
         },
         "health_checks": [health_check],
     }
@@ -407,6 +421,19 @@ def routes(layout: EnvoyLayout) -> list[dict[str, Any]]:
     ]
 
 
+def virtual_host(layout: EnvoyLayout) -> dict[str, Any]:
+    host: dict[str, Any] = {"name": "llm", "domains": ["*"], "routes": routes(layout)}
+    if layout.served_pool_header:
+        # Evaluated when the response starts, from the endpoint that answered (omitted when none did).
+        host["response_headers_to_add"] = [
+            {
+                "header": {"key": layout.served_pool_header, "value": SERVED_POOL},
+                "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+            }
+        ]
+    return host
+
+
 def early_header_mutation(layout: EnvoyLayout) -> list[dict[str, Any]]:
     """Runs before route selection and every filter: only the router may choose the short pool."""
     if not layout.strip_client_header:
@@ -431,7 +458,8 @@ def access_log_format(layout: EnvoyLayout) -> dict[str, str]:
         "flags": "%RESPONSE_FLAGS%",
         "details": "%RESPONSE_CODE_DETAILS%",
         "request_id": "%REQ(X-REQUEST-ID)%",
-        "pool": f"%REQ({layout.header_name.upper()})%",
+        "pool": SERVED_POOL,  # the pool whose endpoint served; null when no upstream was picked
+        "routed": f"%REQ({layout.header_name.upper()})%",  # the router's choice; null: none (the long default)
         "cluster": "%UPSTREAM_CLUSTER%",
         "upstream": "%UPSTREAM_HOST%",
         "bytes_in": "%BYTES_RECEIVED%",
@@ -457,7 +485,7 @@ def connection_manager(layout: EnvoyLayout) -> dict[str, Any]:
         "http2_protocol_options": _h2_windows(layout.max_body_bytes),
         "route_config": {
             "name": "budget_routes",
-            "virtual_hosts": [{"name": "llm", "domains": ["*"], "routes": routes(layout)}],
+            "virtual_hosts": [virtual_host(layout)],
         },
         "http_filters": http_filters(layout),
     }
@@ -625,6 +653,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--message-timeout-s", type=float, default=d.message_timeout_s)
     parser.add_argument("--route-timeout-s", type=float, default=d.route_timeout_s)
     parser.add_argument("--access-log", default=d.access_log_path, help="access log path or 'none'")
+    parser.add_argument(
+        "--served-pool-header", nargs="?", const=SERVED_POOL_HEADER, default=d.served_pool_header, metavar="NAME",
+        help=f"add a response header naming the pool that answered (name: {SERVED_POOL_HEADER}; off unless given)",
+    )  # fmt: skip
 
 
 def layout_from_args(args: argparse.Namespace) -> EnvoyLayout:
@@ -654,6 +686,7 @@ def layout_from_args(args: argparse.Namespace) -> EnvoyLayout:
         message_timeout_s=args.message_timeout_s,
         route_timeout_s=args.route_timeout_s,
         access_log_path=None if args.access_log.lower() == "none" else args.access_log,
+        served_pool_header=args.served_pool_header,
     )
 
 

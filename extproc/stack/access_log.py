@@ -1,8 +1,10 @@
-"""Envoy's JSON access log read back: which cluster (pool) served each request, and with what status.
+"""Envoy's JSON access log read back: which pool served each request, and with what status.
 
 The stack asks Envoy to flush the log every 100 ms; the replay sends its own ``x-request-id`` (Envoy
 keeps it, ``preserve_external_request_id``), so every client request finds its log line, even one
 Envoy served while the router was down (those never reach the router, whose view would miss them).
+The log's ``pool`` field is the serving endpoint's own pool name (host metadata), so a request the
+failover cluster sent to the long pool reads ``long``, not the aggregate cluster's name.
 """
 
 from __future__ import annotations
@@ -13,8 +15,9 @@ from typing import Any
 
 import orjson
 
-CLUSTER_POOLS = {"pool_short": "short", "pool_long": "long"}
-AGGREGATE_CLUSTERS = {"pool_short_failover"}  # serves from either pool: resolve by upstream host
+from extproc.gateway.envoy_config import CLUSTER_POOLS
+
+POOLS = frozenset(CLUSTER_POOLS.values())
 
 
 class AccessLog:
@@ -23,7 +26,6 @@ class AccessLog:
         self._offset = 0
         self._pending = b""
         self.by_id: dict[str, dict[str, Any]] = {}
-        self.host_pools: dict[str, str] = {}  # "host:port" -> pool, for aggregate clusters
 
     def poll(self) -> int:
         """Read what Envoy appended since the last call; returns the number of new entries."""
@@ -61,7 +63,7 @@ class AccessLog:
         return self.by_id[request_id]
 
     def pool(self, request_id: str, timeout_s: float = 5.0) -> str:
-        """``short`` / ``long`` (or Envoy's cluster field as is, e.g. ``-`` when no upstream was picked)."""
+        """``short`` / ``long``, else Envoy's cluster field as is (``-`` when no upstream was picked)."""
         self.entry(request_id, timeout_s)
         return self.pool_of(request_id)
 
@@ -70,7 +72,5 @@ class AccessLog:
         entry = self.by_id.get(request_id)
         if entry is None:
             return "none"
-        cluster = str(entry.get("cluster"))
-        if cluster in AGGREGATE_CLUSTERS:
-            return self.host_pools.get(str(entry.get("upstream")), cluster)
-        return CLUSTER_POOLS.get(cluster, cluster)
+        pool = str(entry.get("pool"))
+        return pool if pool in POOLS else str(entry.get("cluster") or "-")

@@ -89,6 +89,10 @@ class ManagedProcess:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.proc.pid, sig)
 
+    def reap(self) -> None:
+        """SIGKILL whatever is left of the group of a child that already exited (its workers)."""
+        self._signal_group(signal.SIGKILL)
+
     def kill(self) -> None:
         """SIGKILL the whole group at once (the crash case); reaps the child."""
         if self.proc is None:

@@ -5,6 +5,8 @@ renders the Envoy config from the same renderer as the compose stack (``extproc.
 until every process is healthy *and* Envoy's own health checks see every upstream, and stops everything
 in dependency order (Envoy first so no new traffic arrives, then the routers, which drain and save
 calibration, then the pools). Logs, the Envoy config and the calibration state live in one run dir.
+With ``supervise`` on (what ``up`` runs) a child that exits is restarted on its old port with backoff
+(``extproc.stack.supervisor``) and only ``stop()`` ends the stack.
 """
 
 from __future__ import annotations
@@ -23,10 +25,18 @@ from types import TracebackType
 
 import extproc
 from extproc.config import Config, add_config_flags, config_from_args
-from extproc.gateway.envoy_config import LONG_CLUSTER, ROUTER_CLUSTER, SHORT_CLUSTER, EnvoyLayout, render
+from extproc.gateway.envoy_config import (
+    LONG_CLUSTER,
+    ROUTER_CLUSTER,
+    SHORT_CLUSTER,
+    Endpoint,
+    EnvoyLayout,
+    render,
+)
 from extproc.stack.access_log import AccessLog
-from extproc.stack.probes import envoy_host_healthy, free_port, grpc_serving, http_ok
+from extproc.stack.probes import envoy_host_healthy, free_port, grpc_serving, http_ok, port_free
 from extproc.stack.process import ManagedProcess, ProcessFailed
+from extproc.stack.supervisor import Backoff, Supervisor, Watched
 
 HOST = "127.0.0.1"
 # The emulator's chat template (Llama-3 style) adds 5 tokens per request and 4 + the role's token per
@@ -68,6 +78,10 @@ class StackOptions:
     envoy_concurrency: int = 1
     envoy_log_level: str = "warning"
     startup_timeout_s: float = 60.0
+    supervise: bool = False  # restart children that exit (up); off: a test controls every restart
+    backoff: Backoff = Backoff()
+    metrics_port: int = 0  # routers' Prometheus port (replica i: this + i * workers, or a free one); 0 = off
+    otlp: Endpoint | None = None  # OTLP/gRPC collector: tracing on in Envoy and the routers together
     layout_overrides: dict[str, object] = field(default_factory=dict)  # extra EnvoyLayout fields
 
     def __post_init__(self) -> None:
@@ -121,20 +135,22 @@ def pool_argv(o: StackOptions, spec: PoolSpec, port: int) -> list[str]:
     return argv + list(o.emulator_flags)
 
 
-def router_argv(o: StackOptions, port: int, state_file: Path) -> list[str]:
+def router_argv(o: StackOptions, port: int, state_file: Path, metrics_port: int = 0) -> list[str]:
     """``budget-router serve`` for one replica: pool sizes, framing and state file match the stack."""
+    tracing = ("--telemetry-traces", "true", "--telemetry-otlp-endpoint", f"{o.otlp[0]}:{o.otlp[1]}") if o.otlp else ()
     return _cli(
         "serve",
         "--server-listen", f"{HOST}:{port}",
         "--server-grace-period-s", f"{o.router_grace_s:g}",
         "--calibration-state-file", str(state_file),
         "--calibration-save-interval-s", f"{o.save_interval_s:g}",
-        "--telemetry-metrics-port", "0",
+        "--telemetry-metrics-port", str(metrics_port),
         "--routing-short-context", str(o.short.max_model_len),
         "--routing-long-context", str(o.long.max_model_len),
         "--spillover-short-capacity", str(o.short.max_num_seqs),
         "--spillover-long-capacity", str(o.long.max_num_seqs),
         *EMULATOR_FRAMING,
+        *tracing,
         *o.router_flags,
     )  # fmt: skip
 
@@ -147,6 +163,19 @@ def router_config(o: StackOptions) -> Config:
     return config_from_args(parser.parse_args(argv[argv.index("serve") + 1 :]))
 
 
+def metrics_ports(o: StackOptions, host: str, workers: int) -> list[int]:
+    """One Prometheus port per replica: ``metrics_port`` and its neighbours (each replica's workers
+    take ``port + worker``) where free, else ports the OS hands out, never two replicas on one."""
+    if o.metrics_port <= 0:
+        return [0] * o.router_replicas
+    chosen: list[int] = []
+    for i in range(o.router_replicas):
+        wanted = o.metrics_port + i * workers
+        fits = wanted + workers - 1 <= 65535 and all(port_free(host, wanted + w) for w in range(workers))
+        chosen.append(wanted if fits else free_port(host))
+    return chosen
+
+
 @dataclass(frozen=True)
 class _Launch:
     name: str
@@ -156,8 +185,12 @@ class _Launch:
     pool: str = ""
 
 
+def _say(line: str) -> None:
+    print(f"budget-router up: {line}", file=sys.stderr, flush=True)
+
+
 class Stack:
-    def __init__(self, options: StackOptions | None = None) -> None:
+    def __init__(self, options: StackOptions | None = None, say: Callable[[str], None] | None = None) -> None:
         self.options = opts = options or StackOptions()
         self.run_dir = Path(opts.run_dir) if opts.run_dir else Path(tempfile.mkdtemp(prefix="budget-router-up-"))
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -166,6 +199,8 @@ class Stack:
         self.admin_port = opts.admin_port
         self.pool_ports: dict[str, int] = {}
         self.router_ports: list[int] = []
+        self.router_metrics_ports: list[int] = []
+        self._ready: dict[str, Callable[[], bool]] = {}  # child name -> its readiness probe, for restarts
         self.pools: dict[str, ManagedProcess] = {}
         self.routers: list[ManagedProcess] = []
         self.envoy: ManagedProcess | None = None
@@ -174,6 +209,8 @@ class Stack:
         self._closing = False
         self.access_log = AccessLog(self.run_dir / "envoy-access.log")
         self.started = False
+        self.say = say or _say
+        self.supervisor: Supervisor | None = None
 
     # -- addresses ---------------------------------------------------------------------------------
     @property
@@ -184,6 +221,14 @@ class Stack:
     @property
     def admin_url(self) -> str:
         return f"http://{HOST}:{self.admin_port}"
+
+    def router_address(self, index: int) -> str:
+        return f"{HOST}:{self.router_ports[index]}"
+
+    def metrics_urls(self) -> list[str]:
+        """Each router replica's Prometheus endpoint (empty when metrics are off)."""
+        host = self._router_config.telemetry.metrics_host
+        return [f"http://{host}:{p}/metrics" for p in self.router_metrics_ports if p]
 
     def pool_url(self, pool: str) -> str:
         """A pool's emulator directly (bypassing Envoy), e.g. for byte-for-byte comparisons."""
@@ -197,12 +242,11 @@ class Stack:
     def _pool_argv(self, spec: PoolSpec, port: int) -> list[str]:
         return pool_argv(self.options, spec, port)
 
-    def _router_argv(self, port: int) -> list[str]:
-        return router_argv(self.options, port, self.state_file)
+    def _router_argv(self, index: int, port: int) -> list[str]:
+        return router_argv(self.options, port, self.state_file, self.router_metrics_ports[index])
 
     def layout(self) -> EnvoyLayout:
         o = self.options
-        self.access_log.host_pools = {f"{HOST}:{port}": pool for pool, port in self.pool_ports.items()}
         fields = {
             "listen_host": HOST,
             "listen_port": self.listen_port,
@@ -213,7 +257,7 @@ class Stack:
             "long": ((HOST, self.pool_ports["long"]),),
             "ext_proc": bool(self.router_ports),
             "failure_mode_allow": o.fail_open,
-            "otlp": None,
+            "otlp": o.otlp,
             "access_log_path": str(self.access_log.path),
             "router_health_interval_s": 0.5,
             "pool_health_interval_s": 1.0,
@@ -235,7 +279,12 @@ class Stack:
             for spec in (o.short, o.long)
         ]
         specs += [
-            _Launch(f"router-{i}", self._router_argv, lambda p: grpc_serving(f"{HOST}:{p}"), "SERVING on gRPC health")
+            _Launch(
+                f"router-{i}",
+                lambda p, i=i: self._router_argv(i, p),
+                lambda p: grpc_serving(f"{HOST}:{p}"),
+                "SERVING on gRPC health",
+            )
             for i in range(o.router_replicas)
         ]
         return specs
@@ -260,6 +309,8 @@ class Stack:
         """Pools and routers start together (each pays a second of imports), then each is awaited; one
         that dies early most likely lost the race for its just-released port and gets fresh ones."""
         timeout = self.options.startup_timeout_s
+        cfg = self._router_config
+        self.router_metrics_ports = metrics_ports(self.options, cfg.telemetry.metrics_host, cfg.server.workers)
         started = [(spec, port, self._spawn(spec, port)) for spec in self._specs() for port in [free_port()]]
         for spec, port, proc in started:
             for attempt in range(PORT_ATTEMPTS):
@@ -272,6 +323,7 @@ class Stack:
                         raise
                     port = free_port()
                     proc = self._spawn(spec, port)
+            self._ready[spec.name] = lambda p=port, s=spec: s.probe_for(p)
             if spec.pool:
                 self.pools[spec.pool], self.pool_ports[spec.pool] = proc, port
             else:
@@ -295,7 +347,7 @@ class Stack:
             self.envoy = ManagedProcess("envoy", argv, self.run_dir / "envoy.log")
             self._start_process(self.envoy)
             try:
-                self.envoy.wait_until(lambda: http_ok(f"{self.admin_url}/ready"), o.startup_timeout_s, "ready")
+                self.envoy.wait_until(self._envoy_ready, o.startup_timeout_s, "ready")
                 self.wait_upstreams_healthy()
                 return
             except ProcessFailed as exc:
@@ -327,6 +379,9 @@ class Stack:
         try:
             self._start_backends()
             self._start_envoy()
+            if self.options.supervise:
+                self.supervisor = Supervisor(self._watched(), self._start_process, self.say, self.options.backoff)
+                self.supervisor.start()
         except BaseException:
             self.stop()
             raise
@@ -337,11 +392,39 @@ class Stack:
         call from another thread while ``start()`` runs. A stopped stack cannot be started again."""
         with self._lock:
             self._closing = True
+        if self.supervisor is not None:
+            self.supervisor.stop()
         if self.envoy is not None:
             self.envoy.stop(5.0)
         for proc in reversed(self._spawned):  # routers were spawned after the pools
             proc.stop(self.options.router_grace_s + 5.0)
         self.started = False
+
+    def _watched(self) -> list[Watched]:
+        """Every child, its readiness probe and what a client sees while it is down."""
+        o = self.options
+        assert self.envoy is not None
+        if not o.fail_open:
+            router_down = "Envoy answers 503 while no replica serves"
+        elif len(self.routers) > 1:
+            router_down = "the other replicas take its requests"
+        else:
+            router_down = "Envoy fails open: every request goes to the long pool meanwhile"
+        short_down = "short requests go to the long pool meanwhile" if self.layout().short_failover else ""
+        watched = [Watched(self.envoy, self._envoy_ready, "no client can connect meanwhile")]
+        watched += [Watched(r, self._ready[r.name], router_down) for r in self.routers]
+        watched += [
+            Watched(proc, self._ready[proc.name], short_down if pool == "short" else f"requests routed {pool} fail")
+            for pool, proc in self.pools.items()
+        ]
+        return watched
+
+    def _envoy_ready(self) -> bool:
+        return http_ok(f"{self.admin_url}/ready")
+
+    @property
+    def _router_config(self) -> Config:
+        return router_config(self.options)
 
     # -- router faults (tests, demos) ------------------------------------------------------------
     def kill_router(self, index: int = 0) -> None:

@@ -59,15 +59,17 @@ def test_wait_until_fails_fast_with_the_log_when_the_process_dies(tmp_path: Path
         proc.wait_until(lambda: False, 30, "healthy")
 
 
-def test_access_log_reads_partial_lines_and_maps_clusters(tmp_path: Path) -> None:
+def test_access_log_reads_partial_lines_and_names_the_serving_pool(tmp_path: Path) -> None:
     path = tmp_path / "access.log"
     log = AccessLog(path)
     assert log.poll() == 0  # no file yet
-    first = orjson.dumps({"request_id": "a", "cluster": "pool_short", "status": "200"})
-    second = orjson.dumps({"request_id": "b", "cluster": "pool_long", "status": "200"})
-    path.write_bytes(first + b"\nnot json\n" + second[:10])
-    assert log.poll() == 1
-    assert log.pool("a") == "short" and log.pool_of("b") == "none"
+    first = orjson.dumps({"request_id": "a", "pool": "short", "cluster": "pool_short_failover", "status": 200})
+    # The failover cluster served from the long pool: the endpoint's pool counts, not the cluster's name.
+    second = orjson.dumps({"request_id": "b", "pool": "long", "cluster": "pool_short_failover", "status": 200})
+    local = orjson.dumps({"request_id": "c", "pool": None, "cluster": None, "status": 413})
+    path.write_bytes(first + b"\nnot json\n" + local + b"\n" + second[:10])
+    assert log.poll() == 2
+    assert log.pool("a") == "short" and log.pool_of("b") == "none" and log.pool("c") == "-"
     with open(path, "ab") as fh:
         fh.write(second[10:] + b"\n")
     assert log.poll() == 1 and log.pool("b") == "long"

@@ -11,16 +11,20 @@ Request ids are UUIDs: Envoy's default request-id extension only samples a reque
 
 from __future__ import annotations
 
+import re
 import urllib.request
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import orjson
 import pytest
 
-from extproc.stack.stack import Stack
+from extproc.config import TelemetryConfig
+from extproc.stack.stack import Stack, child_env
 from tests.conftest import start_stack
 from tests.e2e.client import MODEL
+from tests.e2e.console import running_up
 from tests.test_telemetry_setup import OtlpTraceReceiver
 
 pytestmark = pytest.mark.e2e
@@ -76,7 +80,7 @@ def upstream_traceparent(stack: Stack, request_id: str) -> str:
     return tp
 
 
-def router_span_for(spans, request_id: str):
+def router_span_for(spans, request_id: str, router_service: str = ROUTER_SERVICE):
     """The router's span of the request whose Envoy span carries ``request_id`` (guid:x-request-id)."""
     for service, span in spans:
         attrs = {a.key: a.value.string_value for a in span.attributes}
@@ -85,7 +89,7 @@ def router_span_for(spans, request_id: str):
             break
     else:
         return None, None
-    mine = [s for svc, s in spans if svc == ROUTER_SERVICE and s.trace_id == envoy_trace]
+    mine = [s for svc, s in spans if svc == router_service and s.trace_id == envoy_trace]
     return (mine[0] if mine else None), envoy_trace
 
 
@@ -123,3 +127,28 @@ def test_client_traceparent_wins_over_envoys_metadata(traced):
     [router] = [s for svc, s in spans if svc == ROUTER_SERVICE and s.trace_id == trace]
     assert router.parent_span_id.hex() == CLIENT_SPAN
     assert any(tp.split("-")[1] == CLIENT_TRACE for tp in upstream_traceparents(stack).values())
+
+
+def test_up_otlp_traces_envoy_and_the_router_together(tmp_path: Path) -> None:
+    """``budget-router up --otlp`` alone turns tracing on in both: one trace, Envoy's span the parent."""
+    env = {**child_env(), "OTEL_BSP_SCHEDULE_DELAY": "100"}
+    with OtlpTraceReceiver() as receiver:
+        collector = f"127.0.0.1:{receiver.port}"
+        args = ("--latency-scale", "0", "--run-dir", str(tmp_path / "run"), "--otlp", collector)
+        with running_up(*args, env=env) as (console, url):
+            console.wait_for(rf"traces \(OTLP/gRPC\):\s+{re.escape(collector)}", 5)
+            request_id = str(uuid.uuid4())
+            body = {"model": MODEL, "max_tokens": 4, "messages": [{"role": "user", "content": "Trace me. " * 20}]}
+            req = urllib.request.Request(
+                url + "/v1/chat/completions",
+                data=orjson.dumps(body),
+                headers={"content-type": "application/json", "x-request-id": request_id},
+            )
+            with urllib.request.urlopen(req, timeout=30) as resp:
+                assert resp.status == 200
+            service = TelemetryConfig().service_name  # up sets no service name of its own
+            spans = receiver.wait_for(lambda sp: router_span_for(sp, request_id, service)[0] is not None, timeout=20)
+            router, trace_id = router_span_for(spans, request_id, service)
+            assert router is not None, f"spans seen: {[(svc, sp.name) for svc, sp in spans]}"
+            envoy_ids = {sp.span_id for svc, sp in spans if svc == ENVOY_SERVICE and sp.trace_id == trace_id}
+            assert router.parent_span_id in envoy_ids

@@ -19,6 +19,7 @@ import yaml
 
 from extproc.stack.probes import http_get, port_open
 from extproc.stack.stack import child_env
+from tests.e2e.console import running_up
 
 pytestmark = pytest.mark.e2e
 
@@ -84,29 +85,9 @@ def test_replay_prints_a_report_and_writes_json(tmp_path: Path) -> None:
 
 def test_interactive_stack_serves_until_sigterm(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
-    proc = subprocess.Popen(
-        _up("--latency-scale", "0", "--run-dir", str(run_dir)),
-        env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
-    try:
-        url = None
-        deadline = time.monotonic() + 60
-        assert proc.stdout is not None
-        while url is None and time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            if not line:
-                break
-            match = re.search(r"Envoy \(OpenAI API\):\s+(http://\S+)/v1/chat/completions", line)
-            url = match.group(1) if match else None
-        assert url, "no endpoint banner"
+    with running_up("--latency-scale", "0", "--run-dir", str(run_dir)) as (_, url):
         models = http_get(url + "/v1/models")
         assert models[0] == 200 and b"emulated" in models[1]
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(30) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
     _assert_clean(run_dir)
     config = yaml.safe_load((run_dir / "envoy.yaml").read_text())
     assert config["static_resources"]["listeners"][0]["address"]["socket_address"]["address"] == "127.0.0.1"

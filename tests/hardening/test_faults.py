@@ -29,6 +29,7 @@ import orjson
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from extproc.gateway.envoy_config import SERVED_POOL_HEADER, SHORT_FAILOVER_CLUSTER
 from extproc.stack.probes import EXT_PROC_SERVICE, free_port, http_get
 from extproc.stack.stack import Stack, wait_for
 from tests.conftest import start_stack
@@ -211,8 +212,10 @@ async def test_pool_down_other_pool_unaffected_and_short_fails_over_to_long(
 ) -> None:
     """A dead long pool: long requests fail fast (503), short ones are unaffected. A dead short pool:
     once Envoy's health check ejects it, short requests (which always fit the long pool) are served
-    by the long pool through the aggregate cluster; long requests are unaffected."""
-    with start_stack(tmp_path_factory, f"pooldown-{dead}", layout_overrides={"pool_health_interval_s": 0.5}) as stack:
+    by the long pool through the aggregate cluster; long requests are unaffected. The access log's
+    ``pool`` and the opt-in response header name the pool that really served, not the route's cluster."""
+    overrides = {"pool_health_interval_s": 0.5, "served_pool_header": SERVED_POOL_HEADER}
+    with start_stack(tmp_path_factory, f"pooldown-{dead}", layout_overrides=overrides) as stack:
         stack.pools[dead].kill()
         await asyncio.sleep(1.5)  # two failed health checks at 0.5 s: the dead pool is ejected
         prompts = {"short": SHORT_PROMPT, "long": LONG_PROMPT}
@@ -221,13 +224,17 @@ async def test_pool_down_other_pool_unaffected_and_short_fails_over_to_long(
             reply = await post(session, stack.url, body_for("prose", tokens, max_tokens=8), timeout_s=15)
             elapsed = time.monotonic() - started
             served = stack.access_log.pool(reply.request_id)
-            assert stack.access_log.entry(reply.request_id)["pool"] == pool  # the router's decision is unchanged
+            entry = stack.access_log.entry(reply.request_id)
+            assert entry["routed"] == pool  # the router's decision is unchanged
             if pool == dead == "long":
                 assert reply.status == 503, reply.body  # Envoy: no healthy upstream
                 assert elapsed < 5.0
             else:
                 assert reply.status == 200, reply.body
                 assert served == ("long" if dead == "short" else pool)  # short pool dead: the long pool serves
+                assert reply.headers[SERVED_POOL_HEADER] == served
+                if pool == dead == "short":
+                    assert entry["cluster"] == SHORT_FAILOVER_CLUSTER  # what the log said before: not a pool
 
 
 async def test_slow_short_pool_spills_short_requests_never_long_ones(
