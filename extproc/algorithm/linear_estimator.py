@@ -1,0 +1,363 @@
+"""Estimator v2: a linear token model per (served model x category), learned online from ``usage``.
+
+    prompt_tokens ≈ w · x,   x = (character-class counts of the text, structured bytes,
+                                  messages, tool items, 1)
+
+One bytes/token ratio per category misjudges text of the same category by ±15-20 % (HTML against
+prose, shell against Python, Chinese against Japanese); a linear model over cheap class counts
+(``features``) halves that error, and fitting the chat-template framing (per message, per tool, per
+request) in the same regression means tiny prompts teach framing instead of dragging the text
+weights, and a request that mixes text and tool JSON teaches both instead of being skipped.
+
+Fit: exponentially weighted least squares (recursive least squares with forgetting λ = the paper's
+β) with a ridge that pulls every weight towards the prior (the v1 cold-start ratio and the configured
+framing). The ridge never decays, so directions the traffic does not excite stay at the prior instead
+of winding up, and a few samples only nudge the model. The normal equations are 15 x 15: solving
+them at learn time costs tens of µs; the hot path is one dot product.
+
+Safety margin: the relative error of every prediction made *before* its sample was learned (an
+out-of-sample residual) feeds an exponentially weighted mean and variance; routing uses
+``ŷ·(1 + μ + z·σ)`` with ``z`` the normal quantile of the target under-estimate probability, inflated
+while samples are few. After a shift in traffic the residuals grow and the margin widens by itself
+within a few samples (the same forgetting).
+
+Defences (as in v1): until ``min_samples`` a bucket may only be more conservative than its prior;
+samples whose bytes/token lies outside ``[min_ratio, max_ratio]`` are rejected, so are far outliers
+once warmed up; every estimate is clamped to the bytes/token bounds, so a backend lying in ``usage``
+cannot move routing outside them. Buckets are keyed by the request's ``model``; past ``max_models``
+names, new ones share a default bucket, so the state stays bounded whatever clients send.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from statistics import NormalDist
+from typing import Any
+
+import numpy as np
+
+from extproc.algorithm.budget import BudgetParams
+from extproc.algorithm.calibration import CalibrationParams, Observation
+from extproc.algorithm.features import BYTES, DEFAULT_SAMPLE_BYTES, N_TEXT, TEXT_FEATURES
+
+DEFAULT_MODEL = "*"  # bucket for requests without a model, and for models past ``max_models``
+FEATURES = (*TEXT_FEATURES, "structured_bytes", "messages", "tools", "request")
+STRUCTURED, MESSAGES, TOOLS, REQUEST = range(N_TEXT, N_TEXT + 4)
+N_FEATURES = len(FEATURES)
+# Features are scaled so a typical few-KB prompt has values near 1: the ridge then means the same
+# for every weight, and the normal equations stay well conditioned.
+_BYTE_SCALE = 1.0 / 1024.0
+_SCALES = np.array([_BYTE_SCALE] * (N_TEXT + 1) + [1.0, 1.0, 1.0])
+
+
+@dataclass(frozen=True, slots=True)
+class EstimatorParams:
+    kind: str = "linear"  # "linear" (v2) or "ratio" (the paper's EMA ratio, v1)
+    forgetting: float = 0.95  # λ of the error statistics (hence the margin): the paper's β
+    fit_forgetting: float = 0.99  # λ of the 15-weight fit: ~5x the samples one ratio needs
+    underestimate_prob: float = 0.005  # target share of near-boundary requests routed short that do not fit
+    boundary_window: float = 0.2  # "near the boundary": true total within ±20 % of B_short
+    max_models: int = 8
+    min_samples: int = 10
+    prior_weight: float = 0.5  # ridge towards the prior, in units of one typical (scaled) sample
+    sample_bytes: int = DEFAULT_SAMPLE_BYTES
+    margin_min_tokens: int = 256  # smaller prompts teach the fit but not the margin (relative noise)
+    cold_margin: float = 0.25  # margin while the error statistics have fewer than ``min_samples``
+
+
+@dataclass(frozen=True, slots=True)
+class LinearEstimate:
+    point: float  # ŷ: the model's prompt tokens, no margin
+    routed: int  # ceil(ŷ·(1 + margin)), clamped to the bytes/token bounds: what routing uses
+    low: float  # the uncertainty band, ŷ·(1 − lower) .. ŷ·(1 + upper): where an exact count pays
+    high: float
+    margin: float
+
+
+class Bucket:
+    """Fit and error statistics of one (model, category)."""
+
+    __slots__ = ("a", "b", "err_mean", "err_samples", "err_var", "margin", "prior", "prior_tuple", "ridge", "samples", "weights")
+
+    def __init__(self, prior: np.ndarray, ridge: float) -> None:
+        self.prior = prior
+        self.prior_tuple = tuple(float(v) for v in prior)
+        self.ridge = ridge
+        self.a = np.zeros((N_FEATURES, N_FEATURES))
+        self.b = np.zeros(N_FEATURES)
+        self.weights: tuple[float, ...] = tuple(float(v) for v in prior)
+        self.samples = 0
+        self.err_mean = 0.0
+        self.err_var = 0.0
+        self.err_samples = 0
+        self.margin: tuple[float, float] | None = None  # cached (upper, lower); reset when errors are learned
+
+    def predict(self, x: Sequence[float]) -> float:
+        return sum(map(operator.mul, self.weights, x))
+
+    def update(self, x: np.ndarray, y: float, lam: float) -> None:
+        self.a *= lam
+        self.a += np.outer(x, x)
+        self.b *= lam
+        self.b += x * y
+        reg = np.full(N_FEATURES, self.ridge)
+        try:
+            w = np.linalg.solve(self.a + np.diag(reg), self.b + reg * self.prior)
+        except np.linalg.LinAlgError:
+            return
+        if np.all(np.isfinite(w)):
+            self.weights = tuple(float(v) for v in w)
+        self.samples += 1
+
+    def observe_error(self, rel: float, lam: float) -> None:
+        w = max(1.0 - lam, 1.0 / (self.err_samples + 1))
+        delta = rel - self.err_mean
+        self.err_mean += w * delta
+        self.err_var = (1.0 - w) * (self.err_var + w * delta * delta)
+        self.err_samples += 1
+        self.margin = None
+
+
+class LinearEstimator:
+    """Buckets keyed by (model, category); see the module docstring."""
+
+    def __init__(
+        self,
+        params: EstimatorParams | None = None,
+        calibration: CalibrationParams | None = None,
+        budget: BudgetParams | None = None,
+    ) -> None:
+        self.params = params or EstimatorParams()
+        self.calibration = calibration or CalibrationParams()
+        self.budget = budget or BudgetParams()
+        self._priors = dict(self.calibration.priors)
+        self._buckets: dict[tuple[str, str], Bucket] = {}
+        self._models: set[str] = set()
+        p = self.params
+        self._z = NormalDist().inv_cdf(1.0 - p.underestimate_prob)
+        self._lam = p.forgetting
+        self._fit_lam = p.fit_forgetting
+
+    # -- buckets -------------------------------------------------------------------------------------
+    def model_key(self, model: str | None) -> str:
+        if not model:
+            return DEFAULT_MODEL
+        if model in self._models:
+            return model
+        if len(self._models) >= self.params.max_models:
+            return DEFAULT_MODEL
+        self._models.add(model)
+        return model
+
+    def prior_ratio(self, category: str) -> float:
+        return self._priors.get(category, self.calibration.cold_start)
+
+    def prior_weights(self, category: str) -> np.ndarray:
+        """Scaled weights equivalent to v1's cold start: text at the prior ratio, framing as configured."""
+        b = self.budget
+        w = np.zeros(N_FEATURES)
+        w[BYTES] = 1.0 / self.prior_ratio(category) / _BYTE_SCALE
+        w[STRUCTURED] = 1.0 / self.prior_ratio(b.structured_category) / _BYTE_SCALE
+        w[MESSAGES] = b.framing_per_message
+        w[TOOLS] = b.framing_per_tool
+        w[REQUEST] = b.framing_per_request
+        return w
+
+    def bucket(self, model: str | None, category: str) -> Bucket:
+        key = (self.model_key(model), category)
+        found = self._buckets.get(key)
+        if found is None:
+            found = self._buckets[key] = Bucket(self.prior_weights(category), self.params.prior_weight)
+        return found
+
+    def buckets(self) -> dict[tuple[str, str], Bucket]:
+        return dict(self._buckets)
+
+    # -- estimate ------------------------------------------------------------------------------------
+    @staticmethod
+    def vector(text: Sequence[float], structured_bytes: float, messages: int, tools: int) -> list[float]:
+        """The scaled feature vector; ``messages`` is 0 for completions (no chat template)."""
+        x = [v * _BYTE_SCALE for v in text]
+        x += [structured_bytes * _BYTE_SCALE, float(messages), float(tools), 1.0 if messages else 0.0]
+        return x
+
+    def margins(self, bucket: Bucket) -> tuple[float, float, float]:
+        """(excess, upper, lower) relative error statistics of the bucket, cached until it learns.
+
+        ``upper``/``lower``: the per-request ``p`` quantiles of the relative error e ~ N(μ, σ²), σ
+        inflated while samples are few: the uncertainty band that the exact count covers.
+        ``excess``: ``k`` in units of σ (see ``routing_margin``). The cold margin stands in while the
+        error statistics are young.
+        """
+        if bucket.margin is None:
+            bucket.margin = self._margins(bucket)
+        return bucket.margin
+
+    def _margins(self, bucket: Bucket) -> tuple[float, float, float]:
+        p = self.params
+        n = bucket.err_samples
+        if n < p.min_samples:
+            return p.cold_margin, p.cold_margin, p.cold_margin
+        sigma = math.sqrt(bucket.err_var) * (1.0 + 1.0 / math.sqrt(n))
+        upper = max(0.0, bucket.err_mean + self._z * sigma)
+        return sigma, upper, max(0.0, self._z * sigma - bucket.err_mean)
+
+    def routing_margin(self, bucket: Bucket, share: float) -> float:
+        """Relative margin for a prompt of ``share`` = ŷ / B_short.
+
+        A request whose true total is spread over B_short·(1 ± w) routes short although it does not
+        fit when its prompt is under-estimated by more than the margin plus its distance to B_short;
+        over that window the share of such routes is E[(e − m)+]·share / 2w. The margin is the
+        smallest m that keeps it at the target ``p``, for e ~ N(μ, σ²): prompts that are a small
+        part of B_short need less margin than prompts that fill it.
+        """
+        sigma, upper, _ = self.margins(bucket)
+        if bucket.err_samples < self.params.min_samples or sigma <= 0.0:
+            return upper
+        target = self.params.underestimate_prob * 2.0 * self.params.boundary_window / (sigma * max(share, 1e-3))
+        return max(0.0, bucket.err_mean + _excess_quantile(target) * sigma)
+
+    def bounds(self, nbytes: float, x: Sequence[float]) -> tuple[float, float]:
+        """Token range the bytes/token bounds allow: no learned state can route outside it."""
+        c = self.calibration
+        framing = x[MESSAGES] * self.budget.framing_per_message + x[TOOLS] * self.budget.framing_per_tool
+        framing += x[REQUEST] * self.budget.framing_per_request
+        return nbytes / c.max_ratio + framing, nbytes / c.min_ratio + framing
+
+    def estimate(
+        self, model: str | None, category: str, x: Sequence[float], b_short: int = 8192
+    ) -> LinearEstimate:
+        bucket = self.bucket(model, category)
+        point = bucket.predict(x)
+        _, up, down = self.margins(bucket)
+        margin = self.routing_margin(bucket, point / b_short)
+        nbytes = (x[BYTES] + x[STRUCTURED]) / _BYTE_SCALE
+        lo, hi = self.bounds(nbytes, x)
+        routed = point * (1.0 + margin)
+        if bucket.samples < self.params.min_samples:  # only more conservative than the prior until warm
+            routed = max(routed, sum(map(operator.mul, bucket.prior_tuple, x)))
+        routed = min(max(routed, lo), hi)
+        low = min(max(point * (1.0 - down), lo), routed)
+        high = max(min(point * (1.0 + up), hi), routed)
+        return LinearEstimate(point, math.ceil(routed), low, high, margin)
+
+    # -- learn ---------------------------------------------------------------------------------------
+    def observe(self, model: str | None, category: str, x: Sequence[float], tokens: float) -> Observation:
+        """Learn one request's prompt tokens (images already subtracted)."""
+        c = self.calibration
+        nbytes = (x[BYTES] + x[STRUCTURED]) / _BYTE_SCALE
+        if not (tokens > 0 and nbytes > 0):
+            return Observation.INVALID
+        lo, hi = self.bounds(nbytes, x)
+        if not lo <= tokens <= hi:
+            return Observation.OUT_OF_BOUNDS
+        bucket = self.bucket(model, category)
+        point = bucket.predict(x)
+        rel = (tokens - point) / point if point > 0 else 0.0
+        warm = bucket.samples >= self.params.min_samples
+        if warm and abs(rel) > max(c.outlier_factor, 4.0 * math.sqrt(bucket.err_var) + abs(bucket.err_mean)):
+            return Observation.OUTLIER
+        if warm and point >= self.params.margin_min_tokens:
+            bucket.observe_error(rel, self._lam)
+        bucket.update(np.asarray(x), tokens, self._fit_lam)
+        return Observation.ACCEPTED
+
+    def converged(self, model: str | None, category: str) -> bool:
+        return self.bucket(model, category).samples >= self.calibration.converged_samples
+
+    # -- state ---------------------------------------------------------------------------------------
+    def snapshot(self) -> dict[str, dict[str, Any]]:
+        """JSON-ready state: per bucket the weights, error statistics and the fit's sufficient statistics."""
+        return {
+            f"{model}\t{category}": {
+                "weights": list(b.weights),
+                "samples": b.samples,
+                "err_mean": b.err_mean,
+                "err_var": b.err_var,
+                "err_samples": b.err_samples,
+                "a": b.a.ravel().tolist(),
+                "b": b.b.tolist(),
+            }
+            for (model, category), b in self._buckets.items()
+        }
+
+    def load(self, data: Mapping[str, Any]) -> int:
+        """Restore a snapshot; entries that are malformed, or whose weights leave the bounds on a
+        reference prompt, are ignored. Returns how many buckets were restored."""
+        restored = 0
+        for key, entry in data.items():
+            try:
+                model, category = str(key).split("\t", 1)
+                weights = np.asarray(entry["weights"], dtype=float)
+                a = np.asarray(entry["a"], dtype=float).reshape(N_FEATURES, N_FEATURES)
+                b = np.asarray(entry["b"], dtype=float)
+                samples, err_samples = int(entry["samples"]), int(entry["err_samples"])
+                err_mean, err_var = float(entry["err_mean"]), float(entry["err_var"])
+            except (KeyError, TypeError, ValueError, AttributeError):
+                continue
+            if weights.shape != (N_FEATURES,) or b.shape != (N_FEATURES,) or samples < 0 or err_samples < 0:
+                continue
+            if not all(np.all(np.isfinite(v)) for v in (weights, a, b)) or not err_var >= 0.0:
+                continue
+            if not math.isfinite(err_mean) or not self._plausible(weights):
+                continue
+            if model != DEFAULT_MODEL and self.model_key(model) != model:
+                continue
+            bucket = self.bucket(model, category)
+            bucket.weights = tuple(float(v) for v in weights)
+            bucket.a, bucket.b, bucket.samples = a, b, samples
+            bucket.err_mean, bucket.err_var, bucket.err_samples = err_mean, err_var, err_samples
+            bucket.margin = None
+            restored += 1
+        return restored
+
+    def _plausible(self, weights: np.ndarray) -> bool:
+        """Weights give an in-bounds bytes/token on reference texts (pure prose-like ASCII, pure CJK)."""
+        c = self.calibration
+        for text in (
+            (4096.0, 3300.0, 0, 700.0, 60.0, 40.0, 650.0, 5.0, 0, 0, 0),
+            (4096.0, 0, 0, 0, 40, 0, 0, 0, 0, 1350, 0),
+        ):
+            x = np.asarray(self.vector(text, 0.0, 0, 0))
+            tokens = float(np.dot(weights, x))
+            if not (tokens > 0 and c.min_ratio <= 4096.0 / tokens <= c.max_ratio):
+                return False
+        return True
+
+
+_STD_NORMAL = NormalDist()
+
+
+def _excess(k: float) -> float:
+    """E[(Z − k)+] for a standard normal Z."""
+    return _STD_NORMAL.pdf(k) - k * (1.0 - _STD_NORMAL.cdf(k))
+
+
+def _solve_excess(target: float) -> float:
+    """The k with E[(Z − k)+] = target (bisection; the function falls monotonically in k)."""
+    lo, hi = -4.0, 8.0
+    for _ in range(60):
+        mid = 0.5 * (lo + hi)
+        if _excess(mid) > target:
+            lo = mid
+        else:
+            hi = mid
+    return hi
+
+
+# k for targets 10^-8 .. 10^1 on a log grid: the hot path interpolates instead of bisecting (~1 µs).
+_GRID_LOG10 = [-8.0 + i * 0.05 for i in range(181)]
+_GRID_K = [_solve_excess(10.0**g) for g in _GRID_LOG10]
+
+
+def _excess_quantile(target: float) -> float:
+    """k with E[(Z − k)+] = target, interpolated on the grid; rounded towards the larger (safer) k."""
+    if target <= 1e-8:
+        return _GRID_K[0]
+    pos = (math.log10(target) + 8.0) / 0.05
+    if pos >= len(_GRID_K) - 1:
+        return _GRID_K[-1]
+    return _GRID_K[int(pos)]  # the grid point at the smaller target: the larger k
