@@ -18,6 +18,7 @@ framing must be learned). Prints, side by side:
 from __future__ import annotations
 
 import argparse
+import itertools
 import math
 import sys
 import time
@@ -25,6 +26,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from statistics import NormalDist
 
 import numpy as np
 import orjson
@@ -33,8 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from extproc.algorithm import BudgetRouter, shape_from_body
 from extproc.algorithm.budget import framing_tokens
 from extproc.algorithm.exact_band import ExactBand, ExactBandParams
-from extproc.algorithm.features import text_features
-from extproc.algorithm.linear_estimator import MESSAGES, REQUEST, TOOLS, LinearEstimator
+from extproc.algorithm.linear_estimator import EstimatorParams
 
 CORPUS = Path(__file__).resolve().parents[1] / "extproc" / "data" / "corpus"
 B_SHORT = 8192
@@ -68,7 +69,10 @@ class Pools:
 def load_pools() -> Pools:
     tools = orjson.loads((CORPUS / "extra" / "tools" / "stdlib-tools.json.txt").read_bytes())
     return Pools(
-        _folder_text("prose", "extra/prose"), _folder_text("code", "extra/code"), _folder_text("cjk", "extra/cjk"), tools
+        _folder_text("prose", "extra/prose"),
+        _folder_text("code", "extra/code"),
+        _folder_text("cjk", "extra/cjk"),
+        tools,
     )
 
 
@@ -127,7 +131,7 @@ def build(
     if turns > 1 and len(texts[0]) > 200:  # split the text over a few user/assistant turns
         cut = sorted(int(c) for c in rng.integers(1, len(texts[0]), turns - 1))
         bounds = [0, *cut, len(texts[0])]
-        texts = [texts[0][a:b] for a, b in zip(bounds, bounds[1:], strict=False) if b > a]
+        texts = [texts[0][a:b] for a, b in itertools.pairwise(bounds) if b > a]
     messages = [{"role": "system", "content": SYSTEM}]
     messages += [{"role": "user" if i % 2 == 0 else "assistant", "content": t} for i, t in enumerate(texts)]
     tools_json = orjson.dumps(tools).decode() if tools else ""
@@ -166,44 +170,31 @@ class Score:
 
 
 class Bench:
-    """The four estimators over one tokenizer; each learns from the same usage stream."""
+    """The four estimators over one tokenizer, each a product ``BudgetRouter`` learning from the same usage."""
 
-    def __init__(self, count: Callable[[str], int]) -> None:
+    def __init__(self, count: Callable[[str], int], model: str = "bench") -> None:
+        linear = EstimatorParams(kind="linear")
         self.v1 = BudgetRouter()
+        self.v2 = BudgetRouter(estimator=linear)
+        z = NormalDist().inv_cdf(1.0 - linear.underestimate_prob)
+        self.exact = BudgetRouter(estimator=linear, exact=ExactBand(ExactBandParams(), z, counters={model: count}))
         self.cat = self.v1.categorizer
-        self.v2 = LinearEstimator(budget=self.v1.budget, calibration=self.v1.calibrator.params)
-        self.exact = ExactBand(ExactBandParams(), self.v2._z, counters={"bench": count})
-        self.scores: dict[str, Score] = defaultdict(Score)
+        self.scores: dict[tuple[str, str], Score] = defaultdict(Score)
 
     def step(self, req: Request, score: bool) -> None:
         shape = shape_from_body("chat", req.body, self.cat)
         out = req.body["max_tokens"]
-        t0 = time.perf_counter()
         static = math.ceil((shape.text_bytes + shape.structured_bytes) / 4.0) + framing_tokens(shape, self.v1.budget)
-        t1 = time.perf_counter()
-        v1_est, _ = self.v1.route(shape)
-        t2 = time.perf_counter()
-        x = self.v2.vector(text_features(req.texts), shape.structured_bytes, shape.messages, shape.tool_items)
-        v2_est = self.v2.estimate(shape.model, shape.category, x)
-        t3 = time.perf_counter()
-        exact_prompt = v2_est.routed
-        if v2_est.low + out <= B_SHORT < v2_est.high + out:
-            counted = self.exact.count("bench", req.texts, req.tools_json)
-            assert counted is not None
-            w = self.v2.bucket(shape.model, shape.category).weights
-            guess = w[MESSAGES] * x[MESSAGES] + w[TOOLS] * x[TOOLS] + w[REQUEST] * x[REQUEST]
-            exact_prompt = self.exact.routed("bench", shape.category, counted, guess)
-            self.exact.learn("bench", shape.category, counted, req.prompt)
+        for name, router in (("v1", self.v1), ("v2", self.v2), ("exact", self.exact)):
+            t0 = time.perf_counter()
+            est, _ = router.route(shape)
+            seconds = time.perf_counter() - t0
             if score:
-                self.scores[req.kind, "exact"].fired += 1
-        t4 = time.perf_counter()
+                self.scores[req.kind, name].add(est.total, req.total, seconds)
+                self.scores[req.kind, name].fired += est.counted is not None
+            router.learn(shape, req.prompt, est)
         if score:
-            self.scores[req.kind, "static"].add(static + out, req.total, t1 - t0)
-            self.scores[req.kind, "v1"].add(v1_est.total, req.total, t2 - t1)
-            self.scores[req.kind, "v2"].add(v2_est.routed + out, req.total, t3 - t2)
-            self.scores[req.kind, "exact"].add(exact_prompt + out, req.total, t4 - t2)
-        self.v1.learn(shape, req.prompt, v1_est)
-        self.v2.observe(shape.model, shape.category, x, req.prompt)
+            self.scores[req.kind, "static"].add(static + out, req.total, 0.0)
 
 
 ESTIMATORS = ("static", "v1", "v2", "exact")
@@ -255,22 +246,28 @@ def main(argv: list[str] | None = None) -> int:
         print("accuracy: needs PyPI quicktok-v1 (pip install 'budget-router[exact]')", file=sys.stderr)
         return 2
     pools = load_pools()
-    print(f"near-boundary: true total in [{int(0.8 * B_SHORT)}, {int(1.2 * B_SHORT)}], B_short={B_SHORT}, "
-          f"{args.samples} per kind ({', '.join(KINDS)}), {args.warmup} warm-up per kind, seed {args.seed}")
+    print(
+        f"near-boundary: true total in [{int(0.8 * B_SHORT)}, {int(1.2 * B_SHORT)}], B_short={B_SHORT}, "
+        f"{args.samples} per kind ({', '.join(KINDS)}), {args.warmup} warm-up per kind, seed {args.seed}"
+    )
     print("dangerous % = routed short, does not fit; wasteful % = routed long, fits\n")
-    header = "| tokenizer | " + " | ".join(LABELS[e] for e in ESTIMATORS) + " | exact fired | µs/estimate v1 / v2 / exact |"
+    header = (
+        "| tokenizer | " + " | ".join(LABELS[e] for e in ESTIMATORS) + " | exact fired | µs/route v1 / v2 / exact |"
+    )
     print(header)
     print("|---" * (len(ESTIMATORS) + 3) + "|")
     for tok in args.tokenizers.split(","):
         scores = run(tok, args.samples, args.warmup, args.seed, pools)
-        kinds = (("all", *KINDS) if args.per_kind else ("all",))
+        kinds = ("all", *KINDS) if args.per_kind else ("all",)
         for kind in kinds:
             cells = []
             for e in ESTIMATORS:
                 s = scores[f"{kind}/{e}"]
                 cells.append(f"{100 * s.dangerous / s.n:.1f} / {100 * s.wasteful / s.n:.1f}")
             ex = scores[f"{kind}/exact"]
-            us = " / ".join(f"{1e6 * scores[f'{kind}/{e}'].seconds / scores[f'{kind}/{e}'].n:.1f}" for e in ("v1", "v2", "exact"))
+            us = " / ".join(
+                f"{1e6 * scores[f'{kind}/{e}'].seconds / scores[f'{kind}/{e}'].n:.1f}" for e in ("v1", "v2", "exact")
+            )
             label = tok if kind == "all" else f"  {kind}"
             print(f"| {label} | " + " | ".join(cells) + f" | {100 * ex.fired / ex.n:.1f} % | {us} |")
     return 0

@@ -16,11 +16,16 @@ weights stand in.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import orjson
 
 Counter = Callable[[str], int]
 ENCODINGS = ("cl100k_base", "o200k_base", "llama3", "qwen3")
+MIN_RESIDUALS = 8  # residual samples before the fitted template cost replaces the v2 framing guess
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,19 +47,40 @@ def load_counter(encoding: str) -> Counter:
     return enc.count
 
 
-@dataclass(slots=True)
+def serialize(parts: Iterable[Any]) -> str:
+    """Tool definitions and calls as compact JSON, the way templates render them (near enough: the
+    difference is learned in the residual)."""
+    return "\n".join(orjson.dumps(p, option=orjson.OPT_NON_STR_KEYS).decode() for p in parts)
+
+
 class Residual:
-    """Exponentially weighted mean and variance of ``prompt_tokens − counted``."""
+    """What the template adds to the counted text, ``prompt_tokens − counted ≈ r · (1, messages, tools)``:
+    an exponentially weighted least-squares fit (tool preambles and role headers differ per model), with
+    the weighted mean and variance of its own out-of-sample errors."""
 
-    mean: float = 0.0
-    var: float = 0.0
-    samples: int = 0
+    __slots__ = ("a", "b", "err_mean", "err_var", "r", "samples")
 
-    def add(self, value: float, lam: float) -> None:
-        w = max(1.0 - lam, 1.0 / (self.samples + 1))
-        delta = value - self.mean
-        self.mean += w * delta
-        self.var = (1.0 - w) * (self.var + w * delta * delta)
+    def __init__(self) -> None:
+        self.a = np.zeros((3, 3))
+        self.b = np.zeros(3)
+        self.r = np.zeros(3)
+        self.err_mean = 0.0
+        self.err_var = 0.0
+        self.samples = 0
+
+    def predict(self, messages: int, tools: int) -> float:
+        return float(self.r[0] + self.r[1] * messages + self.r[2] * tools)
+
+    def add(self, value: float, messages: int, tools: int, lam: float) -> None:
+        if self.samples:
+            w = max(1.0 - lam, 1.0 / (self.samples + 1))
+            delta = value - self.predict(messages, tools) - self.err_mean
+            self.err_mean += w * delta
+            self.err_var = (1.0 - w) * (self.err_var + w * delta * delta)
+        x = np.array([1.0, float(messages), float(tools)])
+        self.a = lam * self.a + np.outer(x, x)
+        self.b = lam * self.b + x * value
+        self.r = np.linalg.solve(self.a + 1e-3 * np.eye(3), self.b)
         self.samples += 1
 
 
@@ -90,13 +116,13 @@ class ExactBand:
             found = self._residuals[key] = Residual()
         return found
 
-    def routed(self, model: str, category: str, counted: int, framing_guess: float) -> int:
+    def routed(self, model: str, category: str, counted: int, messages: int, tools: int, framing_guess: float) -> int:
         """Prompt tokens to route with: the count plus the template residual's upper bound."""
         res = self._residuals.get((model, category))
         extra = framing_guess
-        if res is not None and res.samples >= 3:
-            extra = res.mean + self.z * math.sqrt(res.var)
+        if res is not None and res.samples >= MIN_RESIDUALS:
+            extra = res.predict(messages, tools) + res.err_mean + self.z * math.sqrt(res.err_var)
         return counted + math.ceil(max(0.0, extra)) + self.params.slack_tokens
 
-    def learn(self, model: str, category: str, counted: int, prompt_tokens: int) -> None:
-        self.residual(model, category).add(float(prompt_tokens - counted), self.params.forgetting)
+    def learn(self, model: str, category: str, counted: int, prompt_tokens: int, messages: int, tools: int) -> None:
+        self.residual(model, category).add(float(prompt_tokens - counted), messages, tools, self.params.forgetting)

@@ -55,7 +55,7 @@ _SCALES = np.array([_BYTE_SCALE] * (N_TEXT + 1) + [1.0, 1.0, 1.0])
 
 @dataclass(frozen=True, slots=True)
 class EstimatorParams:
-    kind: str = "linear"  # "linear" (v2) or "ratio" (the paper's EMA ratio, v1)
+    kind: str = "ratio"  # "ratio" (the paper's EMA ratio, v1) or "linear" (v2)
     forgetting: float = 0.95  # λ of the error statistics (hence the margin): the paper's β
     fit_forgetting: float = 0.99  # λ of the 15-weight fit: ~5x the samples one ratio needs
     underestimate_prob: float = 0.005  # target share of near-boundary requests routed short that do not fit
@@ -80,7 +80,19 @@ class LinearEstimate:
 class Bucket:
     """Fit and error statistics of one (model, category)."""
 
-    __slots__ = ("a", "b", "err_mean", "err_samples", "err_var", "margin", "prior", "prior_tuple", "ridge", "samples", "weights")
+    __slots__ = (
+        "a",
+        "b",
+        "err_mean",
+        "err_samples",
+        "err_var",
+        "margin",
+        "prior",
+        "prior_tuple",
+        "ridge",
+        "samples",
+        "weights",
+    )
 
     def __init__(self, prior: np.ndarray, ridge: float) -> None:
         self.prior = prior
@@ -227,9 +239,7 @@ class LinearEstimator:
         framing += x[REQUEST] * self.budget.framing_per_request
         return nbytes / c.max_ratio + framing, nbytes / c.min_ratio + framing
 
-    def estimate(
-        self, model: str | None, category: str, x: Sequence[float], b_short: int = 8192
-    ) -> LinearEstimate:
+    def estimate(self, model: str | None, category: str, x: Sequence[float], b_short: int = 8192) -> LinearEstimate:
         bucket = self.bucket(model, category)
         point = bucket.predict(x)
         _, up, down = self.margins(bucket)
