@@ -26,7 +26,6 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from statistics import NormalDist
 
 import numpy as np
 import orjson
@@ -176,8 +175,7 @@ class Bench:
         linear = EstimatorParams(kind="linear")
         self.v1 = BudgetRouter()
         self.v2 = BudgetRouter(estimator=linear)
-        z = NormalDist().inv_cdf(1.0 - linear.underestimate_prob)
-        self.exact = BudgetRouter(estimator=linear, exact=ExactBand(ExactBandParams(), z, counters={model: count}))
+        self.exact = BudgetRouter(estimator=linear, exact=ExactBand(ExactBandParams(), counters={model: count}))
         self.cat = self.v1.categorizer
         self.scores: dict[tuple[str, str], Score] = defaultdict(Score)
 

@@ -87,9 +87,8 @@ class Residual:
 class ExactBand:
     """Tokenizers for the configured models, and the learned template residual per (model, category)."""
 
-    def __init__(self, params: ExactBandParams, z: float, counters: Mapping[str, Counter] | None = None) -> None:
+    def __init__(self, params: ExactBandParams, counters: Mapping[str, Counter] | None = None) -> None:
         self.params = params
-        self.z = z
         self._counters: dict[str, Counter] = dict(counters or {})
         for model, encoding in params.tokenizers.items():
             if model not in self._counters:
@@ -116,12 +115,14 @@ class ExactBand:
             found = self._residuals[key] = Residual()
         return found
 
-    def routed(self, model: str, category: str, counted: int, messages: int, tools: int, framing_guess: float) -> int:
-        """Prompt tokens to route with: the count plus the template residual's upper bound."""
+    def routed(
+        self, model: str, category: str, counted: int, messages: int, tools: int, framing_guess: float, z: float
+    ) -> int:
+        """Prompt tokens to route with: the count plus the template residual's upper bound (``z`` σ)."""
         res = self._residuals.get((model, category))
         extra = framing_guess
         if res is not None and res.samples >= MIN_RESIDUALS:
-            extra = res.predict(messages, tools) + res.err_mean + self.z * math.sqrt(res.err_var)
+            extra = res.predict(messages, tools) + res.err_mean + z * math.sqrt(res.err_var)
         return counted + math.ceil(max(0.0, extra)) + self.params.slack_tokens
 
     def learn(self, model: str, category: str, counted: int, prompt_tokens: int, messages: int, tools: int) -> None:

@@ -149,7 +149,7 @@ class LinearEstimator:
         self._buckets: dict[tuple[str, str], Bucket] = {}
         self._models: set[str] = set()
         p = self.params
-        self._z = NormalDist().inv_cdf(1.0 - p.underestimate_prob)
+        self.z = NormalDist().inv_cdf(1.0 - p.underestimate_prob)
         self._lam = p.forgetting
         self._fit_lam = p.fit_forgetting
 
@@ -214,8 +214,8 @@ class LinearEstimator:
         if n < p.min_samples:
             return p.cold_margin, p.cold_margin, p.cold_margin
         sigma = math.sqrt(bucket.err_var) * (1.0 + 1.0 / math.sqrt(n))
-        upper = max(0.0, bucket.err_mean + self._z * sigma)
-        return sigma, upper, max(0.0, self._z * sigma - bucket.err_mean)
+        upper = max(0.0, bucket.err_mean + self.z * sigma)
+        return sigma, upper, max(0.0, self.z * sigma - bucket.err_mean)
 
     def routing_margin(self, bucket: Bucket, share: float) -> float:
         """Relative margin for a prompt of ``share`` = ŷ / B_short.

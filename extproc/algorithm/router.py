@@ -85,7 +85,9 @@ class BudgetRouter:
                 w = self.linear.bucket(shape.model, shape.category).weights
                 guess = w[MESSAGES] * x[MESSAGES] + w[TOOLS] * x[TOOLS] + w[REQUEST] * x[REQUEST]
                 key = self.linear.model_key(shape.model)
-                prompt = self.exact.routed(key, shape.category, counted, shape.messages, shape.tool_items, guess)
+                prompt = self.exact.routed(
+                    key, shape.category, counted, shape.messages, shape.tool_items, guess, self.linear.z
+                )
                 prompt += images
         ratio = shape.text_bytes / max(1.0, lin.point) if shape.text_bytes else v1.ratio
         return Estimate(prompt, out, prompt + out, ratio, v1.output_defaulted, tuple(x), counted)
