@@ -54,22 +54,23 @@ def serialize(parts: Iterable[Any]) -> str:
 
 
 class Residual:
-    """What the template adds to the counted text, ``prompt_tokens − counted ≈ r · (1, messages, tools)``:
+    """What the template adds to the counted text, ``prompt_tokens − counted ≈ r · (1, messages, tools,
+    has tools)`` (a tool preamble is paid once per request with tools):
     an exponentially weighted least-squares fit (tool preambles and role headers differ per model), with
     the weighted mean and variance of its own out-of-sample errors."""
 
     __slots__ = ("a", "b", "err_mean", "err_var", "r", "samples")
 
     def __init__(self) -> None:
-        self.a = np.zeros((3, 3))
-        self.b = np.zeros(3)
-        self.r = np.zeros(3)
+        self.a = np.zeros((4, 4))
+        self.b = np.zeros(4)
+        self.r = np.zeros(4)
         self.err_mean = 0.0
         self.err_var = 0.0
         self.samples = 0
 
     def predict(self, messages: int, tools: int) -> float:
-        return float(self.r[0] + self.r[1] * messages + self.r[2] * tools)
+        return float(self.r[0] + self.r[1] * messages + self.r[2] * tools + (self.r[3] if tools else 0.0))
 
     def add(self, value: float, messages: int, tools: int, lam: float) -> None:
         if self.samples:
@@ -77,10 +78,10 @@ class Residual:
             delta = value - self.predict(messages, tools) - self.err_mean
             self.err_mean += w * delta
             self.err_var = (1.0 - w) * (self.err_var + w * delta * delta)
-        x = np.array([1.0, float(messages), float(tools)])
+        x = np.array([1.0, float(messages), float(tools), 1.0 if tools else 0.0])
         self.a = lam * self.a + np.outer(x, x)
         self.b = lam * self.b + x * value
-        self.r = np.linalg.solve(self.a + 1e-3 * np.eye(3), self.b)
+        self.r = np.linalg.solve(self.a + 1e-3 * np.eye(4), self.b)
         self.samples += 1
 
 
