@@ -28,6 +28,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as epg
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from extproc.algorithm import BudgetRouter, shape_from_body
+from extproc.algorithm.linear_estimator import EstimatorParams
 from extproc.server.envoy_wire import NONE
 from tests.envoy_play import request_body, request_headers, response_body, response_headers
 
@@ -48,12 +49,32 @@ USAGE = (
 )
 
 
+# A near-boundary chat body (~30 KB, ~7,000 tokens): the v2 screen cannot settle it, so it pays for
+# the character-class pass (and, with the exact band, for the tokenizer).
+NEAR_TEXT = (TEXT * 8)[:30000]
+NEAR_BODY = orjson.dumps({"model": "llama", "max_tokens": 512, "messages": [{"role": "user", "content": NEAR_TEXT}]})
+
+
 def bench_pure(n: int = 20000) -> None:
     r = BudgetRouter()
+    linear = BudgetRouter(estimator=EstimatorParams(kind="linear"))
     parsed = orjson.loads(BODY)
+    near = orjson.loads(NEAR_BODY)
     shape = shape_from_body("chat", parsed, r.categorizer)
     for label, fn in (
         ("estimate+decide (parsed body -> decision)", lambda: r.route(shape_from_body("chat", parsed, r.categorizer))),
+        (
+            "  same, estimator: linear (screened)",
+            lambda: linear.route(shape_from_body("chat", parsed, linear.categorizer)),
+        ),
+        (
+            "  30 KB near B_short, estimator: ratio",
+            lambda: r.route(shape_from_body("chat", near, r.categorizer)),
+        ),
+        (
+            "  30 KB near B_short, estimator: linear",
+            lambda: linear.route(shape_from_body("chat", near, linear.categorizer)),
+        ),
         (
             "parse+estimate+decide (raw bytes -> decision)",
             lambda: r.route(shape_from_body("chat", orjson.loads(BODY), r.categorizer)),

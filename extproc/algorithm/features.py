@@ -64,12 +64,20 @@ def _class_table() -> bytes:
 _CLASSES = _class_table()
 
 
+def _boundary(raw: bytes, i: int) -> int:
+    """``i`` moved forward to the start of a character (past at most three continuation bytes)."""
+    while i < len(raw) and 0x80 <= raw[i] < 0xC0:
+        i += 1
+    return i
+
+
 def _sample(raw: bytes, limit: int) -> bytes:
+    """Evenly spaced chunks cut at character boundaries, so the class counts still add up to the bytes."""
     if len(raw) <= limit:
         return raw
     size = limit // _CHUNKS
     step = (len(raw) - size) // (_CHUNKS - 1)
-    return b"".join(raw[i * step : i * step + size] for i in range(_CHUNKS))
+    return b"".join(raw[_boundary(raw, i * step) : _boundary(raw, i * step + size)] for i in range(_CHUNKS))
 
 
 def count_classes(raw: bytes, ascii_only: bool = False) -> list[float]:
@@ -77,8 +85,7 @@ def count_classes(raw: bytes, ascii_only: bool = False) -> list[float]:
 
     Word and number runs are counted by their most common start: a letter (digit) after a space or
     punctuation, which is where BPE pre-tokenisers split. Runs that start a line or the text are
-    covered by the newline count. Multi-byte sequences are counted by their lead bytes; a chunk cut
-    mid-character only miscounts that character.
+    covered by the newline count. Multi-byte sequences are counted by their lead bytes.
     """
     m = raw.translate(_CLASSES)
     digits = m.count(b"0")
@@ -118,7 +125,7 @@ def text_features(texts: Sequence[str], sample_bytes: int = DEFAULT_SAMPLE_BYTES
             continue
         ascii_only = text.isascii()
         raw = text.encode("ascii") if ascii_only else text.encode("utf-8", "surrogatepass")
-        part = _sample(raw, max(_CHUNKS, sample_bytes))
+        part = _sample(raw, max(_CHUNKS * 4, sample_bytes))
         counts = count_classes(part, ascii_only)
         scale = len(raw) / len(part)
         for i, value in enumerate(counts):
