@@ -13,6 +13,11 @@ framing must be learned). Prints, side by side:
 - µs per estimate (features + model, or the exact count where it fires).
 
     python benchmarks/accuracy.py [--samples 400] [--warmup 50] [--seed 0] [--tokenizers cl100k_base,qwen3]
+
+``--azure N`` instead replays the first N requests of each Azure 2023 trace (code, conv; prompt and
+output sizes from the trace, text from the corpus: code for the code trace, prose/CJK/mixed for conv)
+through v2 with and without the exact band, and prints how often the band fires and its average added
+CPU per request.
 """
 
 from __future__ import annotations
@@ -230,6 +235,51 @@ def run(tokenizer: str, samples: int, warmup: int, seed: int, pools: Pools) -> d
     return {f"{kind}/{name}": s for (kind, name), s in bench.scores.items()}
 
 
+AZURE = Path(__file__).resolve().parents[1] / "extproc" / "data" / "azure-llm-inference-2023"
+
+
+def azure_requests(n: int) -> list[tuple[str, int, int]]:
+    """(kind, context tokens, generated tokens) of the first ``n`` requests of each trace, interleaved."""
+    out: list[tuple[str, int, int]] = []
+    for trace, kinds in (("code", ("code",)), ("conv", ("prose", "prose", "cjk", "mixed"))):
+        lines = (AZURE / f"AzureLLMInferenceTrace_{trace}.csv").read_text().splitlines()[1 : n + 1]
+        for i, line in enumerate(lines):
+            _, context, generated = line.split(",")
+            out.append((kinds[i % len(kinds)], int(context), max(1, int(generated))))
+    return out
+
+
+def replay_azure(tokenizer: str, n: int, seed: int, pools: Pools) -> None:
+    import quicktok
+
+    count = quicktok.get_encoding(tokenizer).count
+    tmpl = TEMPLATES[tokenizer]
+    rng = np.random.default_rng(seed)
+    linear = EstimatorParams(kind="linear")
+    v2 = BudgetRouter(estimator=linear)
+    exact = BudgetRouter(estimator=linear, exact=ExactBand(ExactBandParams(), counters={"bench": count}))
+    cost = {"v2": 0.0, "exact": 0.0}
+    fired = total = 0
+    for kind, context, generated in azure_requests(n):
+        req = build(kind, max(20, context - 40), None, pools, count, tmpl, rng)
+        assert req is not None
+        req.body["max_tokens"] = generated
+        shape = shape_from_body("chat", req.body, v2.categorizer)
+        for name, router in (("v2", v2), ("exact", exact)):
+            t0 = time.process_time()
+            est, _ = router.route(shape)
+            cost[name] += time.process_time() - t0
+            router.learn(shape, req.prompt, est)
+            if name == "exact":
+                fired += est.counted is not None
+        total += 1
+    added = (cost["exact"] - cost["v2"]) / total * 1e6
+    print(
+        f"| {tokenizer} | {total} | {100 * fired / total:.1f} % | {1e6 * cost['v2'] / total:.1f} | "
+        f"{1e6 * cost['exact'] / total:.1f} | {added:+.1f} |"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--samples", type=int, default=400, help="near-boundary requests per kind and tokenizer")
@@ -237,6 +287,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--tokenizers", default=",".join(TOKENIZERS))
     ap.add_argument("--per-kind", action="store_true", help="also print each kind of request")
+    ap.add_argument("--azure", type=int, default=0, help="replay N requests per Azure trace instead (exact-band CPU)")
     args = ap.parse_args(argv)
     try:
         import quicktok  # noqa: F401
@@ -244,6 +295,15 @@ def main(argv: list[str] | None = None) -> int:
         print("accuracy: needs PyPI quicktok-v1 (pip install 'budget-router[exact]')", file=sys.stderr)
         return 2
     pools = load_pools()
+    if args.azure:
+        print(
+            f"Azure 2023 traces, first {args.azure} requests of code and of conv; route CPU (process time) per request"
+        )
+        print("| tokenizer | requests | exact fired | v2 µs | v2 + exact µs | exact adds µs |")
+        print("|---|---|---|---|---|---|")
+        for tok in args.tokenizers.split(","):
+            replay_azure(tok, args.azure, args.seed, pools)
+        return 0
     print(
         f"near-boundary: true total in [{int(0.8 * B_SHORT)}, {int(1.2 * B_SHORT)}], B_short={B_SHORT}, "
         f"{args.samples} per kind ({', '.join(KINDS)}), {args.warmup} warm-up per kind, seed {args.seed}"
