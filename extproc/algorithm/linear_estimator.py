@@ -30,8 +30,10 @@ names, new ones share a default bucket, so the state stays bounded whatever clie
 
 from __future__ import annotations
 
+import bisect
 import math
 import operator
+from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from statistics import NormalDist
@@ -43,6 +45,9 @@ from extproc.algorithm.budget import BudgetParams
 from extproc.algorithm.calibration import CalibrationParams, Observation
 from extproc.algorithm.features import BYTES, DEFAULT_SAMPLE_BYTES, N_TEXT, TEXT_FEATURES
 
+RECENT_ERRORS = 128  # out-of-sample relative errors kept per bucket for the empirical margin
+EMPIRICAL_SAMPLES = 64  # from this many recent errors on, their own distribution alone sets the margin
+SHARE_GRID = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.25, 1.5, 2.0)  # ŷ / B_short
 DEFAULT_MODEL = "*"  # bucket for requests without a model, and for models past ``max_models``
 FEATURES = (*TEXT_FEATURES, "structured_bytes", "messages", "tools", "request")
 STRUCTURED, MESSAGES, TOOLS, REQUEST = range(N_TEXT, N_TEXT + 4)
@@ -86,9 +91,11 @@ class Bucket:
         "err_mean",
         "err_samples",
         "err_var",
+        "grid",
         "margin",
         "prior",
         "prior_tuple",
+        "recent",
         "ridge",
         "samples",
         "weights",
@@ -105,7 +112,9 @@ class Bucket:
         self.err_mean = 0.0
         self.err_var = 0.0
         self.err_samples = 0
-        self.margin: tuple[float, float] | None = None  # cached (upper, lower); reset when errors are learned
+        self.margin: tuple[float, float, float] | None = None  # cached margins; reset when errors are learned
+        self.recent: deque[float] = deque(maxlen=RECENT_ERRORS)
+        self.grid: tuple[float, ...] | None = None  # cached empirical margins at SHARE_GRID
 
     def predict(self, x: Sequence[float]) -> float:
         return sum(map(operator.mul, self.weights, x))
@@ -130,7 +139,8 @@ class Bucket:
         self.err_mean += w * delta
         self.err_var = (1.0 - w) * (self.err_var + w * delta * delta)
         self.err_samples += 1
-        self.margin = None
+        self.recent.append(rel)
+        self.margin = self.grid = None
 
 
 class LinearEstimator:
@@ -230,7 +240,24 @@ class LinearEstimator:
         if bucket.err_samples < self.params.min_samples or sigma <= 0.0:
             return upper
         target = self.params.underestimate_prob * 2.0 * self.params.boundary_window / (sigma * max(share, 1e-3))
-        return max(0.0, bucket.err_mean + _excess_quantile(target) * sigma)
+        gaussian = bucket.err_mean + _excess_quantile(target) * sigma
+        if bucket.grid is None:
+            bucket.grid = self._empirical_grid(bucket)
+        i = bisect.bisect_left(SHARE_GRID, share)  # the next larger grid share: the larger (safer) margin
+        empirical = bucket.grid[min(i, len(SHARE_GRID) - 1)]
+        if len(bucket.recent) >= EMPIRICAL_SAMPLES:
+            return max(0.0, empirical)
+        return max(0.0, gaussian, empirical)
+
+    def _empirical_grid(self, bucket: Bucket) -> tuple[float, ...]:
+        """The same margin on the recent residuals themselves: tails heavier than normal (a language
+        the features do not see) would otherwise go unpriced. Solved for each share of SHARE_GRID."""
+        p = self.params
+        errors = sorted(bucket.recent, reverse=True)
+        if len(errors) < p.min_samples:
+            return (0.0,) * len(SHARE_GRID)
+        budget = p.underestimate_prob * 2.0 * p.boundary_window
+        return tuple(_empirical_excess_quantile(errors, budget / share) for share in SHARE_GRID)
 
     def bounds(self, nbytes: float, x: Sequence[float]) -> tuple[float, float]:
         """Token range the bytes/token bounds allow: no learned state can route outside it."""
@@ -288,6 +315,7 @@ class LinearEstimator:
                 "err_mean": b.err_mean,
                 "err_var": b.err_var,
                 "err_samples": b.err_samples,
+                "recent": list(b.recent),
                 "a": b.a.ravel().tolist(),
                 "b": b.b.tolist(),
             }
@@ -306,13 +334,14 @@ class LinearEstimator:
                 b = np.asarray(entry["b"], dtype=float)
                 samples, err_samples = int(entry["samples"]), int(entry["err_samples"])
                 err_mean, err_var = float(entry["err_mean"]), float(entry["err_var"])
+                recent = [float(v) for v in entry.get("recent", ())]
             except (KeyError, TypeError, ValueError, AttributeError):
                 continue
             if weights.shape != (N_FEATURES,) or b.shape != (N_FEATURES,) or samples < 0 or err_samples < 0:
                 continue
             if not all(np.all(np.isfinite(v)) for v in (weights, a, b)) or not err_var >= 0.0:
                 continue
-            if not math.isfinite(err_mean):
+            if not math.isfinite(err_mean) or not all(math.isfinite(v) for v in recent):
                 continue
             if model != DEFAULT_MODEL and self.model_key(model) != model:
                 continue
@@ -320,12 +349,26 @@ class LinearEstimator:
             bucket.weights = tuple(float(v) for v in weights)
             bucket.a, bucket.b, bucket.samples = a, b, samples
             bucket.err_mean, bucket.err_var, bucket.err_samples = err_mean, err_var, err_samples
+            bucket.recent.extend(recent[-RECENT_ERRORS:])
+            bucket.grid = None
             bucket.margin = None
             restored += 1
         return restored
 
 
 _STD_NORMAL = NormalDist()
+
+
+def _empirical_excess_quantile(descending: Sequence[float], target: float) -> float:
+    """The m with mean((e − m)+) = target over the residuals (sorted largest first)."""
+    n, top = len(descending), 0.0
+    for j, e in enumerate(descending, start=1):
+        top += e
+        m = (top - n * target) / j
+        nxt = descending[j] if j < n else -math.inf
+        if nxt <= m <= e:
+            return m
+    return descending[0] - n * target  # unreachable for a positive target; kept total
 
 
 def _excess(k: float) -> float:
