@@ -71,6 +71,7 @@ class EstimatorParams:
     sample_bytes: int = DEFAULT_SAMPLE_BYTES
     margin_min_tokens: int = 256  # smaller prompts teach the fit but not the margin (relative noise)
     cold_margin: float = 0.25  # margin while the error statistics have fewer than ``min_samples``
+    band_prob: float = 0.001  # per-request probability of a prompt beyond the uncertainty band (exact band)
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,7 +160,8 @@ class LinearEstimator:
         self._buckets: dict[tuple[str, str], Bucket] = {}
         self._models: set[str] = set()
         p = self.params
-        self.z = NormalDist().inv_cdf(1.0 - p.underestimate_prob)
+        # band half-width in σ: the Laplace quantile (heavier tails than normal; real errors have them)
+        self.z = max(NormalDist().inv_cdf(1.0 - p.band_prob), math.log(0.5 / p.band_prob) / math.sqrt(2.0))
         self._lam = p.forgetting
         self._fit_lam = p.fit_forgetting
 
@@ -207,12 +209,12 @@ class LinearEstimator:
         return x
 
     def margins(self, bucket: Bucket) -> tuple[float, float, float]:
-        """(excess, upper, lower) relative error statistics of the bucket, cached until it learns.
+        """(sigma, upper, lower) relative error statistics of the bucket, cached until it learns.
 
-        ``upper``/``lower``: the per-request ``p`` quantiles of the relative error e ~ N(μ, σ²), σ
-        inflated while samples are few: the uncertainty band that the exact count covers.
-        ``excess``: ``k`` in units of σ (see ``routing_margin``). The cold margin stands in while the
-        error statistics are young.
+        ``sigma``: the spread of the relative error, inflated while samples are few (``routing_margin``
+        prices it). ``upper``/``lower``: the per-request ``band_prob`` quantiles of a Laplace error
+        with that mean and spread, or the largest recent errors if wider: the uncertainty band that
+        the exact count covers. The cold margin stands in while the error statistics are young.
         """
         if bucket.margin is None:
             bucket.margin = self._margins(bucket)
@@ -224,8 +226,10 @@ class LinearEstimator:
         if n < p.min_samples:
             return p.cold_margin, p.cold_margin, p.cold_margin
         sigma = math.sqrt(bucket.err_var) * (1.0 + 1.0 / math.sqrt(n))
-        upper = max(0.0, bucket.err_mean + self.z * sigma)
-        return sigma, upper, max(0.0, self.z * sigma - bucket.err_mean)
+        # the band also covers the extremes of the recent errors: tails heavier than normal
+        high, low = (max(bucket.recent), min(bucket.recent)) if bucket.recent else (0.0, 0.0)
+        upper = max(0.0, bucket.err_mean + self.z * sigma, high)
+        return sigma, upper, max(0.0, self.z * sigma - bucket.err_mean, -low)
 
     def routing_margin(self, bucket: Bucket, share: float) -> float:
         """Relative margin for a prompt of ``share`` = ŷ / B_short.

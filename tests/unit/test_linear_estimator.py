@@ -56,7 +56,7 @@ def test_noisy_fit_has_a_margin_that_meets_its_target():
         est.observe("m", "prose", x, y * rng.normal(1.0, 0.04))
     bucket = est.bucket("m", "prose")
     sigma, upper, _lower = est.margins(bucket)
-    assert 0.03 < sigma < 0.06 and upper == pytest.approx(est.z * sigma + bucket.err_mean, abs=1e-9)
+    assert 0.03 < sigma < 0.06 and upper >= est.z * sigma + bucket.err_mean
     # the routing margin: E[(e - m)+] * share / 2w = p, so a full-size prompt needs more than a small one
     big, small = est.routing_margin(bucket, 1.0), est.routing_margin(bucket, 0.3)
     assert big > small > 0.0
