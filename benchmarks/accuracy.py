@@ -176,8 +176,8 @@ class Score:
 class Bench:
     """The four estimators over one tokenizer, each a product ``BudgetRouter`` learning from the same usage."""
 
-    def __init__(self, count: Callable[[str], int], model: str = "bench") -> None:
-        linear = EstimatorParams(kind="linear")
+    def __init__(self, count: Callable[[str], int], underestimate_prob: float, model: str = "bench") -> None:
+        linear = EstimatorParams(kind="linear", underestimate_prob=underestimate_prob)
         self.v1 = BudgetRouter()
         self.v2 = BudgetRouter(estimator=linear)
         self.exact = BudgetRouter(estimator=linear, exact=ExactBand(ExactBandParams(), counters={model: count}))
@@ -204,13 +204,13 @@ ESTIMATORS = ("static", "v1", "v2", "exact")
 LABELS = {"static": "static 4.0", "v1": "v1 ratio", "v2": "v2 linear", "exact": "v2 + exact band"}
 
 
-def run(tokenizer: str, samples: int, warmup: int, seed: int, pools: Pools) -> dict[str, Score]:
+def run(tokenizer: str, samples: int, warmup: int, seed: int, pools: Pools, prob: float) -> dict[str, Score]:
     import quicktok
 
     count = quicktok.get_encoding(tokenizer).count
     tmpl = TEMPLATES[tokenizer]
     rng = np.random.default_rng(seed)
-    bench = Bench(count)
+    bench = Bench(count, prob)
     for kind in KINDS:  # warm-up: requests of any size (log-uniform 50..12000 prompt tokens)
         for _ in range(warmup):
             req = build(kind, math.exp(rng.uniform(math.log(50), math.log(12000))), None, pools, count, tmpl, rng)
@@ -287,6 +287,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--tokenizers", default=",".join(TOKENIZERS))
     ap.add_argument("--per-kind", action="store_true", help="also print each kind of request")
+    ap.add_argument(
+        "--underestimate-prob",
+        type=float,
+        default=EstimatorParams().underestimate_prob,
+        help="v2's estimator.underestimate_prob (target dangerous share)",
+    )
     ap.add_argument("--azure", type=int, default=0, help="replay N requests per Azure trace instead (exact-band CPU)")
     args = ap.parse_args(argv)
     try:
@@ -315,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
     print(header)
     print("|---" * (len(ESTIMATORS) + 3) + "|")
     for tok in args.tokenizers.split(","):
-        scores = run(tok, args.samples, args.warmup, args.seed, pools)
+        scores = run(tok, args.samples, args.warmup, args.seed, pools, args.underestimate_prob)
         kinds = ("all", *KINDS) if args.per_kind else ("all",)
         for kind in kinds:
             cells = []
