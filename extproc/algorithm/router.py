@@ -56,12 +56,10 @@ class BudgetRouter:
         decision = decide(est.total, self.policy, short_pressure, long_pressure, est.output_defaulted)
         if self.linear is None or shape.known_prompt_tokens is not None or not shape.texts:
             return est, decision
-        out = est.output_tokens
-        low, high = est.prompt_tokens / SCREEN_FACTOR, est.prompt_tokens * SCREEN_FACTOR
-        lo_decision = decide(int(low) + out, self.policy, short_pressure, long_pressure, est.output_defaulted)
-        hi_decision = decide(int(high) + out, self.policy, short_pressure, long_pressure, est.output_defaulted)
-        if lo_decision == decision == hi_decision:
-            return est, decision
+        out, pol = est.output_tokens, self.policy
+        low, high = est.prompt_tokens / SCREEN_FACTOR + out, est.prompt_tokens * SCREEN_FACTOR + out
+        if not (low <= pol.b_short < high or low <= pol.short_context < high or low <= pol.long_context < high):
+            return est, decision  # no threshold inside the screen: no estimate in it decides otherwise
         est = self._estimate_linear(shape, est)
         return est, decide(est.total, self.policy, short_pressure, long_pressure, est.output_defaulted)
 
