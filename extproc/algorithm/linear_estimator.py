@@ -21,7 +21,7 @@ out-of-sample residual) feeds an exponentially weighted mean and variance; routi
 while samples are few. After a shift in traffic the residuals grow and the margin widens by itself
 within a few samples (the same forgetting).
 
-Defences (as in v1): until ``min_samples`` a bucket may only be more conservative than its prior;
+Defences (as in v1): until ``calibration.min_samples`` a bucket may only be more conservative than its prior;
 samples whose bytes/token lies outside ``[min_ratio, max_ratio]`` are rejected, so are far outliers
 once warmed up; every estimate is clamped to the bytes/token bounds, so a backend lying in ``usage``
 cannot move routing outside them. Buckets are keyed by the request's ``model``; past ``max_models``
@@ -66,11 +66,10 @@ class EstimatorParams:
     underestimate_prob: float = 0.005  # target share of near-boundary requests routed short that do not fit
     boundary_window: float = 0.2  # "near the boundary": true total within ±20 % of B_short
     max_models: int = 8
-    min_samples: int = 10
     prior_weight: float = 0.5  # ridge towards the prior, in units of one typical (scaled) sample
     sample_bytes: int = DEFAULT_SAMPLE_BYTES
     margin_min_tokens: int = 256  # smaller prompts teach the fit but not the margin (relative noise)
-    cold_margin: float = 0.25  # margin while the error statistics have fewer than ``min_samples``
+    cold_margin: float = 0.25  # margin while the error statistics have fewer than ``calibration.min_samples``
     band_prob: float = 0.001  # per-request probability of a prompt beyond the uncertainty band (exact band)
 
 
@@ -223,7 +222,7 @@ class LinearEstimator:
     def _margins(self, bucket: Bucket) -> tuple[float, float, float]:
         p = self.params
         n = bucket.err_samples
-        if n < p.min_samples:
+        if n < self.calibration.min_samples:
             return p.cold_margin, p.cold_margin, p.cold_margin
         sigma = math.sqrt(bucket.err_var) * (1.0 + 1.0 / math.sqrt(n))
         # the band also covers the extremes of the recent errors: tails heavier than normal
@@ -241,7 +240,7 @@ class LinearEstimator:
         part of B_short need less margin than prompts that fill it.
         """
         sigma, upper, _ = self.margins(bucket)
-        if bucket.err_samples < self.params.min_samples or sigma <= 0.0:
+        if bucket.err_samples < self.calibration.min_samples or sigma <= 0.0:
             return upper
         target = self.params.underestimate_prob * 2.0 * self.params.boundary_window / (sigma * max(share, 1e-3))
         gaussian = bucket.err_mean + _excess_quantile(target) * sigma
@@ -258,7 +257,7 @@ class LinearEstimator:
         the features do not see) would otherwise go unpriced. Solved for each share of SHARE_GRID."""
         p = self.params
         errors = sorted(bucket.recent, reverse=True)
-        if len(errors) < p.min_samples:
+        if len(errors) < self.calibration.min_samples:
             return (0.0,) * len(SHARE_GRID)
         budget = p.underestimate_prob * 2.0 * p.boundary_window
         return tuple(_empirical_excess_quantile(errors, budget / share) for share in SHARE_GRID)
@@ -278,7 +277,7 @@ class LinearEstimator:
         nbytes = (x[BYTES] + x[STRUCTURED]) / _BYTE_SCALE
         lo, hi = self.bounds(nbytes, x)
         routed = point * (1.0 + margin)
-        if bucket.samples < self.params.min_samples:  # only more conservative than the prior until warm
+        if bucket.samples < self.calibration.min_samples:  # only more conservative than the prior until warm
             routed = max(routed, sum(map(operator.mul, bucket.prior_tuple, x)))
         routed = min(max(routed, lo), hi)
         low = min(max(point * (1.0 - down), lo), routed)
@@ -298,7 +297,7 @@ class LinearEstimator:
         bucket = self.bucket(model, category)
         point = bucket.predict(x)
         rel = (tokens - point) / point if point > 0 else 0.0
-        warm = bucket.samples >= self.params.min_samples
+        warm = bucket.samples >= self.calibration.min_samples
         if warm and abs(rel) > max(c.outlier_factor, 4.0 * math.sqrt(bucket.err_var) + abs(bucket.err_mean)):
             return Observation.OUTLIER
         if warm and point >= self.params.margin_min_tokens:
