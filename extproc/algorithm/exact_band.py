@@ -23,6 +23,8 @@ from typing import Any
 import numpy as np
 import orjson
 
+from extproc.algorithm.linear_estimator import ew_moments
+
 Counter = Callable[[str], int]
 ENCODINGS = ("cl100k_base", "o200k_base", "llama3", "qwen3")
 MIN_RESIDUALS = 8  # residual samples before the fitted template cost replaces the v2 framing guess
@@ -74,10 +76,8 @@ class Residual:
 
     def add(self, value: float, messages: int, tools: int, lam: float) -> None:
         if self.samples:
-            w = max(1.0 - lam, 1.0 / (self.samples + 1))
-            delta = value - self.predict(messages, tools) - self.err_mean
-            self.err_mean += w * delta
-            self.err_var = (1.0 - w) * (self.err_var + w * delta * delta)
+            error = value - self.predict(messages, tools)
+            self.err_mean, self.err_var = ew_moments(self.err_mean, self.err_var, self.samples - 1, error, lam)
         x = np.array([1.0, float(messages), float(tools), 1.0 if tools else 0.0])
         self.a = lam * self.a + np.outer(x, x)
         self.b = lam * self.b + x * value

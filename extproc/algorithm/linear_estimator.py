@@ -134,10 +134,7 @@ class Bucket:
         self.samples += 1
 
     def observe_error(self, rel: float, lam: float) -> None:
-        w = max(1.0 - lam, 1.0 / (self.err_samples + 1))
-        delta = rel - self.err_mean
-        self.err_mean += w * delta
-        self.err_var = (1.0 - w) * (self.err_var + w * delta * delta)
+        self.err_mean, self.err_var = ew_moments(self.err_mean, self.err_var, self.err_samples, rel, lam)
         self.err_samples += 1
         self.recent.append(rel)
         self.margin = self.grid = None
@@ -357,6 +354,14 @@ class LinearEstimator:
             bucket.margin = None
             restored += 1
         return restored
+
+
+def ew_moments(mean: float, var: float, n: int, value: float, lam: float) -> tuple[float, float]:
+    """Exponentially weighted mean and variance after one more value; plain averages for the first
+    ``1/(1 − λ)`` values (as v1's ratio), so a young estimate is not dominated by its first value."""
+    w = max(1.0 - lam, 1.0 / (n + 1))
+    delta = value - mean
+    return mean + w * delta, (1.0 - w) * (var + w * delta * delta)
 
 
 _STD_NORMAL = NormalDist()
