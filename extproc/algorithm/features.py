@@ -9,7 +9,8 @@ Cost is what shapes this module: the counts must take microseconds on a 4 KB bod
 ``bytes.translate`` maps every byte to its class letter, and a handful of ``bytes.count`` calls count
 the classes (no regex, no per-character Python loop). Pure-ASCII text (``str.isascii`` is O(1)) skips
 the multi-byte counts. Texts longer than ``sample_bytes`` are counted on evenly spaced chunks and the
-counts scaled to the whole text, so the cost is bounded however long the prompt is.
+counts scaled to the whole text, so the cost is bounded however long the prompt is (the sample is
+shared by a request's texts, so many turns do not multiply it).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ TEXT_FEATURES = (
 N_TEXT = len(TEXT_FEATURES)
 DEFAULT_SAMPLE_BYTES = 8192
 _CHUNKS = 8  # evenly spaced chunks when sampling: heterogeneous prompts (prose with pasted code) stay visible
+_MIN_SAMPLE = 256  # per text, however small its share of the sample
 
 
 def _class_table() -> bytes:
@@ -117,15 +119,15 @@ def count_classes(raw: bytes, ascii_only: bool = False) -> list[float]:
 
 def text_features(texts: Sequence[str], sample_bytes: int = DEFAULT_SAMPLE_BYTES) -> tuple[float, ...]:
     """Summed class counts of ``texts`` (the prompt's message texts), estimated from at most
-    ``sample_bytes`` bytes per text and scaled to the text's full size. Never raises on any ``str``:
-    lone surrogates are encoded as-is (``surrogatepass``)."""
+    ``sample_bytes`` bytes in all (shared by the texts in proportion to their sizes) and scaled to
+    each text's full size. Never raises on any ``str``: lone surrogates are encoded as-is."""
     total = [0.0] * N_TEXT
-    for text in texts:
-        if not text:
-            continue
-        ascii_only = text.isascii()
-        raw = text.encode("ascii") if ascii_only else text.encode("utf-8", "surrogatepass")
-        part = _sample(raw, max(_CHUNKS * 4, sample_bytes))
+    encoded = [
+        (t.encode("ascii"), True) if t.isascii() else (t.encode("utf-8", "surrogatepass"), False) for t in texts if t
+    ]
+    size = sum(len(raw) for raw, _ in encoded)
+    for raw, ascii_only in encoded:
+        part = _sample(raw, max(_MIN_SAMPLE, sample_bytes * len(raw) // size))
         counts = count_classes(part, ascii_only)
         scale = len(raw) / len(part)
         for i, value in enumerate(counts):
