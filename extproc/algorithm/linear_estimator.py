@@ -55,7 +55,6 @@ N_FEATURES = len(FEATURES)
 # Features are scaled so a typical few-KB prompt has values near 1: the ridge then means the same
 # for every weight, and the normal equations stay well conditioned.
 _BYTE_SCALE = 1.0 / 1024.0
-_SCALES = np.array([_BYTE_SCALE] * (N_TEXT + 1) + [1.0, 1.0, 1.0])
 
 
 @dataclass(frozen=True, slots=True)
