@@ -20,9 +20,9 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import orjson
 
+from extproc.algorithm.linalg import decay_add_outer, solve_spd
 from extproc.algorithm.linear_estimator import ew_moments
 
 Counter = Callable[[str], int]
@@ -64,9 +64,9 @@ class Residual:
     __slots__ = ("a", "b", "err_mean", "err_var", "r", "samples")
 
     def __init__(self) -> None:
-        self.a = np.zeros((4, 4))
-        self.b = np.zeros(4)
-        self.r = np.zeros(4)
+        self.a = [0.0] * 16
+        self.b = [0.0] * 4
+        self.r = [0.0] * 4
         self.err_mean = 0.0
         self.err_var = 0.0
         self.samples = 0
@@ -78,10 +78,10 @@ class Residual:
         if self.samples:
             error = value - self.predict(messages, tools)
             self.err_mean, self.err_var = ew_moments(self.err_mean, self.err_var, self.samples - 1, error, lam)
-        x = np.array([1.0, float(messages), float(tools), 1.0 if tools else 0.0])
-        self.a = lam * self.a + np.outer(x, x)
-        self.b = lam * self.b + x * value
-        self.r = np.linalg.solve(self.a + 1e-3 * np.eye(4), self.b)
+        decay_add_outer(self.a, self.b, (1.0, float(messages), float(tools), 1.0 if tools else 0.0), value, lam)
+        r = solve_spd([v + (1e-3 if i % 5 == 0 else 0.0) for i, v in enumerate(self.a)], self.b)
+        if r is not None:
+            self.r = r
         self.samples += 1
 
 

@@ -13,7 +13,8 @@ Fit: exponentially weighted least squares (recursive least squares with forgetti
 β) with a ridge that pulls every weight towards the prior (the v1 cold-start ratio and the configured
 framing). The ridge never decays, so directions the traffic does not excite stay at the prior instead
 of winding up, and a few samples only nudge the model. The normal equations are 15 x 15: solving
-them at learn time costs tens of µs; the hot path is one dot product.
+them at learn time in pure Python (the core install has no numpy) costs ~0.1 ms, so converged
+buckets re-solve on every 4th sample; the hot path is one dot product.
 
 Safety margin: the relative error of every prediction made *before* its sample was learned (an
 out-of-sample residual) feeds an exponentially weighted mean and variance; routing uses
@@ -39,13 +40,13 @@ from dataclasses import dataclass
 from statistics import NormalDist
 from typing import Any
 
-import numpy as np
-
 from extproc.algorithm.budget import BudgetParams
 from extproc.algorithm.calibration import CalibrationParams, Observation
 from extproc.algorithm.features import BYTES, DEFAULT_SAMPLE_BYTES, N_TEXT, TEXT_FEATURES
+from extproc.algorithm.linalg import decay_add_outer, solve_spd
 
 RECENT_ERRORS = 128  # out-of-sample relative errors kept per bucket for the empirical margin
+SOLVE_EVERY = 4  # once a bucket converged, re-solve the fit on every 4th sample only
 EMPIRICAL_SAMPLES = 64  # from this many recent errors on, their own distribution alone sets the margin
 SHARE_GRID = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.25, 1.5, 2.0)  # ŷ / B_short
 DEFAULT_MODEL = "*"  # bucket for requests without a model, and for models past ``max_models``
@@ -93,19 +94,17 @@ class Bucket:
         "grid",
         "margin",
         "prior",
-        "prior_tuple",
         "recent",
         "ridge",
         "samples",
         "weights",
     )
 
-    def __init__(self, prior: np.ndarray, ridge: float) -> None:
-        self.prior = prior
-        self.prior_tuple = tuple(float(v) for v in prior)
+    def __init__(self, prior: Sequence[float], ridge: float) -> None:
+        self.prior = tuple(float(v) for v in prior)
         self.ridge = ridge
-        self.a = np.zeros((N_FEATURES, N_FEATURES))
-        self.b = np.zeros(N_FEATURES)
+        self.a = [0.0] * (N_FEATURES * N_FEATURES)  # Σ λ^age x xᵀ, row-major
+        self.b = [0.0] * N_FEATURES  # Σ λ^age x y
         self.weights: tuple[float, ...] = tuple(float(v) for v in prior)
         self.samples = 0
         self.err_mean = 0.0
@@ -118,19 +117,19 @@ class Bucket:
     def predict(self, x: Sequence[float]) -> float:
         return sum(map(operator.mul, self.weights, x))
 
-    def update(self, x: np.ndarray, y: float, lam: float) -> None:
-        self.a *= lam
-        self.a += np.outer(x, x)
-        self.b *= lam
-        self.b += x * y
-        reg = np.full(N_FEATURES, self.ridge)
-        try:
-            w = np.linalg.solve(self.a + np.diag(reg), self.b + reg * self.prior)
-        except np.linalg.LinAlgError:
-            return
-        if np.all(np.isfinite(w)):
-            self.weights = tuple(float(v) for v in w)
+    def update(self, x: Sequence[float], y: float, lam: float, solve: bool = True) -> None:
+        """Add one sample; re-solve ``(A + ρI) w = b + ρ·prior`` when ``solve`` (the caller thins
+        solves out once a bucket has converged: each costs ~0.1 ms of pure Python)."""
+        decay_add_outer(self.a, self.b, x, y, lam)
         self.samples += 1
+        if not solve:
+            return
+        a = list(self.a)
+        for i in range(N_FEATURES):
+            a[i * N_FEATURES + i] += self.ridge
+        w = solve_spd(a, [bi + self.ridge * pi for bi, pi in zip(self.b, self.prior, strict=True)])
+        if w is not None:
+            self.weights = tuple(w)
 
     def observe_error(self, rel: float, lam: float) -> None:
         self.err_mean, self.err_var = ew_moments(self.err_mean, self.err_var, self.err_samples, rel, lam)
@@ -174,10 +173,10 @@ class LinearEstimator:
     def prior_ratio(self, category: str) -> float:
         return self._priors.get(category, self.calibration.cold_start)
 
-    def prior_weights(self, category: str) -> np.ndarray:
+    def prior_weights(self, category: str) -> list[float]:
         """Scaled weights equivalent to v1's cold start: text at the prior ratio, framing as configured."""
         b = self.budget
-        w = np.zeros(N_FEATURES)
+        w = [0.0] * N_FEATURES
         w[BYTES] = 1.0 / self.prior_ratio(category) / _BYTE_SCALE
         w[STRUCTURED] = 1.0 / self.prior_ratio(b.structured_category) / _BYTE_SCALE
         w[MESSAGES] = b.framing_per_message
@@ -274,7 +273,7 @@ class LinearEstimator:
         lo, hi = self.bounds(nbytes, x)
         routed = point * (1.0 + margin)
         if bucket.samples < self.calibration.min_samples:  # only more conservative than the prior until warm
-            routed = max(routed, sum(map(operator.mul, bucket.prior_tuple, x)))
+            routed = max(routed, sum(map(operator.mul, bucket.prior, x)))
         routed = min(max(routed, lo), hi)
         low = min(max(point * (1.0 - down), lo), routed)
         high = max(min(point * (1.0 + up), hi), routed)
@@ -298,7 +297,8 @@ class LinearEstimator:
             return Observation.OUTLIER
         if warm and point >= self.params.margin_min_tokens:
             bucket.observe_error(rel, self._lam)
-        bucket.update(np.asarray(x), tokens, self._fit_lam)
+        thin = bucket.samples >= self.calibration.converged_samples and bucket.samples % SOLVE_EVERY
+        bucket.update(x, tokens, self._fit_lam, solve=not thin)
         return Observation.ACCEPTED
 
     def converged(self, model: str | None, category: str) -> bool:
@@ -315,8 +315,8 @@ class LinearEstimator:
                 "err_var": b.err_var,
                 "err_samples": b.err_samples,
                 "recent": list(b.recent),
-                "a": b.a.ravel().tolist(),
-                "b": b.b.tolist(),
+                "a": list(b.a),
+                "b": list(b.b),
             }
             for (model, category), b in self._buckets.items()
         }
@@ -328,24 +328,26 @@ class LinearEstimator:
         for key, entry in data.items():
             try:
                 model, category = str(key).split("\t", 1)
-                weights = np.asarray(entry["weights"], dtype=float)
-                a = np.asarray(entry["a"], dtype=float).reshape(N_FEATURES, N_FEATURES)
-                b = np.asarray(entry["b"], dtype=float)
+                weights = [float(v) for v in entry["weights"]]
+                a = [float(v) for v in entry["a"]]
+                b = [float(v) for v in entry["b"]]
                 samples, err_samples = int(entry["samples"]), int(entry["err_samples"])
                 err_mean, err_var = float(entry["err_mean"]), float(entry["err_var"])
                 recent = [float(v) for v in entry.get("recent", ())]
             except (KeyError, TypeError, ValueError, AttributeError):
                 continue
-            if weights.shape != (N_FEATURES,) or b.shape != (N_FEATURES,) or samples < 0 or err_samples < 0:
+            if len(weights) != N_FEATURES or len(b) != N_FEATURES or len(a) != N_FEATURES * N_FEATURES:
                 continue
-            if not all(np.all(np.isfinite(v)) for v in (weights, a, b)) or not err_var >= 0.0:
+            if samples < 0 or err_samples < 0 or not err_var >= 0.0:
+                continue
+            if not all(math.isfinite(v) for v in (*weights, *a, *b)):
                 continue
             if not math.isfinite(err_mean) or not all(math.isfinite(v) for v in recent):
                 continue
             if model != DEFAULT_MODEL and self.model_key(model) != model:
                 continue
             bucket = self.bucket(model, category)
-            bucket.weights = tuple(float(v) for v in weights)
+            bucket.weights = tuple(weights)
             bucket.a, bucket.b, bucket.samples = a, b, samples
             bucket.err_mean, bucket.err_var, bucket.err_samples = err_mean, err_var, err_samples
             bucket.recent.extend(recent[-RECENT_ERRORS:])
