@@ -12,7 +12,7 @@ from extproc.algorithm import BudgetRouter, shape_from_body
 from extproc.algorithm.exact_band import ExactBand, ExactBandParams, load_counter, serialize
 from extproc.algorithm.linear_estimator import EstimatorParams
 from extproc.config import ConfigError, load_config
-from extproc.router_from_config import build_router
+from extproc.router_factory import build_router
 
 quicktok = pytest.importorskip("quicktok", reason="optional extra 'exact' (PyPI quicktok-v1) is not installed")
 CORPUS = Path(__file__).resolve().parents[2] / "extproc" / "data" / "corpus"

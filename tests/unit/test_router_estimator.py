@@ -9,7 +9,7 @@ from extproc.algorithm import BudgetRouter, shape_from_body
 from extproc.algorithm.calibration import Observation
 from extproc.algorithm.linear_estimator import EstimatorParams
 from extproc.config import load_config
-from extproc.router_from_config import build_router
+from extproc.router_factory import build_router
 
 TEXT = (Path(__file__).resolve().parents[2] / "extproc" / "data" / "corpus" / "prose" / "licence-GPL-3.txt").read_text()
 
