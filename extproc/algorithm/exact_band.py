@@ -49,10 +49,14 @@ def load_counter(encoding: str) -> Counter:
     return enc.count
 
 
-def serialize(parts: Iterable[Any]) -> str:
+def serialize(parts: Iterable[Any]) -> str | None:
     """Tool definitions and calls as compact JSON, the way templates render them (near enough: the
-    difference is learned in the residual)."""
-    return "\n".join(orjson.dumps(p, option=orjson.OPT_NON_STR_KEYS).decode() for p in parts)
+    difference is learned in the residual); None if a value cannot be serialised, and then the
+    request is not counted exactly (a partial count would under-estimate)."""
+    try:
+        return "\n".join(orjson.dumps(p, option=orjson.OPT_NON_STR_KEYS).decode() for p in parts)
+    except TypeError:  # orjson.JSONEncodeError: e.g. an integer beyond 64 bits
+        return None
 
 
 class Residual:

@@ -77,8 +77,10 @@ class BudgetRouter:
         out = v1.output_tokens
         prompt, counted = lin.routed + images, None
         b_short = self.policy.b_short
-        if self.exact is not None and lin.low + images + out <= b_short < lin.high + images + out:
-            counted = self.exact.count(shape.model, shape.texts, serialize(shape.structured))
+        in_band = lin.low + images + out <= b_short < lin.high + images + out
+        structured = serialize(shape.structured) if self.exact is not None and in_band else None
+        if self.exact is not None and structured is not None:
+            counted = self.exact.count(shape.model, shape.texts, structured)
             if counted is not None:
                 w = self.linear.bucket(shape.model, shape.category).weights
                 guess = w[MESSAGES] * x[MESSAGES] + w[TOOLS] * x[TOOLS] + w[REQUEST] * x[REQUEST]

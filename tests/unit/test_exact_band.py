@@ -76,6 +76,7 @@ def test_tool_json_is_counted_with_the_text():
     exact = ExactBand(ExactBandParams(), counters={"m": count})
     assert exact.count("m", ("hello",), serialize([tools])) == count("hello") + count(serialize([tools]))
     assert exact.count("other", ("hello",)) is None and exact.fired == 1
+    assert serialize([{"n": 1 << 70}]) is None  # not serialisable: the request is not counted exactly
 
 
 def test_unknown_tokenizer_is_a_config_error_naming_the_option():
