@@ -240,6 +240,8 @@ def test_no_output_limit_reserve_routes_by_default_reserve_and_long_sends_long(r
     assert (ex.record.pool, ex.record.reason) == ("long", "no_output_limit")
     ex, _, _ = route(rt_long, chat(max_tokens=10))  # a request with a limit is routed by its budget
     assert (ex.record.pool, ex.record.reason) == ("short", "threshold")
+
+
 def test_linear_estimator_routes_near_the_boundary_and_learns_from_usage():
     rt = RouterRuntime.from_config(
         load_config(env={}, overrides={"calibration": {"state_file": ""}, "estimator": {"kind": "linear"}})
