@@ -31,8 +31,10 @@ def main() -> None:
     t0 = time.perf_counter()
     requests = build_workload(WorkloadSpec(trace=args.trace, rate=args.rate, count=args.requests, seed=0))
     wl = from_requests(args.trace, requests, MeasuredBytesPerToken(), np.random.default_rng(0))
-    print(f"workload: {len(wl):,} requests of {args.trace} at {args.rate:g} req/s built in "
-          f"{time.perf_counter() - t0:.2f} s")
+    print(
+        f"workload: {len(wl):,} requests of {args.trace} at {args.rate:g} req/s built in "
+        f"{time.perf_counter() - t0:.2f} s"
+    )
     planner = Planner(PlanSettings(load_profile(args.profile), args.rate), wl)
     for label, run in (
         ("homogeneous, 460 instances", lambda: planner.simulate_homogeneous(460)),
@@ -43,8 +45,10 @@ def main() -> None:
         res = run()
         dt = time.perf_counter() - t
         f = fleet_percentiles(res)
-        print(f"{label:<52} {dt:6.2f} s  ({len(wl) / dt:,.0f} req/s simulated; P99 TTFT {f['ttft_p99_s']:.2f} s, "
-              f"{'OK' if dt <= 20 else 'OVER'} vs the 20 s target)")
+        print(
+            f"{label:<52} {dt:6.2f} s  ({len(wl) / dt:,.0f} req/s simulated; P99 TTFT {f['ttft_p99_s']:.2f} s, "
+            f"{'OK' if dt <= 20 else 'OVER'} vs the 20 s target)"
+        )
 
 
 if __name__ == "__main__":

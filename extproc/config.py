@@ -115,6 +115,27 @@ class CalibrationConfig:
 
 
 @dataclass
+class EstimatorConfig:
+    kind: str = opt(
+        "ratio",
+        "Token estimator: ratio (the paper's EMA bytes/token per category) or linear (v2: a linear model "
+        "over character-class counts per served model and category, see docs/estimator.md).",
+    )
+    underestimate_prob: float = opt(
+        0.005, "linear: target share of near-boundary requests routed short although they do not fit."
+    )
+    fit_forgetting: float = opt(0.99, "linear: forgetting factor of the online fit (its error margin uses beta).")
+    max_models: int = opt(8, "linear: served models learned separately; further models share one bucket.")
+    sample_bytes: int = opt(8192, "linear: bytes of each text the features are counted on (spread chunks).")
+    exact_band: list[str] = opt(
+        [],
+        "Opt-in exact counts near B_short: model=tokenizer items (cl100k_base, o200k_base, llama3, qwen3); "
+        "needs pip install 'budget-router[exact]'.",
+    )
+    exact_slack_tokens: int = opt(16, "Tokens added to an exact count for template details not yet learned.")
+
+
+@dataclass
 class CategoriesConfig:
     enabled: list[str] = opt(
         ["prose", "code", "cjk", "mixed", "structured"], "Content categories the router learns separately."
@@ -145,6 +166,7 @@ class Config:
     routing: RoutingConfig = field(default_factory=RoutingConfig)
     spillover: SpilloverConfig = field(default_factory=SpilloverConfig)
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
+    estimator: EstimatorConfig = field(default_factory=EstimatorConfig)
     categories: CategoriesConfig = field(default_factory=CategoriesConfig)
     telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
 
@@ -216,8 +238,24 @@ def parse_priors(items: list[str]) -> dict[str, float]:
     return out
 
 
+def parse_tokenizers(items: list[str]) -> dict[str, str]:
+    """``["llama=llama3", ...]`` -> ``{"llama": "llama3"}``; unknown tokenizers are a ConfigError."""
+    from extproc.algorithm.exact_band import ENCODINGS
+
+    out: dict[str, str] = {}
+    for item in items:
+        model, sep, encoding = item.rpartition("=")
+        if not sep or not model.strip() or encoding.strip() not in ENCODINGS:
+            raise ConfigError(
+                f"estimator.exact_band: {item!r} is not model=tokenizer with a tokenizer of {', '.join(ENCODINGS)}"
+            )
+        out[model.strip()] = encoding.strip()
+    return out
+
+
 def validate(cfg: Config) -> Config:
-    r, c = cfg.routing, cfg.calibration
+    r, c, e = cfg.routing, cfg.calibration, cfg.estimator
+    parse_tokenizers(e.exact_band)
     checks = [
         (r.b_short > 0, "routing.b_short must be > 0"),
         (r.short_context > 0 and r.long_context > 0, "pool contexts must be > 0"),
@@ -229,6 +267,13 @@ def validate(cfg: Config) -> Config:
         (0.0 < c.min_ratio < c.cold_start <= c.max_ratio, "need 0 < min_ratio < cold_start <= max_ratio"),
         (0.0 <= c.converged_sample_rate <= 1.0, "calibration.converged_sample_rate must be in [0, 1]"),
         (all(c.min_ratio <= v <= c.max_ratio for v in parse_priors(c.priors).values()), "priors out of bounds"),
+        (e.kind in ("ratio", "linear"), "estimator.kind must be ratio or linear"),
+        (0.0 < e.underestimate_prob < 0.5, "estimator.underestimate_prob must be in (0, 0.5)"),
+        (0.0 < e.fit_forgetting <= 1.0, "estimator.fit_forgetting must be in (0, 1]"),
+        (e.max_models >= 1, "estimator.max_models must be >= 1"),
+        (e.sample_bytes >= 64, "estimator.sample_bytes must be >= 64"),
+        (e.exact_slack_tokens >= 0, "estimator.exact_slack_tokens must be >= 0"),
+        (not e.exact_band or e.kind == "linear", "estimator.exact_band needs estimator.kind: linear"),
         (cfg.server.workers >= 1, "server.workers must be >= 1"),
         (
             cfg.server.workers == 1 or not cfg.server.listen.endswith(":0"),

@@ -10,7 +10,9 @@ import dataclasses
 from typing import Any, TypeVar
 
 from extproc.algorithm import BudgetParams, BudgetRouter, CalibrationParams, CategoryParams, DispatchPolicy
-from extproc.config import Config, parse_priors
+from extproc.algorithm.exact_band import ExactBand, ExactBandParams
+from extproc.algorithm.linear_estimator import EstimatorParams
+from extproc.config import Config, ConfigError, parse_priors, parse_tokenizers
 
 P = TypeVar("P")
 
@@ -19,6 +21,20 @@ def _same_named(params: type[P], section: object, **explicit: Any) -> P:
     names = {f.name for f in dataclasses.fields(params)}  # type: ignore[arg-type]
     values = {n: getattr(section, n) for n in names if hasattr(section, n)}
     return params(**{**values, **explicit})
+
+
+def build_exact_band(cfg: Config) -> ExactBand | None:
+    """The opt-in exact band, or None; a missing tokenizer package is a ConfigError naming the extra."""
+    e = cfg.estimator
+    if not e.exact_band:
+        return None
+    params = ExactBandParams(
+        tokenizers=parse_tokenizers(e.exact_band), slack_tokens=e.exact_slack_tokens, forgetting=cfg.calibration.beta
+    )
+    try:
+        return ExactBand(params)
+    except ValueError as exc:
+        raise ConfigError(f"estimator.exact_band: {exc}") from None
 
 
 def build_router(cfg: Config) -> BudgetRouter:
@@ -30,4 +46,6 @@ def build_router(cfg: Config) -> BudgetRouter:
             CalibrationParams, cfg.calibration, priors=tuple(parse_priors(cfg.calibration.priors).items())
         ),
         categories=_same_named(CategoryParams, k, enabled=tuple(k.enabled)),
+        estimator=_same_named(EstimatorParams, cfg.estimator, forgetting=cfg.calibration.beta),
+        exact=build_exact_band(cfg),
     )

@@ -35,6 +35,10 @@ class Estimate:
     total: int
     ratio: float  # c* applied to the text bytes
     output_defaulted: bool
+    # v2 (linear estimator) only: the feature vector, to learn from without counting again, and the
+    # exact token count when the exact band fired.
+    features: tuple[float, ...] | None = None
+    counted: int | None = None
 
 
 def framing_tokens(shape: RequestShape, p: BudgetParams) -> int:

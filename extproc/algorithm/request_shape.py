@@ -45,6 +45,11 @@ class RequestShape:
     client_include_usage: bool = False
     model: str | None = None
     known_prompt_tokens: int | None = None  # /v1/completions with token ids: exact
+    # References into the parsed body (nothing copied): the v2 estimator counts character classes of
+    # ``texts``, the exact band serialises ``structured`` (tool definitions, calls, other parts) only
+    # when it fires.
+    texts: tuple[str, ...] = ()
+    structured: tuple[Any, ...] = ()
 
 
 def _nbytes(s: str) -> int:
@@ -108,8 +113,11 @@ _RESPONSE_TEXT_PARTS = frozenset({"input_text", "output_text", "text"})
 _IMAGE_PARTS = frozenset({"image_url", "input_image", "image"})
 
 
-def _content(content: Any, texts: list[str], text_types: frozenset[str], reason: str) -> tuple[int, int]:
-    """Add a message's text to ``texts``; return (structured bytes, images) of its other parts."""
+def _content(
+    content: Any, texts: list[str], text_types: frozenset[str], reason: str, sink: list[Any]
+) -> tuple[int, int]:
+    """Add a message's text to ``texts`` and its structured parts to ``sink``; return (structured
+    bytes, images) of its other parts."""
     if isinstance(content, str):
         texts.append(content)
         return 0, 0
@@ -128,10 +136,11 @@ def _content(content: Any, texts: list[str], text_types: frozenset[str], reason:
             images += 1
         else:
             structured += _json_len(part)
+            sink.append(part)
     return structured, images
 
 
-def _chat_parts(messages: Any) -> tuple[list[str], int, int, int]:
+def _chat_parts(messages: Any, sink: list[Any]) -> tuple[list[str], int, int, int]:
     if not isinstance(messages, list) or not messages:
         raise ShapeError("bad_messages", "messages must be a non-empty list")
     texts: list[str] = []
@@ -139,16 +148,17 @@ def _chat_parts(messages: Any) -> tuple[list[str], int, int, int]:
     for msg in messages:
         if not isinstance(msg, Mapping):
             raise ShapeError("bad_messages", "each message must be an object")
-        part_bytes, part_images = _content(msg.get("content"), texts, _CHAT_TEXT_PARTS, "bad_messages")
+        part_bytes, part_images = _content(msg.get("content"), texts, _CHAT_TEXT_PARTS, "bad_messages", sink)
         structured, images = structured + part_bytes, images + part_images
         calls = msg.get("tool_calls")
         if isinstance(calls, list):
             tools += len(calls)
             structured += _json_len(calls)
+            sink.append(calls)
     return texts, structured, images, tools
 
 
-def _response_parts(body: Mapping[str, Any]) -> tuple[list[str], int, int, int, int]:
+def _response_parts(body: Mapping[str, Any], sink: list[Any]) -> tuple[list[str], int, int, int, int]:
     """Text, structured bytes, images, tool items and messages of a Responses API request.
 
     ``instructions`` is a system message; ``input`` a string (one user message) or a list of items:
@@ -175,9 +185,10 @@ def _response_parts(body: Mapping[str, Any]) -> tuple[list[str], int, int, int, 
         if kind != "message":
             tools += kind in ("function_call", "function_call_output")
             structured += _json_len(item)
+            sink.append(item)
             continue
         messages += 1
-        part_bytes, part_images = _content(item.get("content"), texts, _RESPONSE_TEXT_PARTS, "bad_input")
+        part_bytes, part_images = _content(item.get("content"), texts, _RESPONSE_TEXT_PARTS, "bad_input", sink)
         structured, images = structured + part_bytes, images + part_images
     return texts, structured, images, tools, messages
 
@@ -202,11 +213,14 @@ def _templated_shape(
     parts: tuple[list[str], int, int, int, int],
     out: int | None,
     include_usage: bool,
+    sink: list[Any],
 ) -> RequestShape:
     """Chat and Responses requests: message text, structured parts and tools through a chat template."""
     texts, structured, images, tools, messages = parts
     n_defs, def_bytes = _tool_definitions(body)
     structured += def_bytes
+    if n_defs:
+        sink.append(body["tools"])
     text = texts[0] if len(texts) == 1 else "\n".join(texts)
     has_text = bool(text) or not structured
     return RequestShape(
@@ -221,6 +235,8 @@ def _templated_shape(
         stream=body.get("stream") is True,
         client_include_usage=include_usage,
         model=_model(body),
+        texts=tuple(texts),
+        structured=tuple(sink),
     )
 
 
@@ -230,14 +246,16 @@ def shape_from_body(endpoint: str, body: Any, categorizer: Categorizer) -> Reque
     if endpoint == RESPONSES:
         out = output_tokens(body, OUTPUT_LIMIT_KEYS[RESPONSES])
         # usage always arrives in the final response.completed event: nothing to ask for
-        return _templated_shape(RESPONSES, body, categorizer, _response_parts(body), out, True)
+        sink: list[Any] = []
+        return _templated_shape(RESPONSES, body, categorizer, _response_parts(body, sink), out, True, sink)
     out = output_tokens(body, OUTPUT_LIMIT_KEYS.get(endpoint, OUTPUT_LIMIT_KEYS[CHAT]))
     stream = body.get("stream") is True
     include_usage = client_asked_for_usage(body.get("stream_options"))
     model = _model(body)
     if endpoint == CHAT:
-        parts = (*_chat_parts(body.get("messages")), len(body["messages"]))
-        return _templated_shape(CHAT, body, categorizer, parts, out, include_usage)
+        sink = []
+        parts = (*_chat_parts(body.get("messages"), sink), len(body["messages"]))
+        return _templated_shape(CHAT, body, categorizer, parts, out, include_usage, sink)
     if endpoint == COMPLETIONS:
         prompt = body.get("prompt")
         known = None
@@ -258,5 +276,6 @@ def shape_from_body(endpoint: str, body: Any, categorizer: Categorizer) -> Reque
             client_include_usage=include_usage,
             model=model,
             known_prompt_tokens=known,
+            texts=(text,) if text else (),
         )
     raise ShapeError("unknown_endpoint", f"not a routed endpoint: {endpoint}")

@@ -8,7 +8,15 @@ from extproc.algorithm.budget import BudgetParams, Estimate, attribute, estimate
 from extproc.algorithm.calibration import CalibrationParams, Calibrator, Observation
 from extproc.algorithm.categories import Categorizer, CategoryParams
 from extproc.algorithm.dispatch import Decision, DispatchPolicy, decide
-from extproc.algorithm.request_shape import RequestShape
+from extproc.algorithm.exact_band import ExactBand, serialize
+from extproc.algorithm.features import text_features
+from extproc.algorithm.linear_estimator import MESSAGES, REQUEST, TOOLS, EstimatorParams, LinearEstimator
+from extproc.algorithm.request_shape import CHAT, RequestShape
+
+# The v1 estimate screens v2: when the decision is the same at half and at twice the v1 prompt
+# estimate, no estimator can change it, and the character-class pass is skipped (most requests are
+# far from every threshold). Only requests the screen cannot settle pay for features.
+SCREEN_FACTOR = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,11 +34,17 @@ class BudgetRouter:
         policy: DispatchPolicy | None = None,
         calibration: CalibrationParams | None = None,
         categories: CategoryParams | None = None,
+        estimator: EstimatorParams | None = None,
+        exact: ExactBand | None = None,
     ) -> None:
         self.budget = budget or BudgetParams()
         self.policy = policy or DispatchPolicy()
         self.categorizer = Categorizer(categories)
         self.calibrator = Calibrator(calibration, self.categorizer.params.enabled)
+        params = estimator or EstimatorParams()
+        # The ratio calibrator always learns: it is the ``ratio`` estimator, v2's screen and cold start.
+        self.linear = LinearEstimator(params, self.calibrator.params, self.budget) if params.kind == "linear" else None
+        self.exact = exact if self.linear is not None else None
 
     def estimate(self, shape: RequestShape) -> Estimate:
         return estimate(shape, self.calibrator.ratio, self.budget)
@@ -39,7 +53,44 @@ class BudgetRouter:
         self, shape: RequestShape, short_pressure: float = 0.0, long_pressure: float = 0.0
     ) -> tuple[Estimate, Decision]:
         est = self.estimate(shape)
+        decision = decide(est.total, self.policy, short_pressure, long_pressure, est.output_defaulted)
+        if self.linear is None or shape.known_prompt_tokens is not None or not shape.texts:
+            return est, decision
+        out, pol = est.output_tokens, self.policy
+        low, high = est.prompt_tokens / SCREEN_FACTOR + out, est.prompt_tokens * SCREEN_FACTOR + out
+        if not (low <= pol.b_short < high or low <= pol.short_context < high or low <= pol.long_context < high):
+            return est, decision  # no threshold inside the screen: no estimate in it decides otherwise
+        est = self._estimate_linear(shape, est)
         return est, decide(est.total, self.policy, short_pressure, long_pressure, est.output_defaulted)
+
+    def _vector(self, shape: RequestShape) -> list[float]:
+        assert self.linear is not None
+        features = text_features(shape.texts, self.linear.params.sample_bytes)
+        messages = shape.messages if shape.endpoint == CHAT else 0
+        return self.linear.vector(features, shape.structured_bytes, messages, shape.tool_items)
+
+    def _estimate_linear(self, shape: RequestShape, v1: Estimate) -> Estimate:
+        assert self.linear is not None
+        x = self._vector(shape)
+        lin = self.linear.estimate(shape.model, shape.category, x, self.policy.b_short)
+        images = shape.images * self.budget.image_tokens
+        out = v1.output_tokens
+        prompt, counted = lin.routed + images, None
+        b_short = self.policy.b_short
+        in_band = lin.low + images + out <= b_short < lin.high + images + out
+        structured = serialize(shape.structured) if self.exact is not None and in_band else None
+        if self.exact is not None and structured is not None:
+            counted = self.exact.count(shape.model, shape.texts, structured)
+            if counted is not None:
+                w = self.linear.bucket(shape.model, shape.category).weights
+                guess = w[MESSAGES] * x[MESSAGES] + w[TOOLS] * x[TOOLS] + w[REQUEST] * x[REQUEST]
+                key = self.linear.model_key(shape.model)
+                prompt = self.exact.routed(
+                    key, shape.category, counted, shape.messages, shape.tool_items, guess, self.linear.z
+                )
+                prompt += images
+        ratio = shape.text_bytes / max(1.0, lin.point) if shape.text_bytes else v1.ratio
+        return Estimate(prompt, out, prompt + out, ratio, v1.output_defaulted, tuple(x), counted)
 
     def learn(self, shape: RequestShape, prompt_tokens: int, routed: Estimate | None = None) -> Learned:
         """Feed one observed ``usage.prompt_tokens`` back; ``routed`` is the estimate made at request time."""
@@ -47,4 +98,13 @@ class BudgetRouter:
         category, nbytes, tokens = attribute(shape, prompt_tokens, means, self.budget)
         est = routed.prompt_tokens if routed is not None else self.estimate(shape).prompt_tokens
         error = (est - prompt_tokens) / prompt_tokens * 100.0 if prompt_tokens > 0 else 0.0
-        return Learned(category, self.calibrator.observe(category, nbytes, tokens), est, error)
+        observation = self.calibrator.observe(category, nbytes, tokens)
+        if self.linear is not None and shape.known_prompt_tokens is None and (shape.texts or shape.structured_bytes):
+            x = routed.features if routed is not None and routed.features is not None else self._vector(shape)
+            text_tokens = prompt_tokens - shape.images * self.budget.image_tokens
+            observation = self.linear.observe(shape.model, shape.category, x, text_tokens)
+            if self.exact is not None and routed is not None and routed.counted is not None:
+                key = self.linear.model_key(shape.model)
+                self.exact.learn(key, shape.category, routed.counted, text_tokens, shape.messages, shape.tool_items)
+            category = shape.category
+        return Learned(category, observation, est, error)

@@ -55,29 +55,64 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = __doc__.split("Example", 1)[1] if __doc__ else None
     add_workload_arguments(parser)
-    parser.add_argument("--requests", dest="count", type=int, default=None,
-                        help=f"requests to simulate (alias of --count; default {DEFAULT_REQUESTS:,} with --rate)")
-    parser.add_argument("--seed", dest="workload_seed", type=int, default=0,
-                        help="seed for the workload and the simulation (alias of --workload-seed)")
+    parser.add_argument(
+        "--requests",
+        dest="count",
+        type=int,
+        default=None,
+        help=f"requests to simulate (alias of --count; default {DEFAULT_REQUESTS:,} with --rate)",
+    )
+    parser.add_argument(
+        "--seed",
+        dest="workload_seed",
+        type=int,
+        default=0,
+        help="seed for the workload and the simulation (alias of --workload-seed)",
+    )
     g = parser.add_argument_group("plan")
-    g.add_argument("--profile", default="llama3-70b-a100",
-                   help=f"instance profile: {', '.join(builtin_profiles())}, or a YAML file")
+    g.add_argument(
+        "--profile",
+        default="llama3-70b-a100",
+        help=f"instance profile: {', '.join(builtin_profiles())}, or a YAML file",
+    )
     g.add_argument("--b-short", type=int, default=8192, help="the threshold to evaluate (default 8192)")
-    g.add_argument("--sweep", type=_thresholds, default=None, metavar="B1,B2,...",
-                   help="evaluate these thresholds and pick the cheapest meeting the SLOs")
+    g.add_argument(
+        "--sweep",
+        type=_thresholds,
+        default=None,
+        metavar="B1,B2,...",
+        help="evaluate these thresholds and pick the cheapest meeting the SLOs",
+    )
     g.add_argument("--slo-ttft-p99", type=_seconds, default=2.0, help="P99 time to first token, s (default 2.0)")
     g.add_argument("--slo-tpot-p99", type=_seconds, default=0.08, help="P99 time per output token, s (default 0.08)")
     g.add_argument("--util-cap", type=_fraction, default=0.9, help="offered load / capacity cap (default 0.9)")
-    g.add_argument("--max-reject", type=float, default=0.001,
-                   help="largest share of requests a picked threshold may lose to rejections (default 0.001)")
+    g.add_argument(
+        "--max-reject",
+        type=float,
+        default=0.001,
+        help="largest share of requests a picked threshold may lose to rejections (default 0.001)",
+    )
     g.add_argument("--warmup", type=float, default=0.1, help="share of the first requests left out of the metrics")
-    g.add_argument("--homogeneous-balancer", choices=BALANCERS, default=ROUND_ROBIN,
-                   help="load balancing of the homogeneous baseline (default round_robin, as in the paper)")
-    g.add_argument("--pool-balancer", choices=BALANCERS, default=LEAST_OUTSTANDING,
-                   help="load balancing inside each dual pool (default least_outstanding)")
-    g.add_argument("--homogeneous-seqs", type=int, default=None, metavar="N",
-                   help="max_num_seqs of the homogeneous baseline (default: the long pool's; a larger value "
-                   "overcommits the KV cache as vLLM allows, trading preemptions for concurrency)")
+    g.add_argument(
+        "--homogeneous-balancer",
+        choices=BALANCERS,
+        default=ROUND_ROBIN,
+        help="load balancing of the homogeneous baseline (default round_robin, as in the paper)",
+    )
+    g.add_argument(
+        "--pool-balancer",
+        choices=BALANCERS,
+        default=LEAST_OUTSTANDING,
+        help="load balancing inside each dual pool (default least_outstanding)",
+    )
+    g.add_argument(
+        "--homogeneous-seqs",
+        type=int,
+        default=None,
+        metavar="N",
+        help="max_num_seqs of the homogeneous baseline (default: the long pool's; a larger value "
+        "overcommits the KV cache as vLLM allows, trading preemptions for concurrency)",
+    )
     g.add_argument("--no-spillover", action="store_true", help="disable the router's short->long spillover")
     g.add_argument("--out", type=Path, default=Path("out/plan"), help="folder for plan.json and the PNG plots")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -113,10 +148,17 @@ def _run(args: argparse.Namespace) -> int:
     wl = from_requests(args.workload_trace, requests, MeasuredBytesPerToken(), rng)
     rate = args.rate if args.rate is not None else (len(wl) - 1) / max(float(wl.arrival[-1] - wl.arrival[0]), 1e-9)
     settings = PlanSettings(
-        profile=profile, rate=rate, slo=Slo(args.slo_ttft_p99, args.slo_tpot_p99, args.util_cap),
-        warmup=args.warmup, homogeneous_balancer=args.homogeneous_balancer, pool_balancer=args.pool_balancer,
-        homogeneous_seqs=args.homogeneous_seqs, spillover=not args.no_spillover, seed=spec.seed,
-        max_reject=args.max_reject)
+        profile=profile,
+        rate=rate,
+        slo=Slo(args.slo_ttft_p99, args.slo_tpot_p99, args.util_cap),
+        warmup=args.warmup,
+        homogeneous_balancer=args.homogeneous_balancer,
+        pool_balancer=args.pool_balancer,
+        homogeneous_seqs=args.homogeneous_seqs,
+        spillover=not args.no_spillover,
+        seed=spec.seed,
+        max_reject=args.max_reject,
+    )
     thresholds = args.sweep or [args.b_short]
     bar = None if args.quiet else ProgressBar()
     try:

@@ -41,7 +41,7 @@ async def serve(
     if attach is not None:
         attach(rt)  # gauges read the calibrator and in-flight counts
     store = StateStore(cfg.calibration.state_file, live_window_s=3 * cfg.calibration.save_interval_s)
-    peers = store.load_into(rt.router.calibrator)
+    peers = store.load_into(rt.router.calibrator, rt.router.linear)
     server = RouterServer(rt)
     await server.start()
     stop = stop or asyncio.Event()
@@ -57,14 +57,14 @@ async def serve(
     async def periodic_sync() -> None:
         while True:
             await asyncio.sleep(cfg.calibration.save_interval_s)
-            await asyncio.to_thread(store.sync, rt.router.calibrator)
+            await asyncio.to_thread(store.sync, rt.router.calibrator, rt.router.linear)
 
     syncer = asyncio.create_task(periodic_sync())
     await stop.wait()
     log.info("shutting down: NOT_SERVING, draining %d streams", server.processor.active)
     syncer.cancel()
     await server.stop(cfg.server.grace_period_s)
-    store.sync(rt.router.calibrator)
+    store.sync(rt.router.calibrator, rt.router.linear)
     if telemetry_shutdown is not None:
         telemetry_shutdown()
     return 0

@@ -54,9 +54,12 @@ class PlanSettings:
         prof = self.profile.homogeneous
         if self.homogeneous_seqs is None:
             return prof
-        out = dataclasses.replace(prof, name=f"{prof.name}@{self.homogeneous_seqs}seqs",
-                                  max_num_seqs=self.homogeneous_seqs,
-                                  max_num_batched_tokens=max(prof.max_num_batched_tokens, self.homogeneous_seqs + 1))
+        out = dataclasses.replace(
+            prof,
+            name=f"{prof.name}@{self.homogeneous_seqs}seqs",
+            max_num_seqs=self.homogeneous_seqs,
+            max_num_batched_tokens=max(prof.max_num_batched_tokens, self.homogeneous_seqs + 1),
+        )
         out.validate()
         return out
 
@@ -76,10 +79,17 @@ class FleetOutcome:
     offered_utilisation: list[float]  # per pool: its arrival rate / (instances x saturated throughput)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"instances": list(self.instances), "gpus": self.gpus, "usd_per_year": self.usd_per_year,
-                "feasible": self.feasible, "reason": self.reason, "simulations": self.simulations,
-                "offered_utilisation": self.offered_utilisation, "fleet": self.fleet,
-                "pools": [p.as_dict() for p in self.pools]}
+        return {
+            "instances": list(self.instances),
+            "gpus": self.gpus,
+            "usd_per_year": self.usd_per_year,
+            "feasible": self.feasible,
+            "reason": self.reason,
+            "simulations": self.simulations,
+            "offered_utilisation": self.offered_utilisation,
+            "fleet": self.fleet,
+            "pools": [p.as_dict() for p in self.pools],
+        }
 
 
 @dataclass
@@ -98,7 +108,6 @@ class ThresholdOutcome:
     spilled: int
     rejected_share: float  # over context or full queue: under-estimated requests the short pool refuses
 
-
     def as_dict(self) -> dict[str, Any]:
         out = {k: v for k, v in dataclasses.asdict(self).items() if k != "dual"}
         out["dual"] = self.dual.as_dict()
@@ -116,10 +125,15 @@ class PlanReport:
     best: int | None  # index into thresholds of the cheapest feasible dual fleet
 
     def as_dict(self) -> dict[str, Any]:
-        return {"settings": self.settings, "trace": self.trace, "requests": self.requests,
-                "mu_homogeneous": self.mu_homogeneous, "homogeneous": self.homogeneous.as_dict(),
-                "thresholds": [t.as_dict() for t in self.thresholds],
-                "best_b_short": None if self.best is None else self.thresholds[self.best].b_short}
+        return {
+            "settings": self.settings,
+            "trace": self.trace,
+            "requests": self.requests,
+            "mu_homogeneous": self.mu_homogeneous,
+            "homogeneous": self.homogeneous.as_dict(),
+            "thresholds": [t.as_dict() for t in self.thresholds],
+            "best_b_short": None if self.best is None else self.thresholds[self.best].b_short,
+        }
 
 
 def usd_per_year(pools: Sequence[tuple[InstanceProfile, int]]) -> float:
@@ -155,33 +169,54 @@ class Planner:
         return FleetSim([cfg]).run(wl or self.wl, self._tick(label or f"homogeneous x{n}"))
 
     def router(self, b_short: int) -> BudgetRouter:
-        policy = DispatchPolicy(b_short=b_short, short_context=b_short,
-                                long_context=self.s.profile.long.max_model_len, spillover=self.s.spillover)
+        policy = DispatchPolicy(
+            b_short=b_short,
+            short_context=b_short,
+            long_context=self.s.profile.long.max_model_len,
+            spillover=self.s.spillover,
+        )
         return BudgetRouter(policy=policy)
 
-    def simulate_dual(self, b_short: int, n_short: int, n_long: int, wl: SimWorkload | None = None,
-                      label: str = "") -> tuple[SimResult, RouterDispatch]:
+    def simulate_dual(
+        self, b_short: int, n_short: int, n_long: int, wl: SimWorkload | None = None, label: str = ""
+    ) -> tuple[SimResult, RouterDispatch]:
         wl = wl or self.wl
         short = short_pool_at(self.s.profile.short, b_short)
         long = self.s.profile.long
         dispatch = RouterDispatch(self.router(b_short), wl, n_short * short.max_num_seqs, n_long * long.max_num_seqs)
-        pools = [PoolConfig("short", short, n_short, self.s.pool_balancer),
-                 PoolConfig("long", long, n_long, self.s.pool_balancer)]
+        pools = [
+            PoolConfig("short", short, n_short, self.s.pool_balancer),
+            PoolConfig("long", long, n_long, self.s.pool_balancer),
+        ]
         res = FleetSim(pools, dispatch).run(wl, self._tick(label or f"B={b_short} {n_short}+{n_long}"))
         return res, dispatch
 
-    def _outcome(self, res: SimResult, sizes: tuple[int, ...], profiles: Sequence[InstanceProfile],
-                 mus: Sequence[float], feasible: bool, reason: str, sims: int) -> FleetOutcome:
+    def _outcome(
+        self,
+        res: SimResult,
+        sizes: tuple[int, ...],
+        profiles: Sequence[InstanceProfile],
+        mus: Sequence[float],
+        feasible: bool,
+        reason: str,
+        sims: int,
+    ) -> FleetOutcome:
         pools = summarise(res, self.s.warmup)
         share = [float(np.mean(res.pool == p)) for p in range(len(sizes))]
-        offered = [self.s.rate * f / (n * mu) if mu > 0 else float("nan")
-                   for f, n, mu in zip(share, sizes, mus, strict=True)]
+        offered = [
+            self.s.rate * f / (n * mu) if mu > 0 else float("nan") for f, n, mu in zip(share, sizes, mus, strict=True)
+        ]
         return FleetOutcome(
             instances=sizes,
             gpus=sum(p.gpus * n for p, n in zip(profiles, sizes, strict=True)),
             usd_per_year=usd_per_year(list(zip(profiles, sizes, strict=True))),
-            feasible=feasible, reason=reason, pools=pools, fleet=fleet_percentiles(res, self.s.warmup),
-            simulations=sims, offered_utilisation=offered)
+            feasible=feasible,
+            reason=reason,
+            pools=pools,
+            fleet=fleet_percentiles(res, self.s.warmup),
+            simulations=sims,
+            offered_utilisation=offered,
+        )
 
     # --- sizing ----------------------------------------------------------------------------
     def size_homogeneous(self) -> tuple[FleetOutcome, float]:
@@ -202,14 +237,19 @@ class Planner:
         sized = size_pools(check, (start,))
         sizes, sims = sized.sizes, len(sized.trials)
         if sized.feasible:
-            sizes, sims = self._verified(sizes, check, lambda s, wl: [self.simulate_homogeneous(s[0], wl, "verify")],
-                                         sims)
+            sizes, sims = self._verified(
+                sizes, check, lambda s, wl: [self.simulate_homogeneous(s[0], wl, "verify")], sims
+            )
         res = runs.get(sizes) or self.simulate_homogeneous(sizes[0])
         return self._outcome(res, sizes, [prof], [mu], sized.feasible, sized.reason, sims), mu
 
-    def _verified(self, sizes: tuple[int, ...], check: Callable[[tuple[int, ...]], list[bool]],
-                  simulate: Callable[[tuple[int, ...], SimWorkload], list[SimResult]],
-                  sims: int) -> tuple[tuple[int, ...], int]:
+    def _verified(
+        self,
+        sizes: tuple[int, ...],
+        check: Callable[[tuple[int, ...]], list[bool]],
+        simulate: Callable[[tuple[int, ...], SimWorkload], list[SimResult]],
+        sims: int,
+    ) -> tuple[tuple[int, ...], int]:
         """Re-simulate the sized fleet on a resampled workload; grow any pool that misses its SLO
         there (by 2 %, at least one instance) until both samples pass. P99s of a finite run are
         noisy, and the smallest size that passed once sits right at the edge."""
@@ -235,14 +275,18 @@ class Planner:
         long_wl = wl.subset(~routed_short) if (~routed_short).any() else wl
         mu_l = self.mu(long, f"long@{b_short}", long_wl)
         alpha_r = float(routed_short.mean())
-        start = (instances_for(s.rate * alpha_r, mu_s, s.slo.util_cap),
-                 instances_for(s.rate * (1 - alpha_r), mu_l, s.slo.util_cap))
+        start = (
+            instances_for(s.rate * alpha_r, mu_s, s.slo.util_cap),
+            instances_for(s.rate * (1 - alpha_r), mu_l, s.slo.util_cap),
+        )
         start = (max(1, start[0]), max(1, start[1]))
         alpha = alpha_at(wl.total, b_short)
         rho = mu_s / mu_h
         closed = closed_form_saving(alpha, rho)
-        floors = [prefill_floor_p99(short, wl.subset(routed_short)) if routed_short.any() else 0.0,
-                  prefill_floor_p99(long, long_wl)]
+        floors = [
+            prefill_floor_p99(short, wl.subset(routed_short)) if routed_short.any() else 0.0,
+            prefill_floor_p99(long, long_wl),
+        ]
         runs: dict[tuple[int, ...], tuple[SimResult, RouterDispatch]] = {}
 
         def check(sizes: tuple[int, ...]) -> list[bool]:
@@ -258,7 +302,8 @@ class Planner:
             sizes, feasible, reason, sims = sized.sizes, sized.feasible, sized.reason, len(sized.trials)
             if feasible:
                 sizes, sims = self._verified(
-                    sizes, check, lambda z, other: [self.simulate_dual(b_short, z[0], z[1], other, "verify")[0]], sims)
+                    sizes, check, lambda z, other: [self.simulate_dual(b_short, z[0], z[1], other, "verify")[0]], sims
+                )
                 if sizes not in runs:
                     check(sizes)
         res, dispatch = runs.get(sizes) or self.simulate_dual(b_short, *sizes)
@@ -266,13 +311,20 @@ class Planner:
         true_long = wl.total > b_short
         saving = (1.0 - dual.gpus / homogeneous.gpus) if (dual.feasible and homogeneous.feasible) else None
         return ThresholdOutcome(
-            b_short=b_short, alpha=alpha, alpha_routed=float(np.mean(res.pool == 0)), mu_short=mu_s, mu_long=mu_l,
-            rho=rho, closed_form_saving=closed,
+            b_short=b_short,
+            alpha=alpha,
+            alpha_routed=float(np.mean(res.pool == 0)),
+            mu_short=mu_s,
+            mu_long=mu_l,
+            rho=rho,
+            closed_form_saving=closed,
             closed_form_gpus=homogeneous.gpus * (1.0 - closed) if math.isfinite(closed) else float("nan"),
-            dual=dual, saving=saving,
+            dual=dual,
+            saving=saving,
             misrouted_long_to_short=int(np.sum(true_long & (res.pool == 0))),
             spilled=int(dispatch.spilled.sum()),
-            rejected_share=float(np.mean(res.rejected != 0)))
+            rejected_share=float(np.mean(res.rejected != 0)),
+        )
 
     def _offline_routing(self, b_short: int) -> np.ndarray:
         """Which requests the router would send short, learning as it goes (no pressure): the split
@@ -291,15 +343,24 @@ class Planner:
             raise ValueError("give at least one B_short")
         for b in thresholds:
             if not 0 < b <= self.s.profile.long.max_model_len:
-                raise ValueError(f"B_short {b} must be in 1..{self.s.profile.long.max_model_len} "
-                                 "(the long pool's context)")
+                raise ValueError(
+                    f"B_short {b} must be in 1..{self.s.profile.long.max_model_len} (the long pool's context)"
+                )
             short_pool_at(self.s.profile.short, b)  # a threshold the short pool cannot be built for fails now
         homogeneous, mu_h = self.size_homogeneous()
         outcomes = [self.size_dual(b, homogeneous, mu_h) for b in thresholds]
         feasible = [i for i, o in enumerate(outcomes) if o.dual.feasible and o.rejected_share <= self.s.max_reject]
         best = min(feasible, key=lambda i: (outcomes[i].dual.usd_per_year, outcomes[i].b_short)) if feasible else None
-        settings = {"profile": self.s.profile.name, "rate": self.s.rate, "slo": dataclasses.asdict(self.s.slo),
-                    "warmup": self.s.warmup, "homogeneous_balancer": self.s.homogeneous_balancer,
-                    "pool_balancer": self.s.pool_balancer, "homogeneous_max_num_seqs": self.s.homogeneous.max_num_seqs,
-                    "spillover": self.s.spillover, "seed": self.s.seed, "max_reject": self.s.max_reject}
+        settings = {
+            "profile": self.s.profile.name,
+            "rate": self.s.rate,
+            "slo": dataclasses.asdict(self.s.slo),
+            "warmup": self.s.warmup,
+            "homogeneous_balancer": self.s.homogeneous_balancer,
+            "pool_balancer": self.s.pool_balancer,
+            "homogeneous_max_num_seqs": self.s.homogeneous.max_num_seqs,
+            "spillover": self.s.spillover,
+            "seed": self.s.seed,
+            "max_reject": self.s.max_reject,
+        }
         return PlanReport(settings, trace, len(self.wl), mu_h, homogeneous, outcomes, best)

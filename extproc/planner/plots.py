@@ -25,8 +25,13 @@ def plot_cdf(totals: np.ndarray, rep: PlanReport, path: Path) -> None:
         ax.axvline(t.b_short, **style)
     if chosen is not None:
         alpha = float(np.mean(totals <= chosen))
-        ax.annotate(f"B_short={chosen}, α={alpha:.3f}", (chosen, alpha), textcoords="offset points", xytext=(8, -14),
-                    color="tab:red")
+        ax.annotate(
+            f"B_short={chosen}, α={alpha:.3f}",
+            (chosen, alpha),
+            textcoords="offset points",
+            xytext=(8, -14),
+            color="tab:red",
+        )
     ax.set_xscale("log", base=2)
     ax.set_xlabel("total tokens (prompt + output)")
     ax.set_ylabel("F(tokens)")

@@ -84,21 +84,23 @@ def summarise(res: SimResult, warmup: float = 0.1) -> list[PoolMetrics]:
         ttft, tpot = _latencies(res, mine)
         n = int(mine.sum())
         occupied = float(np.sum(res.finish[done] - res.first_token[done]))
-        out.append(PoolMetrics(
-            pool=stats.name,
-            instances=stats.instances,
-            gpus=stats.instances * stats.profile.gpus,
-            requests=n,
-            completed=int(done.sum()),
-            rejected_over_context=int((mine & (res.rejected == OVER_CONTEXT)).sum()),
-            rejected_queue_full=int((mine & (res.rejected == QUEUE_FULL)).sum()),
-            ttft_p50_s=_pct(ttft, 50),
-            ttft_p99_s=_pct(ttft, 99),
-            tpot_p50_s=_pct(tpot, 50),
-            tpot_p99_s=_pct(tpot, 99),
-            preemptions_per_1k=1000.0 * float(res.preemptions[mine].sum()) / n if n else 0.0,
-            slot_utilisation=occupied / (window * stats.instances * stats.profile.max_num_seqs),
-        ))
+        out.append(
+            PoolMetrics(
+                pool=stats.name,
+                instances=stats.instances,
+                gpus=stats.instances * stats.profile.gpus,
+                requests=n,
+                completed=int(done.sum()),
+                rejected_over_context=int((mine & (res.rejected == OVER_CONTEXT)).sum()),
+                rejected_queue_full=int((mine & (res.rejected == QUEUE_FULL)).sum()),
+                ttft_p50_s=_pct(ttft, 50),
+                ttft_p99_s=_pct(ttft, 99),
+                tpot_p50_s=_pct(tpot, 50),
+                tpot_p99_s=_pct(tpot, 99),
+                preemptions_per_1k=1000.0 * float(res.preemptions[mine].sum()) / n if n else 0.0,
+                slot_utilisation=occupied / (window * stats.instances * stats.profile.max_num_seqs),
+            )
+        )
     return out
 
 
@@ -107,7 +109,11 @@ def fleet_percentiles(res: SimResult, warmup: float = 0.1) -> dict[str, float]:
     keep = _measured(res, warmup)
     ttft, tpot = _latencies(res, keep)
     n = int(keep.sum())
-    return {"ttft_p50_s": _pct(ttft, 50), "ttft_p99_s": _pct(ttft, 99), "tpot_p50_s": _pct(tpot, 50),
-            "tpot_p99_s": _pct(tpot, 99),
-            "preemptions_per_1k": 1000.0 * float(res.preemptions[keep].sum()) / n if n else 0.0,
-            "rejected": int((keep & (res.rejected != 0)).sum())}
+    return {
+        "ttft_p50_s": _pct(ttft, 50),
+        "ttft_p99_s": _pct(ttft, 99),
+        "tpot_p50_s": _pct(tpot, 50),
+        "tpot_p99_s": _pct(tpot, 99),
+        "preemptions_per_1k": 1000.0 * float(res.preemptions[keep].sum()) / n if n else 0.0,
+        "rejected": int((keep & (res.rejected != 0)).sum()),
+    }

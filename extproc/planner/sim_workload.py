@@ -76,8 +76,14 @@ class SimWorkload:
         span = float(self.arrival[-1] - self.arrival[0])
         rate = (n - 1) / span if span > 0 else 1.0
         arrival = np.cumsum(rng.exponential(1.0 / rate, size=n))
-        return SimWorkload(self.name, arrival, self.prompt[idx], self.output[idx],
-                           tuple(self.category[i] for i in idx), self.text_bytes[idx])
+        return SimWorkload(
+            self.name,
+            arrival,
+            self.prompt[idx],
+            self.output[idx],
+            tuple(self.category[i] for i in idx),
+            self.text_bytes[idx],
+        )
 
     def subset(self, mask: np.ndarray) -> SimWorkload:
         idx = np.flatnonzero(mask)

@@ -56,6 +56,7 @@ def size_pools(
                 fail[j] = max(fail[j], sizes[j])
                 if ok[j] is not None and ok[j] <= fail[j]:
                     ok[j] = None  # the pass did not hold once the other pools moved: search upwards again
+
         def close(j: int) -> bool:
             return ok[j] is not None and ok[j] - fail[j] <= max(1, int(tolerance * ok[j]))
 

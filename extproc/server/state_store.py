@@ -3,7 +3,8 @@
 Each process blends the live replicas' snapshots into its calibrator (sample-weighted) and writes
 the result under its own replica id: a gossip average, so replicas converge to one view within a
 save interval or two, a restarted process starts from everyone's learning instead
-of cold, and one replica's bad file entry cannot erase the others. Writes are atomic (temp file +
+of cold, and one replica's bad file entry cannot erase the others. The v2 linear models travel in the same
+entries (key ``linear``; files without it still load). Writes are atomic (temp file +
 rename) with 0600 permissions, serialised by an advisory lock so concurrent writers never lose data.
 """
 
@@ -22,6 +23,7 @@ from typing import Any
 import orjson
 
 from extproc.algorithm import Calibrator
+from extproc.algorithm.linear_estimator import LinearEstimator
 
 log = logging.getLogger("budget_router.state")
 STALE_AFTER_S = 7 * 24 * 3600
@@ -81,16 +83,31 @@ class StateStore:
                 out.append(entry["categories"])
         return out
 
-    def load_into(self, calibrator: Calibrator) -> int:
-        """Warm start from every fresh snapshot in the file; returns how many were used."""
+    def load_into(self, calibrator: Calibrator, linear: LinearEstimator | None = None) -> int:
+        """Warm start from every fresh snapshot in the file; returns how many were used.
+
+        The v2 linear models are not averaged across replicas (weights of different fits do not
+        blend): the richest fresh snapshot (most samples) warm-starts them, then each replica fits on.
+        """
         if self.path is None:
             return 0
         with self._locked():
-            peers = self._fresh_peers(self._read(), time.time())
+            replicas, now = self._read(), time.time()
+            peers = self._fresh_peers(replicas, now)
         calibrator.merge(peers)
+        if linear is not None:
+            models = [
+                v["linear"]
+                for v in replicas.values()
+                if isinstance(v, dict)
+                and isinstance(v.get("linear"), dict)
+                and now - float(v.get("updated", 0)) <= STALE_AFTER_S
+            ]
+            if models:
+                linear.load(max(models, key=_linear_samples))
         return len(peers)
 
-    def sync(self, calibrator: Calibrator) -> None:
+    def sync(self, calibrator: Calibrator, linear: LinearEstimator | None = None) -> None:
         """Blend in the live replicas' snapshots, then publish ours. Errors are logged, never raised."""
         if self.path is None:
             return
@@ -104,6 +121,12 @@ class StateStore:
                 }
                 calibrator.merge(self._fresh_peers(replicas, now, self.live_window_s))
                 replicas[self.replica_id] = {"updated": now, "categories": calibrator.snapshot()}
+                if linear is not None:
+                    replicas[self.replica_id]["linear"] = linear.snapshot()
                 self._write(replicas)
         except (OSError, ValueError) as exc:
             log.warning("could not sync calibration state %s: %s", self.path, exc)
+
+
+def _linear_samples(snapshot: dict[str, Any]) -> int:
+    return sum(int(v.get("samples", 0)) for v in snapshot.values() if isinstance(v, dict))

@@ -126,6 +126,9 @@ class DecisionMetrics:
         meter.create_observable_gauge(n.M_DEVIATION, [self._deviations], "1", "Learned deviation of bytes/token.")
         meter.create_observable_gauge(n.M_SAMPLES, [self._samples], "{observation}", "Accepted observations.")
         meter.create_observable_gauge(n.M_IN_FLIGHT, [self._in_flight], "{request}", "Requests in flight by pool.")
+        meter.create_observable_counter(
+            n.M_EXACT_COUNTS, [self._exact_counts], "{request}", "Estimates counted exactly (estimator.exact_band)."
+        )
         self._category = _Interned("category")
         self._pool = _Interned("pool")
 
@@ -177,6 +180,10 @@ class DecisionMetrics:
 
     def _samples(self, _options: CallbackOptions) -> Iterable[Observation]:
         return [Observation(s.samples, self._category(c)) for c, s in self._categories().items()]
+
+    def _exact_counts(self, _options: CallbackOptions) -> Iterable[Observation]:
+        exact = None if self.runtime is None else self.runtime.router.exact
+        return [] if exact is None else [Observation(exact.fired)]
 
     def _in_flight(self, _options: CallbackOptions) -> Iterable[Observation]:
         if self.runtime is None:

@@ -68,6 +68,7 @@ M_MEAN = "budget_router.calibration.mean"  # budget_router_calibration_mean{cate
 M_DEVIATION = "budget_router.calibration.deviation"  # budget_router_calibration_deviation{category}
 M_SAMPLES = "budget_router.calibration.samples"  # budget_router_calibration_samples{category}
 M_IN_FLIGHT = "budget_router.in_flight"  # budget_router_in_flight{pool}
+M_EXACT_COUNTS = "budget_router.estimate.exact_counts"  # budget_router_estimate_exact_counts_total
 
 # Phases of the processing-time histogram: the two request messages, and everything after them.
 REQUEST_PHASES = ("request_headers", "request_body")

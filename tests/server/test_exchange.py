@@ -240,3 +240,17 @@ def test_no_output_limit_reserve_routes_by_default_reserve_and_long_sends_long(r
     assert (ex.record.pool, ex.record.reason) == ("long", "no_output_limit")
     ex, _, _ = route(rt_long, chat(max_tokens=10))  # a request with a limit is routed by its budget
     assert (ex.record.pool, ex.record.reason) == ("short", "threshold")
+
+
+def test_linear_estimator_routes_near_the_boundary_and_learns_from_usage():
+    rt = RouterRuntime.from_config(
+        load_config(env={}, overrides={"calibration": {"state_file": ""}, "estimator": {"kind": "linear"}})
+    )
+    text = "Operators size every pool for the longest context, yet most prompts are short. " * 340  # 27 KB
+    ex, _, b = route(rt, chat(text, max_tokens=900))
+    assert set_headers(b.request_body.response.header_mutation)["x-budget-pool"] in ("short", "long")
+    assert ex._estimate is not None and ex._estimate.features is not None  # near B_short: the v2 model ran
+    ex.handle(response_headers())
+    ex.handle(response_body(b'{"choices":[],"usage":{"prompt_tokens":5800,"completion_tokens":10}}'))
+    bucket = rt.router.linear.bucket("m", ex.shape.category)
+    assert bucket.samples == 1

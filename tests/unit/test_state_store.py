@@ -50,3 +50,29 @@ def test_disabled_store_does_nothing(tmp_path):
     assert StateStore("", "a").load_into(c) == 0
     StateStore("", "a").sync(c)
     assert list(tmp_path.iterdir()) == []
+
+
+def _trained_linear():
+    from extproc.algorithm.linear_estimator import EstimatorParams, LinearEstimator
+
+    est = LinearEstimator(EstimatorParams(kind="linear"))
+    x = LinearEstimator.vector([20000.0, 15000.0, 100, 3500, 300, 900, 3000, 0, 0, 0], 0.0, 2, 0)
+    for i in range(60):
+        est.observe("llama", "prose", x, 4700.0 + (i % 7) * 20)
+    return est, x
+
+
+def test_linear_models_survive_a_restart_and_old_files_still_load(tmp_path):
+    from extproc.algorithm.linear_estimator import EstimatorParams, LinearEstimator
+
+    path = tmp_path / "state.json"
+    est, x = _trained_linear()
+    StateStore(str(path), replica_id="a").sync(cal(), est)
+    fresh = LinearEstimator(EstimatorParams(kind="linear"))
+    assert StateStore(str(path), replica_id="b").load_into(Calibrator(CalibrationParams(), []), fresh) == 1
+    assert fresh.estimate("llama", "prose", x) == est.estimate("llama", "prose", x)
+    # a file written without the linear key (the ratio estimator, or an older version) still loads
+    StateStore(str(path), replica_id="a").sync(cal(prose={"mean": 4.1, "dev": 0.1, "samples": 80}))
+    other = LinearEstimator(EstimatorParams(kind="linear"))
+    assert StateStore(str(path), replica_id="c").load_into(Calibrator(CalibrationParams(), []), other) == 1
+    assert other.buckets() == {}
