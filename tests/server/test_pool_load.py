@@ -162,5 +162,6 @@ async def test_discovery_follows_membership_without_restart(busy_engine: Running
 def test_cluster_hosts_reads_only_the_named_cluster_and_tolerates_odd_documents() -> None:
     doc = orjson.loads(envoy_clusters({"pool_short": [1, 2], "pool_long": [3]}))
     assert cluster_hosts(doc, "pool_short") == [("127.0.0.1", 1), ("127.0.0.1", 2)]
-    for odd in (None, [], {"cluster_statuses": 3}, {"cluster_statuses": [{"name": "pool_short", "host_statuses": [7]}]}):
+    odd_hosts = {"cluster_statuses": [{"name": "pool_short", "host_statuses": [7]}]}
+    for odd in (None, [], {"cluster_statuses": 3}, odd_hosts):
         assert cluster_hosts(odd, "pool_short") == []
