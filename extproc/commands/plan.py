@@ -51,6 +51,13 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _delay(text: str) -> float:
+    value = float(text)
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be >= 0 seconds, got {text}")
+    return value
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = __doc__.split("Example", 1)[1] if __doc__ else None
@@ -79,6 +86,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="max_num_seqs of the homogeneous baseline (default: the long pool's; a larger value "
                    "overcommits the KV cache as vLLM allows, trading preemptions for concurrency)")
     g.add_argument("--no-spillover", action="store_true", help="disable the router's short->long spillover")
+    g.add_argument("--scrape-delay", type=_delay, default=None, metavar="S",
+                   help="spill on live pool load (live_load): engine /metrics sampled every 100 ms and seen S "
+                   "seconds late (default: the router's own, exact in-flight count)")
     g.add_argument("--out", type=Path, default=Path("out/plan"), help="folder for plan.json and the PNG plots")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -116,6 +126,7 @@ def _run(args: argparse.Namespace) -> int:
         profile=profile, rate=rate, slo=Slo(args.slo_ttft_p99, args.slo_tpot_p99, args.util_cap),
         warmup=args.warmup, homogeneous_balancer=args.homogeneous_balancer, pool_balancer=args.pool_balancer,
         homogeneous_seqs=args.homogeneous_seqs, spillover=not args.no_spillover, seed=spec.seed,
+        scrape_delay_s=args.scrape_delay,
         max_reject=args.max_reject)
     thresholds = args.sweep or [args.b_short]
     bar = None if args.quiet else ProgressBar()

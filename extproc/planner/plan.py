@@ -48,6 +48,7 @@ class PlanSettings:
     spillover: bool = True
     seed: int = 0
     max_reject: float = 0.001  # share of requests a pick may lose to over-context rejections
+    scrape_delay_s: float | None = None  # live-load spillover with this staleness; None: exact in-flight count
 
     @property
     def homogeneous(self) -> InstanceProfile:
@@ -164,7 +165,8 @@ class Planner:
         wl = wl or self.wl
         short = short_pool_at(self.s.profile.short, b_short)
         long = self.s.profile.long
-        dispatch = RouterDispatch(self.router(b_short), wl, n_short * short.max_num_seqs, n_long * long.max_num_seqs)
+        dispatch = RouterDispatch(self.router(b_short), wl, n_short * short.max_num_seqs, n_long * long.max_num_seqs,
+                                  scrape_delay_s=self.s.scrape_delay_s)
         pools = [PoolConfig("short", short, n_short, self.s.pool_balancer),
                  PoolConfig("long", long, n_long, self.s.pool_balancer)]
         res = FleetSim(pools, dispatch).run(wl, self._tick(label or f"B={b_short} {n_short}+{n_long}"))
@@ -301,5 +303,6 @@ class Planner:
         settings = {"profile": self.s.profile.name, "rate": self.s.rate, "slo": dataclasses.asdict(self.s.slo),
                     "warmup": self.s.warmup, "homogeneous_balancer": self.s.homogeneous_balancer,
                     "pool_balancer": self.s.pool_balancer, "homogeneous_max_num_seqs": self.s.homogeneous.max_num_seqs,
-                    "spillover": self.s.spillover, "seed": self.s.seed, "max_reject": self.s.max_reject}
+                    "spillover": self.s.spillover, "seed": self.s.seed, "max_reject": self.s.max_reject,
+                    "scrape_delay_s": self.s.scrape_delay_s}
         return PlanReport(settings, trace, len(self.wl), mu_h, homogeneous, outcomes, best)
