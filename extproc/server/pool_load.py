@@ -153,11 +153,13 @@ class PoolLoadScraper:
             self._publish(pool)
 
     async def _discover_forever(self) -> None:
+        """Until Envoy answers (a router usually starts before its Envoy), retry every scrape
+        interval, so live load is there from the first routed request; then every discovery interval."""
         while True:
             members = await self.discover()
             if members is not None:
                 self._set_members(members)
-            await asyncio.sleep(self.discovery_interval_s)
+            await asyncio.sleep(self.discovery_interval_s if members is not None else self.interval_s)
 
     async def discover(self) -> dict[str, list[str]] | None:
         """Static endpoints plus the hosts Envoy lists for each pool cluster; None when the admin

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import os
 import sys
 import tempfile
@@ -54,6 +55,7 @@ class StackOptions:
     router_replicas: int = 1
     fail_open: bool = True
     router_flags: Sequence[str] = ()  # extra `budget-router serve` flags (last one wins)
+    live_load: bool = False  # routers scrape the pools' /metrics, found through Envoy's admin /clusters
     emulator_flags: Sequence[str] = ()  # extra `budget-router emulate` flags for both pools
     short: PoolSpec = PoolSpec("short", 8192, 128)
     long: PoolSpec = PoolSpec("long", 65536, 16)
@@ -135,6 +137,7 @@ def router_argv(o: StackOptions, port: int, state_file: Path) -> list[str]:
         "--spillover-short-capacity", str(o.short.max_num_seqs),
         "--spillover-long-capacity", str(o.long.max_num_seqs),
         *EMULATOR_FRAMING,
+        *(("--live-load-envoy-admin", f"{HOST}:{o.admin_port}") if o.live_load else ()),
         *o.router_flags,
     )  # fmt: skip
 
@@ -158,7 +161,10 @@ class _Launch:
 
 class Stack:
     def __init__(self, options: StackOptions | None = None) -> None:
-        self.options = opts = options or StackOptions()
+        opts = options or StackOptions()
+        if opts.live_load and not opts.admin_port:  # the routers discover the pools through Envoy's admin
+            opts = dataclasses.replace(opts, admin_port=free_port())
+        self.options = opts
         self.run_dir = Path(opts.run_dir) if opts.run_dir else Path(tempfile.mkdtemp(prefix="budget-router-up-"))
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.state_file = Path(opts.state_file) if opts.state_file else self.run_dir / "calibration.json"
