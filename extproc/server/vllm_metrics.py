@@ -2,7 +2,8 @@
 
 A vLLM ``/metrics`` page is tens of kilobytes (mostly histograms) and the router reads one per
 endpoint every scrape interval, so it is not parsed line by line in Python: the three series the
-router needs are found with ``bytes.find`` (C speed) and only their lines are parsed. Series names:
+router needs are found with ``bytes.find`` (C speed; two scans, running and waiting share a prefix) and only their
+lines are parsed. Series names:
 ``vllm:num_requests_running``, ``vllm:num_requests_waiting`` and ``vllm:kv_cache_usage_perc`` (a
 fraction, 0..1, despite the name); ``vllm:gpu_cache_usage_perc``, its deprecated predecessor (removed
 in recent vLLM), is read when the new one is absent. Several label sets (one per engine of a
@@ -15,8 +16,8 @@ import math
 
 from extproc.algorithm.pressure import EngineLoad
 
-RUNNING = b"vllm:num_requests_running"
-WAITING = b"vllm:num_requests_waiting"
+QUEUES = b"vllm:num_requests_"  # running and waiting share it: one scan finds both
+RUNNING, WAITING = b"running", b"waiting"
 KV_USAGE = b"vllm:kv_cache_usage_perc"
 KV_USAGE_DEPRECATED = b"vllm:gpu_cache_usage_perc"
 _AFTER_NAME = frozenset(b"{ \t")
@@ -24,11 +25,15 @@ _AFTER_NAME = frozenset(b"{ \t")
 
 def sample_values(text: bytes, name: bytes) -> list[float]:
     """Values of every sample of the series ``name`` (any labels); malformed lines are skipped."""
-    out: list[float] = []
-    start = 0
-    n = len(name)
+    return _samples(text, name, (b"",))[b""]
+
+
+def _samples(text: bytes, prefix: bytes, suffixes: tuple[bytes, ...]) -> dict[bytes, list[float]]:
+    """Values of the series ``prefix + suffix`` for each suffix, in one scan for the prefix."""
+    out: dict[bytes, list[float]] = {s: [] for s in suffixes}
+    start, n = 0, len(prefix)
     while True:
-        pos = text.find(name, start)
+        pos = text.find(prefix, start)
         if pos < 0:
             return out
         start = pos + n
@@ -36,9 +41,12 @@ def sample_values(text: bytes, name: bytes) -> list[float]:
             continue  # inside another line (a comment, a label value, a longer name)
         end = text.find(b"\n", start)
         line = text[start : end if end >= 0 else len(text)]
-        value = _value(line)
-        if value is not None:
-            out.append(value)
+        for suffix in suffixes:
+            if line.startswith(suffix):
+                value = _value(line[len(suffix) :])
+                if value is not None:
+                    out[suffix].append(value)
+                break
 
 
 def _value(rest: bytes) -> float | None:
@@ -72,7 +80,8 @@ def _value(rest: bytes) -> float | None:
 
 def parse_engine_load(text: bytes) -> EngineLoad | None:
     """The engine's load, or None when the page has neither queue series (not a vLLM engine)."""
-    running, waiting = sample_values(text, RUNNING), sample_values(text, WAITING)
+    queues = _samples(text, QUEUES, (RUNNING, WAITING))
+    running, waiting = queues[RUNNING], queues[WAITING]
     if not running and not waiting:
         return None
     kv = sample_values(text, KV_USAGE) or sample_values(text, KV_USAGE_DEPRECATED)
