@@ -129,11 +129,10 @@ class DecisionMetrics:
         meter.create_observable_gauge(n.M_IN_FLIGHT, [self._in_flight], "{request}", "Requests in flight by pool.")
         self._category = _Interned("category")
         self._pool = _Interned("pool")
-        self._pool_source = _Interned("pool", "source")
         self._pool_cause = _Interned("pool", "cause")
-        self._last_pressure: dict[tuple[str, str], float] = {}
+        self._last_pressure: dict[str, float] = {}
         meter.create_observable_gauge(
-            n.M_PRESSURE, [self._pressures], "1", "Pool pressure the latest decision used (1 = at capacity), by source."
+            n.M_PRESSURE, [self._pressures], "1", "Pool pressure the latest decision used (1 = at capacity)."
         )
         self._live_load_instruments(meter)
 
@@ -167,8 +166,8 @@ class DecisionMetrics:
     def decided(self, record: ExchangeRecord) -> None:
         self.requests.add(record.pool, record.reason, record.endpoint or n.OTHER_ENDPOINT)
         if record.pressure_source:
-            self._last_pressure[("short", record.pressure_source)] = record.short_pressure
-            self._last_pressure[("long", record.pressure_source)] = record.long_pressure
+            self._last_pressure["short"] = record.short_pressure
+            self._last_pressure["long"] = record.long_pressure
         if record.spilled:
             self.spillovers.add()
         if record.reason == UNPARSEABLE:
@@ -218,7 +217,7 @@ class DecisionMetrics:
         return [Observation(v, self._pool(p)) for p, v in dict(self.runtime.pressure.in_flight).items()]
 
     def _pressures(self, _options: CallbackOptions) -> Iterable[Observation]:
-        return [Observation(v, self._pool_source(*k)) for k, v in dict(self._last_pressure).items()]
+        return [Observation(v, self._pool(p)) for p, v in dict(self._last_pressure).items()]
 
     @property
     def _scraper(self) -> PoolLoadScraper | None:

@@ -74,8 +74,8 @@ M_IN_FLIGHT = "budget_router.in_flight"  # budget_router_in_flight{pool}
 # Live pool load (only with live_load configured): what the engines said, how old it is, what failed.
 M_POOL_RUNNING = "budget_router.pool.running"  # budget_router_pool_running{pool}
 M_POOL_WAITING = "budget_router.pool.waiting"  # budget_router_pool_waiting{pool}
-M_POOL_KV = "budget_router.pool.kv_cache_usage"  # budget_router_pool_kv_cache_usage_ratio{pool}
-M_PRESSURE = "budget_router.pool.pressure"  # budget_router_pool_pressure_ratio{pool,source}
+M_POOL_KV = "budget_router.pool.kv_cache_usage"  # budget_router_pool_kv_cache_usage{pool}
+M_PRESSURE = "budget_router.pool.pressure"  # budget_router_pool_pressure{pool}
 M_SCRAPE_AGE = "budget_router.pool.scrape.age"  # budget_router_pool_scrape_age_seconds{pool}
 M_SCRAPES = "budget_router.pool.scrapes"  # budget_router_pool_scrapes_total{pool}
 M_SCRAPE_FAILURES = "budget_router.pool.scrape.failures"  # ..._scrape_failures_total{pool,cause}
