@@ -7,6 +7,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
 
+import aiohttp
 import orjson
 import pytest
 from aiohttp import web
@@ -15,6 +16,7 @@ from extproc.algorithm.dispatch import LONG, SHORT
 from extproc.algorithm.pressure import LIVE, LivePressure
 from extproc.emulator import EmulatorConfig, RunningEmulator, start_emulator
 from extproc.server.pool_load import TIMEOUT, UNREADABLE, PoolLoadScraper, cluster_hosts
+from extproc.server.vllm_metrics import parse_engine_load
 
 INTERVAL, TIMEOUT_S = 0.05, 0.2
 
@@ -165,3 +167,22 @@ def test_cluster_hosts_reads_only_the_named_cluster_and_tolerates_odd_documents(
     odd_hosts = {"cluster_statuses": [{"name": "pool_short", "host_statuses": [7]}]}
     for odd in (None, [], {"cluster_statuses": 3}, odd_hosts):
         assert cluster_hosts(odd, "pool_short") == []
+
+
+async def test_emulator_page_has_vllms_names_types_and_semantics(busy_engine: RunningEmulator) -> None:
+    """What the router parses in every e2e test is what vLLM serves: gauges for the queues and the
+    KV-cache fraction (0..1), a counter for preemptions, engine and model_name labels."""
+    async with aiohttp.ClientSession() as session, session.get(f"{busy_engine.url}/metrics") as resp:
+        page = await resp.read()
+    for name, kind in (
+        ("vllm:num_requests_running", "gauge"),
+        ("vllm:num_requests_waiting", "gauge"),
+        ("vllm:kv_cache_usage_perc", "gauge"),
+        ("vllm:num_preemptions_total", "counter"),
+    ):
+        assert f"# TYPE {name} {kind}\n".encode() in page
+        assert f'{name}{{engine="0",model_name="'.encode() in page
+    load = parse_engine_load(page)
+    assert load is not None and (load.running, load.waiting) == (2, 3)
+    engine = busy_engine.emulator.engine
+    assert load.kv_usage == pytest.approx(engine.used_blocks / engine.capacity_blocks) and 0 < load.kv_usage < 1
