@@ -62,12 +62,17 @@ def cluster_hosts(clusters: Any, cluster: str) -> list[tuple[str, int]]:
     for status in statuses if isinstance(statuses, list) else ():
         if not isinstance(status, dict) or status.get("name") != cluster:
             continue
-        for host in status.get("host_statuses") or ():
-            sock = host.get("address", {}).get("socket_address", {}) if isinstance(host, dict) else {}
-            addr, port = sock.get("address"), sock.get("port_value")
-            if isinstance(addr, str) and isinstance(port, int):
+        hosts = status.get("host_statuses")
+        for host in hosts if isinstance(hosts, list) else ():
+            sock = _field(_field(host, "address"), "socket_address")
+            addr, port = _field(sock, "address"), _field(sock, "port_value")
+            if isinstance(addr, str) and isinstance(port, int) and not isinstance(port, bool):
                 out.append((addr, port))
     return out
+
+
+def _field(obj: Any, key: str) -> Any:
+    return obj.get(key) if isinstance(obj, dict) else None
 
 
 @dataclass

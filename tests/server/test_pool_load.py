@@ -11,6 +11,8 @@ import aiohttp
 import orjson
 import pytest
 from aiohttp import web
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from extproc.algorithm.dispatch import LONG, SHORT
 from extproc.algorithm.pressure import LIVE, LivePressure
@@ -159,6 +161,23 @@ async def test_discovery_follows_membership_without_restart(busy_engine: Running
     finally:
         await scraper.stop()
         await runner.cleanup()
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=8) | st.sampled_from(["pool_short", "address"]),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(
+        st.sampled_from(["cluster_statuses", "name", "host_statuses", "address", "socket_address", "port_value"]),
+        inner, max_size=4,
+    ),
+    max_leaves=20,
+)  # fmt: skip
+
+
+@settings(max_examples=300, deadline=None)
+@given(json_values)
+def test_cluster_hosts_never_raises_on_odd_admin_documents(doc: object) -> None:
+    for addr, port in cluster_hosts(doc, "pool_short"):
+        assert isinstance(addr, str) and isinstance(port, int)
 
 
 def test_cluster_hosts_reads_only_the_named_cluster_and_tolerates_odd_documents() -> None:
