@@ -39,6 +39,7 @@ bench: venv
 	$(BIN)/python benchmarks/telemetry_overhead.py
 	$(BIN)/python benchmarks/simulator_speed.py
 	$(BIN)/python benchmarks/workload_speed.py
+	$(BIN)/python benchmarks/live_load_cpu.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

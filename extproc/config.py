@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 
 from extproc.algorithm.dispatch import NO_OUTPUT_LIMIT_POLICIES
+from extproc.gateway.envoy_config import LONG_CLUSTER, SHORT_CLUSTER
 
 ENV_PREFIX = "BUDGET_ROUTER_"
 MIB = 1024 * 1024
@@ -90,6 +91,32 @@ class SpilloverConfig:
     )
     threshold: float = opt(1.0, "Spill when short-pool pressure is at or above this value.")
     long_capacity: int = opt(64, "In-flight requests the long pool holds; reported as pressure only.")
+
+
+@dataclass
+class LiveLoadConfig:
+    """Live pool load from the engines' own /metrics; off while no endpoint source is set."""
+
+    short_endpoints: list[str] = opt(
+        [], "Short-pool engines to scrape: host:port (metrics at metrics_path) or full URLs, comma-separated."
+    )
+    long_endpoints: list[str] = opt([], "Long-pool engines to scrape, as short_endpoints.")
+    envoy_admin: str = opt(
+        "", "Envoy admin address (host:port): also scrape every host Envoy lists for the two pool clusters."
+    )
+    short_cluster: str = opt(SHORT_CLUSTER, "Envoy cluster of the short pool (for discovery via envoy_admin).")
+    long_cluster: str = opt(LONG_CLUSTER, "Envoy cluster of the long pool (for discovery via envoy_admin).")
+    metrics_path: str = opt("/metrics", "Path of the engines' Prometheus page (for host:port endpoints).")
+    scrape_interval_s: float = opt(0.1, "How often each endpoint is scraped.")
+    scrape_timeout_s: float = opt(0.25, "Longest wait for one scrape; a slower endpoint counts a timeout.")
+    max_age_s: float = opt(
+        0.5, "A pool's scrape older than this is stale: spillover uses the router's own in-flight count."
+    )
+    discovery_interval_s: float = opt(2.0, "How often Envoy's /clusters is re-read for pool membership.")
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.short_endpoints or self.long_endpoints or self.envoy_admin)
 
 
 @dataclass
@@ -165,6 +192,7 @@ class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     routing: RoutingConfig = field(default_factory=RoutingConfig)
     spillover: SpilloverConfig = field(default_factory=SpilloverConfig)
+    live_load: LiveLoadConfig = field(default_factory=LiveLoadConfig)
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
     estimator: EstimatorConfig = field(default_factory=EstimatorConfig)
     categories: CategoriesConfig = field(default_factory=CategoriesConfig)
@@ -287,7 +315,30 @@ def validate(cfg: Config) -> Config:
     for ok, msg in checks:
         if not ok:
             raise ConfigError(msg)
+    _validate_live_load(cfg.live_load)
     return cfg
+
+
+def _validate_live_load(ll: LiveLoadConfig) -> None:
+    from extproc.server.pool_load import metrics_url
+
+    checks = [
+        (ll.scrape_interval_s > 0, "live_load.scrape_interval_s must be > 0"),
+        (ll.scrape_timeout_s > 0, "live_load.scrape_timeout_s must be > 0"),
+        (ll.max_age_s >= ll.scrape_interval_s, "live_load.max_age_s must be >= live_load.scrape_interval_s"),
+        (ll.discovery_interval_s > 0, "live_load.discovery_interval_s must be > 0"),
+        (ll.metrics_path.startswith("/"), "live_load.metrics_path must start with /"),
+    ]
+    for ok, msg in checks:
+        if not ok:
+            raise ConfigError(msg)
+    for name in ("short_endpoints", "long_endpoints", "envoy_admin"):
+        value = getattr(ll, name)
+        for endpoint in [value] if isinstance(value, str) and value else value if isinstance(value, list) else []:
+            try:
+                metrics_url(endpoint)
+            except ValueError as exc:
+                raise ConfigError(f"live_load.{name}: {exc}") from None
 
 
 def load_config(

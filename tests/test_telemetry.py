@@ -3,6 +3,7 @@ through the real gRPC server), observed with the SDK's in-memory span exporter a
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 
@@ -20,8 +21,10 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import SpanKind, StatusCode
 
 from extproc.config import load_config
+from extproc.emulator import EmulatorConfig, start_emulator
 from extproc.server.events import ExchangeRecord
 from extproc.server.exchange import Exchange, RouterRuntime
+from extproc.server.pool_load import build_scraper
 from extproc.server.service import RouterServer
 from extproc.telemetry import (
     DecisionLog,
@@ -65,7 +68,10 @@ class Rig:
 
 
 def make_rig(
-    capture_content: bool = False, decisions: DecisionLog | None = None, parent_based: bool = False
+    capture_content: bool = False,
+    decisions: DecisionLog | None = None,
+    parent_based: bool = False,
+    live_load: dict[str, object] | None = None,
 ) -> Rig:
     exporter = InMemorySpanExporter()
     tracers = TracerProvider()
@@ -76,7 +82,11 @@ def make_rig(
     metrics = DecisionMetrics(meters.get_meter("test"), histograms)
     spans = ExchangeSpans(tracers.get_tracer("test"), capture_content, parent_based=parent_based)
     observer = TelemetryObserver(spans, metrics, decisions)
-    overrides = {"calibration": {"state_file": ""}, "telemetry": {"capture_content": capture_content}}
+    overrides = {
+        "calibration": {"state_file": ""},
+        "telemetry": {"capture_content": capture_content},
+        "live_load": live_load or {},
+    }
     rt = RouterRuntime.from_config(load_config(env={}, overrides=overrides), observer)
     observer.attach(rt)
     return Rig(rt, observer, exporter, reader)
@@ -328,6 +338,41 @@ def test_gauges_read_calibration_and_in_flight(rig):
     assert by_attrs(m[n.M_IN_FLIGHT]) == {(("pool", "short"),): 1, (("pool", "long"),): 0}
     ex.close()
     assert by_attrs(rig.points()[n.M_IN_FLIGHT]) == {(("pool", "short"),): 0, (("pool", "long"),): 0}
+
+
+async def test_live_load_pressure_on_the_span_and_scrape_metrics():
+    """A real emulated vLLM holding 5 requests on 4 slots: the span says which pressure decided, and
+    the metrics show the scraped load, the scrape's age and the failures of a garbage endpoint."""
+    cfg = EmulatorConfig(port=0, latency_scale=50.0, max_num_seqs=4, max_model_len=4096, kv_cache_tokens=1 << 22)
+    emu = await start_emulator(cfg)  # a cache so large its use stays below the queue's pressure
+    for _ in range(5):
+        emu.emulator.engine.submit(100, 1000, "length")
+    garbage = "127.0.0.1:9"  # discard port: nothing listens, every scrape fails as unreachable
+    rig = make_rig(live_load={"short_endpoints": [f"127.0.0.1:{emu.port}", garbage], "scrape_interval_s": 0.05})
+    scraper = build_scraper(rig.rt.pressure, rig.rt.cfg.live_load)
+    rig.rt.scraper = scraper
+    await scraper.start()
+    try:
+        for _ in range(200):
+            if "short" in scraper.stats.load and scraper.stats.failures:
+                break
+            await asyncio.sleep(0.01)
+        ex, _ = run(rig.rt, chat(max_tokens=5), (200, "application/json", usage_json(60, 5)))
+    finally:
+        await scraper.stop()
+        await emu.close()
+    # 4 running + 1 waiting on the answering half of 2 x 128 slots (spillover.short_capacity 256 default)
+    a = rig.finished_spans()[0].attributes
+    assert a[n.PRESSURE_SOURCE] == "live" and a[n.SHORT_PRESSURE] == pytest.approx(5 / 128)
+    assert a[n.LONG_PRESSURE] == 0.0  # no long endpoints: the local count, nothing in flight
+    m = rig.points()
+    assert by_attrs(m[n.M_POOL_RUNNING]) == {(("pool", "short"),): 4.0}
+    assert by_attrs(m[n.M_POOL_WAITING]) == {(("pool", "short"),): 1.0}
+    assert 0 <= by_attrs(m[n.M_SCRAPE_AGE])[(("pool", "short"),)] < 1.0
+    assert by_attrs(m[n.M_SCRAPE_FAILURES])[(("cause", "unreachable"), ("pool", "short"))] >= 1
+    assert by_attrs(m[n.M_LOCAL_FALLBACKS])[(("pool", "long"),)] >= 1
+    assert by_attrs(m[n.M_PRESSURE])[(("pool", "short"),)] == pytest.approx(5 / 128)
+    assert ex.record.pressure_source == "live"
 
 
 # -- logs ------------------------------------------------------------------------------------------

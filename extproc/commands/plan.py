@@ -51,6 +51,13 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _delay(text: str) -> float:
+    value = float(text)
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be >= 0 seconds, got {text}")
+    return value
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = __doc__.split("Example", 1)[1] if __doc__ else None
@@ -114,6 +121,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "overcommits the KV cache as vLLM allows, trading preemptions for concurrency)",
     )
     g.add_argument("--no-spillover", action="store_true", help="disable the router's short->long spillover")
+    g.add_argument("--scrape-delay", type=_delay, default=None, metavar="S",
+                   help="spill on live pool load (live_load): engine /metrics sampled every 100 ms and seen S "
+                   "seconds late (default: the router's own, exact in-flight count)")
     g.add_argument("--out", type=Path, default=Path("out/plan"), help="folder for plan.json and the PNG plots")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -156,6 +166,7 @@ def _run(args: argparse.Namespace) -> int:
         pool_balancer=args.pool_balancer,
         homogeneous_seqs=args.homogeneous_seqs,
         spillover=not args.no_spillover,
+        scrape_delay_s=args.scrape_delay,
         seed=spec.seed,
         max_reject=args.max_reject,
     )

@@ -17,8 +17,10 @@ import sys
 from collections.abc import Coroutine
 from typing import Any
 
+from extproc.algorithm.pressure import LivePressure
 from extproc.config import Config, ConfigError, add_config_flags, config_from_args
 from extproc.server.exchange import RouterRuntime
+from extproc.server.pool_load import build_scraper
 from extproc.server.service import RouterServer
 from extproc.server.state_store import StateStore
 
@@ -44,6 +46,10 @@ async def serve(
     peers = store.load_into(rt.router.calibrator, rt.router.linear)
     server = RouterServer(rt)
     await server.start()
+    scraper = build_scraper(rt.pressure, cfg.live_load) if isinstance(rt.pressure, LivePressure) else None
+    if scraper is not None:
+        await scraper.start()
+        rt.scraper = scraper  # telemetry reads its counters
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):  # before the ready line: a supervisor may signal at once
@@ -64,6 +70,8 @@ async def serve(
     log.info("shutting down: NOT_SERVING, draining %d streams", server.processor.active)
     syncer.cancel()
     await server.stop(cfg.server.grace_period_s)
+    if scraper is not None:
+        await scraper.stop()
     store.sync(rt.router.calibrator, rt.router.linear)
     if telemetry_shutdown is not None:
         telemetry_shutdown()

@@ -60,6 +60,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     s.add_argument("--router-replicas", type=int, default=1, help="router processes behind Envoy (0 = none)")
     s.add_argument("--fail-closed", action="store_true", help="Envoy answers 503 when the router fails")
     s.add_argument(
+        "--live-load", action="store_true",
+        help="routers spill on the pools' own /metrics (found through Envoy's admin) instead of their own counts",
+    )  # fmt: skip
+    s.add_argument(
         "--router-flag", action="append", default=[], metavar="FLAG",
         help="extra `budget-router serve` flag, e.g. --router-flag=--routing-b-short=4096 (repeatable)",
     )  # fmt: skip
@@ -115,6 +119,7 @@ def stack_options(args: argparse.Namespace) -> StackOptions:
     return StackOptions(
         run_dir=args.run_dir,
         router_replicas=args.router_replicas,
+        live_load=args.live_load,
         fail_open=not args.fail_closed,
         router_flags=tuple(flags),
         latency_scale=args.latency_scale,

@@ -14,6 +14,7 @@ from typing import Protocol
 
 import numpy as np
 
+from extproc.algorithm.pressure import EngineLoad
 from extproc.planner.instance import Instance, SimRequest
 from extproc.planner.profiles import InstanceProfile
 from extproc.planner.sim_workload import SimWorkload
@@ -33,7 +34,11 @@ class PoolConfig:
 
 
 class Dispatcher(Protocol):
-    """Chooses a pool per request and hears back when it completes (or is rejected)."""
+    """Chooses a pool per request and hears back when it completes (or is rejected).
+
+    A dispatcher that also has ``watch(loads)`` is handed, before the run, a callable returning each
+    pool's load as its engines would report it on ``/metrics`` (what a live-load router scrapes).
+    """
 
     def choose(self, i: int) -> int: ...
 
@@ -85,6 +90,15 @@ class _Pool:
         self.least = cfg.balancer == LEAST_OUTSTANDING
         self.next_rr = 0
 
+    def engine_load(self) -> EngineLoad:
+        """What the pool's vLLM instances would say on /metrics right now, summed over instances."""
+        insts = self.instances
+        return EngineLoad(
+            float(sum(len(x.running) for x in insts)),
+            float(sum(len(x.waiting) for x in insts)),
+            max(1.0 - x.free / x.p.kv_blocks for x in insts),
+        )
+
     def pick(self) -> int:
         if self.least:
             load = self.load
@@ -126,6 +140,9 @@ class FleetSim:
 
         for cfg in self.configs:
             pools.append(_Pool(cfg, hook))
+        watch = getattr(dispatcher, "watch", None)
+        if watch is not None:
+            watch(lambda: [p.engine_load() for p in pools])
         heap: list[tuple[float, int, Instance, int]] = []
         push, pop = heapq.heappush, heapq.heappop
         seq = 0

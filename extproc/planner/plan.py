@@ -48,6 +48,7 @@ class PlanSettings:
     spillover: bool = True
     seed: int = 0
     max_reject: float = 0.001  # share of requests a pick may lose to over-context rejections
+    scrape_delay_s: float | None = None  # live-load spillover with this staleness; None: exact in-flight count
 
     @property
     def homogeneous(self) -> InstanceProfile:
@@ -183,7 +184,13 @@ class Planner:
         wl = wl or self.wl
         short = short_pool_at(self.s.profile.short, b_short)
         long = self.s.profile.long
-        dispatch = RouterDispatch(self.router(b_short), wl, n_short * short.max_num_seqs, n_long * long.max_num_seqs)
+        dispatch = RouterDispatch(
+            self.router(b_short),
+            wl,
+            n_short * short.max_num_seqs,
+            n_long * long.max_num_seqs,
+            scrape_delay_s=self.s.scrape_delay_s,
+        )
         pools = [
             PoolConfig("short", short, n_short, self.s.pool_balancer),
             PoolConfig("long", long, n_long, self.s.pool_balancer),
@@ -362,5 +369,6 @@ class Planner:
             "spillover": self.s.spillover,
             "seed": self.s.seed,
             "max_reject": self.s.max_reject,
+            "scrape_delay_s": self.s.scrape_delay_s,
         }
         return PlanReport(settings, trace, len(self.wl), mu_h, homogeneous, outcomes, best)

@@ -30,6 +30,9 @@ class ExchangeRecord:
     stream: bool = False
     include_usage_injected: bool = False
     spilled: bool = False
+    short_pressure: float = 0.0  # the pressures the decision used (1.0 = at capacity)
+    long_pressure: float = 0.0
+    pressure_source: str = ""  # live (engines' /metrics) | local (this router's in-flight count)
     status: int = 0
     learn: bool = False
     usage_source: str = ""  # json | sse | overflow_400

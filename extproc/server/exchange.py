@@ -16,18 +16,22 @@ import random
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import orjson
 
 from extproc.algorithm import BudgetRouter, RequestShape, ShapeError, shape_from_body
 from extproc.algorithm.dispatch import LONG, SHORT
-from extproc.algorithm.pressure import InFlightPressure
+from extproc.algorithm.pressure import LOCAL, InFlightPressure, LivePressure
 from extproc.algorithm.request_shape import CHAT, COMPLETIONS, RESPONSES
 from extproc.config import Config
 from extproc.server import envoy_wire as em
 from extproc.server.events import ExchangeObserver, ExchangeRecord
 from extproc.server.sse import SseUsageScanner
 from extproc.server.usage import json_response, overflow_prompt_tokens, usage_counts
+
+if TYPE_CHECKING:
+    from extproc.server.pool_load import PoolLoadScraper
 
 UNPARSEABLE = "unparseable"
 NO_BODY = "no_body"
@@ -42,12 +46,15 @@ class RouterRuntime:
     pressure: InFlightPressure
     observer: ExchangeObserver = field(default_factory=ExchangeObserver)
     rng: random.Random = field(default_factory=random.Random)
+    scraper: PoolLoadScraper | None = None  # set by serve when live_load is configured
 
     @classmethod
     def from_config(cls, cfg: Config, observer: ExchangeObserver | None = None) -> RouterRuntime:
         from extproc.router_factory import build_router
 
-        pressure = InFlightPressure({SHORT: cfg.spillover.short_capacity, LONG: cfg.spillover.long_capacity})
+        capacity = {SHORT: cfg.spillover.short_capacity, LONG: cfg.spillover.long_capacity}
+        live = cfg.live_load
+        pressure = LivePressure(capacity, live.max_age_s) if live.enabled else InFlightPressure(capacity)
         return cls(cfg, build_router(cfg), pressure, observer or ExchangeObserver())
 
 
@@ -166,7 +173,8 @@ class Exchange:
             return self._decide_long(UNPARSEABLE, exc.reason)
         self.shape = shape
         pressure = self.rt.pressure
-        est, decision = self.rt.router.route(shape, pressure.pressure(SHORT), pressure.pressure(LONG))
+        short_pressure, long_pressure = pressure.pressure(SHORT), pressure.pressure(LONG)
+        est, decision = self.rt.router.route(shape, short_pressure, long_pressure)
         follow = self.record.learn = self._wants_sample()
         self._estimate = est
         rec = self.record
@@ -175,6 +183,8 @@ class Exchange:
         rec.estimated_prompt_tokens, rec.estimated_total_tokens = est.prompt_tokens, est.total
         rec.output_reserve, rec.output_defaulted = est.output_tokens, est.output_defaulted
         rec.pool, rec.reason, rec.spilled = decision.pool, decision.reason, decision.spilled
+        rec.short_pressure, rec.long_pressure = short_pressure, long_pressure
+        rec.pressure_source = pressure.source[SHORT] if isinstance(pressure, LivePressure) else LOCAL
         self._take(decision.pool, follow)
         self.rt.observer.decided(rec)
         if follow and shape.stream and not shape.client_include_usage and rcfg.inject_include_usage:

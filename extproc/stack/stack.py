@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import os
 import sys
 import tempfile
@@ -64,6 +65,7 @@ class StackOptions:
     router_replicas: int = 1
     fail_open: bool = True
     router_flags: Sequence[str] = ()  # extra `budget-router serve` flags (last one wins)
+    live_load: bool = False  # routers scrape the pools' /metrics, found through Envoy's admin /clusters
     emulator_flags: Sequence[str] = ()  # extra `budget-router emulate` flags for both pools
     short: PoolSpec = PoolSpec("short", 8192, 128)
     long: PoolSpec = PoolSpec("long", 65536, 16)
@@ -151,6 +153,7 @@ def router_argv(o: StackOptions, port: int, state_file: Path, metrics_port: int 
         "--spillover-long-capacity", str(o.long.max_num_seqs),
         *EMULATOR_FRAMING,
         *tracing,
+        *(("--live-load-envoy-admin", f"{HOST}:{o.admin_port}") if o.live_load else ()),
         *o.router_flags,
     )  # fmt: skip
 
@@ -191,7 +194,10 @@ def _say(line: str) -> None:
 
 class Stack:
     def __init__(self, options: StackOptions | None = None, say: Callable[[str], None] | None = None) -> None:
-        self.options = opts = options or StackOptions()
+        opts = options or StackOptions()
+        if opts.live_load and not opts.admin_port:  # the routers discover the pools through Envoy's admin
+            opts = dataclasses.replace(opts, admin_port=free_port())
+        self.options = opts
         self.run_dir = Path(opts.run_dir) if opts.run_dir else Path(tempfile.mkdtemp(prefix="budget-router-up-"))
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.state_file = Path(opts.state_file) if opts.state_file else self.run_dir / "calibration.json"

@@ -23,6 +23,7 @@ from extproc.telemetry.histograms import HistogramSet
 
 if TYPE_CHECKING:
     from extproc.server.exchange import RouterRuntime
+    from extproc.server.pool_load import PoolLoadScraper
 
 ACCEPTED = "accepted"
 UNPARSEABLE = "unparseable"
@@ -131,6 +132,35 @@ class DecisionMetrics:
         )
         self._category = _Interned("category")
         self._pool = _Interned("pool")
+        self._pool_cause = _Interned("pool", "cause")
+        self._last_pressure: dict[str, float] = {}
+        meter.create_observable_gauge(
+            n.M_PRESSURE, [self._pressures], "1", "Pool pressure the latest decision used (1 = at capacity)."
+        )
+        self._live_load_instruments(meter)
+
+    def _live_load_instruments(self, meter: Meter) -> None:
+        """Read at collection time from the scraper and the live pressure (absent: no series)."""
+        gauges = (
+            (n.M_POOL_RUNNING, "{request}", "Requests running on the pool's engines, as last scraped.", "running"),
+            (n.M_POOL_WAITING, "{request}", "Requests queued on the pool's engines, as last scraped.", "waiting"),
+            (n.M_POOL_KV, "1", "Fullest engine's KV-cache use in the pool (0..1), as last scraped.", "kv_usage"),
+        )
+        for name, unit, doc, attr in gauges:
+            meter.create_observable_gauge(name, [lambda _o, a=attr: self._scraped(a)], unit, doc)
+        meter.create_observable_gauge(
+            n.M_SCRAPE_AGE, [self._scrape_age], "s", "Age of the pool's freshest usable scrape (stale: local count)."
+        )
+        meter.create_observable_counter(n.M_SCRAPES, [self._scrapes], "{scrape}", "Scrapes of pool endpoints.")
+        meter.create_observable_counter(
+            n.M_SCRAPE_FAILURES, [self._scrape_failures], "{scrape}", "Failed scrapes by cause (timeout, unreadable)."
+        )
+        meter.create_observable_counter(
+            n.M_LOCAL_FALLBACKS,
+            [self._fallbacks],
+            "{decision}",
+            "Pressure reads that fell back to the local in-flight count (scrape stale or failed).",
+        )
 
     def attach(self, runtime: RouterRuntime) -> None:
         self.runtime = runtime
@@ -138,6 +168,9 @@ class DecisionMetrics:
     # -- hooks -----------------------------------------------------------------------------------
     def decided(self, record: ExchangeRecord) -> None:
         self.requests.add(record.pool, record.reason, record.endpoint or n.OTHER_ENDPOINT)
+        if record.pressure_source:
+            self._last_pressure["short"] = record.short_pressure
+            self._last_pressure["long"] = record.long_pressure
         if record.spilled:
             self.spillovers.add()
         if record.reason == UNPARSEABLE:
@@ -189,3 +222,31 @@ class DecisionMetrics:
         if self.runtime is None:
             return []
         return [Observation(v, self._pool(p)) for p, v in dict(self.runtime.pressure.in_flight).items()]
+
+    def _pressures(self, _options: CallbackOptions) -> Iterable[Observation]:
+        return [Observation(v, self._pool(p)) for p, v in dict(self._last_pressure).items()]
+
+    @property
+    def _scraper(self) -> PoolLoadScraper | None:
+        return None if self.runtime is None else self.runtime.scraper
+
+    def _scraped(self, attr: str) -> Iterable[Observation]:
+        sc = self._scraper
+        loads = {} if sc is None else dict(sc.stats.load)
+        return [Observation(getattr(v, attr), self._pool(p)) for p, v in loads.items()]
+
+    def _scrape_age(self, _options: CallbackOptions) -> Iterable[Observation]:
+        live = None if self._scraper is None else self._scraper.pressure
+        return [] if live is None else [Observation(live.age(p), self._pool(p)) for p in dict(live.samples)]
+
+    def _scrapes(self, _options: CallbackOptions) -> Iterable[Observation]:
+        sc = self._scraper
+        return [] if sc is None else [Observation(v, self._pool(p)) for p, v in dict(sc.stats.scrapes).items()]
+
+    def _scrape_failures(self, _options: CallbackOptions) -> Iterable[Observation]:
+        sc = self._scraper
+        return [] if sc is None else [Observation(v, self._pool_cause(*k)) for k, v in dict(sc.stats.failures).items()]
+
+    def _fallbacks(self, _options: CallbackOptions) -> Iterable[Observation]:
+        sc = self._scraper
+        return [] if sc is None else [Observation(v, self._pool(p)) for p, v in dict(sc.pressure.fallbacks).items()]

@@ -50,6 +50,9 @@ USAGE_SOURCE = PREFIX + "usage_source"
 OBSERVATION = PREFIX + "observation"
 ESTIMATE_ERROR_PCT = PREFIX + "estimate_error_pct"
 PROCESSING_SECONDS = PREFIX + "processing_seconds"
+SHORT_PRESSURE = PREFIX + "short_pressure"  # the pressures the decision used (1.0 = at capacity)
+LONG_PRESSURE = PREFIX + "long_pressure"
+PRESSURE_SOURCE = PREFIX + "pressure_source"  # live (engines' /metrics) | local (own in-flight count)
 
 # -- metrics (OTel names; the Prometheus names the exporter derives are in the comments) ---------
 M_REQUESTS = "budget_router.requests"  # budget_router_requests_total{pool,reason,endpoint}
@@ -69,6 +72,15 @@ M_DEVIATION = "budget_router.calibration.deviation"  # budget_router_calibration
 M_SAMPLES = "budget_router.calibration.samples"  # budget_router_calibration_samples{category}
 M_IN_FLIGHT = "budget_router.in_flight"  # budget_router_in_flight{pool}
 M_EXACT_COUNTS = "budget_router.estimate.exact_counts"  # budget_router_estimate_exact_counts_total
+# Live pool load (only with live_load configured): what the engines said, how old it is, what failed.
+M_POOL_RUNNING = "budget_router.pool.running"  # budget_router_pool_running{pool}
+M_POOL_WAITING = "budget_router.pool.waiting"  # budget_router_pool_waiting{pool}
+M_POOL_KV = "budget_router.pool.kv_cache_usage"  # budget_router_pool_kv_cache_usage{pool}
+M_PRESSURE = "budget_router.pool.pressure"  # budget_router_pool_pressure{pool}
+M_SCRAPE_AGE = "budget_router.pool.scrape.age"  # budget_router_pool_scrape_age_seconds{pool}
+M_SCRAPES = "budget_router.pool.scrapes"  # budget_router_pool_scrapes_total{pool}
+M_SCRAPE_FAILURES = "budget_router.pool.scrape.failures"  # ..._scrape_failures_total{pool,cause}
+M_LOCAL_FALLBACKS = "budget_router.pool.local_fallbacks"  # ..._local_fallbacks_total{pool}
 
 # Phases of the processing-time histogram: the two request messages, and everything after them.
 REQUEST_PHASES = ("request_headers", "request_body")

@@ -80,6 +80,10 @@ class ExchangeSpans:
             a[n.STREAM] = True
         if record.spilled:
             a[n.SPILLED] = True
+        if record.pressure_source:
+            a[n.SHORT_PRESSURE] = record.short_pressure
+            a[n.LONG_PRESSURE] = record.long_pressure
+            a[n.PRESSURE_SOURCE] = record.pressure_source
         response_model = getattr(record, "response_model", None)  # ExchangeRecord field once wired
         if response_model:
             a[n.GEN_AI_RESPONSE_MODEL] = response_model

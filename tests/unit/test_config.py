@@ -64,3 +64,27 @@ def test_readme_configuration_table_is_current():
 
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     assert describe() in readme, "README is stale: paste `budget-router config --doc` into ## Configuration"
+
+
+def test_live_load_is_off_until_an_endpoint_source_is_set():
+    cfg = load_config(env={})
+    assert not cfg.live_load.enabled
+    cfg = load_config(env={"BUDGET_ROUTER_LIVE_LOAD_SHORT_ENDPOINTS": "10.0.0.1:8000, http://vllm-2:8000/metrics"})
+    assert cfg.live_load.short_endpoints == ["10.0.0.1:8000", "http://vllm-2:8000/metrics"]
+    assert cfg.live_load.enabled
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "message"),
+    [
+        ("--live-load-short-endpoints", "ftp://vllm:8000", "live_load.short_endpoints"),
+        ("--live-load-long-endpoints", "vllm:http", "live_load.long_endpoints"),
+        ("--live-load-envoy-admin", "localhost:notaport", "live_load.envoy_admin"),
+        ("--live-load-max-age-s", "0.01", "live_load.max_age_s"),
+        ("--live-load-scrape-timeout-s", "0", "live_load.scrape_timeout_s"),
+        ("--live-load-metrics-path", "metrics", "live_load.metrics_path"),
+    ],
+)
+def test_bad_live_load_settings_name_the_option_and_exit_2(capsys, flag, value, message):
+    assert main(["config", flag, value]) == 2
+    assert message in capsys.readouterr().err
