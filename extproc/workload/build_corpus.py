@@ -193,6 +193,11 @@ def _display(path: Path) -> str:
     for root, label in ((_stdlib(), "Lib"), (_include(), "Include")):
         if path.is_relative_to(root):
             return f"CPython {sys.version.split()[0]} {label}/{path.relative_to(root)}"
+    web = _matplotlib_web()
+    if path.is_relative_to(web.parent.parent):  # the installed matplotlib package, wherever the venv is
+        from importlib.metadata import version
+
+        return f"matplotlib {version('matplotlib')} {path.relative_to(web.parent.parent.parent)}"
     return str(path)
 
 
