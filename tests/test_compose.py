@@ -26,9 +26,9 @@ from tests.processes import terminate
 ROOT = Path(__file__).resolve().parents[1]
 # The README's command for the emulator stack; the opt-in Docker test runs exactly this.
 DOCUMENTED_UP = ["--profile", "cpu", "up", "-d", "--wait"]
-# After the router dies the first request waits one router connect timeout (1.5 s) and ejects it, the
+# After the router dies the first request waits one router connect timeout (0.25 s) and ejects it, the
 # next ones are answered by the long pool at once (bounds with slack for a loaded machine).
-FIRST_FAIL_OPEN_BOUND_S = 2.5
+FIRST_FAIL_OPEN_BOUND_S = 1.0
 FAIL_OPEN_BOUND_S = 0.5
 BASE_IMAGE = "budget-router-base:bookworm"
 ENVOY_LOCAL_IMAGE = "budget-router-envoy:local"

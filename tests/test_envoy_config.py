@@ -32,9 +32,9 @@ from tests.processes import terminate
 
 ROOT = Path(__file__).resolve().parents[1]
 ENVOY = envoy_binary()
-# After the router vanishes, the first request waits one router connect timeout (1.5 s) and ejects it;
+# After the router vanishes, the first request waits one router connect timeout (0.25 s) and ejects it;
 # the next ones fail open to the long pool at once (bounds with slack for a loaded CI machine).
-FIRST_FAIL_OPEN_BOUND_S = 2.5
+FIRST_FAIL_OPEN_BOUND_S = 1.0
 FAIL_OPEN_BOUND_S = 0.5
 
 

@@ -91,10 +91,9 @@ class EnvoyLayout:
     route_timeout_s: float = 600.0
     stream_idle_timeout_s: float = 600.0
     router_health_interval_s: float = 2.0
-    # The router is a local gRPC hop: a connect slower than this is a dead replica. Above Linux's 1 s
-    # initial SYN retransmission, so a restarted router whose port still has TIME_WAIT entries (a
-    # reused 4-tuple costs one retransmitted SYN) is reached instead of failed.
-    router_connect_timeout_s: float = 1.5
+    # The router is a local gRPC hop (same host or pod network): a connect slower than this is a dead
+    # replica, and the request that finds out waits this long before failing open.
+    router_connect_timeout_s: float = 0.25
     pool_health_interval_s: float = 5.0
     # Route "short" through an aggregate cluster [pool_short, pool_long]: when no short host is healthy,
     # short requests (which always fit the long pool) go long instead of failing.
@@ -226,7 +225,12 @@ def _cluster(
         "health_checks": [health_check],
     }
     if panic_threshold is not None:
-        cluster["common_lb_config"] = {"healthy_panic_threshold": {"value": panic_threshold}}
+        # update_merge_window 0: Envoy otherwise batches host health changes for up to 1 s before its
+        # workers see them, so a restarted router would stay unused (fail-closed: 503s) for that second.
+        cluster["common_lb_config"] = {
+            "healthy_panic_threshold": {"value": panic_threshold},
+            "update_merge_window": "0s",
+        }
     if http2 is not None:
         cluster["typed_extension_protocol_options"] = {
             "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {

@@ -155,15 +155,8 @@ async def test_fail_closed_router_down_is_a_fast_5xx(
             assert entry["upstream"] is None  # refused before any pool saw it
             assert entry["details"].startswith("ext_proc_error_gRPC_error_14")  # UNAVAILABLE: router gone
         await asyncio.to_thread(stack.restart_router)
-        # Envoy's admin reports the router healthy a moment before its worker threads route to it
-        # (the host set reaches them asynchronously); failing closed, that moment is a 503 or two.
-        statuses: list[int] = []
-        deadline = time.monotonic() + 2
-        while 200 not in statuses and time.monotonic() < deadline:
-            again = await post(session, stack.url, body_for("prose", SHORT_PROMPT))
-            statuses.append(again.status)
-            await asyncio.sleep(0.02)
-        assert statuses[-1] == 200 and len(statuses) <= 5, statuses
+        again = await post(session, stack.url, body_for("prose", SHORT_PROMPT))
+        assert again.status == 200
         assert stack.access_log.pool(again.request_id) == "short"
 
 
