@@ -26,7 +26,7 @@ import yaml
 
 from extproc.algorithm import BudgetParams, CalibrationParams, CapacityParams, CategoryParams, DispatchPolicy
 from extproc.algorithm.dispatch import NO_OUTPUT_LIMIT_POLICIES
-from extproc.gateway.envoy_config import LONG_CLUSTER, SHORT_CLUSTER
+from extproc.gateway.clusters import LONG_CLUSTER, SHORT_CLUSTER
 
 ENV_PREFIX = "BUDGET_ROUTER_"
 MIB = 1024 * 1024

@@ -28,16 +28,18 @@ from typing import Any
 import yaml
 
 from extproc.config import MIB, REASON_HEADER, Config, RoutingConfig, ServerConfig, load_config
+from extproc.gateway.clusters import (
+    LONG_CLUSTER,
+    OTEL_CLUSTER,
+    ROUTER_CLUSTER,
+    SHORT_CLUSTER,
+    SHORT_FAILOVER_CLUSTER,
+)
 
 Endpoint = tuple[str, int]
 
 EXT_PROC_FILTER = "envoy.filters.http.ext_proc"
 EXT_PROC_SERVICE = "envoy.service.ext_proc.v3.ExternalProcessor"
-ROUTER_CLUSTER = "budget_router"
-SHORT_CLUSTER = "pool_short"
-SHORT_FAILOVER_CLUSTER = "pool_short_failover"
-LONG_CLUSTER = "pool_long"
-OTEL_CLUSTER = "otel_collector"
 # Every pool endpoint carries its pool's name as host metadata, so logs and headers name the pool that
 # really served even when the route's cluster is an aggregate (failover, or a retry onto another pool).
 POOL_METADATA_NAMESPACE = "budget_router"

@@ -254,8 +254,9 @@ def test_linear_estimator_routes_near_the_boundary_and_learns_from_usage():
     text = "Operators size every pool for the longest context, yet most prompts are short. " * 340  # 27 KB
     ex, _, b = route(rt, chat(text, max_tokens=900))
     assert set_headers(b.request_body.response.header_mutation)["x-budget-pool"] in ("short", "long")
-    assert ex._estimate is not None and ex._estimate.features is not None  # near B_short: the v2 model ran
+    est = ex.ticket.estimate if ex.ticket is not None else None
+    assert est is not None and est.features is not None  # near B_short: the v2 model ran
     ex.handle(response_headers())
     ex.handle(response_body(b'{"choices":[],"usage":{"prompt_tokens":5800,"completion_tokens":10}}'))
-    bucket = rt.router.linear.bucket("m", ex.shape.category)
+    bucket = rt.router.linear.bucket("m", ex.record.category)
     assert bucket.samples == 1
