@@ -191,7 +191,7 @@ class Bench:
         static = math.ceil((shape.text_bytes + shape.structured_bytes) / 4.0) + framing_tokens(shape, self.v1.budget)
         for name, router in (("v1", self.v1), ("v2", self.v2), ("exact", self.exact)):
             t0 = time.thread_time()
-            est, _ = router.route(shape)
+            est, _ = router.decide(shape)
             seconds = time.thread_time() - t0
             if score:
                 self.scores[req.kind, name].add(est.total, req.total, seconds)
@@ -268,7 +268,7 @@ def replay_azure(tokenizer: str, n: int, seed: int, pools: Pools) -> None:
         shape = shape_from_body("chat", req.body, v2.categorizer)
         for name, router in (("v2", v2), ("exact", exact)):
             t0 = time.thread_time()
-            est, _ = router.route(shape)
+            est, _ = router.decide(shape)
             cost[name] += time.thread_time() - t0
             router.learn(shape, req.prompt, est)
             if name == "exact":

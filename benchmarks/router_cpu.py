@@ -64,24 +64,24 @@ def bench_pure(n: int = 20000) -> None:
     near = orjson.loads(NEAR_BODY)
     shape = shape_from_body("chat", parsed, r.categorizer)
     for label, fn in (
-        ("estimate+decide (parsed body -> decision)", lambda: r.route(shape_from_body("chat", parsed, r.categorizer))),
+        ("estimate+decide (parsed body -> decision)", lambda: r.decide(shape_from_body("chat", parsed, r.categorizer))),
         (
             "  same, estimator: linear (screened)",
-            lambda: linear.route(shape_from_body("chat", parsed, linear.categorizer)),
+            lambda: linear.decide(shape_from_body("chat", parsed, linear.categorizer)),
         ),
         (
             "  30 KB near B_short, estimator: ratio",
-            lambda: r.route(shape_from_body("chat", near, r.categorizer)),
+            lambda: r.decide(shape_from_body("chat", near, r.categorizer)),
         ),
         (
             "  30 KB near B_short, estimator: linear",
-            lambda: linear.route(shape_from_body("chat", near, linear.categorizer)),
+            lambda: linear.decide(shape_from_body("chat", near, linear.categorizer)),
         ),
         (
             "parse+estimate+decide (raw bytes -> decision)",
-            lambda: r.route(shape_from_body("chat", orjson.loads(BODY), r.categorizer)),
+            lambda: r.decide(shape_from_body("chat", orjson.loads(BODY), r.categorizer)),
         ),
-        ("decide only (shape -> decision)", lambda: r.route(shape)),
+        ("decide only (shape -> decision)", lambda: r.decide(shape)),
     ):
         for _ in range(500):
             fn()

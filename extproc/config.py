@@ -3,6 +3,11 @@
 Precedence (lowest to highest): dataclass defaults < YAML file < ``BUDGET_ROUTER_<SECTION>_<KEY>``
 environment variables < ``--<section>-<key>`` flags. Flags and env names are derived from the
 field names, so a new option is documented and reachable everywhere by adding one field.
+
+Options that tune the algorithm take their defaults from the algorithm's parameter objects
+(``BudgetParams``, ``DispatchPolicy``, ``CalibrationParams``, ``CategoryParams``, ``CapacityParams``)
+under the same names, so a default is declared once and ``serve``, ``plan`` and the simulator
+cannot disagree about it.
 """
 
 from __future__ import annotations
@@ -19,11 +24,22 @@ from typing import Any
 
 import yaml
 
+from extproc.algorithm import BudgetParams, CalibrationParams, CapacityParams, CategoryParams, DispatchPolicy
 from extproc.algorithm.dispatch import NO_OUTPUT_LIMIT_POLICIES
-from extproc.gateway.envoy_config import LONG_CLUSTER, SHORT_CLUSTER
+from extproc.gateway.clusters import LONG_CLUSTER, SHORT_CLUSTER
 
 ENV_PREFIX = "BUDGET_ROUTER_"
 MIB = 1024 * 1024
+# The name the docs and the shipped Envoy configs give the optional decision-reason header
+# (``routing.reason_header``); Envoy strips a client's copy whether or not the router sends it.
+REASON_HEADER = "x-budget-reason"
+_BUDGET, _POLICY, _CAL, _CAT, _CAP = (
+    BudgetParams(),
+    DispatchPolicy(),
+    CalibrationParams(),
+    CategoryParams(),
+    CapacityParams(),
+)
 
 
 def opt(default: Any, doc: str) -> Any:
@@ -60,22 +76,33 @@ class RoutingConfig:
     header_name: str = opt("x-budget-pool", "Request header the router sets; Envoy routes on it.")
     short_value: str = opt("short", "Header value that selects the short pool.")
     long_value: str = opt("long", "Header value that selects the long pool.")
-    reason_header: str = opt("", "If set, also send the decision reason upstream in this header.")
-    b_short: int = opt(8192, "Threshold B_short: L_total <= b_short goes short (equality goes short).")
-    short_context: int = opt(8192, "max_model_len of the short pool; larger budgets can never go short.")
-    long_context: int = opt(65536, "max_model_len of the long pool; larger budgets go long and are counted.")
+    reason_header: str = opt(
+        "", f"If set (e.g. {REASON_HEADER}), also send the decision reason upstream in this header."
+    )
+    b_short: int = opt(_POLICY.b_short, "Threshold B_short: L_total <= b_short goes short (equality goes short).")
+    short_context: int = opt(
+        _POLICY.short_context, "max_model_len of the short pool; larger budgets can never go short."
+    )
+    long_context: int = opt(
+        _POLICY.long_context, "max_model_len of the long pool; larger budgets go long and are counted."
+    )
     default_output_tokens: int = opt(
-        1024, "Output reserve when a request sets no output limit (max_completion_tokens/max_tokens/max_output_tokens)."
+        _BUDGET.default_output_tokens,
+        "Output reserve when a request sets no output limit (max_completion_tokens/max_tokens/max_output_tokens).",
     )
     no_output_limit: str = opt(
-        "reserve",
+        _POLICY.no_output_limit,
         "Requests without an output limit: reserve (route by prompt + default_output_tokens; if that goes short, "
         "vLLM lets the answer run only to the end of the short context) or long (always the long pool).",
     )
-    framing_per_request: int = opt(3, "Chat-template tokens added once per request (generation prompt).")
-    framing_per_message: int = opt(4, "Chat-template tokens added per message (role header, separators).")
-    framing_per_tool: int = opt(8, "Template tokens per tool definition or tool call.")
-    image_tokens: int = opt(2048, "Fixed token cost of one image part.")
+    framing_per_request: int = opt(
+        _BUDGET.framing_per_request, "Chat-template tokens added once per request (generation prompt)."
+    )
+    framing_per_message: int = opt(
+        _BUDGET.framing_per_message, "Chat-template tokens added per message (role header, separators)."
+    )
+    framing_per_tool: int = opt(_BUDGET.framing_per_tool, "Template tokens per tool definition or tool call.")
+    image_tokens: int = opt(_BUDGET.image_tokens, "Fixed token cost of one image part.")
     inject_include_usage: bool = opt(
         True, "Add stream_options.include_usage to streaming requests so the router can learn."
     )
@@ -85,12 +112,15 @@ class RoutingConfig:
 
 @dataclass
 class SpilloverConfig:
-    enabled: bool = opt(True, "Send short requests to the long pool while the short pool is over pressure.")
-    short_capacity: int = opt(
-        256, "In-flight requests the short pool holds (instances x max_num_seqs); pressure = in-flight/this."
+    enabled: bool = opt(
+        _POLICY.spillover, "Send short requests to the long pool while the short pool is over pressure."
     )
-    threshold: float = opt(1.0, "Spill when short-pool pressure is at or above this value.")
-    long_capacity: int = opt(64, "In-flight requests the long pool holds; reported as pressure only.")
+    short_capacity: int = opt(
+        _CAP.short_capacity,
+        "In-flight requests the short pool holds (instances x max_num_seqs); pressure = in-flight/this.",
+    )
+    threshold: float = opt(_POLICY.spill_threshold, "Spill when short-pool pressure is at or above this value.")
+    long_capacity: int = opt(_CAP.long_capacity, "In-flight requests the long pool holds; reported as pressure only.")
 
 
 @dataclass
@@ -121,21 +151,23 @@ class LiveLoadConfig:
 
 @dataclass
 class CalibrationConfig:
-    beta: float = opt(0.95, "EMA weight on the old ratio: c <- beta*c + (1-beta)*c_obs.")
-    gamma: float = opt(1.0, "Safety factor: c* = c - gamma*sigma (smaller ratio, more tokens, safer).")
-    cold_start: float = opt(4.0, "Bytes/token before any observation (and the prior of every category).")
-    min_samples: int = opt(10, "Observations before a learned ratio may exceed the cold-start ratio.")
-    min_ratio: float = opt(0.5, "Observed bytes/token below this is rejected; c* never goes below it.")
-    max_ratio: float = opt(8.0, "Observed bytes/token above this is rejected; c-hat never exceeds it.")
+    beta: float = opt(_CAL.beta, "EMA weight on the old ratio: c <- beta*c + (1-beta)*c_obs.")
+    gamma: float = opt(_CAL.gamma, "Safety factor: c* = c - gamma*sigma (smaller ratio, more tokens, safer).")
+    cold_start: float = opt(_CAL.cold_start, "Bytes/token before any observation (and the prior of every category).")
+    min_samples: int = opt(_CAL.min_samples, "Observations before a learned ratio may exceed the cold-start ratio.")
+    min_ratio: float = opt(_CAL.min_ratio, "Observed bytes/token below this is rejected; c* never goes below it.")
+    max_ratio: float = opt(_CAL.max_ratio, "Observed bytes/token above this is rejected; c-hat never exceeds it.")
     outlier_factor: float = opt(
-        0.6, "Once warmed up, reject observations off the mean by more than this fraction of it."
+        _CAL.outlier_factor, "Once warmed up, reject observations off the mean by more than this fraction of it."
     )
-    converged_samples: int = opt(50, "Samples after which a category counts as converged.")
+    converged_samples: int = opt(_CAL.converged_samples, "Samples after which a category counts as converged.")
     converged_sample_rate: float = opt(
-        0.1, "Share of responses still followed once a category converged (1.0 = all; lower saves CPU)."
+        _CAL.converged_sample_rate,
+        "Share of responses still observed once a category converged (1.0 = all; lower saves CPU).",
     )
     priors: list[str] = opt(
-        ["cjk=1.5", "mixed=2.5"], "Per-category cold start (category=bytes/token); others use cold_start."
+        [f"{name}={ratio}" for name, ratio in _CAL.priors],
+        "Per-category cold start (category=bytes/token); others use cold_start.",
     )
     state_file: str = opt(_default_state_file(), "Where learned ratios persist ('' disables).")
     save_interval_s: float = opt(30.0, "How often the state file is written (and merged with peers).")
@@ -164,13 +196,11 @@ class EstimatorConfig:
 
 @dataclass
 class CategoriesConfig:
-    enabled: list[str] = opt(
-        ["prose", "code", "cjk", "mixed", "structured"], "Content categories the router learns separately."
-    )
-    default: str = opt("prose", "Category used when detection names one that is not enabled.")
-    cjk_share: float = opt(0.3, "Share of CJK code points (of letters) above which text is CJK.")
-    mixed_share: float = opt(0.05, "CJK share above which (but below cjk_share) text is mixed.")
-    code_score: float = opt(0.065, "Density of code punctuation/keywords above which text is code.")
+    enabled: list[str] = opt(list(_CAT.enabled), "Content categories the router learns separately.")
+    default: str = opt(_CAT.default, "Category used when detection names one that is not enabled.")
+    cjk_share: float = opt(_CAT.cjk_share, "Share of CJK code points (of letters) above which text is CJK.")
+    mixed_share: float = opt(_CAT.mixed_share, "CJK share above which (but below cjk_share) text is mixed.")
+    code_score: float = opt(_CAT.code_score, "Density of code punctuation/keywords above which text is code.")
 
 
 @dataclass

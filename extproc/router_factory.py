@@ -7,9 +7,23 @@ algorithm by giving both the same name; only the few whose names or types differ
 from __future__ import annotations
 
 import dataclasses
+import random
+import time
+from collections.abc import Callable
 from typing import Any, TypeVar
 
-from extproc.algorithm import BudgetParams, BudgetRouter, CalibrationParams, CategoryParams, DispatchPolicy
+from extproc.algorithm import (
+    BudgetParams,
+    BudgetRouter,
+    CalibrationParams,
+    CapacityParams,
+    CategoryParams,
+    DispatchPolicy,
+    InFlightPressure,
+    LivePressure,
+    PressureSource,
+)
+from extproc.algorithm.dispatch import LONG, SHORT
 from extproc.algorithm.exact_band import ExactBand, ExactBandParams
 from extproc.algorithm.linear_estimator import EstimatorParams
 from extproc.config import Config, ConfigError, parse_priors, parse_tokenizers
@@ -37,8 +51,23 @@ def build_exact_band(cfg: Config) -> ExactBand | None:
         raise ConfigError(f"estimator.exact_band: {exc}") from None
 
 
-def build_router(cfg: Config) -> BudgetRouter:
+def build_router(
+    cfg: Config,
+    clock: Callable[[], float] = time.monotonic,
+    rng: random.Random | None = None,
+    pressure: PressureSource | None = None,
+) -> BudgetRouter:
+    """The production router for ``cfg`` on ``clock``. Pool pressure is ``pressure`` when given, else
+    the engines' scraped load when ``live_load`` is on (``serve`` starts the scraper), else in-flight
+    counting against the spillover capacities."""
     s, k = cfg.spillover, cfg.categories
+    if pressure is None:
+        capacity = _same_named(CapacityParams, s)
+        pools = {SHORT: capacity.short_capacity, LONG: capacity.long_capacity}
+        live = cfg.live_load
+        pressure = (
+            LivePressure(pools, live.max_age_s, clock) if live.enabled else InFlightPressure.for_pools(capacity, clock)
+        )
     return BudgetRouter(
         budget=_same_named(BudgetParams, cfg.routing),
         policy=_same_named(DispatchPolicy, cfg.routing, spillover=s.enabled, spill_threshold=s.threshold),
@@ -48,4 +77,7 @@ def build_router(cfg: Config) -> BudgetRouter:
         categories=_same_named(CategoryParams, k, enabled=tuple(k.enabled)),
         estimator=_same_named(EstimatorParams, cfg.estimator, forgetting=cfg.calibration.beta),
         exact=build_exact_band(cfg),
+        pressure=pressure,
+        clock=clock,
+        rng=rng,
     )

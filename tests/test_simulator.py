@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import random
 
 import numpy as np
 import pytest
 
-from extproc.algorithm import BudgetRouter, CalibrationParams, DispatchPolicy
+from extproc.algorithm import BudgetRouter, CalibrationParams, DispatchPolicy, InFlightPressure, LivePressure
 from extproc.planner.fleet import LEAST_OUTSTANDING, OVER_CONTEXT, ROUND_ROBIN, FleetSim, PoolConfig, SimResult
 from extproc.planner.profiles import InstanceProfile
-from extproc.planner.routing import RouterDispatch
+from extproc.planner.routing import SCRAPE_INTERVAL_S, RouterDispatch, SimClock
 from extproc.planner.sim_workload import SimWorkload
 
 
@@ -134,8 +135,13 @@ def cjk_fleet_run(calibration: CalibrationParams) -> tuple[SimWorkload, SimResul
     wl = workload(np.arange(n) * 0.005, prompt, 100, category="cjk", text_bytes=text_bytes)
     short = profile(max_model_len=8192, max_num_seqs=128, max_num_batched_tokens=16384, iter_fixed_s=0.005)
     long = profile(iter_fixed_s=0.005)
-    router = BudgetRouter(policy=DispatchPolicy(b_short=8192), calibration=calibration)
-    dispatch = RouterDispatch(router, wl, 4 * 128, 4 * 16)
+    clock = SimClock()
+    pressure = InFlightPressure({"short": 4 * 128, "long": 4 * 16}, clock)
+    router = BudgetRouter(
+        policy=DispatchPolicy(b_short=8192), calibration=calibration, pressure=pressure, clock=clock,
+        rng=random.Random(0),
+    )
+    dispatch = RouterDispatch(router, wl, clock)
     res = FleetSim([PoolConfig("short", short, 4), PoolConfig("long", long, 4)], dispatch).run(wl)
     return wl, res, dispatch
 
@@ -163,7 +169,18 @@ def spill_run(delay: float | None) -> tuple[SimWorkload, SimResult, RouterDispat
     """10 req/s of short requests onto a short pool that serves 2 req/s (4 slots, 2 s each)."""
     wl = workload(np.arange(80) * 0.1, 100, 200)
     short = profile(max_model_len=8192, max_num_seqs=4, iter_fixed_s=0.01)
-    dispatch = RouterDispatch(BudgetRouter(policy=DispatchPolicy(b_short=8192)), wl, 4, 64, scrape_delay_s=delay)
+    clock = SimClock()
+    capacity = {"short": 4, "long": 64}
+    pressure = (
+        InFlightPressure(capacity, clock)
+        if delay is None
+        else LivePressure(capacity, delay + 2 * SCRAPE_INTERVAL_S, clock)
+    )
+    every = CalibrationParams(converged_sample_rate=1.0)  # every response observed: the local count is exact
+    router = BudgetRouter(
+        policy=DispatchPolicy(b_short=8192), calibration=every, pressure=pressure, clock=clock, rng=random.Random(0)
+    )
+    dispatch = RouterDispatch(router, wl, clock, scrape_delay_s=delay)
     res = FleetSim([PoolConfig("short", short, 1), PoolConfig("long", profile(iter_fixed_s=0.01), 1)], dispatch).run(wl)
     return wl, res, dispatch
 

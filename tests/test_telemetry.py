@@ -268,10 +268,10 @@ def scripted(rig: Rig) -> list[ExchangeRecord]:
     recs.append(run(rt, chat("word " * 10000, max_tokens=10), (400, "application/json", OVERFLOW))[0].record)
     recs.append(run(rt, chat(max_tokens=50), (200, "application/json", usage_json(20)))[0].record)
     for _ in range(rt.cfg.spillover.short_capacity):
-        rt.pressure.acquire("short")
+        rt.router.pressure.acquire("short")
     recs.append(run(rt, chat(max_tokens=50))[0].record)
     for _ in range(rt.cfg.spillover.short_capacity):
-        rt.pressure.release("short")
+        rt.router.pressure.release("short")
     return recs
 
 
@@ -349,7 +349,7 @@ async def test_live_load_pressure_on_the_span_and_scrape_metrics():
         emu.emulator.engine.submit(100, 1000, "length")
     garbage = "127.0.0.1:9"  # discard port: nothing listens, every scrape fails as unreachable
     rig = make_rig(live_load={"short_endpoints": [f"127.0.0.1:{emu.port}", garbage], "scrape_interval_s": 0.05})
-    scraper = build_scraper(rig.rt.pressure, rig.rt.cfg.live_load)
+    scraper = build_scraper(rig.rt.router.pressure, rig.rt.cfg.live_load)  # type: ignore[arg-type]
     rig.rt.scraper = scraper
     await scraper.start()
     try:

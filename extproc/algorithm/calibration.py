@@ -36,6 +36,8 @@ class CalibrationParams:
     max_ratio: float = 8.0
     outlier_factor: float = 0.6
     converged_samples: int = 50
+    # Share of a converged category's responses still observed (1.0 = all; lower saves CPU).
+    converged_sample_rate: float = 0.1
     # Per-category cold starts (category, bytes/token) that replace ``cold_start``; see README.
     priors: tuple[tuple[str, float], ...] = (("cjk", 1.5), ("mixed", 2.5))
 

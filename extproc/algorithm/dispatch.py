@@ -23,6 +23,8 @@ CAPACITY = "capacity"  # L_total above the short pool's context
 OVER_LONG_CONTEXT = "over_long_context"  # L_total above the long pool's context too
 SPILLOVER = "spillover"  # short pool over pressure, request fits the long pool
 NO_OUTPUT_LIMIT = "no_output_limit"  # the request sets no output limit and policy sends those long
+UNPARSEABLE = "unparseable"  # the caller could not read the request: the safe (long) route
+NO_BODY = "no_body"  # a request without a body (nothing to estimate): the safe route
 
 RESERVE = "reserve"  # no_output_limit policies: route by the default reserve, or always long
 NO_OUTPUT_LIMIT_POLICIES = (RESERVE, LONG)

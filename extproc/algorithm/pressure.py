@@ -1,10 +1,17 @@
 """Pool pressure: how full each pool is, as the router sees it.
 
-The router sees every request start, and the end of every request whose response it follows, so
-in-flight counts per pool against a configured capacity are a free, lag-free pressure signal.
-Requests whose response the router does not follow (response processing skipped to save CPU once
-calibration converged) hold a *lease* for the pool's typical exchange duration, learned from the
-followed ones.
+``PressureSource`` is the seam between the routing policy and whatever knows the pools' load. The
+router reads ``pressure`` to decide spillover and reports every request it routes through exactly
+one of two paths: ``acquire`` then ``release`` for a request whose end it will observe, or one
+``lease`` for a request it will never hear of again. A source backed by scraped vLLM metrics
+(``vllm:num_requests_waiting``, ``vllm:kv_cache_usage_perc``) implements the same four methods and
+may use the request events to bridge the gaps between scrapes, or ignore them.
+
+``InFlightPressure`` is the built-in source: the router sees every request start, and the end of
+every request whose response it observes, so in-flight counts per pool against a configured capacity
+are a free, lag-free signal. Requests whose response is not observed (response processing skipped to
+save CPU once calibration converged) hold a lease for the pool's typical exchange duration, learned
+from the observed ones.
 
 That count is per router replica: with N replicas each sees about 1/N of the load, and none sees
 traffic that reaches the pools another way. ``LivePressure`` adds what the engines themselves say
@@ -22,24 +29,64 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
+from extproc.algorithm.dispatch import LONG, SHORT
+
 LIVE, LOCAL = "live", "local"  # where a pressure value came from (span attribute, metric label)
+INITIAL_DURATION_S = 5.0  # lease length before any observed exchange taught a pool's typical duration
+
+
+@dataclass(frozen=True, slots=True)
+class CapacityParams:
+    """In-flight requests each pool holds (instances x max_num_seqs): the denominator of pressure."""
+
+    short_capacity: int = 256
+    long_capacity: int = 64
 
 
 class PressureSource(Protocol):
-    """What dispatch needs from a pressure signal: a number per pool, 1.0 meaning "at capacity"."""
+    """Everything ``BudgetRouter`` asks of the pools' load, and nothing more.
 
-    def pressure(self, pool: str) -> float: ...
+    Calls come from the routing thread only (the event loop of one router process); an
+    implementation that also serves a scrape thread must make its reads safe itself.
+    """
+
+    def pressure(self, pool: str) -> float:
+        """Load of ``pool`` relative to what it holds: 1.0 is full; spillover compares it with
+        ``DispatchPolicy.spill_threshold`` and with the other pool's pressure."""
+        ...
+
+    def acquire(self, pool: str) -> None:
+        """A request was routed to ``pool`` and its end will be reported through ``release``."""
+        ...
+
+    def release(self, pool: str, duration_s: float | None = None) -> None:
+        """An acquired request ended after ``duration_s`` on the router's clock (None: unknown)."""
+        ...
+
+    def lease(self, pool: str) -> None:
+        """A request was routed to ``pool`` and its end will never be reported."""
+        ...
 
 
 class InFlightPressure:
+    """Pressure = (in-flight requests + unexpired leases) / capacity, per pool."""
+
     def __init__(
-        self, capacity: dict[str, int], clock: Callable[[], float] = time.monotonic, initial_duration_s: float = 5.0
+        self,
+        capacity: Mapping[str, int],
+        clock: Callable[[], float] = time.monotonic,
+        initial_duration_s: float = INITIAL_DURATION_S,
     ) -> None:
         self.capacity = {k: max(1, v) for k, v in capacity.items()}
         self.in_flight = dict.fromkeys(capacity, 0)
         self.mean_duration = dict.fromkeys(capacity, initial_duration_s)
+        self._initial_duration_s = initial_duration_s
         self._leases: dict[str, list[float]] = {k: [] for k in capacity}
         self._clock = clock
+
+    @classmethod
+    def for_pools(cls, params: CapacityParams, clock: Callable[[], float] = time.monotonic) -> InFlightPressure:
+        return cls({SHORT: params.short_capacity, LONG: params.long_capacity}, clock)
 
     def acquire(self, pool: str) -> None:
         self.in_flight[pool] = self.in_flight.get(pool, 0) + 1
@@ -51,8 +98,9 @@ class InFlightPressure:
             self.mean_duration[pool] = 0.9 * old + 0.1 * duration_s
 
     def lease(self, pool: str) -> None:
-        """Count an untracked request as in flight for the pool's typical duration."""
-        heapq.heappush(self._leases.setdefault(pool, []), self._clock() + self.mean_duration.get(pool, 5.0))
+        """Count an unobserved request as in flight for the pool's typical duration."""
+        expiry = self._clock() + self.mean_duration.get(pool, self._initial_duration_s)
+        heapq.heappush(self._leases.setdefault(pool, []), expiry)
 
     def count(self, pool: str) -> int:
         leases = self._leases.get(pool)
@@ -128,7 +176,7 @@ class LivePressure(InFlightPressure):
         capacity: dict[str, int],
         max_age_s: float,
         clock: Callable[[], float] = time.monotonic,
-        initial_duration_s: float = 5.0,
+        initial_duration_s: float = INITIAL_DURATION_S,
     ) -> None:
         super().__init__(capacity, clock, initial_duration_s)
         self.max_age_s = max_age_s

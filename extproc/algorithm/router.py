@@ -1,22 +1,69 @@
-"""The whole algorithm behind one small facade: shape in, estimate and decision out; usage in, learning."""
+"""The whole routing policy behind two calls: ``route`` a request, ``finish`` it with its outcome.
+
+Everything that decides where traffic goes and what the router learns lives here: the estimate,
+the pool decision under pool pressure, which outcomes to observe (every one until a category has
+converged, then a sampled share), how the request is counted against its pool (tracked until
+``finish`` when observed, else leased), and learning from the observed usage. The ext_proc server
+translates Envoy messages into these calls and the planner's simulator makes the same calls from
+simulated time, so the simulated router is the production router. Time and randomness are
+injected (``clock``, ``rng``) so both drivers can replay a workload exactly.
+"""
 
 from __future__ import annotations
 
+import random
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from extproc.algorithm.budget import BudgetParams, Estimate, attribute, estimate
 from extproc.algorithm.calibration import CalibrationParams, Calibrator, Observation
 from extproc.algorithm.categories import Categorizer, CategoryParams
-from extproc.algorithm.dispatch import Decision, DispatchPolicy, decide
+from extproc.algorithm.dispatch import LONG, SHORT, UNPARSEABLE, Decision, DispatchPolicy, decide
 from extproc.algorithm.exact_band import ExactBand, serialize
 from extproc.algorithm.features import text_features
 from extproc.algorithm.linear_estimator import MESSAGES, REQUEST, TOOLS, EstimatorParams, LinearEstimator
-from extproc.algorithm.request_shape import CHAT, RequestShape
+from extproc.algorithm.pressure import CapacityParams, InFlightPressure, PressureSource
+from extproc.algorithm.request_shape import CHAT, RequestShape, shape_from_body
 
+Clock = Callable[[], float]
 # The v1 estimate screens v2: when the decision is the same at half and at twice the v1 prompt
 # estimate, no estimator can change it, and the character-class pass is skipped (most requests are
 # far from every threshold). Only requests the screen cannot settle pay for features.
 SCREEN_FACTOR = 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class Ticket:
+    """One routed request, handed out by ``route`` and handed back to ``finish`` exactly once.
+
+    ``observe`` is the router's request to its caller: True means "bring me this request's usage"
+    (the server then processes the response; the request is counted in flight until ``finish``);
+    False means the caller may stop following the request right away (it holds a lease instead and
+    ``finish`` will learn nothing). ``shape`` and ``estimate`` are None for a request the caller
+    could not read (routed long with the caller's reason).
+    """
+
+    decision: Decision
+    observe: bool
+    started_at: float  # the router's clock at ``route``; ``finish`` measures the duration from it
+    shape: RequestShape | None = None
+    estimate: Estimate | None = None
+    short_pressure: float = 0.0  # the pool pressures the decision used (1.0 = at capacity)
+    long_pressure: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What came back for a ticket. ``prompt_tokens`` is the backend's count (``usage`` or the exact
+    figure in a context-length 400); None when the request ended without one."""
+
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+
+
+NO_OUTCOME = Outcome()
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,7 +83,13 @@ class BudgetRouter:
         categories: CategoryParams | None = None,
         estimator: EstimatorParams | None = None,
         exact: ExactBand | None = None,
+        *,
+        pressure: PressureSource | None = None,
+        clock: Clock = time.monotonic,
+        rng: random.Random | None = None,
     ) -> None:
+        """``pressure`` defaults to in-flight counting at the default capacities on ``clock``;
+        ``rng`` draws the sampled observations of converged categories (seed it to replay)."""
         self.budget = budget or BudgetParams()
         self.policy = policy or DispatchPolicy()
         self.categorizer = Categorizer(categories)
@@ -45,13 +98,24 @@ class BudgetRouter:
         # The ratio calibrator always learns: it is the ``ratio`` estimator, v2's screen and cold start.
         self.linear = LinearEstimator(params, self.calibrator.params, self.budget) if params.kind == "linear" else None
         self.exact = exact if self.linear is not None else None
+        self.pressure: PressureSource = (
+            pressure if pressure is not None else InFlightPressure.for_pools(CapacityParams(), clock)
+        )
+        self.clock = clock
+        self.rng = rng or random.Random()
+
+    def shape(self, endpoint: str, body: Any) -> RequestShape:
+        """Read a parsed request body with this router's categories; raises ``ShapeError``."""
+        return shape_from_body(endpoint, body, self.categorizer)
 
     def estimate(self, shape: RequestShape) -> Estimate:
         return estimate(shape, self.calibrator.ratio, self.budget)
 
-    def route(
+    def decide(
         self, shape: RequestShape, short_pressure: float = 0.0, long_pressure: float = 0.0
     ) -> tuple[Estimate, Decision]:
+        """Estimate and pool choice at the given pressures, with no side effect (no counting, no
+        sampling): what ``route`` decides, for callers that only want to look."""
         est = self.estimate(shape)
         decision = decide(est.total, self.policy, short_pressure, long_pressure, est.output_defaulted)
         if self.linear is None or shape.known_prompt_tokens is not None or not shape.texts:
@@ -92,8 +156,55 @@ class BudgetRouter:
         ratio = shape.text_bytes / max(1.0, lin.point) if shape.text_bytes else v1.ratio
         return Estimate(prompt, out, prompt + out, ratio, v1.output_defaulted, tuple(x), counted)
 
+    def route(self, shape: RequestShape | None, unreadable: str = UNPARSEABLE) -> Ticket:
+        """Decide the pool for one request and count it against that pool.
+
+        ``shape`` None is a request the caller could not read: it takes the safe (long) route with
+        reason ``unreadable`` and is never observed. Every ticket must reach ``finish`` once, when
+        the request ends (for an unobserved ticket that call only keeps the callers uniform).
+        """
+        now = self.clock()
+        if shape is None:
+            self.pressure.lease(LONG)
+            return Ticket(Decision(LONG, unreadable), False, now)
+        p = self.pressure
+        short_pressure, long_pressure = p.pressure(SHORT), p.pressure(LONG)
+        est, decision = self.decide(shape, short_pressure, long_pressure)
+        observe = self._observes(shape)
+        if observe:
+            p.acquire(decision.pool)
+        else:
+            p.lease(decision.pool)
+        return Ticket(decision, observe, now, shape, est, short_pressure, long_pressure)
+
+    def finish(self, ticket: Ticket, outcome: Outcome = NO_OUTCOME) -> Learned | None:
+        """The request ended: release its pool slot and learn from ``outcome`` if it was observed.
+
+        Returns what was learned (accepted or the reason it was rejected), or None when there was
+        nothing to learn: the ticket was not observed, or the outcome carries no prompt tokens.
+        """
+        if not ticket.observe:
+            return None
+        self.pressure.release(ticket.decision.pool, self.clock() - ticket.started_at)
+        if outcome.prompt_tokens is None or ticket.shape is None:
+            return None
+        return self.learn(ticket.shape, outcome.prompt_tokens, ticket.estimate)
+
+    def _observes(self, shape: RequestShape) -> bool:
+        """Every response until the category converged, then a ``converged_sample_rate`` share;
+        never one whose prompt size was exact already (token-id prompts teach no ratio)."""
+        if shape.known_prompt_tokens is not None:
+            return False
+        rate = self.calibrator.params.converged_sample_rate
+        if rate >= 1.0 or not self.calibrator.converged(shape.category):
+            return True
+        return self.rng.random() < rate
+
     def learn(self, shape: RequestShape, prompt_tokens: int, routed: Estimate | None = None) -> Learned:
-        """Feed one observed ``usage.prompt_tokens`` back; ``routed`` is the estimate made at request time."""
+        """Feed one observed ``usage.prompt_tokens`` back; ``routed`` is the estimate made at request time.
+
+        ``finish`` calls this for the outcomes the policy observes; offline tools that measure the
+        estimator on every request (``decide`` then ``learn``) call it directly."""
         means = lambda c: self.calibrator.state(c).mean  # noqa: E731 - tiny adapter
         category, nbytes, tokens = attribute(shape, prompt_tokens, means, self.budget)
         est = routed.prompt_tokens if routed is not None else self.estimate(shape).prompt_tokens

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from extproc.config import load_config
 from extproc.planner.fleet import BALANCERS, LEAST_OUTSTANDING, ROUND_ROBIN
 from extproc.planner.plan import Planner, PlanSettings
 from extproc.planner.plan_report import format_table, write_json
@@ -82,7 +83,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="llama3-70b-a100",
         help=f"instance profile: {', '.join(builtin_profiles())}, or a YAML file",
     )
-    g.add_argument("--b-short", type=int, default=8192, help="the threshold to evaluate (default 8192)")
+    g.add_argument(
+        "--config",
+        "-c",
+        default=None,
+        help="the router's YAML config (as for serve); B_short defaults to its routing.b_short",
+    )
+    g.add_argument("--b-short", type=int, default=None, help="the threshold to evaluate (default: the config's)")
     g.add_argument(
         "--sweep",
         type=_thresholds,
@@ -149,6 +156,7 @@ def _run(args: argparse.Namespace) -> int:
         raise ValueError("--homogeneous-seqs must be at least 1")
     if args.rate is not None and args.count is None and args.duration is None:
         args.count = DEFAULT_REQUESTS
+    config = load_config(args.config)
     profile = load_profile(args.profile)
     spec = workload_spec_from_args(args)
     requests = build_workload(spec)
@@ -165,12 +173,13 @@ def _run(args: argparse.Namespace) -> int:
         homogeneous_balancer=args.homogeneous_balancer,
         pool_balancer=args.pool_balancer,
         homogeneous_seqs=args.homogeneous_seqs,
-        spillover=not args.no_spillover,
+        spillover=False if args.no_spillover else None,
         scrape_delay_s=args.scrape_delay,
         seed=spec.seed,
         max_reject=args.max_reject,
+        config=config,
     )
-    thresholds = args.sweep or [args.b_short]
+    thresholds = args.sweep or [args.b_short or config.routing.b_short]
     bar = None if args.quiet else ProgressBar()
     try:
         report = Planner(settings, wl, bar).run(thresholds, args.workload_trace)

@@ -35,18 +35,18 @@ async def serve(
     cfg: Config, ready: asyncio.Event | None = None, stop: asyncio.Event | None = None, worker: int = 0
 ) -> int:
     """Run until ``stop`` is set or a termination signal arrives."""
-    from extproc.telemetry import build_observer
+    from extproc.telemetry import TelemetryObserver, build_observer
 
     observer, telemetry_shutdown = build_observer(cfg, worker=worker)
     rt = RouterRuntime.from_config(cfg, observer)
-    attach = getattr(observer, "attach", None)
-    if attach is not None:
-        attach(rt)  # gauges read the calibrator and in-flight counts
+    if isinstance(observer, TelemetryObserver):
+        observer.attach(rt)  # gauges read the calibrator and in-flight counts
     store = StateStore(cfg.calibration.state_file, live_window_s=3 * cfg.calibration.save_interval_s)
     peers = store.load_into(rt.router.calibrator, rt.router.linear)
     server = RouterServer(rt)
     await server.start()
-    scraper = build_scraper(rt.pressure, cfg.live_load) if isinstance(rt.pressure, LivePressure) else None
+    pressure = rt.router.pressure
+    scraper = build_scraper(pressure, cfg.live_load) if isinstance(pressure, LivePressure) else None
     if scraper is not None:
         await scraper.start()
         rt.scraper = scraper  # telemetry reads its counters

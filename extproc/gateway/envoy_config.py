@@ -27,16 +27,19 @@ from typing import Any
 
 import yaml
 
-MIB = 1024 * 1024
+from extproc.config import MIB, REASON_HEADER, Config, RoutingConfig, ServerConfig, load_config
+from extproc.gateway.clusters import (
+    LONG_CLUSTER,
+    OTEL_CLUSTER,
+    ROUTER_CLUSTER,
+    SHORT_CLUSTER,
+    SHORT_FAILOVER_CLUSTER,
+)
+
 Endpoint = tuple[str, int]
 
 EXT_PROC_FILTER = "envoy.filters.http.ext_proc"
 EXT_PROC_SERVICE = "envoy.service.ext_proc.v3.ExternalProcessor"
-ROUTER_CLUSTER = "budget_router"
-SHORT_CLUSTER = "pool_short"
-SHORT_FAILOVER_CLUSTER = "pool_short_failover"
-LONG_CLUSTER = "pool_long"
-OTEL_CLUSTER = "otel_collector"
 # Every pool endpoint carries its pool's name as host metadata, so logs and headers name the pool that
 # really served even when the route's cluster is an aggregate (failover, or a retry onto another pool).
 POOL_METADATA_NAMESPACE = "budget_router"
@@ -58,6 +61,8 @@ EXT_PROC_LOG_FIELDS = (
 )
 _H2_WINDOW_MAX = 2**31 - 1
 _HEADER_RE = re.compile(r"^[a-z0-9!#$%&'*+.^_`|~-]+$")
+# What Envoy and the router must agree on defaults to the router's own config (one source).
+_ROUTING, _SERVER = RoutingConfig(), ServerConfig()
 
 
 @dataclass(frozen=True)
@@ -71,21 +76,21 @@ class EnvoyLayout:
     router: Sequence[Endpoint] = (("router", 9002),)
     short: Sequence[Endpoint] = (("vllm-short", 8000),)
     long: Sequence[Endpoint] = (("vllm-long", 8000),)
-    header_name: str = "x-budget-pool"
-    short_value: str = "short"
+    header_name: str = _ROUTING.header_name
+    short_value: str = _ROUTING.short_value
     ext_proc: bool = True
     failure_mode_allow: bool = True
     with_response_processing: bool = True
     strip_client_header: bool = True
     # Other headers only the router may set (its optional decision-reason header); stripped with the pool header.
-    owned_headers: tuple[str, ...] = ("x-budget-reason",)
+    owned_headers: tuple[str, ...] = (REASON_HEADER,)
     otlp: Endpoint | None = None
     service_name: str = "envoy-budget-router"
     # Share of requests Envoy traces. 100 suits a demo; in production ~1-10 % keeps the router's tracing
     # cost low (it creates no span for an unsampled parent).
     trace_sampling_percent: float = 100.0
     max_body_bytes: int = 30 * MIB
-    grpc_max_message_bytes: int = 32 * MIB
+    grpc_max_message_bytes: int = _SERVER.max_message_bytes
     message_timeout_s: float = 30.0
     max_message_timeout_s: float = 120.0
     route_timeout_s: float = 600.0
@@ -602,6 +607,18 @@ SNIPPETS: dict[str, tuple[str, Any]] = {
 }
 
 
+def agreed_with(cfg: Config) -> dict[str, Any]:
+    """The layout fields that must match the router's settings: the routing header and its short
+    value, the headers only the router may set, and the gRPC message limit."""
+    owned = dict.fromkeys((REASON_HEADER, *([cfg.routing.reason_header] if cfg.routing.reason_header else [])))
+    return {
+        "header_name": cfg.routing.header_name,
+        "short_value": cfg.routing.short_value,
+        "owned_headers": tuple(owned),
+        "grpc_max_message_bytes": cfg.server.max_message_bytes,
+    }
+
+
 def snippet_layout() -> EnvoyLayout:
     """Placeholder addresses a user replaces; no tracing (their Envoy has its own)."""
     return EnvoyLayout(router=(("budget-router", 9002),), otlp=None)
@@ -641,8 +658,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--trace-sampling", type=float, default=d.trace_sampling_percent, help="percent of requests Envoy traces"
     )
-    parser.add_argument("--header-name", default=d.header_name)
-    parser.add_argument("--short-value", default=d.short_value)
+    parser.add_argument(
+        "--config", "-c", help="the router's YAML config: header name/value and gRPC limit follow it"
+    )
+    parser.add_argument("--header-name", help=f"routing header (default: the router's, {d.header_name})")
+    parser.add_argument("--short-value", help=f"short pool's header value (default: the router's, {d.short_value})")
     parser.add_argument("--fail-closed", action="store_true", help="router errors become 503, not fail-open")
     parser.add_argument("--no-response-processing", action="store_true", help="router sees requests only")
     parser.add_argument("--no-ext-proc", action="store_true", help="routing header only (no router)")
@@ -653,7 +673,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="short requests fail (503) instead of going long when no short host is healthy",
     )
     parser.add_argument("--max-body-bytes", type=int, default=d.max_body_bytes)
-    parser.add_argument("--grpc-max-message-bytes", type=int, default=d.grpc_max_message_bytes)
+    parser.add_argument(
+        "--grpc-max-message-bytes",
+        type=int,
+        help=f"default: the router's server.max_message_bytes ({d.grpc_max_message_bytes})",
+    )
     parser.add_argument("--message-timeout-s", type=float, default=d.message_timeout_s)
     parser.add_argument("--route-timeout-s", type=float, default=d.route_timeout_s)
     parser.add_argument("--access-log", default=d.access_log_path, help="access log path or 'none'")
@@ -664,7 +688,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def layout_from_args(args: argparse.Namespace) -> EnvoyLayout:
-    base = compose_layout()
+    agreed = agreed_with(load_config(args.config) if args.config else Config())
+    base = dataclasses.replace(compose_layout(), **agreed)
     listen_host, listen_port = parse_endpoint(args.listen)
     admin_host, admin_port = parse_endpoint(args.admin)
     return dataclasses.replace(
@@ -677,8 +702,8 @@ def layout_from_args(args: argparse.Namespace) -> EnvoyLayout:
         short=[parse_endpoint(e) for e in args.short] if args.short else base.short,
         long=[parse_endpoint(e) for e in args.long] if args.long else base.long,
         otlp=None if args.otlp.lower() == "none" else parse_endpoint(args.otlp),
-        header_name=args.header_name,
-        short_value=args.short_value,
+        header_name=args.header_name or base.header_name,
+        short_value=args.short_value or base.short_value,
         failure_mode_allow=not args.fail_closed,
         with_response_processing=not args.no_response_processing,
         ext_proc=not args.no_ext_proc,
@@ -686,7 +711,7 @@ def layout_from_args(args: argparse.Namespace) -> EnvoyLayout:
         short_failover=not args.no_short_failover,
         trace_sampling_percent=args.trace_sampling,
         max_body_bytes=args.max_body_bytes,
-        grpc_max_message_bytes=args.grpc_max_message_bytes,
+        grpc_max_message_bytes=args.grpc_max_message_bytes or base.grpc_max_message_bytes,
         message_timeout_s=args.message_timeout_s,
         route_timeout_s=args.route_timeout_s,
         access_log_path=None if args.access_log.lower() == "none" else args.access_log,

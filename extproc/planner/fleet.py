@@ -34,24 +34,25 @@ class PoolConfig:
 
 
 class Dispatcher(Protocol):
-    """Chooses a pool per request and hears back when it completes (or is rejected).
+    """Chooses a pool per request and hears back when it completes (or is rejected), each call at
+    simulated time ``now``.
 
     A dispatcher that also has ``watch(loads)`` is handed, before the run, a callable returning each
     pool's load as its engines would report it on ``/metrics`` (what a live-load router scrapes).
     """
 
-    def choose(self, i: int) -> int: ...
+    def choose(self, i: int, now: float) -> int: ...
 
-    def finished(self, i: int, pool: int, completed: bool) -> None: ...
+    def finished(self, i: int, pool: int, completed: bool, now: float) -> None: ...
 
 
 class SinglePool:
     """The homogeneous baseline: one pool takes everything."""
 
-    def choose(self, i: int) -> int:
+    def choose(self, i: int, now: float) -> int:
         return 0
 
-    def finished(self, i: int, pool: int, completed: bool) -> None:
+    def finished(self, i: int, pool: int, completed: bool, now: float) -> None:
         return None
 
 
@@ -134,7 +135,7 @@ class FleetSim:
                 finish[i] = now
                 preempts[i] = req.preemptions
                 pools[pool_idx].load[inst_idx] -= 1
-                dispatcher.finished(i, pool_idx, True)
+                dispatcher.finished(i, pool_idx, True, now)
 
             return on_finish
 
@@ -159,7 +160,7 @@ class FleetSim:
                     if nxt is not None:
                         seq += 1
                         push(heap, (nxt, seq, inst, inst.version))
-            p = dispatcher.choose(i)
+            p = dispatcher.choose(i, now)
             pool_of[i] = p
             pool = pools[p]
             k = pool.pick()
@@ -178,7 +179,7 @@ class FleetSim:
                 if progress is not None and i % every == 0:
                     progress(i)
                 continue
-            dispatcher.finished(i, p, False)
+            dispatcher.finished(i, p, False, now)
         end = arrivals[-1] if arrivals else 0.0
         while heap:
             t, _, inst, version = pop(heap)

@@ -8,15 +8,19 @@ the closed form α(1 − 1/ρ) with ρ measured by the same simulator.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
+import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from extproc.algorithm import BudgetRouter, DispatchPolicy
+from extproc.algorithm import BudgetRouter, LivePressure
+from extproc.algorithm.dispatch import LONG, SHORT
+from extproc.config import Config
 from extproc.planner.capacity import (
     alpha_at,
     closed_form_saving,
@@ -27,10 +31,11 @@ from extproc.planner.capacity import (
 )
 from extproc.planner.fleet import LEAST_OUTSTANDING, ROUND_ROBIN, FleetSim, PoolConfig, SimResult
 from extproc.planner.profiles import FleetProfile, InstanceProfile
-from extproc.planner.routing import RouterDispatch
+from extproc.planner.routing import SCRAPE_INTERVAL_S, RouterDispatch, SimClock
 from extproc.planner.service_levels import PoolMetrics, Slo, fleet_percentiles, summarise
 from extproc.planner.sim_workload import SimWorkload
 from extproc.planner.sizing import size_pools
+from extproc.router_factory import build_router
 
 HOURS_PER_YEAR = 8760.0
 Progress = Callable[[str, float], None]
@@ -45,10 +50,17 @@ class PlanSettings:
     homogeneous_balancer: str = ROUND_ROBIN
     pool_balancer: str = LEAST_OUTSTANDING
     homogeneous_seqs: int | None = None  # override max_num_seqs of the baseline (vLLM-style overcommit)
-    spillover: bool = True
+    spillover: bool | None = None  # None: the config's spillover.enabled
     seed: int = 0
     max_reject: float = 0.001  # share of requests a pick may lose to over-context rejections
     scrape_delay_s: float | None = None  # live-load spillover with this staleness; None: exact in-flight count
+    # The router's settings, as ``serve`` reads them; the plan overrides only B_short, the pool
+    # contexts and capacities (from the fleet it sizes) and, when set, spillover.
+    config: Config = field(default_factory=Config)
+
+    @property
+    def spills(self) -> bool:
+        return self.config.spillover.enabled if self.spillover is None else self.spillover
 
     @property
     def homogeneous(self) -> InstanceProfile:
@@ -169,14 +181,21 @@ class Planner:
         cfg = PoolConfig("homogeneous", self.s.homogeneous, n, self.s.homogeneous_balancer)
         return FleetSim([cfg]).run(wl or self.wl, self._tick(label or f"homogeneous x{n}"))
 
-    def router(self, b_short: int) -> BudgetRouter:
-        policy = DispatchPolicy(
-            b_short=b_short,
-            short_context=b_short,
-            long_context=self.s.profile.long.max_model_len,
-            spillover=self.s.spillover,
-        )
-        return BudgetRouter(policy=policy)
+    def router(self, b_short: int, short_slots: int, long_slots: int, clock: SimClock,
+               spillover: bool | None = None, live: bool = False) -> BudgetRouter:
+        """The production router (``build_router`` over the plan's config) for a fleet at ``b_short``
+        with these slots, on simulated time, sampling from the plan's seed. ``live``: its pressure is
+        the live-load policy with ``scrape_delay_s`` staleness (``RouterDispatch`` delivers samples)."""
+        cfg = copy.deepcopy(self.s.config)
+        cfg.routing.b_short = cfg.routing.short_context = b_short
+        cfg.routing.long_context = self.s.profile.long.max_model_len
+        cfg.spillover.enabled = self.s.spills if spillover is None else spillover
+        cfg.spillover.short_capacity, cfg.spillover.long_capacity = short_slots, long_slots
+        pressure = None
+        if live and self.s.scrape_delay_s is not None:  # never stale in simulation: every sample arrives
+            max_age = self.s.scrape_delay_s + 2 * SCRAPE_INTERVAL_S
+            pressure = LivePressure({SHORT: short_slots, LONG: long_slots}, max_age, clock)
+        return build_router(cfg, clock, random.Random(self.s.seed), pressure)
 
     def simulate_dual(
         self, b_short: int, n_short: int, n_long: int, wl: SimWorkload | None = None, label: str = ""
@@ -184,13 +203,10 @@ class Planner:
         wl = wl or self.wl
         short = short_pool_at(self.s.profile.short, b_short)
         long = self.s.profile.long
-        dispatch = RouterDispatch(
-            self.router(b_short),
-            wl,
-            n_short * short.max_num_seqs,
-            n_long * long.max_num_seqs,
-            scrape_delay_s=self.s.scrape_delay_s,
-        )
+        clock = SimClock()
+        slots = (n_short * short.max_num_seqs, n_long * long.max_num_seqs)
+        router = self.router(b_short, *slots, clock, live=True)
+        dispatch = RouterDispatch(router, wl, clock, self.s.scrape_delay_s, SCRAPE_INTERVAL_S)
         pools = [
             PoolConfig("short", short, n_short, self.s.pool_balancer),
             PoolConfig("long", long, n_long, self.s.pool_balancer),
@@ -337,12 +353,14 @@ class Planner:
         """Which requests the router would send short, learning as it goes (no pressure): the split
         used to measure each pool's per-instance throughput and to start the size search."""
         wl = self.wl
-        dispatch = RouterDispatch(self.router(b_short), wl, 1, 1)
+        clock = SimClock()
+        dispatch = RouterDispatch(self.router(b_short, 1, 1, clock, spillover=False), wl, clock)
         routed = np.empty(len(wl), dtype=bool)
+        arrival = wl.arrival.tolist()
         for i in range(len(wl)):
-            pool = dispatch.choose(i)  # in flight: 0 of 1 slot, so never spills
+            pool = dispatch.choose(i, arrival[i])
             routed[i] = pool == 0
-            dispatch.finished(i, pool, True)
+            dispatch.finished(i, pool, True, arrival[i])
         return routed
 
     def run(self, thresholds: Sequence[int], trace: str) -> PlanReport:
@@ -366,7 +384,7 @@ class Planner:
             "homogeneous_balancer": self.s.homogeneous_balancer,
             "pool_balancer": self.s.pool_balancer,
             "homogeneous_max_num_seqs": self.s.homogeneous.max_num_seqs,
-            "spillover": self.s.spillover,
+            "spillover": self.s.spills,
             "seed": self.s.seed,
             "max_reject": self.s.max_reject,
             "scrape_delay_s": self.s.scrape_delay_s,

@@ -10,7 +10,6 @@ from collections.abc import Iterable, Mapping
 from envoy.config.core.v3 import base_pb2
 from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
-from envoy.type.v3 import http_status_pb2
 
 ProcessingRequest = ep.ProcessingRequest
 ProcessingResponse = ep.ProcessingResponse
@@ -82,17 +81,6 @@ def trailers_response(request: bool) -> ep.ProcessingResponse:
     if request:
         return ep.ProcessingResponse(request_trailers=ep.TrailersResponse())
     return ep.ProcessingResponse(response_trailers=ep.TrailersResponse())
-
-
-def immediate_response(status: int, body: bytes, content_type: str = "application/json") -> ep.ProcessingResponse:
-    return ep.ProcessingResponse(
-        immediate_response=ep.ImmediateResponse(
-            status=http_status_pb2.HttpStatus(code=status),
-            headers=header_mutation({"content-type": content_type}),
-            body=body,
-            details="budget_router",
-        )
-    )
 
 
 STREAMED = ProcessingMode.STREAMED

@@ -1,48 +1,131 @@
-"""What the exchange tells the outside world: one record per HTTP exchange, and hooks for telemetry.
+"""What the exchange tells the outside world: immutable events of each HTTP exchange, and hooks.
 
-The exchange logic only fills in an ``ExchangeRecord`` and calls these hooks; traces, metrics and
-logs are implemented elsewhere (``extproc.telemetry``) so routing never depends on them.
+The exchange keeps its control state to itself. Observers get frozen events built from the
+router's own frozen values (``Ticket``, ``Outcome``, ``Learned``), so building them costs a few
+small objects per exchange and an observer can keep one but never steer routing through it:
+``Decided`` when the pool is chosen, ``Observed`` when usage came back, and an ``ExchangeRecord``
+(the whole exchange, flat) when the stream starts and ends. Traces, metrics and logs are
+implemented elsewhere (``extproc.telemetry``) so routing never depends on them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+from extproc.algorithm.router import Learned, Outcome, Ticket
+
+_NO_PHASES: Mapping[str, float] = MappingProxyType({})
 
 
-@dataclass(slots=True)
+def _of(path: str, default: Any) -> property:
+    """A read-only attribute read through frozen values (``"ticket.estimate.total"``); ``default``
+    where a step is None (an exchange that was never decided, a request that could not be read)."""
+    steps = path.split(".")
+
+    def get(self: object) -> Any:
+        value: Any = self
+        for step in steps:
+            value = getattr(value, step)
+            if value is None:
+                return default
+        return value
+
+    get.__name__ = steps[-1]
+    return property(get)
+
+
+@dataclass(frozen=True, slots=True)
+class Decided:
+    """The routing decision of one exchange, with what the exchange knew of the request."""
+
+    key: int  # the same in every event of one exchange: lets an observer join them
+    method: str
+    path: str
+    endpoint: str  # chat | completions; "" when the request could not be read
+    detail: str  # finer cause for unparseable/no_body decisions
+    body_bytes: int
+    include_usage_injected: bool
+    request_body: bytes | None  # only when telemetry.capture_content is on
+    pressure_source: str  # live (engines' /metrics) | local (this router's count); "" when not read
+    ticket: Ticket
+
+    pool = _of("ticket.decision.pool", "")
+    reason = _of("ticket.decision.reason", "")
+    spilled = _of("ticket.decision.spilled", False)
+    short_pressure = _of("ticket.short_pressure", 0.0)  # the pressures the decision used (1.0 = at capacity)
+    long_pressure = _of("ticket.long_pressure", 0.0)
+    observed = _of("ticket.observe", False)  # the router asked for this response's usage
+    category = _of("ticket.shape.category", "")
+    model = _of("ticket.shape.model", None)
+    text_bytes = _of("ticket.shape.text_bytes", 0)
+    stream = _of("ticket.shape.stream", False)
+    estimated_prompt_tokens = _of("ticket.estimate.prompt_tokens", 0)
+    estimated_total_tokens = _of("ticket.estimate.total", 0)
+    ratio = _of("ticket.estimate.ratio", 0.0)
+    output_reserve = _of("ticket.estimate.output_tokens", 0)
+    output_defaulted = _of("ticket.estimate.output_defaulted", False)
+
+
+@dataclass(frozen=True, slots=True)
+class Observed:
+    """Usage came back for a decided exchange and was offered to the calibrator."""
+
+    decision: Decided
+    usage_source: str  # json | sse | overflow_400
+    outcome: Outcome
+    learned: Learned | None  # None: the router had nothing to learn from it
+
+    key = _of("decision.key", 0)
+    category = _of("decision.category", "")
+    prompt_tokens = _of("outcome.prompt_tokens", None)
+    completion_tokens = _of("outcome.completion_tokens", None)
+    observation = _of("learned.observation.value", "")  # accepted, or why the calibrator rejected it
+    estimate_error_pct = _of("learned.error_pct", None)
+
+
+@dataclass(frozen=True, slots=True)
 class ExchangeRecord:
+    """One exchange as far as it got: at ``started`` only the request line, at ``finished`` all of
+    it. Every field of ``Decided`` and ``Observed`` reads flat (``record.pool``, ``record.usage_source``)."""
+
+    key: int = 0
     method: str = ""
     path: str = ""
-    endpoint: str = ""
-    pool: str = ""
-    reason: str = ""
-    detail: str = ""  # finer cause for unparseable/no_body decisions
-    category: str = ""
-    model: str | None = None
-    text_bytes: int = 0
-    body_bytes: int = 0
-    estimated_prompt_tokens: int = 0
-    estimated_total_tokens: int = 0
-    ratio: float = 0.0
-    output_reserve: int = 0
-    output_defaulted: bool = False
-    stream: bool = False
-    include_usage_injected: bool = False
-    spilled: bool = False
-    short_pressure: float = 0.0  # the pressures the decision used (1.0 = at capacity)
-    long_pressure: float = 0.0
-    pressure_source: str = ""  # live (engines' /metrics) | local (this router's in-flight count)
+    decision: Decided | None = None
+    outcome: Observed | None = None
     status: int = 0
-    learn: bool = False
-    usage_source: str = ""  # json | sse | overflow_400
-    prompt_tokens: int | None = None
-    completion_tokens: int | None = None
-    observation: str = ""  # accepted | rejected reason
-    estimate_error_pct: float | None = None
     response_model: str | None = None
-    request_body: bytes | None = None  # only when telemetry.capture_content is on
-    phase_seconds: dict[str, float] = field(default_factory=dict)
+    phase_seconds: Mapping[str, float] = field(default_factory=lambda: _NO_PHASES)
+
+    endpoint = _of("decision.endpoint", "")
+    pool = _of("decision.pool", "")
+    reason = _of("decision.reason", "")
+    detail = _of("decision.detail", "")
+    category = _of("decision.category", "")
+    model = _of("decision.model", None)
+    text_bytes = _of("decision.text_bytes", 0)
+    body_bytes = _of("decision.body_bytes", 0)
+    estimated_prompt_tokens = _of("decision.estimated_prompt_tokens", 0)
+    estimated_total_tokens = _of("decision.estimated_total_tokens", 0)
+    ratio = _of("decision.ratio", 0.0)
+    output_reserve = _of("decision.output_reserve", 0)
+    output_defaulted = _of("decision.output_defaulted", False)
+    stream = _of("decision.stream", False)
+    include_usage_injected = _of("decision.include_usage_injected", False)
+    spilled = _of("decision.spilled", False)
+    short_pressure = _of("decision.short_pressure", 0.0)
+    long_pressure = _of("decision.long_pressure", 0.0)
+    pressure_source = _of("decision.pressure_source", "")
+    observed = _of("decision.observed", False)
+    request_body = _of("decision.request_body", None)
+    usage_source = _of("outcome.usage_source", "")
+    prompt_tokens = _of("outcome.prompt_tokens", None)
+    completion_tokens = _of("outcome.completion_tokens", None)
+    observation = _of("outcome.observation", "")
+    estimate_error_pct = _of("outcome.estimate_error_pct", None)
 
 
 class ExchangeObserver:
@@ -55,10 +138,10 @@ class ExchangeObserver:
         """Headers to add to the upstream request (e.g. ``traceparent``), called at request headers."""
         return {}
 
-    def decided(self, record: ExchangeRecord) -> None:
+    def decided(self, event: Decided) -> None:
         """The pool was chosen."""
 
-    def learned(self, record: ExchangeRecord) -> None:
+    def observed(self, event: Observed) -> None:
         """Usage arrived and was offered to the calibrator (accepted or not)."""
 
     def finished(self, record: ExchangeRecord) -> None:

@@ -87,7 +87,7 @@ class RouterServer:
         self.server = grpc.aio.server(options=options)
         self.processor = ExternalProcessor(rt)
         epg.add_ExternalProcessorServicer_to_server(self.processor, self.server)
-        self.health = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
+        self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         self.port = self.server.add_insecure_port(cfg.listen)
         if self.port == 0:
@@ -95,9 +95,7 @@ class RouterServer:
 
     async def _set_health(self, status: int) -> None:
         for name in ("", EXT_PROC_SERVICE):
-            result = self.health.set(name, status)
-            if asyncio.iscoroutine(result):
-                await result
+            await self.health.set(name, status)
 
     async def start(self) -> None:
         await self.server.start()

@@ -18,27 +18,22 @@ from __future__ import annotations
 import re
 from typing import Any
 
-import orjson
+from extproc.server.usage import model_of, usage_object
 
 _LINE_END = re.compile(rb"\r\n|\n|\r")
 
 
 def _usage_of(payload: bytes) -> tuple[dict[str, Any] | None, bool, str | None]:
     """(usage dict or None, whether the event is a usage-only chunk with no choices, model)."""
-    if b"usage" not in payload:
+    obj = usage_object(payload)
+    if obj is None:
         return None, False, None
-    try:
-        obj = orjson.loads(payload)
-    except orjson.JSONDecodeError:
-        return None, False, None
-    if not isinstance(obj, dict):
-        return None, False, None
-    usage, model = obj.get("usage"), obj.get("model")
-    if usage is None and isinstance(obj.get("response"), dict):
-        usage, model = obj["response"].get("usage"), obj["response"].get("model")
+    usage, model = obj.get("usage"), model_of(obj)
+    if usage is None and isinstance(obj.get("response"), dict):  # Responses API: response.completed
+        usage, model = obj["response"].get("usage"), model_of(obj["response"])
     if not isinstance(usage, dict):
         return None, False, None
-    return usage, obj.get("choices") == [], model if isinstance(model, str) else None
+    return usage, obj.get("choices") == [], model
 
 
 class SseUsageScanner:

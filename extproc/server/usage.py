@@ -40,23 +40,32 @@ def usage_counts(usage: Any) -> tuple[int | None, int | None]:
     return prompt, completion
 
 
-def json_usage(body: bytes) -> tuple[int | None, int | None]:
-    prompt, completion, _ = json_response(body)
-    return prompt, completion
+def usage_object(payload: bytes) -> dict[str, Any] | None:
+    """The JSON object of a completion body or of one SSE event's data, when it may carry usage.
+
+    The substring test first: most SSE events carry no usage, and skipping their parse is most of
+    the response-side CPU saving.
+    """
+    if b"usage" not in payload:
+        return None
+    try:
+        obj = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
+def model_of(obj: dict[str, Any]) -> str | None:
+    model = obj.get("model")
+    return model if isinstance(model, str) else None
 
 
 def json_response(body: bytes) -> tuple[int | None, int | None, str | None]:
     """(prompt_tokens, completion_tokens, model) of a non-streaming completion body."""
-    if b"usage" not in body:
+    obj = usage_object(body)
+    if obj is None:
         return None, None, None
-    try:
-        obj = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return None, None, None
-    if not isinstance(obj, dict):
-        return None, None, None
-    model = obj.get("model")
-    return (*usage_counts(obj.get("usage")), model if isinstance(model, str) else None)
+    return (*usage_counts(obj.get("usage")), model_of(obj))
 
 
 def overflow_prompt_tokens(body: bytes) -> int | None:

@@ -32,6 +32,7 @@ from extproc.gateway.envoy_config import (
     SHORT_CLUSTER,
     Endpoint,
     EnvoyLayout,
+    agreed_with,
     render,
 )
 from extproc.stack.access_log import AccessLog
@@ -267,6 +268,7 @@ class Stack:
             "access_log_path": str(self.access_log.path),
             "router_health_interval_s": 0.5,
             "pool_health_interval_s": 1.0,
+            **agreed_with(router_config(o)),
             **o.layout_overrides,
         }
         return EnvoyLayout(**fields)  # type: ignore[arg-type]

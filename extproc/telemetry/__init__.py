@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING
 
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
@@ -32,9 +31,6 @@ from extproc.telemetry.providers import (
 )
 from extproc.telemetry.spans import ExchangeSpans
 
-if TYPE_CHECKING:
-    from extproc.server.exchange import RouterRuntime
-
 __all__ = [
     "DecisionLog",
     "DecisionMetrics",
@@ -50,14 +46,14 @@ __all__ = [
 
 def build_observer(
     cfg: Config,
-    runtime: RouterRuntime | None = None,
     worker: int = 0,
     env: Mapping[str, str] | None = None,
 ) -> tuple[ExchangeObserver, Callable[[], None] | None]:
     """The observer for one router process and its shutdown function (None when nothing to stop).
 
-    ``runtime`` may be given later through ``observer.attach(runtime)``; ``worker`` offsets the
-    Prometheus port so ``server.workers > 1`` processes each get their own scrape endpoint.
+    The runtime the gauges read is given afterwards (``TelemetryObserver.attach``): it needs the
+    observer to exist first. ``worker`` offsets the Prometheus port so ``server.workers > 1``
+    processes each get their own scrape endpoint.
     """
     t = cfg.telemetry
     env = os.environ if env is None else env
@@ -87,8 +83,6 @@ def build_observer(
     if spans is None and metrics is None and decisions is None:
         return ExchangeObserver(), None
     observer = TelemetryObserver(spans, metrics, decisions)
-    if runtime is not None:
-        observer.attach(runtime)
 
     def shutdown() -> None:
         for stop in shutdowns:

@@ -17,7 +17,9 @@ from typing import TYPE_CHECKING, Any
 
 from opentelemetry.metrics import CallbackOptions, Meter, Observation
 
-from extproc.server.events import ExchangeRecord
+from extproc.algorithm.dispatch import UNPARSEABLE
+from extproc.algorithm.pressure import InFlightPressure
+from extproc.server.events import Decided, ExchangeRecord, Observed
 from extproc.telemetry import names as n
 from extproc.telemetry.histograms import HistogramSet
 
@@ -26,7 +28,6 @@ if TYPE_CHECKING:
     from extproc.server.pool_load import PoolLoadScraper
 
 ACCEPTED = "accepted"
-UNPARSEABLE = "unparseable"
 # Observations whose error says nothing about the estimate: zero tokens, or a bytes/token ratio no
 # tokenizer produces (a broken or lying backend). Outliers stay: they are plausible and real.
 NOT_AN_ERROR = frozenset({"invalid", "out_of_bounds"})
@@ -166,7 +167,7 @@ class DecisionMetrics:
         self.runtime = runtime
 
     # -- hooks -----------------------------------------------------------------------------------
-    def decided(self, record: ExchangeRecord) -> None:
+    def decided(self, record: Decided) -> None:
         self.requests.add(record.pool, record.reason, record.endpoint or n.OTHER_ENDPOINT)
         if record.pressure_source:
             self._last_pressure["short"] = record.short_pressure
@@ -181,7 +182,7 @@ class DecisionMetrics:
             self.est_tokens.record(record.estimated_total_tokens, record.pool, record.category)
             self._last_ratio[record.category] = record.ratio
 
-    def learned(self, record: ExchangeRecord) -> None:
+    def observed(self, record: Observed) -> None:
         self.usage.add(record.usage_source)
         if record.observation != ACCEPTED:
             self.rejected.add(record.observation)
@@ -221,7 +222,10 @@ class DecisionMetrics:
     def _in_flight(self, _options: CallbackOptions) -> Iterable[Observation]:
         if self.runtime is None:
             return []
-        return [Observation(v, self._pool(p)) for p, v in dict(self.runtime.pressure.in_flight).items()]
+        pressure = self.runtime.router.pressure
+        if not isinstance(pressure, InFlightPressure):  # a scraped source reports its own load
+            return []
+        return [Observation(v, self._pool(p)) for p, v in dict(pressure.in_flight).items()]
 
     def _pressures(self, _options: CallbackOptions) -> Iterable[Observation]:
         return [Observation(v, self._pool(p)) for p, v in dict(self._last_pressure).items()]

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from opentelemetry.trace import Span, get_current_span
 
-from extproc.server.events import ExchangeObserver, ExchangeRecord
+from extproc.server.events import Decided, ExchangeObserver, ExchangeRecord, Observed
 from extproc.telemetry.logs import DecisionLog
 from extproc.telemetry.metrics import DecisionMetrics
 from extproc.telemetry.propagation import extract_parent
@@ -49,7 +49,7 @@ class TelemetryObserver(ExchangeObserver):
     ) -> None:
         self.spans, self.metrics, self.decisions = spans, metrics, decisions
         self._per_exchange = spans is not None or decisions is not None
-        self._live: dict[int, _Live] = {}  # id(record) -> state; records live until finished()
+        self._live: dict[int, _Live] = {}  # record.key -> state, from started() to finished()
         self._faulted: set[str] = set()
 
     def attach(self, runtime: RouterRuntime) -> None:
@@ -77,7 +77,7 @@ class TelemetryObserver(ExchangeObserver):
                 trace_id = started if isinstance(started, str) else _trace_id_of(started)
             else:  # logs only: still name the caller's trace so lines join Envoy's spans
                 span, trace_id = None, _trace_id_of(get_current_span(extract_parent(headers, metadata)))
-            self._live[id(record)] = _Live(span, trace_id, headers.get(REQUEST_ID_HEADER, ""))
+            self._live[record.key] = _Live(span, trace_id, headers.get(REQUEST_ID_HEADER, ""))
         except Exception:
             self._fault("started")
 
@@ -85,27 +85,27 @@ class TelemetryObserver(ExchangeObserver):
         if self.spans is None:
             return {}
         try:
-            live = self._live.get(id(record))
+            live = self._live.get(record.key)
             if live is not None and live.span is not None:
                 return self.spans.upstream_headers(live.span)
         except Exception:
             self._fault("upstream_headers")
         return {}
 
-    def decided(self, record: ExchangeRecord) -> None:
+    def decided(self, event: Decided) -> None:
         if self.metrics is not None:
-            self._guard("decided", self.metrics.decided, record)
+            self._guard("decided", self.metrics.decided, event)
 
-    def learned(self, record: ExchangeRecord) -> None:
+    def observed(self, event: Observed) -> None:
         if self.metrics is not None:
-            self._guard("learned", self.metrics.learned, record)
+            self._guard("observed", self.metrics.observed, event)
 
     def finished(self, record: ExchangeRecord) -> None:
         if self.metrics is not None:
             self._guard("finished.metrics", self.metrics.finished, record)
         if not self._per_exchange:
             return
-        live = self._live.pop(id(record), None)
+        live = self._live.pop(record.key, None)
         if live is None:
             return
         if live.span is not None and self.spans is not None:
@@ -119,8 +119,8 @@ class TelemetryObserver(ExchangeObserver):
             except Exception:
                 self._fault("finished.log")
 
-    def _guard(self, hook: str, fn: Callable[[ExchangeRecord], None], record: ExchangeRecord) -> None:
+    def _guard(self, hook: str, fn: Callable[[Any], None], event: Decided | Observed | ExchangeRecord) -> None:
         try:
-            fn(record)
+            fn(event)
         except Exception:
             self._fault(hook)

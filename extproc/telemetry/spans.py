@@ -84,9 +84,8 @@ class ExchangeSpans:
             a[n.SHORT_PRESSURE] = record.short_pressure
             a[n.LONG_PRESSURE] = record.long_pressure
             a[n.PRESSURE_SOURCE] = record.pressure_source
-        response_model = getattr(record, "response_model", None)  # ExchangeRecord field once wired
-        if response_model:
-            a[n.GEN_AI_RESPONSE_MODEL] = response_model
+        if record.response_model:
+            a[n.GEN_AI_RESPONSE_MODEL] = record.response_model
         if record.usage_source:
             a[n.USAGE_SOURCE] = record.usage_source
             if record.observation != "accepted":
@@ -98,7 +97,7 @@ class ExchangeSpans:
             if record.estimate_error_pct is not None:
                 a[n.ESTIMATE_ERROR_PCT] = record.estimate_error_pct
         if self.capture_content:
-            prompt = prompt_content(getattr(record, "request_body", None))
+            prompt = prompt_content(record.request_body)
             if prompt is not None:
                 a[n.GEN_AI_INPUT_MESSAGES] = prompt
         return a

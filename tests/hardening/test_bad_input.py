@@ -450,7 +450,7 @@ async def test_sse_row(grpc_router: RouterServer, case: str) -> None:
     assert await play_stream(grpc_router, chunks) == client_gets
     assert learned(grpc_router) == (1 if prompt_tokens else 0)
     await asyncio.sleep(0)  # let the server's stream handler run its close
-    assert grpc_router.rt.pressure.in_flight == {"short": 0, "long": 0}
+    assert grpc_router.rt.router.pressure.in_flight == {"short": 0, "long": 0}
     assert grpc_router.processor.active == 0
 
 

@@ -141,7 +141,7 @@ def test_body_scanner_raises_only_its_own_errors_and_always_decides(raw: bytes, 
         shape = shape_from_body(endpoint, orjson.loads(raw), ROUTER.categorizer)
     except (orjson.JSONDecodeError, ShapeError):
         return
-    est, decision = ROUTER.route(shape, pressure)
+    est, decision = ROUTER.decide(shape, pressure)
     assert decision.pool in (SHORT, LONG)
     assert est.total >= est.prompt_tokens >= 0
     if est.total > ROUTER.policy.short_context:
@@ -209,7 +209,7 @@ def test_exchange_survives_anything(
         answers += [ex.handle(response_body(c, eos=i == len(chunks) - 1)) for i, c in enumerate(chunks)]
     ex.close()
     assert all(a.WhichOneof("response") != "immediate_response" for a in answers)
-    assert rt.pressure.in_flight == {SHORT: 0, LONG: 0}
+    assert rt.router.pressure.in_flight == {SHORT: 0, LONG: 0}
 
 
 @BUDGET
@@ -347,7 +347,7 @@ def atheris_target(data: bytes) -> None:
             shape = shape_from_body(endpoint, orjson.loads(data), ROUTER.categorizer)
         except (orjson.JSONDecodeError, ShapeError):
             continue
-        assert ROUTER.route(shape)[1].pool in (SHORT, LONG)
+        assert ROUTER.decide(shape)[1].pool in (SHORT, LONG)
     scanner = SseUsageScanner(max_pending=256, strip_usage_only=True)
     half = len(data) // 2
     out = (scanner.feed(data[:half]) or b"") + (scanner.feed(data[half:]) or b"") + scanner.finish()

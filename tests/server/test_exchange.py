@@ -150,27 +150,32 @@ def test_unparseable_requests_are_not_followed_past_the_decision(rt):
     assert r.mode_override.response_body_mode == NONE
 
 
-def test_converged_categories_are_sampled_and_unsampled_ones_leased(rt):
-    rt.cfg.calibration.converged_sample_rate = 0.0
+def runtime_sampling(rate: float) -> RouterRuntime:
+    overrides = {"calibration": {"state_file": "", "converged_sample_rate": rate}}
+    rt = RouterRuntime.from_config(load_config(env={}, overrides=overrides))
     rt.router.calibrator.load({"prose": {"mean": 4.5, "dev": 0.1, "samples": 500}})
+    return rt
+
+
+def test_converged_categories_are_sampled_and_unsampled_ones_leased():
+    rt = runtime_sampling(0.0)
     ex, _, b = route(rt, chat(stream=True, max_tokens=10))
-    assert ex.done and not ex.record.learn
-    assert not b.request_body.response.HasField("body_mutation")  # no include_usage when not learning
-    assert rt.pressure.in_flight["short"] == 0 and rt.pressure.count("short") == 1  # a lease
-    rt.cfg.calibration.converged_sample_rate = 1.0
+    assert ex.done and not ex.record.observed
+    assert not b.request_body.response.HasField("body_mutation")  # no include_usage when not observing
+    assert rt.router.pressure.in_flight["short"] == 0 and rt.router.pressure.count("short") == 1  # a lease
+    rt = runtime_sampling(1.0)
     ex2, _, _ = route(rt, chat(max_tokens=10))
-    assert not ex2.done and ex2.record.learn
+    assert not ex2.done and ex2.record.observed
 
 
 def test_pressure_tracks_in_flight_and_spills(rt):
-    rt.cfg.spillover.short_capacity = 2
-    rt.pressure.capacity["short"] = 2
+    rt.router.pressure.capacity["short"] = 2
     exchanges = [route(rt, chat(max_tokens=10))[0] for _ in range(3)]
     assert [e.record.pool for e in exchanges] == ["short", "short", "long"]
     assert exchanges[2].record.reason == "spillover"
     for e in exchanges:
         e.close()
-    assert rt.pressure.in_flight == {"short": 0, "long": 0}
+    assert rt.router.pressure.in_flight == {"short": 0, "long": 0}
 
 
 def test_response_model_is_recorded_and_body_only_kept_when_capturing(rt):
@@ -249,8 +254,9 @@ def test_linear_estimator_routes_near_the_boundary_and_learns_from_usage():
     text = "Operators size every pool for the longest context, yet most prompts are short. " * 340  # 27 KB
     ex, _, b = route(rt, chat(text, max_tokens=900))
     assert set_headers(b.request_body.response.header_mutation)["x-budget-pool"] in ("short", "long")
-    assert ex._estimate is not None and ex._estimate.features is not None  # near B_short: the v2 model ran
+    est = ex.ticket.estimate if ex.ticket is not None else None
+    assert est is not None and est.features is not None  # near B_short: the v2 model ran
     ex.handle(response_headers())
     ex.handle(response_body(b'{"choices":[],"usage":{"prompt_tokens":5800,"completion_tokens":10}}'))
-    bucket = rt.router.linear.bucket("m", ex.shape.category)
+    bucket = rt.router.linear.bucket("m", ex.record.category)
     assert bucket.samples == 1

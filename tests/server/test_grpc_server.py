@@ -114,7 +114,7 @@ async def test_many_concurrent_streams_and_in_flight_accounting(server):
     )
     assert len(results) == 200
     await asyncio.sleep(0.05)
-    assert server.rt.pressure.in_flight == {"short": 0, "long": 0}
+    assert server.rt.router.pressure.in_flight == {"short": 0, "long": 0}
     assert server.processor.active == 0
 
 

@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from extproc.algorithm import BudgetParams, BudgetRouter, Categorizer, RequestShape, shape_from_body
+from extproc.algorithm import BudgetParams, BudgetRouter, Categorizer, Outcome, RequestShape, shape_from_body
 from extproc.algorithm.budget import attribute, estimate, framing_tokens
 
 P = BudgetParams(
@@ -65,7 +65,8 @@ def test_router_learns_and_reports_signed_error():
     r = BudgetRouter()
     body = {"messages": [{"role": "user", "content": "word " * 800}], "max_tokens": 10}
     s = shape_from_body("chat", body, Categorizer())
-    est, _ = r.route(s)
-    learned = r.learn(s, 800 + 7, est)
+    ticket = r.route(s)
+    est = ticket.estimate
+    learned = r.finish(ticket, Outcome(800 + 7))
     assert learned.observation.value == "accepted"
     assert learned.error_pct == pytest.approx((est.prompt_tokens - 807) / 807 * 100)

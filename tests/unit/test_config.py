@@ -88,3 +88,30 @@ def test_live_load_is_off_until_an_endpoint_source_is_set():
 def test_bad_live_load_settings_name_the_option_and_exit_2(capsys, flag, value, message):
     assert main(["config", flag, value]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_one_source_of_defaults_for_serve_plan_and_envoy():
+    """The default config builds the algorithm's default parameters (nothing is declared twice),
+    the planner's router reads the same config, and the Envoy layout agrees with the router."""
+    from extproc.algorithm import BudgetParams, CalibrationParams, CategoryParams, DispatchPolicy
+    from extproc.config import Config
+    from extproc.gateway.envoy_config import EnvoyLayout, agreed_with
+    from extproc.planner.plan import Planner, PlanSettings
+    from extproc.planner.profiles import load_profile
+    from extproc.planner.routing import SimClock
+    from extproc.router_factory import build_router
+
+    router = build_router(Config())
+    assert router.budget == BudgetParams() and router.policy == DispatchPolicy()
+    assert router.calibrator.params == CalibrationParams() and router.categorizer.params == CategoryParams()
+    assert router.pressure.capacity == {"short": 256, "long": 64}  # type: ignore[attr-defined]
+
+    cfg = load_config(env={}, overrides={"calibration": {"gamma": "2.5"}, "routing": {"framing_per_message": "9"}})
+    settings = PlanSettings(load_profile("llama3-70b-a100"), 10.0, config=cfg)
+    planned = Planner(settings, None).router(4096, 10, 20, SimClock())  # type: ignore[arg-type]
+    assert planned.calibrator.params.gamma == 2.5 and planned.budget.framing_per_message == 9
+    assert planned.policy.b_short == 4096 and planned.pressure.capacity == {"short": 10, "long": 20}  # type: ignore[attr-defined]
+
+    assert {k: getattr(EnvoyLayout(), k) for k in agreed_with(Config())} == agreed_with(Config())
+    custom = load_config(env={}, overrides={"routing": {"header_name": "x-pool", "reason_header": "x-why"}})
+    assert agreed_with(custom)["header_name"] == "x-pool" and "x-why" in agreed_with(custom)["owned_headers"]

@@ -55,13 +55,13 @@ def test_band_fires_only_near_the_threshold_and_learns_the_template():
     router = BudgetRouter(estimator=EstimatorParams(kind="linear"), exact=exact)
     text = SAMPLES["prose"].read_text(encoding="utf-8")
     far = _near(router, text[:2000], 100)
-    est, decision = router.route(far)
+    est, decision = router.decide(far)
     assert est.counted is None and decision.pool == "short" and exact.fired == 0
     near_text = text[:28000]
     true_prompt = count(near_text) + 9  # the served template: 9 tokens around one user message
     for out in (8192 - true_prompt + 40, 8192 - true_prompt - 40) * 6:
         shape = _near(router, near_text, out)
-        est, decision = router.route(shape)
+        est, decision = router.decide(shape)
         assert est.counted == count(near_text)
         assert decision.pool == ("long" if true_prompt + out > 8192 else "short")
         router.learn(shape, true_prompt, est)

@@ -23,14 +23,14 @@ def test_ratio_is_the_default_and_routes_as_before():
     default, ratio = BudgetRouter(), build_router(load_config())
     assert default.linear is None and ratio.linear is None
     shape = _shape(default, TEXT[:30000], 500)
-    assert default.route(shape) == ratio.route(shape)
+    assert default.decide(shape) == ratio.decide(shape)
 
 
 def test_far_requests_skip_the_features_near_ones_use_them():
     router = BudgetRouter(estimator=EstimatorParams(kind="linear"))
-    far, _ = router.route(_shape(router, TEXT[:3000], 200))
+    far, _ = router.decide(_shape(router, TEXT[:3000], 200))
     assert far.features is None  # settled by the screen: short at half and at twice the estimate
-    near, _ = router.route(_shape(router, TEXT[:30000], 500))
+    near, _ = router.decide(_shape(router, TEXT[:30000], 500))
     assert near.features is not None and near.prompt_tokens > 0
 
 
@@ -41,12 +41,12 @@ def test_usage_teaches_the_linear_model_including_framing():
         n = 2000 + (i * 997) % 26000
         messages = 1 + i % 4
         shape = _shape(router, TEXT[i % 5000 : i % 5000 + n], 300, messages)
-        est, _ = router.route(shape)
+        est, _ = router.decide(shape)
         prompt = round(shape.text_bytes / true_ratio) + framing * messages
         learned = router.learn(shape, prompt, est)
         assert learned.observation is Observation.ACCEPTED
     shape = _shape(router, TEXT[1000:29000], 300, 3)
-    est, _ = router.route(shape)
+    est, _ = router.decide(shape)
     truth = shape.text_bytes / true_ratio + 3 * framing
     assert est.features is not None and truth <= est.prompt_tokens <= 1.08 * truth
     assert router.calibrator.state("prose").samples > 0  # the ratio calibrator keeps learning (screen, state)

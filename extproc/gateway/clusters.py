@@ -1,0 +1,8 @@
+"""Envoy cluster names the rendered configs use; the router's config names them too (live-load
+discovery through Envoy's admin), so they live apart from the renderer, which imports the config."""
+
+ROUTER_CLUSTER = "budget_router"
+SHORT_CLUSTER = "pool_short"
+SHORT_FAILOVER_CLUSTER = "pool_short_failover"
+LONG_CLUSTER = "pool_long"
+OTEL_CLUSTER = "otel_collector"
