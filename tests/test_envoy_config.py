@@ -77,13 +77,47 @@ def _hcm(layout: ec.EnvoyLayout) -> dict[str, Any]:
 def test_routes_send_only_the_exact_short_header_short_and_default_long() -> None:
     layout = ec.compose_layout()
     short, default = _hcm(layout)["route_config"]["virtual_hosts"][0]["routes"]
-    assert short["route"]["cluster"] == ec.SHORT_FAILOVER_CLUSTER
     assert short["match"]["headers"] == [{"name": "x-budget-pool", "string_match": {"exact": "short"}}]
     assert default["match"] == {"prefix": "/"} and default["route"]["cluster"] == ec.LONG_CLUSTER
     failover = next(c for c in ec.clusters(layout) if c["name"] == ec.SHORT_FAILOVER_CLUSTER)
     assert failover["cluster_type"]["typed_config"]["clusters"] == [ec.SHORT_CLUSTER, ec.LONG_CLUSTER]
-    plain = _hcm(dataclasses.replace(layout, short_failover=False))["route_config"]["virtual_hosts"][0]["routes"][0]
-    assert plain["route"]["cluster"] == ec.SHORT_CLUSTER
+    plain = _hcm(dataclasses.replace(layout, short_failover=False, short_net="off"))
+    assert plain["route_config"]["virtual_hosts"][0]["routes"][0]["route"]["cluster"] == ec.SHORT_CLUSTER
+
+
+def _short_route(**changes: Any) -> dict[str, Any]:
+    layout = dataclasses.replace(ec.compose_layout(), **changes)
+    return _hcm(layout)["route_config"]["virtual_hosts"][0]["routes"][0]
+
+
+@pytest.mark.parametrize("net", ["priority_group", "composite"])
+def test_the_net_retries_once_on_the_long_pool(net: str) -> None:
+    route = _short_route(short_net=net)
+    policy = route["route"]["retry_policy"]
+    assert policy["num_retries"] == 1 and policy["retriable_status_codes"] == [400]
+    assert set(policy["retry_on"].split(",")) == {"connect-failure", "reset", "refused-stream", "retriable-status-codes"}
+    # The whole body must fit the retry buffer, else Envoy abandons the retry (retry_or_shadow_abandoned).
+    assert route["request_body_buffer_limit"] == ec.compose_layout().max_body_bytes
+    assert route["response_headers_to_add"][0]["header"]["key"] == ec.ATTEMPT_COUNT_HEADER
+    if net == "priority_group":
+        assert policy["refresh_cluster_on_retry"] is True  # else the retry re-uses attempt 1's cluster
+        groups = route["route"]["inline_cluster_specifier_plugin"]["extension"]["typed_config"]["priority_groups"]
+        assert [[c["cluster_name"] for c in g["clusters"]] for g in groups] == [
+            [ec.SHORT_FAILOVER_CLUSTER],
+            [ec.LONG_CLUSTER],
+        ]
+    else:
+        assert route["route"]["cluster"] == ec.SHORT_NET_CLUSTER
+        composite = next(c for c in ec.clusters(ec.EnvoyLayout(short_net=net)) if c["name"] == ec.SHORT_NET_CLUSTER)
+        entries = composite["cluster_type"]["typed_config"]["clusters"]
+        assert entries == [{"name": ec.SHORT_CLUSTER}, {"name": ec.LONG_CLUSTER}]
+
+
+def test_without_the_net_a_short_route_never_retries() -> None:
+    route = _short_route(short_net="off")
+    assert "retry_policy" not in route["route"] and "response_headers_to_add" not in route
+    with pytest.raises(ValueError, match="short_net"):
+        ec.EnvoyLayout(short_net="sometimes")
 
 
 def test_ext_proc_modes_and_fail_modes() -> None:
@@ -212,6 +246,8 @@ VARIANTS = {
         served_pool_header=ec.SERVED_POOL_HEADER,
     ),
     "no-ext-proc": ec.EnvoyLayout(ext_proc=False, strip_client_header=False),
+    "net-composite": ec.EnvoyLayout(short_net="composite"),
+    "net-off": ec.EnvoyLayout(short_net="off"),
 }
 
 
