@@ -95,7 +95,8 @@ def test_the_net_retries_once_on_the_long_pool(net: str) -> None:
     route = _short_route(short_net=net)
     policy = route["route"]["retry_policy"]
     assert policy["num_retries"] == 1 and policy["retriable_status_codes"] == [400]
-    assert set(policy["retry_on"].split(",")) == {"connect-failure", "reset", "refused-stream", "retriable-status-codes"}
+    retry_on = {"connect-failure", "reset", "refused-stream", "retriable-status-codes"}
+    assert set(policy["retry_on"].split(",")) == retry_on
     # The whole body must fit the retry buffer, else Envoy abandons the retry (retry_or_shadow_abandoned).
     assert route["request_body_buffer_limit"] == ec.compose_layout().max_body_bytes
     assert route["response_headers_to_add"][0]["header"]["key"] == ec.ATTEMPT_COUNT_HEADER

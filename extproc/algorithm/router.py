@@ -94,12 +94,18 @@ class BudgetRouter:
 
     def learn(self, shape: RequestShape, prompt_tokens: int, routed: Estimate | None = None) -> Learned:
         """Feed one observed ``usage.prompt_tokens`` back; ``routed`` is the estimate made at request time."""
-        means = lambda c: self.calibrator.state(c).mean  # noqa: E731 - tiny adapter
-        category, nbytes, tokens = attribute(shape, prompt_tokens, means, self.budget)
-        est = routed.prompt_tokens if routed is not None else self.estimate(shape).prompt_tokens
-        error = (est - prompt_tokens) / prompt_tokens * 100.0 if prompt_tokens > 0 else 0.0
+        category, nbytes, tokens, est, error = self._attributed(shape, prompt_tokens, routed)
         observation = self.calibrator.observe(category, nbytes, tokens)
-        if self.linear is not None and shape.known_prompt_tokens is None and (shape.texts or shape.structured_bytes):
+        # A batch /v1/completions request (learn_text_bytes set) is routed by its longest prompt while its
+        # usage counts every prompt: the linear model's features describe the longest one only, so only
+        # the ratio estimator (which pairs the usage with all the bytes) learns from a batch.
+        batch = shape.learn_text_bytes is not None
+        if (
+            self.linear is not None
+            and shape.known_prompt_tokens is None
+            and not batch
+            and (shape.texts or shape.structured_bytes)
+        ):
             x = routed.features if routed is not None and routed.features is not None else self._vector(shape)
             text_tokens = prompt_tokens - shape.images * self.budget.image_tokens
             observation = self.linear.observe(shape.model, shape.category, x, text_tokens)
@@ -108,3 +114,19 @@ class BudgetRouter:
                 self.exact.learn(key, shape.category, routed.counted, text_tokens, shape.messages, shape.tool_items)
             category = shape.category
         return Learned(category, observation, est, error)
+
+    def learn_bound(self, shape: RequestShape, min_prompt_tokens: int, routed: Estimate | None = None) -> Learned:
+        """Feed back a lower bound on the prompt tokens: it may widen the ratio estimator's margin, never
+        narrow it (``Calibrator.observe_bound``); the linear model learns from exact counts only."""
+        category, nbytes, tokens, est, error = self._attributed(shape, min_prompt_tokens, routed)
+        return Learned(category, self.calibrator.observe_bound(category, nbytes, tokens), est, error)
+
+    def _attributed(
+        self, shape: RequestShape, prompt_tokens: int, routed: Estimate | None
+    ) -> tuple[str, int, float, int, float]:
+        """(category, bytes, tokens) the observation teaches, the estimate made, and its signed error %."""
+        means = lambda c: self.calibrator.state(c).mean  # noqa: E731 - tiny adapter
+        category, nbytes, tokens = attribute(shape, prompt_tokens, means, self.budget)
+        est = routed.prompt_tokens if routed is not None else self.estimate(shape).prompt_tokens
+        error = (est - prompt_tokens) / prompt_tokens * 100.0 if prompt_tokens > 0 else 0.0
+        return category, nbytes, tokens, est, error

@@ -476,8 +476,9 @@ def _short_target(layout: EnvoyLayout) -> dict[str, Any]:
         return {"cluster": SHORT_NET_CLUSTER}
     if layout.short_net == "priority_group":
         groups = [("short", first), ("long", LONG_CLUSTER)]
+        plugin = "envoy.extensions.router.cluster_specifiers.priority_group.v3.PriorityGroupClusterSpecifier"
         spec = {
-            "@type": _type("envoy.extensions.router.cluster_specifiers.priority_group.v3.PriorityGroupClusterSpecifier"),
+            "@type": _type(plugin),
             "priority_groups": [
                 {"name": name, "clusters": [{"cluster_name": cluster, "weight": 1}]} for name, cluster in groups
             ],

@@ -34,8 +34,10 @@ class ExchangeRecord:
     long_pressure: float = 0.0
     pressure_source: str = ""  # live (engines' /metrics) | local (this router's in-flight count)
     status: int = 0
+    attempts: int = 1  # 2: the short pool failed the request and Envoy's net resent it to the long pool
+    served_pool: str = ""  # the pool whose answer the client got (response headers)
     learn: bool = False
-    usage_source: str = ""  # json | sse | overflow_400
+    usage_source: str = ""  # json | sse | overflow_400 | overflow_400_bound
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     observation: str = ""  # accepted | rejected reason

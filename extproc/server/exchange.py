@@ -5,9 +5,10 @@ service. Rules it keeps:
 - the routing header is ours: a client copy is removed at request headers, ours set at request body;
 - anything we cannot read is routed long (the safe pool) with reason ``unparseable``, never failed;
 - bodies are only sent back when changed (include_usage injection, usage-chunk stripping);
-- responses are only followed when the calibrator wants a sample: otherwise the stream is closed
-  cleanly right after the routing decision ("the data plane proceeds without consulting the server"),
-  which saves Envoy and us the response-phase messages, and the pool counts a lease instead.
+- the response status is always seen (one small message); a body is only read when it can teach
+  something (``extproc.server.outcome``): otherwise the stream is closed cleanly right after the
+  response headers ("the data plane proceeds without consulting the server"), and the pool counts a
+  lease instead of tracking the request to its end.
 """
 
 from __future__ import annotations
@@ -27,8 +28,10 @@ from extproc.algorithm.request_shape import CHAT, COMPLETIONS, RESPONSES
 from extproc.config import Config
 from extproc.server import envoy_wire as em
 from extproc.server.events import ExchangeObserver, ExchangeRecord
+from extproc.server.outcome import Read, response_view, served_pool, what_to_read
+from extproc.server.overflow import overflow_count
 from extproc.server.sse import SseUsageScanner
-from extproc.server.usage import json_response, overflow_prompt_tokens, usage_counts
+from extproc.server.usage import json_response, usage_counts
 
 if TYPE_CHECKING:
     from extproc.server.pool_load import PoolLoadScraper
@@ -138,7 +141,6 @@ class Exchange:
         if msg.end_of_stream:  # no body will come: decide now, nothing to learn from the answer
             self._decide_long(NO_BODY, "request has no body")
             set_headers.update(self._routing_headers())
-            self.done = True
             return em.request_headers_response(em.common(set_headers, remove, clear_route_cache=True))
         return em.request_headers_response(em.common(set_headers, remove, clear_route_cache=True))
 
@@ -206,8 +208,7 @@ class Exchange:
             self._acquired = pool
             self._decided_at = time.monotonic()
             self.rt.pressure.acquire(pool)
-        else:
-            self.done = True
+        else:  # the stream stays open for the response status (one message), see on_response_headers
             self.rt.pressure.lease(pool)
 
     def _routing_headers(self) -> dict[str, str]:
@@ -228,19 +229,20 @@ class Exchange:
 
     def on_response_headers(self, msg: em.ep.HttpHeaders) -> em.ProcessingResponse:
         h = em.header_map(msg)
-        try:
-            self.record.status = int(h.get(":status", "0"))
-        except ValueError:
-            self.record.status = 0
-        sse = h.get("content-type", "").startswith("text/event-stream")
-        strip = sse and self.record.include_usage_injected and self.rt.cfg.routing.strip_injected_usage
-        learn = self.record.learn
-        if sse and (learn or strip):
+        rec = self.record
+        view = response_view(h)
+        rec.status, rec.attempts, rec.served_pool = view.status, view.attempts, served_pool(rec.pool, view)
+        strip = view.sse and rec.include_usage_injected and self.rt.cfg.routing.strip_injected_usage
+        shape = self.shape
+        usage_in_stream = shape is not None and (shape.client_include_usage or rec.include_usage_injected)
+        read = what_to_read(view, rec.pool, rec.learn, usage_in_stream, parsed=shape is not None)
+        if view.sse and (read is Read.SSE or strip):
             self._sse = SseUsageScanner(self.rt.cfg.server.max_response_buffer_bytes, strip_usage_only=strip)
             remove = ["content-length"] if "content-length" in h else []
             return em.response_headers_response(em.common(remove=remove), em.STREAMED)
-        if not sse and (learn or self.record.status == 400) and self.shape is not None:
-            return em.response_headers_response()  # stay BUFFERED: usage or overflow count is in the body
+        if read is Read.JSON:
+            return em.response_headers_response()  # stay BUFFERED: usage or the error's count is in the body
+        self.done = True  # nothing more to learn: close cleanly, Envoy proceeds without us
         return em.response_headers_response(response_body_mode=em.NONE)
 
     def on_response_body(self, msg: em.ep.HttpBody) -> em.ProcessingResponse:
@@ -263,8 +265,12 @@ class Exchange:
         return em.response_body_response()
 
     def _learn_from_json(self, body: bytes) -> None:
-        if self.record.status == 400:
-            self._learn(overflow_prompt_tokens(body), None, "overflow_400")
+        if self.record.status >= 400:
+            found = overflow_count(body)
+            if found is not None and found.exact:
+                self._learn(found.prompt_tokens, None, "overflow_400")
+            elif found is not None:
+                self._learn(found.prompt_tokens, None, "overflow_400_bound", bound=True)
         elif body.lstrip().startswith(b"data:"):
             scanner = SseUsageScanner(self.rt.cfg.server.max_response_buffer_bytes)
             scanner.feed(body)
@@ -275,12 +281,13 @@ class Exchange:
             prompt, completion, self.record.response_model = json_response(body)
             self._learn(prompt, completion, "json")
 
-    def _learn(self, prompt: int | None, completion: int | None, source: str) -> None:
+    def _learn(self, prompt: int | None, completion: int | None, source: str, bound: bool = False) -> None:
         rec = self.record
         if prompt is None or self.shape is None or rec.usage_source:
             return
         rec.usage_source, rec.prompt_tokens, rec.completion_tokens = source, prompt, completion
-        learned = self.rt.router.learn(self.shape, prompt, self._estimate)
+        learn = self.rt.router.learn_bound if bound else self.rt.router.learn
+        learned = learn(self.shape, prompt, self._estimate)
         rec.observation = learned.observation.value
         rec.estimate_error_pct = learned.error_pct
         self.rt.observer.learned(rec)
