@@ -229,7 +229,10 @@ def _cluster(
                     "max_connections": limit,
                     "max_pending_requests": limit,
                     "max_requests": limit,
-                    "max_retries": 3,
+                    # The net retries at most once per request, so a retry is a failover, not load
+                    # amplification; Envoy's default (3 concurrent) would hand misses back as 400s
+                    # under load (flag UO) exactly when the long pool has room for them.
+                    "max_retries": limit,
                 }
             ]
         },
