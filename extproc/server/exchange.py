@@ -141,6 +141,7 @@ class Exchange:
         if msg.end_of_stream:  # no body will come: decide now, nothing to learn from the answer
             self._decide_long(NO_BODY, "request has no body")
             set_headers.update(self._routing_headers())
+            self.done = True  # not an LLM request: its response has nothing to teach
             return em.request_headers_response(em.common(set_headers, remove, clear_route_cache=True))
         return em.request_headers_response(em.common(set_headers, remove, clear_route_cache=True))
 
