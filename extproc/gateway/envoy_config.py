@@ -436,10 +436,13 @@ def ext_proc_filter(layout: EnvoyLayout) -> dict[str, Any]:
 
 
 def http_filters(layout: EnvoyLayout) -> list[dict[str, Any]]:
-    router = {
+    router: dict[str, Any] = {
         "name": "envoy.filters.http.router",
         "typed_config": {"@type": _type("envoy.extensions.filters.http.router.v3.Router")},
     }
+    if layout.otlp is not None:
+        # One egress span per upstream attempt: a request the net resent shows both pools in the trace.
+        router["typed_config"]["start_child_span"] = True
     return [ext_proc_filter(layout), router] if layout.ext_proc else [router]
 
 
