@@ -233,6 +233,10 @@ class Exchange:
         rec = self.record
         view = response_view(h)
         rec.status, rec.attempts, rec.served_pool = view.status, view.attempts, served_pool(rec.pool, view)
+        if self._acquired is not None and self._acquired != rec.served_pool:  # the net moved it
+            self.rt.pressure.release(self._acquired)  # no duration: a rejected admission is not a request's life
+            self._acquired = rec.served_pool
+            self.rt.pressure.acquire(rec.served_pool)
         strip = view.sse and rec.include_usage_injected and self.rt.cfg.routing.strip_injected_usage
         shape = self.shape
         usage_in_stream = shape is not None and (shape.client_include_usage or rec.include_usage_injected)

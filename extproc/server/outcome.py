@@ -43,7 +43,7 @@ def response_view(headers: Mapping[str, str]) -> ResponseView:
     except ValueError:
         status = 0
     raw = headers.get(ATTEMPT_COUNT_HEADER, "1")
-    attempts = int(raw) if raw.isdigit() and 0 < int(raw) < 100 else 1
+    attempts = int(raw) if raw.isascii() and raw.isdigit() and 0 < int(raw) < 100 else 1
     return ResponseView(status, attempts, headers.get("content-type", "").startswith("text/event-stream"))
 
 

@@ -192,6 +192,15 @@ def test_a_retried_answer_from_the_long_pool_is_counted_and_learned(rt):
     assert (ex.record.usage_source, ex.record.prompt_tokens) == ("json", 70)
 
 
+def test_a_followed_request_the_net_moved_counts_against_the_long_pool(rt):
+    ex, _, _ = route(rt, chat(max_tokens=10))  # cold: followed, so tracked in flight
+    assert rt.pressure.in_flight == {"short": 1, "long": 0}
+    ex.handle(response_headers(status=200, extra={"x-budget-attempts": "2"}))
+    assert rt.pressure.in_flight == {"short": 0, "long": 1}
+    ex.close()
+    assert rt.pressure.in_flight == {"short": 0, "long": 0}
+
+
 def test_a_streamed_retry_is_read_only_with_its_usage_chunk(rt):
     converged(rt)
     ex, _, _ = route(rt, chat(max_tokens=10, stream=True))

@@ -20,6 +20,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from extproc.emulator.errors import CONTEXT_STYLES, context_length_error, error_body
+from extproc.server.outcome import response_view, served_pool
 from extproc.server.overflow import Kind, OverflowCount, overflow_count
 
 EXACT, BOUND = Kind.EXACT, Kind.LOWER_BOUND
@@ -111,3 +112,10 @@ def test_the_emulators_wordings_give_the_exact_prompt(style: str, max_tokens: in
 def test_never_raises_on_arbitrary_bytes(data: bytes) -> None:
     overflow_count(b"context length" + data)
     overflow_count(data)
+
+
+@given(st.dictionaries(st.sampled_from([":status", "content-type", "x-budget-attempts"]), st.text(max_size=12)))
+def test_response_view_never_raises_and_reads_only_sane_attempt_counts(headers: dict[str, str]) -> None:
+    view = response_view(headers)
+    assert 1 <= view.attempts < 100
+    assert served_pool("long", view) == "long"  # the net only ever moves short requests
