@@ -74,6 +74,11 @@ def _hcm(layout: ec.EnvoyLayout) -> dict[str, Any]:
     return boot["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
 
 
+def _ext_proc(hcm: dict[str, Any]) -> dict[str, Any]:
+    [ext_proc] = [f for f in hcm["http_filters"] if f["name"] == ec.EXT_PROC_FILTER]
+    return ext_proc
+
+
 def test_routes_send_only_the_exact_short_header_short_and_default_long() -> None:
     layout = ec.compose_layout()
     short, default = _hcm(layout)["route_config"]["virtual_hosts"][0]["routes"]
@@ -114,15 +119,25 @@ def test_the_net_retries_once_on_the_long_pool(net: str) -> None:
         assert entries == [{"name": ec.SHORT_CLUSTER}, {"name": ec.LONG_CLUSTER}]
 
 
+def test_the_attempt_count_is_for_the_router_only() -> None:
+    names = [f["name"] for f in _hcm(ec.compose_layout())["http_filters"]]
+    # Before ext_proc in the list = after it on the response path: the router reads it, clients never do.
+    assert names == ["envoy.filters.http.header_mutation", ec.EXT_PROC_FILTER, "envoy.filters.http.router"]
+    mutation = _hcm(ec.compose_layout())["http_filters"][0]["typed_config"]["mutations"]
+    assert mutation == {"response_mutations": [{"remove": ec.ATTEMPT_COUNT_HEADER}]}
+
+
 def test_without_the_net_a_short_route_never_retries() -> None:
     route = _short_route(short_net="off")
     assert "retry_policy" not in route["route"] and "response_headers_to_add" not in route
+    names = [f["name"] for f in _hcm(ec.EnvoyLayout(short_net="off"))["http_filters"]]
+    assert names == [ec.EXT_PROC_FILTER, "envoy.filters.http.router"]
     with pytest.raises(ValueError, match="short_net"):
         ec.EnvoyLayout(short_net="sometimes")
 
 
 def test_ext_proc_modes_and_fail_modes() -> None:
-    cfg = _hcm(ec.compose_layout())["http_filters"][0]["typed_config"]
+    cfg = _ext_proc(_hcm(ec.compose_layout()))["typed_config"]
     assert cfg["failure_mode_allow"] is True
     assert cfg["processing_mode"] == {
         "request_header_mode": "SEND",
@@ -135,7 +150,7 @@ def test_ext_proc_modes_and_fail_modes() -> None:
     assert cfg["allow_mode_override"] is True
     assert {m["response_body_mode"] for m in cfg["allowed_override_modes"]} == {"STREAMED", "NONE"}
     closed = _hcm(ec.EnvoyLayout(failure_mode_allow=False, with_response_processing=False))
-    cfg = closed["http_filters"][0]["typed_config"]
+    cfg = _ext_proc(closed)["typed_config"]
     assert cfg["failure_mode_allow"] is False and "allow_mode_override" not in cfg
     assert cfg["processing_mode"]["response_body_mode"] == "NONE"
 
@@ -182,7 +197,7 @@ def test_limits_are_consistent() -> None:
     assert boot["static_resources"]["listeners"][0]["per_connection_buffer_limit_bytes"] == 8 * ec.MIB
     router = next(c for c in boot["static_resources"]["clusters"] if c["name"] == ec.ROUTER_CLUSTER)
     assert router["per_connection_buffer_limit_bytes"] == 10 * ec.MIB
-    grpc_service = _hcm(layout)["http_filters"][0]["typed_config"]["grpc_service"]
+    grpc_service = _ext_proc(_hcm(layout))["typed_config"]["grpc_service"]
     assert grpc_service["envoy_grpc"]["max_receive_message_length"] == 10 * ec.MIB
     with pytest.raises(ValueError, match="grpc_max_message_bytes"):
         ec.EnvoyLayout(max_body_bytes=32 * ec.MIB, grpc_max_message_bytes=32 * ec.MIB)

@@ -199,6 +199,26 @@ def _address(host: str, port: int) -> dict[str, Any]:
     return {"socket_address": {"address": host, "port_value": port}}
 
 
+def circuit_breakers(layout: EnvoyLayout) -> dict[str, Any]:
+    """Every in-flight generation holds a connection (HTTP/1.1) or a stream (router, HTTP/2) for its
+    whole life; Envoy's default breakers (1024) would cap concurrency far below vLLM's. The net retries
+    at most once per request, so a retry is a failover, not load amplification: Envoy's default (3
+    concurrent retries, counted on the cluster the route names) would hand misses back as 400s under
+    load (flag UO) exactly when the long pool has room for them."""
+    limit = layout.max_concurrent_requests
+    return {
+        "thresholds": [
+            {
+                "priority": "DEFAULT",
+                "max_connections": limit,
+                "max_pending_requests": limit,
+                "max_requests": limit,
+                "max_retries": limit,
+            }
+        ]
+    }
+
+
 def _cluster(
     name: str,
     endpoints: Sequence[Endpoint],
@@ -210,7 +230,6 @@ def _cluster(
     panic_threshold: float | None = None,
     connect_timeout_s: float = 5.0,
 ) -> dict[str, Any]:
-    limit = layout.max_concurrent_requests
     pool = CLUSTER_POOLS.get(name)
     metadata = {"metadata": {"filter_metadata": {POOL_METADATA_NAMESPACE: {"pool": pool}}}} if pool else {}
     cluster: dict[str, Any] = {
@@ -220,22 +239,7 @@ def _cluster(
         "connect_timeout": _secs(connect_timeout_s),
         "lb_policy": "LEAST_REQUEST",
         "per_connection_buffer_limit_bytes": buffer_bytes,
-        # Every in-flight generation holds a connection (HTTP/1.1) or a stream (router, HTTP/2) for
-        # its whole life; Envoy's default breakers (1024) would cap concurrency far below vLLM's.
-        "circuit_breakers": {
-            "thresholds": [
-                {
-                    "priority": "DEFAULT",
-                    "max_connections": limit,
-                    "max_pending_requests": limit,
-                    "max_requests": limit,
-                    # The net retries at most once per request, so a retry is a failover, not load
-                    # amplification; Envoy's default (3 concurrent) would hand misses back as 400s
-                    # under load (flag UO) exactly when the long pool has room for them.
-                    "max_retries": limit,
-                }
-            ]
-        },
+        "circuit_breakers": circuit_breakers(layout),
         "load_assignment": {
             "cluster_name": name,
             "endpoints": [
@@ -272,12 +276,13 @@ def _h2_windows(nbytes: int) -> dict[str, Any]:
     return {"initial_stream_window_size": window, "initial_connection_window_size": window}
 
 
-def short_failover_cluster() -> dict[str, Any]:
+def short_failover_cluster(layout: EnvoyLayout) -> dict[str, Any]:
     """Aggregate cluster: the short pool while it has healthy hosts, else the long pool."""
     return {
         "name": SHORT_FAILOVER_CLUSTER,
         "connect_timeout": "5s",
         "lb_policy": "CLUSTER_PROVIDED",
+        "circuit_breakers": circuit_breakers(layout),
         "cluster_type": {
             "name": "envoy.clusters.aggregate",
             "typed_config": {
@@ -288,13 +293,14 @@ def short_failover_cluster() -> dict[str, Any]:
     }
 
 
-def short_net_cluster() -> dict[str, Any]:
+def short_net_cluster(layout: EnvoyLayout) -> dict[str, Any]:
     """Composite cluster: attempt 1 goes to the short pool (or, with no healthy short host, on to the
     long pool within the same attempt), the retry to the long pool."""
     return {
         "name": SHORT_NET_CLUSTER,
         "connect_timeout": "5s",
         "lb_policy": "CLUSTER_PROVIDED",
+        "circuit_breakers": circuit_breakers(layout),
         "cluster_type": {
             "name": "envoy.clusters.composite",
             "typed_config": {
@@ -320,9 +326,9 @@ def clusters(layout: EnvoyLayout) -> list[dict[str, Any]]:
         for name, endpoints in ((SHORT_CLUSTER, layout.short), (LONG_CLUSTER, layout.long))
     ]
     if layout.short_net == "composite":
-        out.append(short_net_cluster())
+        out.append(short_net_cluster(layout))
     elif layout.short_failover:
-        out.append(short_failover_cluster())
+        out.append(short_failover_cluster(layout))
     if layout.ext_proc:
         router_h2 = {
             **_h2_windows(layout.grpc_max_message_bytes),
@@ -443,7 +449,25 @@ def http_filters(layout: EnvoyLayout) -> list[dict[str, Any]]:
     if layout.otlp is not None:
         # One egress span per upstream attempt: a request the net resent shows both pools in the trace.
         router["typed_config"]["start_child_span"] = True
-    return [ext_proc_filter(layout), router] if layout.ext_proc else [router]
+    return [*router_filters(layout), router]
+
+
+def attempts_header_filter() -> dict[str, Any]:
+    """Removes the attempt-count header from the response after the router has read it. Listed before
+    ext_proc, it runs after ext_proc on the response path, so clients never see it, router or not."""
+    return {
+        "name": "envoy.filters.http.header_mutation",
+        "typed_config": {
+            "@type": _type("envoy.extensions.filters.http.header_mutation.v3.HeaderMutation"),
+            "mutations": {"response_mutations": [{"remove": ATTEMPT_COUNT_HEADER}]},
+        },
+    }
+
+
+def router_filters(layout: EnvoyLayout) -> list[dict[str, Any]]:
+    """The filters this product adds before Envoy's router filter, in order."""
+    out = [attempts_header_filter()] if layout.short_net != "off" else []
+    return [*out, ext_proc_filter(layout)] if layout.ext_proc else out
 
 
 def net_retry_policy(layout: EnvoyLayout) -> dict[str, Any]:
@@ -686,8 +710,8 @@ SNIPPETS: dict[str, tuple[str, Any]] = {
         },
     ),
     "ext_proc_filter.yaml": (
-        "an item of your http_filters list, placed before envoy.filters.http.router",
-        lambda lay: [ext_proc_filter(lay)],
+        "items of your http_filters list, in this order, placed before envoy.filters.http.router",
+        router_filters,
     ),
     "routes.yaml": (
         "the routes of your LLM virtual host, in this order (the catch-all long route last)",

@@ -16,6 +16,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from extproc.gateway.envoy_config import ATTEMPT_COUNT_HEADER
 from extproc.stack.router_view import read_decisions
 from extproc.stack.stack import PoolSpec, Stack, wait_for
 from tests.conftest import start_stack
@@ -79,6 +80,7 @@ async def test_no_client_sees_a_context_length_error_and_each_retry_is_counted_a
         assert log["attempts"] == (2 if missed else 1), log
         assert net_stack.access_log.pool_of(reply.request_id) == ("long" if missed else "short")  # who served it
         assert (decision["attempts"], decision["served_pool"]) == ((2, "long") if missed else (1, "short"))
+        assert ATTEMPT_COUNT_HEADER not in reply.headers  # for the router only
         # Learned from the long pool's usage: the exact size of the prompt the estimate misplaced.
         assert decision["usage_source"] == ("sse" if stream else "json"), decision
         assert decision["prompt_tokens"] >= tokens
