@@ -44,7 +44,8 @@ _RENDERER_TOKENS = re.compile(
     rb"You passed (\d+) input tokens and requested \d+ output tokens\. However, the model's context "
     rb"length is only \d+ tokens, resulting in a maximum input length of (\d+) tokens"
 )
-_CHARACTERS = re.compile(rb"You passed \d+ input characters")
+# v0.16: "You passed C input characters ..."; v0.18: "... your prompt contains C characters (more than ...".
+_CHARACTERS = re.compile(rb"You passed \d+ input characters|your prompt contains \d+ characters")
 _BOUND = re.compile(rb"at least (\d+) input tokens")
 _EXACT = (
     # vLLM 0.4-0.9: "However, you requested T tokens (P in the messages, C in the completion)."
@@ -54,6 +55,9 @@ _EXACT = (
     # vLLM 0.10+: "However, your request has P input tokens." and the max_tokens check
     # "... and your request has P input tokens (M > C - P)."
     re.compile(rb"your (?:request|prompt) has (\d+) input tokens"),
+    # vLLM 0.18+ (vllm#36197): "... and your prompt contains N input tokens, for a total of T tokens." (its
+    # lower bound says "contains at least N", matched above).
+    re.compile(rb"your prompt contains (\d+) input tokens"),
     # v1 engine processor: "The decoder prompt (length P) is longer than the maximum model length of
     # C." and "... (length P) plus the number of requested output tokens (at least 1) is longer ...".
     re.compile(rb"prompt \(length (\d+)\)"),

@@ -6,10 +6,11 @@ without max_tokens "you requested P tokens in the messages"; 0.10+: "your reques
 tokens" and the "'max_tokens' or 'max_completion_tokens' is too large" check), the v1 engine's
 ``Processor._validate_model_input`` ("The decoder prompt (length P) is longer than the maximum
 model length of C", later "... plus the number of requested output tokens (at least 1) ..."), and
-``vllm/renderers/params.py`` ``TokenizeParams`` (0.11+: "You passed N input tokens ..." after
+``vllm/renderers/params.py`` ``TokenizeParams`` (0.16: "You passed N input tokens ..." after
 tokenizing at most max_input + 1 tokens, and the pre-tokenization "You passed N input characters"
-check). "at least N input tokens" is the wording that states the bound outright; "Requested token
-count exceeds ..." is SGLang's and some vLLM forks'.
+check; 0.18, vllm#36197: "... your prompt contains [at least] N input tokens, for a total of ..." and
+"... your prompt contains C characters (more than ...)"). "Requested token count exceeds ..." is
+SGLang's and some vLLM forks'. The emulator speaks each of them (``extproc/emulator/errors.py``).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from extproc.emulator.errors import CONTEXT_STYLES, context_length_error, error_body
+from extproc.emulator.errors import CONTEXT_STYLES, PromptSize, context_length_error, error_body
 from extproc.server.outcome import response_view, served_pool
 from extproc.server.overflow import Kind, OverflowCount, overflow_count
 
@@ -76,6 +77,24 @@ WORDINGS: list[tuple[str, OverflowCount | None]] = [
         OverflowCount(8193, BOUND),
     ),
     (
+        "This model's maximum context length is 8192 tokens. However, you requested 500 output tokens and your "
+        "prompt contains at least 7693 input tokens, for a total of at least 8193 tokens. Please reduce the "
+        "length of the input prompt or the number of requested output tokens. (parameter=input_tokens, value=7693)",
+        OverflowCount(7693, BOUND),
+    ),
+    (
+        "This model's maximum context length is 8192 tokens. However, you requested 500 output tokens and your "
+        "prompt contains 7900 input tokens, for a total of 8400 tokens. Please reduce the length of the input "
+        "prompt or the number of requested output tokens. (parameter=input_tokens, value=7900)",
+        OverflowCount(7900, EXACT),  # token ids: counted, not truncated
+    ),
+    (
+        "This model's maximum context length is 8192 tokens. However, you requested 500 output tokens and your "
+        "prompt contains 1000000 characters (more than 984576 characters, which is the upper bound for 7692 "
+        "input tokens). Please reduce the length of the input prompt or the number of requested output tokens.",
+        None,  # characters, not tokens
+    ),
+    (
         "You passed 200000 input characters and requested 500 output tokens. However, the model's context "
         "length is only 8192 tokens, resulting in a maximum input length of 7692 tokens (at most 192300 "
         "characters). Please reduce the length of the input prompt.",
@@ -101,11 +120,23 @@ def test_every_wording(message: str, expected: OverflowCount | None, shape: str)
 
 @pytest.mark.parametrize("style", CONTEXT_STYLES)
 @pytest.mark.parametrize("max_tokens", [None, 500])
-def test_the_emulators_wordings_give_the_exact_prompt(style: str, max_tokens: int | None) -> None:
-    err = context_length_error(style, 8192, 9000, max_tokens)
+@pytest.mark.parametrize("text", [True, False], ids=["text", "token_ids"])
+def test_the_emulators_wordings_teach_what_they_know(style: str, max_tokens: int | None, text: bool) -> None:
+    prompt = PromptSize(9000, chars=40_000 if text else None)
+    err = context_length_error(style, 8192, prompt, max_tokens)
     assert err is not None
     found = overflow_count(error_body(err, "nested"))
-    assert found is not None and found.prompt_tokens == 9000
+    if style in ("v0.18", "v0.16") and text:  # the renderer stopped tokenizing one past the limit
+        max_input = 8192 - (max_tokens or 1)
+        assert found == OverflowCount(max_input + 1, BOUND)
+    else:
+        assert found == OverflowCount(9000, EXACT)
+
+
+@pytest.mark.parametrize("style", ["v0.18", "v0.16"])
+def test_the_emulators_character_check_teaches_nothing(style: str) -> None:
+    err = context_length_error(style, 8192, PromptSize(9000, chars=5_000_000), 500)
+    assert err is not None and overflow_count(error_body(err, "flat")) is None
 
 
 @given(st.binary(max_size=2000))
