@@ -78,7 +78,7 @@ async def test_no_client_sees_a_context_length_error_and_each_retry_is_counted_a
     for (_, tokens, stream, _), reply in zip(jobs, replies, strict=True):
         log = net_stack.access_log.entry(reply.request_id)
         decision = decisions[reply.request_id]
-        assert decision["pool"] == "short" and log["pool"] == "short"  # the router's choice, both sides
+        assert decision["pool"] == "short" and log["routed"] == "short"  # the router's choice, both sides
         missed = tokens > REAL_SHORT_CONTEXT
         assert log["attempts"] == (2 if missed else 1), log
         assert net_stack.access_log.pool_of(reply.request_id) == ("long" if missed else "short")  # who served it
