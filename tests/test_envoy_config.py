@@ -74,20 +74,70 @@ def _hcm(layout: ec.EnvoyLayout) -> dict[str, Any]:
     return boot["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
 
 
+def _ext_proc(hcm: dict[str, Any]) -> dict[str, Any]:
+    [ext_proc] = [f for f in hcm["http_filters"] if f["name"] == ec.EXT_PROC_FILTER]
+    return ext_proc
+
+
 def test_routes_send_only_the_exact_short_header_short_and_default_long() -> None:
     layout = ec.compose_layout()
     short, default = _hcm(layout)["route_config"]["virtual_hosts"][0]["routes"]
-    assert short["route"]["cluster"] == ec.SHORT_FAILOVER_CLUSTER
     assert short["match"]["headers"] == [{"name": "x-budget-pool", "string_match": {"exact": "short"}}]
     assert default["match"] == {"prefix": "/"} and default["route"]["cluster"] == ec.LONG_CLUSTER
     failover = next(c for c in ec.clusters(layout) if c["name"] == ec.SHORT_FAILOVER_CLUSTER)
     assert failover["cluster_type"]["typed_config"]["clusters"] == [ec.SHORT_CLUSTER, ec.LONG_CLUSTER]
-    plain = _hcm(dataclasses.replace(layout, short_failover=False))["route_config"]["virtual_hosts"][0]["routes"][0]
-    assert plain["route"]["cluster"] == ec.SHORT_CLUSTER
+    plain = _hcm(dataclasses.replace(layout, short_failover=False, short_net="off"))
+    assert plain["route_config"]["virtual_hosts"][0]["routes"][0]["route"]["cluster"] == ec.SHORT_CLUSTER
+
+
+def _short_route(**changes: Any) -> dict[str, Any]:
+    layout = dataclasses.replace(ec.compose_layout(), **changes)
+    return _hcm(layout)["route_config"]["virtual_hosts"][0]["routes"][0]
+
+
+@pytest.mark.parametrize("net", ["priority_group", "composite"])
+def test_the_net_retries_once_on_the_long_pool(net: str) -> None:
+    route = _short_route(short_net=net)
+    policy = route["route"]["retry_policy"]
+    assert policy["num_retries"] == 1 and policy["retriable_status_codes"] == [400]
+    retry_on = {"connect-failure", "reset", "refused-stream", "retriable-status-codes"}
+    assert set(policy["retry_on"].split(",")) == retry_on
+    # The whole body must fit the retry buffer, else Envoy abandons the retry (retry_or_shadow_abandoned).
+    assert route["request_body_buffer_limit"] == ec.compose_layout().max_body_bytes
+    assert route["response_headers_to_add"][0]["header"]["key"] == ec.ATTEMPT_COUNT_HEADER
+    if net == "priority_group":
+        assert policy["refresh_cluster_on_retry"] is True  # else the retry re-uses attempt 1's cluster
+        groups = route["route"]["inline_cluster_specifier_plugin"]["extension"]["typed_config"]["priority_groups"]
+        assert [[c["cluster_name"] for c in g["clusters"]] for g in groups] == [
+            [ec.SHORT_FAILOVER_CLUSTER],
+            [ec.LONG_CLUSTER],
+        ]
+    else:
+        assert route["route"]["cluster"] == ec.SHORT_NET_CLUSTER
+        composite = next(c for c in ec.clusters(ec.EnvoyLayout(short_net=net)) if c["name"] == ec.SHORT_NET_CLUSTER)
+        entries = composite["cluster_type"]["typed_config"]["clusters"]
+        assert entries == [{"name": ec.SHORT_CLUSTER}, {"name": ec.LONG_CLUSTER}]
+
+
+def test_the_attempt_count_is_for_the_router_only() -> None:
+    names = [f["name"] for f in _hcm(ec.compose_layout())["http_filters"]]
+    # Before ext_proc in the list = after it on the response path: the router reads it, clients never do.
+    assert names == ["envoy.filters.http.header_mutation", ec.EXT_PROC_FILTER, "envoy.filters.http.router"]
+    mutation = _hcm(ec.compose_layout())["http_filters"][0]["typed_config"]["mutations"]
+    assert mutation == {"response_mutations": [{"remove": ec.ATTEMPT_COUNT_HEADER}]}
+
+
+def test_without_the_net_a_short_route_never_retries() -> None:
+    route = _short_route(short_net="off")
+    assert "retry_policy" not in route["route"] and "response_headers_to_add" not in route
+    names = [f["name"] for f in _hcm(ec.EnvoyLayout(short_net="off"))["http_filters"]]
+    assert names == [ec.EXT_PROC_FILTER, "envoy.filters.http.router"]
+    with pytest.raises(ValueError, match="short_net"):
+        ec.EnvoyLayout(short_net="sometimes")
 
 
 def test_ext_proc_modes_and_fail_modes() -> None:
-    cfg = _hcm(ec.compose_layout())["http_filters"][0]["typed_config"]
+    cfg = _ext_proc(_hcm(ec.compose_layout()))["typed_config"]
     assert cfg["failure_mode_allow"] is True
     assert cfg["processing_mode"] == {
         "request_header_mode": "SEND",
@@ -100,7 +150,7 @@ def test_ext_proc_modes_and_fail_modes() -> None:
     assert cfg["allow_mode_override"] is True
     assert {m["response_body_mode"] for m in cfg["allowed_override_modes"]} == {"STREAMED", "NONE"}
     closed = _hcm(ec.EnvoyLayout(failure_mode_allow=False, with_response_processing=False))
-    cfg = closed["http_filters"][0]["typed_config"]
+    cfg = _ext_proc(closed)["typed_config"]
     assert cfg["failure_mode_allow"] is False and "allow_mode_override" not in cfg
     assert cfg["processing_mode"]["response_body_mode"] == "NONE"
 
@@ -147,7 +197,7 @@ def test_limits_are_consistent() -> None:
     assert boot["static_resources"]["listeners"][0]["per_connection_buffer_limit_bytes"] == 8 * ec.MIB
     router = next(c for c in boot["static_resources"]["clusters"] if c["name"] == ec.ROUTER_CLUSTER)
     assert router["per_connection_buffer_limit_bytes"] == 10 * ec.MIB
-    grpc_service = _hcm(layout)["http_filters"][0]["typed_config"]["grpc_service"]
+    grpc_service = _ext_proc(_hcm(layout))["typed_config"]["grpc_service"]
     assert grpc_service["envoy_grpc"]["max_receive_message_length"] == 10 * ec.MIB
     with pytest.raises(ValueError, match="grpc_max_message_bytes"):
         ec.EnvoyLayout(max_body_bytes=32 * ec.MIB, grpc_max_message_bytes=32 * ec.MIB)
@@ -212,6 +262,8 @@ VARIANTS = {
         served_pool_header=ec.SERVED_POOL_HEADER,
     ),
     "no-ext-proc": ec.EnvoyLayout(ext_proc=False, strip_client_header=False),
+    "net-composite": ec.EnvoyLayout(short_net="composite"),
+    "net-off": ec.EnvoyLayout(short_net="off"),
 }
 
 

@@ -477,3 +477,26 @@ def test_responses_api_is_labelled_by_endpoint_in_metrics_and_spans(rig):
     [span] = rig.finished_spans()
     assert span.name == "chat m" and span.attributes[n.ENDPOINT] == "responses"
     assert (span.attributes[n.GEN_AI_INPUT_TOKENS], span.attributes[n.GEN_AI_OUTPUT_TOKENS]) == (60, 3)
+
+
+def test_net_retries_are_counted_by_outcome_and_the_span_names_both_pools(rig):
+    def retried(status: int, answer: bytes) -> None:
+        ex = Exchange(rig.rt)
+        ex.handle(request_headers())
+        ex.handle(request_body(chat(max_tokens=10)))
+        ex.handle(response_headers(status, extra={"x-budget-attempts": "2"}))
+        ex.handle(response_body(answer))
+        ex.close()
+
+    retried(200, usage_json(70))
+    retried(200, usage_json(71))
+    retried(400, orjson.dumps({"error": {"message": "n must be an integer", "code": 400}}))
+    m = rig.points()
+    assert by_attrs(m[n.M_RETRIES]) == {
+        (("category", "prose"), ("outcome", "served")): 2,
+        (("category", "prose"), ("outcome", "rejected")): 1,
+    }
+    span = rig.finished_spans()[0]
+    assert span.attributes[n.POOL] == "short"  # the router's choice (attempt 1)
+    assert (span.attributes[n.ATTEMPTS], span.attributes[n.SERVED_POOL]) == (2, "long")
+    assert span.attributes[n.GEN_AI_INPUT_TOKENS] == 70  # learned from the long pool's answer

@@ -70,7 +70,8 @@ def attribute(shape: RequestShape, prompt_tokens: int, means: Ratios, p: BudgetP
     caller gets zero tokens and the observation is rejected as invalid.
     """
     residual = float(prompt_tokens - framing_tokens(shape, p) - shape.images * p.image_tokens)
-    text, structured = shape.text_bytes, shape.structured_bytes
+    text = shape.text_bytes if shape.learn_text_bytes is None else shape.learn_text_bytes
+    structured = shape.structured_bytes
     total = text + structured
     if total == 0 or shape.known_prompt_tokens is not None:
         return shape.category, 0, 0.0

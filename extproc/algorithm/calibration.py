@@ -110,6 +110,22 @@ class Calibrator:
         self._ratio_cache.pop(category, None)
         return Observation.ACCEPTED
 
+    def observe_bound(self, category: str, nbytes: float, min_tokens: float) -> Observation:
+        """A lower bound on the tokens (a backend that stopped counting): the true ratio is at most
+        ``nbytes / min_tokens``. If routing used a larger ratio, the margin widens until c* meets the
+        bound; the mean, the sample count and a margin already wide enough are left alone, so a bound
+        can only make routing safer, never bolder."""
+        if not (nbytes > 0 and min_tokens > 0):
+            return Observation.INVALID
+        p, st = self.params, self.state(category)
+        bound = nbytes / min_tokens
+        if not p.min_ratio <= bound <= p.max_ratio:
+            return Observation.OUT_OF_BOUNDS
+        if self.ratio(category) > bound and p.gamma > 0:
+            st.dev = min(max(st.dev, (st.mean - bound) / p.gamma), p.max_ratio)
+            self._ratio_cache.pop(category, None)
+        return Observation.ACCEPTED
+
     def snapshot(self) -> dict[str, dict[str, float]]:
         return {k: {"mean": s.mean, "dev": s.dev, "samples": s.samples} for k, s in self._state.items()}
 

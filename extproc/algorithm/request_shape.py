@@ -50,6 +50,9 @@ class RequestShape:
     # when it fires.
     texts: tuple[str, ...] = ()
     structured: tuple[Any, ...] = ()
+    # Batch /v1/completions: every prompt is its own sequence, so the longest one (text_bytes) decides
+    # the route, but usage.prompt_tokens counts all of them: learning pairs it with all the bytes.
+    learn_text_bytes: int | None = None
 
 
 def _nbytes(s: str) -> int:
@@ -258,11 +261,14 @@ def shape_from_body(endpoint: str, body: Any, categorizer: Categorizer) -> Reque
         return _templated_shape(CHAT, body, categorizer, parts, out, include_usage, sink)
     if endpoint == COMPLETIONS:
         prompt = body.get("prompt")
-        known = None
+        known = learn_bytes = None
         if isinstance(prompt, str):
             text = prompt
         elif isinstance(prompt, list) and prompt and all(isinstance(p, str) for p in prompt):
-            text = max(prompt, key=len)  # each prompt is its own sequence: the longest decides
+            sizes = [_nbytes(p) for p in prompt]
+            longest = max(range(len(prompt)), key=sizes.__getitem__)
+            text = prompt[longest]  # each prompt is its own sequence: the longest decides
+            learn_bytes = sum(sizes) if len(prompt) > 1 else None
         elif isinstance(prompt, list) and prompt and all(isinstance(t, int) for t in prompt):
             text, known = "", len(prompt)
         else:
@@ -277,5 +283,6 @@ def shape_from_body(endpoint: str, body: Any, categorizer: Categorizer) -> Reque
             model=model,
             known_prompt_tokens=known,
             texts=(text,) if text else (),
+            learn_text_bytes=learn_bytes,
         )
     raise ShapeError("unknown_endpoint", f"not a routed endpoint: {endpoint}")

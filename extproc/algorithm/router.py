@@ -14,7 +14,7 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from extproc.algorithm.budget import BudgetParams, Estimate, attribute, estimate
@@ -40,9 +40,11 @@ class Ticket:
 
     ``observe`` is the router's request to its caller: True means "bring me this request's usage"
     (the server then processes the response; the request is counted in flight until ``finish``);
-    False means the caller may stop following the request right away (it holds a lease instead and
-    ``finish`` will learn nothing). ``shape`` and ``estimate`` are None for a request the caller
-    could not read (routed long with the caller's reason).
+    False means the request holds a lease instead and only its response status is wanted: ``wants``
+    says whether that response still teaches something (an error from the short pool, an answer the
+    net moved to the long pool), and only then does ``finish`` learn from it. ``shape`` and
+    ``estimate`` are None for a request the caller could not read (routed long with the caller's
+    reason). ``served_pool`` is set by ``moved`` when Envoy's net resent the request to another pool.
     """
 
     decision: Decision
@@ -52,15 +54,25 @@ class Ticket:
     estimate: Estimate | None = None
     short_pressure: float = 0.0  # the pool pressures the decision used (1.0 = at capacity)
     long_pressure: float = 0.0
+    served_pool: str = ""
+
+    @property
+    def pool(self) -> str:
+        """The pool that holds the request now: the routed one unless the net moved it."""
+        return self.served_pool or self.decision.pool
 
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    """What came back for a ticket. ``prompt_tokens`` is the backend's count (``usage`` or the exact
-    figure in a context-length 400); None when the request ended without one."""
+    """What came back for a ticket. ``prompt_tokens`` is the backend's count (``usage`` or the figure
+    in a context-length 400); None when the request ended without one. ``lower_bound``: the backend
+    stopped counting ("at least N input tokens"), so the count may only widen the safety margin.
+    ``status`` is the response's HTTP status, 0 when unknown (the simulator's completions)."""
 
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
+    status: int = 0
+    lower_bound: bool = False
 
 
 NO_OUTCOME = Outcome()
@@ -161,7 +173,7 @@ class BudgetRouter:
 
         ``shape`` None is a request the caller could not read: it takes the safe (long) route with
         reason ``unreadable`` and is never observed. Every ticket must reach ``finish`` once, when
-        the request ends (for an unobserved ticket that call only keeps the callers uniform).
+        the request ends (for an unobserved ticket it learns only from what ``wants`` asked for).
         """
         now = self.clock()
         if shape is None:
@@ -177,18 +189,43 @@ class BudgetRouter:
             p.lease(decision.pool)
         return Ticket(decision, observe, now, shape, est, short_pressure, long_pressure)
 
+    def moved(self, ticket: Ticket, pool: str) -> Ticket:
+        """Envoy's net resent the request to ``pool`` (the short pool rejected or dropped it): an
+        observed request now counts against ``pool``. The rejected admission was no request's life,
+        so the first pool's slot is released without a duration. Returns the ticket to finish."""
+        if pool == ticket.pool:
+            return ticket
+        if ticket.observe:
+            self.pressure.release(ticket.pool)
+            self.pressure.acquire(pool)
+        return replace(ticket, served_pool=pool)
+
+    def wants(self, ticket: Ticket, status: int) -> bool:
+        """Whether a response with ``status`` can teach something, so its caller should read it.
+
+        Every observed one (its usage); of the others only what sampling would miss and the
+        estimator needs most: an error from the short pool and a 400 from either pool (a
+        context-length 400 carries the prompt size), and an answer the net moved off the short pool
+        (its usage is the exact size of a request the estimate sent to the wrong pool)."""
+        if ticket.shape is None:
+            return False
+        if ticket.observe or ticket.pool != ticket.decision.pool:
+            return True
+        return status == 400 or (status >= 400 and ticket.pool == SHORT)
+
     def finish(self, ticket: Ticket, outcome: Outcome = NO_OUTCOME) -> Learned | None:
-        """The request ended: release its pool slot and learn from ``outcome`` if it was observed.
+        """The request ended: release its pool slot if it was observed, and learn from ``outcome`` if
+        the router wants it (``wants``: observed, or an unobserved request's error or retried answer).
 
         Returns what was learned (accepted or the reason it was rejected), or None when there was
-        nothing to learn: the ticket was not observed, or the outcome carries no prompt tokens.
+        nothing to learn: the outcome carries no prompt tokens or is not one the router wants.
         """
-        if not ticket.observe:
+        if ticket.observe:
+            self.pressure.release(ticket.pool, self.clock() - ticket.started_at)
+        if outcome.prompt_tokens is None or ticket.shape is None or not self.wants(ticket, outcome.status):
             return None
-        self.pressure.release(ticket.decision.pool, self.clock() - ticket.started_at)
-        if outcome.prompt_tokens is None or ticket.shape is None:
-            return None
-        return self.learn(ticket.shape, outcome.prompt_tokens, ticket.estimate)
+        learn = self.learn_bound if outcome.lower_bound else self.learn
+        return learn(ticket.shape, outcome.prompt_tokens, ticket.estimate)
 
     def _observes(self, shape: RequestShape) -> bool:
         """Every response until the category converged, then a ``converged_sample_rate`` share;
@@ -205,12 +242,18 @@ class BudgetRouter:
 
         ``finish`` calls this for the outcomes the policy observes; offline tools that measure the
         estimator on every request (``decide`` then ``learn``) call it directly."""
-        means = lambda c: self.calibrator.state(c).mean  # noqa: E731 - tiny adapter
-        category, nbytes, tokens = attribute(shape, prompt_tokens, means, self.budget)
-        est = routed.prompt_tokens if routed is not None else self.estimate(shape).prompt_tokens
-        error = (est - prompt_tokens) / prompt_tokens * 100.0 if prompt_tokens > 0 else 0.0
+        category, nbytes, tokens, est, error = self._attributed(shape, prompt_tokens, routed)
         observation = self.calibrator.observe(category, nbytes, tokens)
-        if self.linear is not None and shape.known_prompt_tokens is None and (shape.texts or shape.structured_bytes):
+        # A batch /v1/completions request (learn_text_bytes set) is routed by its longest prompt while its
+        # usage counts every prompt: the linear model's features describe the longest one only, so only
+        # the ratio estimator (which pairs the usage with all the bytes) learns from a batch.
+        batch = shape.learn_text_bytes is not None
+        if (
+            self.linear is not None
+            and shape.known_prompt_tokens is None
+            and not batch
+            and (shape.texts or shape.structured_bytes)
+        ):
             x = routed.features if routed is not None and routed.features is not None else self._vector(shape)
             text_tokens = prompt_tokens - shape.images * self.budget.image_tokens
             observation = self.linear.observe(shape.model, shape.category, x, text_tokens)
@@ -219,3 +262,19 @@ class BudgetRouter:
                 self.exact.learn(key, shape.category, routed.counted, text_tokens, shape.messages, shape.tool_items)
             category = shape.category
         return Learned(category, observation, est, error)
+
+    def learn_bound(self, shape: RequestShape, min_prompt_tokens: int, routed: Estimate | None = None) -> Learned:
+        """Feed back a lower bound on the prompt tokens: it may widen the ratio estimator's margin, never
+        narrow it (``Calibrator.observe_bound``); the linear model learns from exact counts only."""
+        category, nbytes, tokens, est, error = self._attributed(shape, min_prompt_tokens, routed)
+        return Learned(category, self.calibrator.observe_bound(category, nbytes, tokens), est, error)
+
+    def _attributed(
+        self, shape: RequestShape, prompt_tokens: int, routed: Estimate | None
+    ) -> tuple[str, int, float, int, float]:
+        """(category, bytes, tokens) the observation teaches, the estimate made, and its signed error %."""
+        means = lambda c: self.calibrator.state(c).mean  # noqa: E731 - tiny adapter
+        category, nbytes, tokens = attribute(shape, prompt_tokens, means, self.budget)
+        est = routed.prompt_tokens if routed is not None else self.estimate(shape).prompt_tokens
+        error = (est - prompt_tokens) / prompt_tokens * 100.0 if prompt_tokens > 0 else 0.0
+        return category, nbytes, tokens, est, error

@@ -4,5 +4,6 @@ discovery through Envoy's admin), so they live apart from the renderer, which im
 ROUTER_CLUSTER = "budget_router"
 SHORT_CLUSTER = "pool_short"
 SHORT_FAILOVER_CLUSTER = "pool_short_failover"
+SHORT_NET_CLUSTER = "pool_short_then_long"  # the composite net: attempt 1 short, the retry long
 LONG_CLUSTER = "pool_long"
 OTEL_CLUSTER = "otel_collector"

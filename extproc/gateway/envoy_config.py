@@ -34,6 +34,7 @@ from extproc.gateway.clusters import (
     ROUTER_CLUSTER,
     SHORT_CLUSTER,
     SHORT_FAILOVER_CLUSTER,
+    SHORT_NET_CLUSTER,
 )
 
 Endpoint = tuple[str, int]
@@ -49,6 +50,17 @@ SERVED_POOL_HEADER = "x-budget-pool-served"  # the name the opt-in served-pool h
 # Response-body modes the router may switch to with mode_override: STREAMED for SSE (so a long
 # generation is never buffered whole) and NONE once it needs nothing more from the response.
 OVERRIDE_RESPONSE_BODY_MODES = ("STREAMED", "NONE")
+# The net under the short route (see envoy/README.md): "composite" (a composite cluster, Envoy >= 1.37,
+# attempt N goes to its N-th sub-cluster), "priority_group" (the route's priority-group cluster specifier,
+# Envoy >= 1.40, re-picked on retry by refresh_cluster_on_retry) or "off" (a short-pool error reaches the
+# client). Both nets retry the same conditions once, on the long pool.
+SHORT_NETS = ("composite", "priority_group", "off")
+# Every 400 is retried: Envoy cannot read the body to tell vLLM's context-length 400 from another 400.
+NET_RETRY_ON = "connect-failure,reset,refused-stream,retriable-status-codes"
+NET_RETRY_STATUS_CODES = (400,)
+NET_RETRY_BACKOFF_S = 0.001  # a context-length 400 is not load: resend at once (Envoy's default waits ~25 ms)
+# Response header Envoy adds on the short route: the router sees "2" when the long pool answered a retry.
+ATTEMPT_COUNT_HEADER = "x-budget-attempts"
 # Filter-state fields ext_proc records per stream (Envoy >= 1.31); logged so operators can read the
 # router's overhead from Envoy's side of the wire.
 EXT_PROC_LOG_FIELDS = (
@@ -103,6 +115,8 @@ class EnvoyLayout:
     # Route "short" through an aggregate cluster [pool_short, pool_long]: when no short host is healthy,
     # short requests (which always fit the long pool) go long instead of failing.
     short_failover: bool = True
+    # Retry a short request once on the long pool when the short pool answers 400 or fails to connect.
+    short_net: str = "priority_group"
     pool_health_path: str = "/health"
     max_concurrent_requests: int = 10_000
     access_log_path: str | None = "/dev/stdout"
@@ -137,6 +151,8 @@ class EnvoyLayout:
             raise ValueError("max_concurrent_requests must be >= 1")
         if not 0 < self.router_connect_timeout_s <= 60:
             raise ValueError("router_connect_timeout_s must be within (0, 60] seconds")
+        if self.short_net not in SHORT_NETS:
+            raise ValueError(f"short_net must be one of {', '.join(SHORT_NETS)}, got {self.short_net!r}")
 
 
 def _check_port(port: int, what: str) -> None:
@@ -187,6 +203,26 @@ def _address(host: str, port: int) -> dict[str, Any]:
     return {"socket_address": {"address": host, "port_value": port}}
 
 
+def circuit_breakers(layout: EnvoyLayout) -> dict[str, Any]:
+    """Every in-flight generation holds a connection (HTTP/1.1) or a stream (router, HTTP/2) for its
+    whole life; Envoy's default breakers (1024) would cap concurrency far below vLLM's. The net retries
+    at most once per request, so a retry is a failover, not load amplification: Envoy's default (3
+    concurrent retries, counted on the cluster the route names) would hand misses back as 400s under
+    load (flag UO) exactly when the long pool has room for them."""
+    limit = layout.max_concurrent_requests
+    return {
+        "thresholds": [
+            {
+                "priority": "DEFAULT",
+                "max_connections": limit,
+                "max_pending_requests": limit,
+                "max_requests": limit,
+                "max_retries": limit,
+            }
+        ]
+    }
+
+
 def _cluster(
     name: str,
     endpoints: Sequence[Endpoint],
@@ -198,7 +234,6 @@ def _cluster(
     panic_threshold: float | None = None,
     connect_timeout_s: float = 5.0,
 ) -> dict[str, Any]:
-    limit = layout.max_concurrent_requests
     pool = CLUSTER_POOLS.get(name)
     metadata = {"metadata": {"filter_metadata": {POOL_METADATA_NAMESPACE: {"pool": pool}}}} if pool else {}
     cluster: dict[str, Any] = {
@@ -208,19 +243,7 @@ def _cluster(
         "connect_timeout": _secs(connect_timeout_s),
         "lb_policy": "LEAST_REQUEST",
         "per_connection_buffer_limit_bytes": buffer_bytes,
-        # Every in-flight generation holds a connection (HTTP/1.1) or a stream (router, HTTP/2) for
-        # its whole life; Envoy's default breakers (1024) would cap concurrency far below vLLM's.
-        "circuit_breakers": {
-            "thresholds": [
-                {
-                    "priority": "DEFAULT",
-                    "max_connections": limit,
-                    "max_pending_requests": limit,
-                    "max_requests": limit,
-                    "max_retries": 3,
-                }
-            ]
-        },
+        "circuit_breakers": circuit_breakers(layout),
         "load_assignment": {
             "cluster_name": name,
             "endpoints": [
@@ -262,17 +285,36 @@ def _h2_windows(nbytes: int) -> dict[str, Any]:
     return {"initial_stream_window_size": window, "initial_connection_window_size": window}
 
 
-def short_failover_cluster() -> dict[str, Any]:
+def short_failover_cluster(layout: EnvoyLayout) -> dict[str, Any]:
     """Aggregate cluster: the short pool while it has healthy hosts, else the long pool."""
     return {
         "name": SHORT_FAILOVER_CLUSTER,
         "connect_timeout": "5s",
         "lb_policy": "CLUSTER_PROVIDED",
+        "circuit_breakers": circuit_breakers(layout),
         "cluster_type": {
             "name": "envoy.clusters.aggregate",
             "typed_config": {
                 "@type": _type("envoy.extensions.clusters.aggregate.v3.ClusterConfig"),
                 "clusters": [SHORT_CLUSTER, LONG_CLUSTER],
+            },
+        },
+    }
+
+
+def short_net_cluster(layout: EnvoyLayout) -> dict[str, Any]:
+    """Composite cluster: attempt 1 goes to the short pool (or, with no healthy short host, on to the
+    long pool within the same attempt), the retry to the long pool."""
+    return {
+        "name": SHORT_NET_CLUSTER,
+        "connect_timeout": "5s",
+        "lb_policy": "CLUSTER_PROVIDED",
+        "circuit_breakers": circuit_breakers(layout),
+        "cluster_type": {
+            "name": "envoy.clusters.composite",
+            "typed_config": {
+                "@type": _type("envoy.extensions.clusters.composite.v3.ClusterConfig"),
+                "clusters": [{"name": SHORT_CLUSTER}, {"name": LONG_CLUSTER}],
             },
         },
     }
@@ -292,8 +334,10 @@ def clusters(layout: EnvoyLayout) -> list[dict[str, Any]]:
         )
         for name, endpoints in ((SHORT_CLUSTER, layout.short), (LONG_CLUSTER, layout.long))
     ]
-    if layout.short_failover:
-        out.append(short_failover_cluster())
+    if layout.short_net == "composite":
+        out.append(short_net_cluster(layout))
+    elif layout.short_failover:
+        out.append(short_failover_cluster(layout))
     if layout.ext_proc:
         router_h2 = {
             **_h2_windows(layout.grpc_max_message_bytes),
@@ -407,16 +451,92 @@ def ext_proc_filter(layout: EnvoyLayout) -> dict[str, Any]:
 
 
 def http_filters(layout: EnvoyLayout) -> list[dict[str, Any]]:
-    router = {
+    router: dict[str, Any] = {
         "name": "envoy.filters.http.router",
         "typed_config": {"@type": _type("envoy.extensions.filters.http.router.v3.Router")},
     }
-    return [ext_proc_filter(layout), router] if layout.ext_proc else [router]
+    if layout.otlp is not None:
+        # One egress span per upstream attempt: a request the net resent shows both pools in the trace.
+        router["typed_config"]["start_child_span"] = True
+    return [*router_filters(layout), router]
+
+
+def attempts_header_filter() -> dict[str, Any]:
+    """Removes the attempt-count header from the response after the router has read it. Listed before
+    ext_proc, it runs after ext_proc on the response path, so clients never see it, router or not."""
+    return {
+        "name": "envoy.filters.http.header_mutation",
+        "typed_config": {
+            "@type": _type("envoy.extensions.filters.http.header_mutation.v3.HeaderMutation"),
+            "mutations": {"response_mutations": [{"remove": ATTEMPT_COUNT_HEADER}]},
+        },
+    }
+
+
+def router_filters(layout: EnvoyLayout) -> list[dict[str, Any]]:
+    """The filters this product adds before Envoy's router filter, in order."""
+    out = [attempts_header_filter()] if layout.short_net != "off" else []
+    return [*out, ext_proc_filter(layout)] if layout.ext_proc else out
+
+
+def net_retry_policy(layout: EnvoyLayout) -> dict[str, Any]:
+    """One retry, at once, for the conditions a long-pool resend fixes: a 400 (context length, or a
+    request the long pool rejects just the same) and a short pool that refuses or drops the stream."""
+    policy: dict[str, Any] = {
+        "retry_on": NET_RETRY_ON,
+        "retriable_status_codes": list(NET_RETRY_STATUS_CODES),
+        "num_retries": 1,
+        "retry_back_off": {"base_interval": _secs(NET_RETRY_BACKOFF_S), "max_interval": _secs(NET_RETRY_BACKOFF_S)},
+    }
+    if layout.short_net == "priority_group":
+        policy["refresh_cluster_on_retry"] = True
+    return policy
+
+
+def attempts_header() -> dict[str, Any]:
+    """The attempt count as a response header on the short route: the router reads "2" as "the long
+    pool answered the retry" (route-level, so it travels with the routes snippet)."""
+    return {
+        "header": {"key": ATTEMPT_COUNT_HEADER, "value": "%UPSTREAM_REQUEST_ATTEMPT_COUNT%"},
+        "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+    }
+
+
+def net_route_fields(layout: EnvoyLayout) -> dict[str, Any]:
+    """Route-level parts of the net: the attempt-count header, and room to resend the whole body
+    (without it Envoy abandons the retry, ``retry_or_shadow_abandoned``, and the client gets the 400)."""
+    return {"request_body_buffer_limit": layout.max_body_bytes, "response_headers_to_add": [attempts_header()]}
+
+
+def _short_target(layout: EnvoyLayout) -> dict[str, Any]:
+    """Where the short route sends attempt 1 (and, with the net, the retry)."""
+    first = SHORT_FAILOVER_CLUSTER if layout.short_failover else SHORT_CLUSTER
+    if layout.short_net == "composite":
+        return {"cluster": SHORT_NET_CLUSTER}
+    if layout.short_net == "priority_group":
+        groups = [("short", first), ("long", LONG_CLUSTER)]
+        plugin = "envoy.extensions.router.cluster_specifiers.priority_group.v3.PriorityGroupClusterSpecifier"
+        spec = {
+            "@type": _type(plugin),
+            "priority_groups": [
+                {"name": name, "clusters": [{"cluster_name": cluster, "weight": 1}]} for name, cluster in groups
+            ],
+        }
+        return {
+            "inline_cluster_specifier_plugin": {
+                "extension": {"name": "envoy.router.cluster_specifier_plugin.priority_group", "typed_config": spec}
+            }
+        }
+    return {"cluster": first}
 
 
 def routes(layout: EnvoyLayout) -> list[dict[str, Any]]:
-    """Header ``short`` -> short pool; everything else falls through to the long pool."""
+    """Header ``short`` -> short pool (with the net: retried once on the long pool); everything else
+    falls through to the long pool."""
     action = {"timeout": _secs(layout.route_timeout_s), "idle_timeout": _secs(layout.stream_idle_timeout_s)}
+    short: dict[str, Any] = {**_short_target(layout), **action}
+    if layout.short_net != "off":
+        short["retry_policy"] = net_retry_policy(layout)
     return [
         {
             "name": "budget_short",
@@ -424,7 +544,8 @@ def routes(layout: EnvoyLayout) -> list[dict[str, Any]]:
                 "prefix": "/",
                 "headers": [{"name": layout.header_name, "string_match": {"exact": layout.short_value}}],
             },
-            "route": {"cluster": SHORT_FAILOVER_CLUSTER if layout.short_failover else SHORT_CLUSTER, **action},
+            "route": short,
+            **(net_route_fields(layout) if layout.short_net != "off" else {}),
         },
         {"name": "budget_default_long", "match": {"prefix": "/"}, "route": {"cluster": LONG_CLUSTER, **action}},
     ]
@@ -470,6 +591,8 @@ def access_log_format(layout: EnvoyLayout) -> dict[str, str]:
         "pool": SERVED_POOL,  # the pool whose endpoint served; null when no upstream was picked
         "routed": f"%REQ({layout.header_name.upper()})%",  # the router's choice; null: none (the long default)
         "cluster": "%UPSTREAM_CLUSTER%",
+        # 2 when the short pool failed the request and the net resent it to the long pool.
+        "attempts": "%UPSTREAM_REQUEST_ATTEMPT_COUNT%",
         "upstream": "%UPSTREAM_HOST%",
         "bytes_in": "%BYTES_RECEIVED%",
         "bytes_out": "%BYTES_SENT%",
@@ -596,8 +719,8 @@ SNIPPETS: dict[str, tuple[str, Any]] = {
         },
     ),
     "ext_proc_filter.yaml": (
-        "an item of your http_filters list, placed before envoy.filters.http.router",
-        lambda lay: [ext_proc_filter(lay)],
+        "items of your http_filters list, in this order, placed before envoy.filters.http.router",
+        router_filters,
     ),
     "routes.yaml": (
         "the routes of your LLM virtual host, in this order (the catch-all long route last)",
@@ -672,6 +795,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="short requests fail (503) instead of going long when no short host is healthy",
     )
+    parser.add_argument(
+        "--short-net",
+        choices=SHORT_NETS,
+        default=d.short_net,
+        help="retry a short request the short pool rejects (400, refused, reset) once on the long pool",
+    )
     parser.add_argument("--max-body-bytes", type=int, default=d.max_body_bytes)
     parser.add_argument(
         "--grpc-max-message-bytes",
@@ -709,6 +838,7 @@ def layout_from_args(args: argparse.Namespace) -> EnvoyLayout:
         ext_proc=not args.no_ext_proc,
         strip_client_header=not args.keep_client_header,
         short_failover=not args.no_short_failover,
+        short_net=args.short_net,
         trace_sampling_percent=args.trace_sampling,
         max_body_bytes=args.max_body_bytes,
         grpc_max_message_bytes=args.grpc_max_message_bytes or base.grpc_max_message_bytes,

@@ -74,7 +74,7 @@ class Observed:
     """Usage came back for a decided exchange and was offered to the calibrator."""
 
     decision: Decided
-    usage_source: str  # json | sse | overflow_400
+    usage_source: str  # json | sse | overflow_400 | overflow_400_bound (a lower bound only)
     outcome: Outcome
     learned: Learned | None  # None: the router had nothing to learn from it
 
@@ -97,6 +97,9 @@ class ExchangeRecord:
     decision: Decided | None = None
     outcome: Observed | None = None
     status: int = 0
+    # 2: the short pool failed the request (400, refused, reset) and Envoy's net resent it to the long pool
+    attempts: int = 1
+    served_pool: str = ""  # the pool whose answer the client got (read at response headers)
     response_model: str | None = None
     phase_seconds: Mapping[str, float] = field(default_factory=lambda: _NO_PHASES)
 

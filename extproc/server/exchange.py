@@ -6,10 +6,10 @@ service. Rules it keeps:
 - anything we cannot read is routed long (the safe pool) with reason ``unparseable``, never failed;
 - bodies are only sent back when changed (include_usage injection, usage-chunk stripping);
 - the routing policy is the router's: each request is one ``BudgetRouter.route`` call (a
-  ``Ticket``) and one ``finish`` call with what came back. Responses are only observed when the
-  ticket asks for it: otherwise the stream is closed cleanly right after the routing decision ("the
-  data plane proceeds without consulting the server"), which saves Envoy and us the response-phase
-  messages;
+  ``Ticket``) and one ``finish`` call with what came back. The response status is always seen (one
+  small message, with the attempt count of Envoy's net); the body is only read when the router
+  ``wants`` it (``extproc.server.outcome``): otherwise the stream is closed cleanly right after the
+  response headers ("the data plane proceeds without consulting the server");
 - observers get frozen events (``Decided``, ``Observed``, ``ExchangeRecord``); the exchange never
   reads them back.
 """
@@ -32,8 +32,10 @@ from extproc.algorithm.request_shape import CHAT, COMPLETIONS, RESPONSES
 from extproc.config import Config
 from extproc.server import envoy_wire as em
 from extproc.server.events import Decided, ExchangeObserver, ExchangeRecord, Observed
+from extproc.server.outcome import Read, response_view, served_pool, what_to_read
+from extproc.server.overflow import overflow_count
 from extproc.server.sse import SseUsageScanner
-from extproc.server.usage import json_response, overflow_prompt_tokens, usage_counts
+from extproc.server.usage import json_response, usage_counts
 
 if TYPE_CHECKING:
     from extproc.server.pool_load import PoolLoadScraper
@@ -96,13 +98,16 @@ class Exchange:
         self.metadata = metadata
         self.ticket: Ticket | None = None  # set once the pool is decided
         self.done = False  # True: nothing more to do; the service closes the stream cleanly
-        self._open = False  # the ticket still waits for the router's finish()
+        self._reading = False  # the router wants this response's outcome (usage, an error's count)
+        self._finished = False  # the ticket went back to the router's finish()
         self._key = next(_keys)
         self._headers: dict[str, str] = {}
         self._method = self._path = ""
         self._body_bytes = 0
         self._request_body: bytes | None = None
         self._status = 0
+        self._attempts = 1
+        self._served_pool = ""
         self._response_model: str | None = None
         self._decided: Decided | None = None
         self._observed: Observed | None = None
@@ -116,14 +121,16 @@ class Exchange:
     def record(self) -> ExchangeRecord:
         """The exchange as far as it got, frozen (what observers are handed at start and finish)."""
         return ExchangeRecord(
-            self._key,
-            self._method,
-            self._path,
-            self._decided,
-            self._observed,
-            self._status,
-            self._response_model,
-            MappingProxyType(dict(self._phases)),
+            key=self._key,
+            method=self._method,
+            path=self._path,
+            decision=self._decided,
+            outcome=self._observed,
+            status=self._status,
+            attempts=self._attempts,
+            served_pool=self._served_pool,
+            response_model=self._response_model,
+            phase_seconds=MappingProxyType(dict(self._phases)),
         )
 
     # -- dispatch ------------------------------------------------------------------------------
@@ -159,6 +166,7 @@ class Exchange:
         if msg.end_of_stream:  # no body will come: decide now, nothing to observe in the answer
             self._route_unreadable(NO_BODY, "request has no body")
             set_headers.update(self._routing_headers())
+            self.done = True  # not an LLM request: its response has nothing to teach
         return em.request_headers_response(em.common(set_headers, remove, clear_route_cache=True))
 
     def on_request_body(self, msg: em.ep.HttpBody) -> em.ProcessingResponse:
@@ -191,8 +199,7 @@ class Exchange:
         except ShapeError as exc:
             return self._route_unreadable(UNPARSEABLE, exc.reason)
         ticket = self.ticket = self.rt.router.route(shape)
-        self._open = ticket.observe
-        self.done = not ticket.observe
+        self._reading = ticket.observe  # an unobserved ticket still shows its status, see on_response_headers
         new_body = None
         if ticket.observe and shape.stream and not shape.client_include_usage and rcfg.inject_include_usage:
             new_body = inject_include_usage(raw, body)
@@ -200,9 +207,8 @@ class Exchange:
         return new_body
 
     def _route_unreadable(self, reason: str, detail: str) -> None:
-        """The safe route for a request we cannot read; ``detail`` names why."""
+        """The safe route for a request we cannot read; ``detail`` names why (its status is still seen)."""
         self.ticket = self.rt.router.route(None, reason)
-        self.done = True
         self._decide(self.ticket, "", detail, injected=False)
 
     def _decide(self, ticket: Ticket, endpoint: str, detail: str, injected: bool) -> None:
@@ -223,20 +229,27 @@ class Exchange:
     # -- response ------------------------------------------------------------------------------
     def on_response_headers(self, msg: em.ep.HttpHeaders) -> em.ProcessingResponse:
         h = em.header_map(msg)
-        try:
-            self._status = int(h.get(":status", "0"))
-        except ValueError:
-            self._status = 0
-        sse = h.get("content-type", "").startswith("text/event-stream")
-        injected = self._decided is not None and self._decided.include_usage_injected
-        strip = sse and injected and self.rt.cfg.routing.strip_injected_usage
-        observe = self._open
-        if sse and (observe or strip):
+        view = response_view(h)
+        self._status, self._attempts = view.status, view.attempts
+        wanted = usage_in_stream = injected = False
+        ticket = self.ticket
+        if ticket is not None:
+            ticket = self.ticket = self.rt.router.moved(ticket, served_pool(ticket.decision.pool, view))
+            self._served_pool = ticket.pool
+            wanted = self.rt.router.wants(ticket, view.status)
+            self._reading = self._reading or wanted  # an unobserved ticket's error or retried answer
+            shape, decided = ticket.shape, self._decided
+            injected = decided is not None and decided.include_usage_injected
+            usage_in_stream = shape is not None and (shape.client_include_usage or injected)
+        strip = view.sse and injected and self.rt.cfg.routing.strip_injected_usage
+        read = what_to_read(view, wanted, usage_in_stream)
+        if view.sse and (read is Read.SSE or strip):
             self._sse = SseUsageScanner(self.rt.cfg.server.max_response_buffer_bytes, strip_usage_only=strip)
             remove = ["content-length"] if "content-length" in h else []
             return em.response_headers_response(em.common(remove=remove), em.STREAMED)
-        if not sse and observe:
-            return em.response_headers_response()  # stay BUFFERED: usage or overflow count is in the body
+        if read is Read.JSON:
+            return em.response_headers_response()  # stay BUFFERED: usage or the error's count is in the body
+        self.done = True  # nothing more to learn: close cleanly, Envoy proceeds without us
         return em.response_headers_response(response_body_mode=em.NONE)
 
     def on_response_body(self, msg: em.ep.HttpBody) -> em.ProcessingResponse:
@@ -259,8 +272,11 @@ class Exchange:
         return em.response_body_response()
 
     def _observe_json(self, body: bytes) -> None:
-        if self._status == 400:
-            self._observe_usage(overflow_prompt_tokens(body), None, "overflow_400")
+        if self._status >= 400:
+            found = overflow_count(body)
+            if found is not None:
+                source = "overflow_400" if found.exact else "overflow_400_bound"
+                self._observe_usage(found.prompt_tokens, None, source, lower_bound=not found.exact)
         elif body.lstrip().startswith(b"data:"):
             scanner = SseUsageScanner(self.rt.cfg.server.max_response_buffer_bytes)
             scanner.feed(body)
@@ -271,12 +287,14 @@ class Exchange:
             prompt, completion, self._response_model = json_response(body)
             self._observe_usage(prompt, completion, "json")
 
-    def _observe_usage(self, prompt: int | None, completion: int | None, source: str) -> None:
+    def _observe_usage(
+        self, prompt: int | None, completion: int | None, source: str, lower_bound: bool = False
+    ) -> None:
         """The response's usage is in: the ticket is finished with it (once; later copies are ignored)."""
-        if prompt is None or not self._open or self.ticket is None or self._decided is None:
+        if prompt is None or not self._reading or self._finished or self.ticket is None or self._decided is None:
             return
-        self._open = False
-        outcome = Outcome(prompt, completion)
+        self._finished = True
+        outcome = Outcome(prompt, completion, self._status, lower_bound)
         learned = self.rt.router.finish(self.ticket, outcome)
         self._observed = Observed(self._decided, source, outcome, learned)
         self.rt.observer.observed(self._observed)
@@ -285,7 +303,7 @@ class Exchange:
         if self._closed:
             return
         self._closed = True
-        if self._open and self.ticket is not None:  # ended without usage (client gone, no usage sent)
-            self._open = False
+        if not self._finished and self.ticket is not None:  # ended without usage (client gone, none read)
+            self._finished = True
             self.rt.router.finish(self.ticket)
         self.rt.observer.finished(self.record)

@@ -1,24 +1,11 @@
-"""Read the prompt-token count a backend reports: from a JSON ``usage`` object or from vLLM's
-context-length 400, whose message carries the exact prompt token count in one of two wordings."""
+"""Read the token counts a backend reports in a JSON ``usage`` object (a context-length 400 is read by
+``extproc.server.overflow``)."""
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import orjson
-
-_OVERFLOW_PATTERNS = (
-    # "This model's maximum context length is N tokens. However, you requested M tokens
-    #  (P in the messages, C in the completion)."
-    re.compile(rb"\((\d+) in the messages, (\d+) in the completion\)"),
-    # "... You requested a total of M tokens: P tokens from the input messages and C tokens for the completion."
-    re.compile(rb"(\d+) tokens from the input messages and (\d+) tokens for the completion"),
-    # Older single-number forms: "However, your request has P input tokens" / "(P in the messages)".
-    re.compile(rb"your (?:request|prompt) has (\d+) input tokens"),
-    re.compile(rb"\((\d+) in the messages\)"),
-)
-_MAX_SCAN = 1 << 16
 
 
 def _as_count(value: Any) -> int | None:
@@ -66,15 +53,3 @@ def json_response(body: bytes) -> tuple[int | None, int | None, str | None]:
     if obj is None:
         return None, None, None
     return (*usage_counts(obj.get("usage")), model_of(obj))
-
-
-def overflow_prompt_tokens(body: bytes) -> int | None:
-    """Prompt tokens from a vLLM context-length error body, else None."""
-    head = body[:_MAX_SCAN]
-    if b"context length" not in head and b"context_length" not in head:
-        return None
-    for pattern in _OVERFLOW_PATTERNS:
-        m = pattern.search(head)
-        if m:
-            return int(m.group(1))
-    return None

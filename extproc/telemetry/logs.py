@@ -20,7 +20,8 @@ RECORD_FIELDS = (
     "method", "path", "endpoint", "pool", "reason", "detail", "category", "model", "text_bytes", "body_bytes",
     "estimated_prompt_tokens", "estimated_total_tokens", "ratio", "output_reserve", "output_defaulted",
     "stream", "include_usage_injected", "spilled", "short_pressure", "long_pressure", "pressure_source",
-    "status", "usage_source", "prompt_tokens", "completion_tokens", "observation", "estimate_error_pct",
+    "status", "attempts", "served_pool", "usage_source", "prompt_tokens", "completion_tokens", "observation",
+    "estimate_error_pct",
 )  # fmt: skip
 
 

@@ -63,6 +63,12 @@ class _Tally:
         return [Observation(v, self.attrs(*k)) for k, v in dict(self.counts).items()]
 
 
+def retry_outcome(status: int) -> str:
+    if status >= 500 or status == 0:
+        return "failed"
+    return "rejected" if status >= 400 else "served"
+
+
 class DecisionMetrics:
     def __init__(self, meter: Meter, histograms: HistogramSet) -> None:
         self.runtime: RouterRuntime | None = None
@@ -98,6 +104,14 @@ class DecisionMetrics:
         )
         self.rejected = _Tally(
             meter, n.M_REJECTED, "{observation}", "Usage observations the calibrator refused, by cause.", "cause"
+        )
+        self.retries = _Tally(
+            meter,
+            n.M_RETRIES,
+            "{request}",
+            "Short requests the net retried on the long pool, by the long pool's answer.",
+            "category",
+            "outcome",
         )
         self.estimate_error = histograms.histogram(
             n.M_ESTIMATE_ERROR,
@@ -190,6 +204,8 @@ class DecisionMetrics:
             self.estimate_error.record(100.0 + record.estimate_error_pct, record.category)
 
     def finished(self, record: ExchangeRecord) -> None:
+        if record.attempts > 1:
+            self.retries.add(record.category or UNPARSEABLE, retry_outcome(record.status))
         phases = record.phase_seconds
         for phase in n.REQUEST_PHASES:
             seconds = phases.get(phase)

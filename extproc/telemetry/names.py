@@ -46,6 +46,8 @@ OUTPUT_DEFAULTED = PREFIX + "output_defaulted"
 STREAM = PREFIX + "stream"
 INCLUDE_USAGE_INJECTED = PREFIX + "include_usage_injected"
 SPILLED = PREFIX + "spilled"
+ATTEMPTS = PREFIX + "attempts"  # 2: the short pool failed it and Envoy's net resent it to the long pool
+SERVED_POOL = PREFIX + "served_pool"
 USAGE_SOURCE = PREFIX + "usage_source"
 OBSERVATION = PREFIX + "observation"
 ESTIMATE_ERROR_PCT = PREFIX + "estimate_error_pct"
@@ -61,6 +63,9 @@ M_UNPARSEABLE = "budget_router.unparseable"  # budget_router_unparseable_total{d
 M_NO_MAX_TOKENS = "budget_router.requests_without_max_tokens"  # ..._total{endpoint}
 M_USAGE = "budget_router.usage.observations"  # budget_router_usage_observations_total{source}
 M_REJECTED = "budget_router.usage.rejected"  # budget_router_usage_rejected_total{cause}
+# Short requests Envoy's net resent to the long pool, by the long pool's answer: served (< 400), rejected
+# (4xx: invalid for another reason, the client got the long pool's own error) or failed (5xx).
+M_RETRIES = "budget_router.overflow_retries"  # budget_router_overflow_retries_total{category,outcome}
 # OTel histograms only take non-negative values, so the signed error e = (est - actual)/actual is
 # recorded as est/actual in percent: 100 = exact, 110 = 10 % over (safe), 90 = 10 % under. e = value - 100.
 M_ESTIMATE_ERROR = "budget_router.estimate.vs_actual"  # budget_router_estimate_vs_actual_percent{category}

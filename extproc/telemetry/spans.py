@@ -61,6 +61,9 @@ class ExchangeSpans:
             a[n.DETAIL] = record.detail
         if record.status:
             a[n.HTTP_STATUS] = record.status
+        if record.attempts > 1:  # both attempts: pool (tried first) and served_pool (answered)
+            a[n.ATTEMPTS] = record.attempts
+            a[n.SERVED_POOL] = record.served_pool
         operation = n.OPERATIONS.get(record.endpoint)
         if operation is None:  # not parsed: the decision fields above are all there is
             a[n.URL_PATH] = record.path.split("?", 1)[0]

@@ -43,14 +43,18 @@ def traced(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, Ot
             "--telemetry-traces", "true",
             "--telemetry-otlp-endpoint", f"127.0.0.1:{receiver.port}",
             "--telemetry-service-name", ROUTER_SERVICE,
+            # The router believes the short pool holds 60k tokens: a long prompt is a forced miss the
+            # net resends to the long pool (test_a_retried_request_shows_both_attempts).
+            "--routing-short-context", "65536", "--routing-b-short", "60000",
         ]  # fmt: skip
         overrides = {"otlp": ("127.0.0.1", receiver.port)}
         with start_stack(tmp_path_factory, "tracing", router_flags=flags, layout_overrides=overrides) as stack:
             yield stack, receiver
 
 
-def chat(stack: Stack, request_id: str, headers: dict[str, str] | None = None) -> dict:
-    body = {"model": MODEL, "max_tokens": 4, "messages": [{"role": "user", "content": "Trace me, please. " * 20}]}
+def chat(stack: Stack, request_id: str, headers: dict[str, str] | None = None, repeat: int = 20) -> dict:
+    content = "Trace me, please. " * repeat
+    body = {"model": MODEL, "max_tokens": 4, "messages": [{"role": "user", "content": content}]}
     req = urllib.request.Request(
         stack.url + "/v1/chat/completions",
         data=orjson.dumps(body),
@@ -152,3 +156,28 @@ def test_up_otlp_traces_envoy_and_the_router_together(tmp_path: Path) -> None:
             assert router is not None, f"spans seen: {[(svc, sp.name) for svc, sp in spans]}"
             envoy_ids = {sp.span_id for svc, sp in spans if svc == ENVOY_SERVICE and sp.trace_id == trace_id}
             assert router.parent_span_id in envoy_ids
+
+
+def test_a_retried_request_shows_both_attempts(traced):
+    stack, receiver = traced
+    request_id = str(uuid.uuid4())
+    reply = chat(stack, request_id, repeat=3_000)  # ~15k tokens: routed short, rejected, resent long
+    assert reply["usage"]["prompt_tokens"] > 8192
+
+    def egress(spans, trace_id) -> list[str]:
+        return sorted(
+            s.name for svc, s in spans if svc == ENVOY_SERVICE and s.trace_id == trace_id and "egress" in s.name
+        )
+
+    def complete(spans) -> bool:
+        router, trace_id = router_span_for(spans, request_id)
+        return router is not None and len(egress(spans, trace_id)) == 2
+
+    spans = receiver.wait_for(complete, timeout=20)
+    router, trace_id = router_span_for(spans, request_id)
+    names = egress(spans, trace_id)
+    assert any("pool_short" in name for name in names) and any("pool_long" in name for name in names), names
+    attrs = {a.key: a.value for a in router.attributes}
+    assert attrs["budget_router.pool"].string_value == "short"
+    assert attrs["budget_router.attempts"].int_value == 2
+    assert attrs["budget_router.served_pool"].string_value == "long"

@@ -343,15 +343,31 @@ async def test_upstream_503(observed: ObservedStack, session: aiohttp.ClientSess
         await set_faults(session, observed, "long", error_rate=0.0)
 
 
-async def test_upstream_400_flat_error_format(observed: ObservedStack, session: aiohttp.ClientSession) -> None:
-    row = Row("upstream_400_flat", VALID, 400, "flat_error", "short", "threshold")
+async def test_a_short_pool_400_is_retried_long_and_a_400_from_both_reaches_the_client(
+    observed: ObservedStack, session: aiohttp.ClientSession
+) -> None:
+    """Envoy's net resends a short-pool 400 to the long pool once: the client gets the long pool's
+    answer, and a request both pools reject gets the long pool's own (flat-format) 400, counted."""
+    retries = "budget_router_overflow_retries_total"
     await set_faults(session, observed, "short", error_rate=1.0, error_status=400, error_shape="flat")
     try:
-        reply, _ = await check_row(observed, session, row)
+        before = await observed.metrics(session)
+        rescued = await send(session, observed.url, "POST", CHAT_PATH, VALID, {})
+        await set_faults(session, observed, "long", error_rate=1.0, error_status=400, error_shape="flat")
+        rejected = await send(session, observed.url, "POST", CHAT_PATH, VALID, {})
+        await observed.wait_idle(session)
+        after = await observed.metrics(session)
     finally:
-        await set_faults(session, observed, "short", error_rate=0.0, error_shape="nested")
-    decision = observed.decision(reply.request_id)
-    assert (decision["status"], decision["usage_source"]) == (400, "")  # read, nothing to learn
+        for pool in ("short", "long"):
+            await set_faults(session, observed, pool, error_rate=0.0, error_shape="nested")
+    assert rescued.status == 200 and SHAPES["completion"](rescued)
+    assert rejected.status == 400 and SHAPES["flat_error"](rejected)
+    for reply, outcome in ((rescued, "served"), (rejected, "rejected")):
+        received = await observed.received(session, reply.request_id)
+        assert (len(received["short"]), len(received["long"])) == (1, 1)  # one attempt on each pool
+        decision = observed.decision(reply.request_id)
+        assert (decision["pool"], decision["attempts"], decision["served_pool"]) == ("short", 2, "long")
+        assert increase(before, after, retries, category=decision["category"], outcome=outcome) == 1
 
 
 async def test_client_disconnects_mid_stream(observed: ObservedStack, session: aiohttp.ClientSession) -> None:
@@ -471,7 +487,7 @@ async def test_sse_extra_blank_line(grpc_router: RouterServer) -> None:
 # -- the table in the docs ------------------------------------------------------------------------------
 SPECIAL_ROWS = {  # doc id -> the test above that covers it
     "upstream_503": test_upstream_503,
-    "upstream_400_flat": test_upstream_400_flat_error_format,
+    "upstream_400_flat": test_a_short_pool_400_is_retried_long_and_a_400_from_both_reaches_the_client,
     "client_disconnect": test_client_disconnects_mid_stream,
     "stream_options_null": test_null_stream_options_still_learns,
     "sse_mixed_line_endings": test_sse_mixed_line_endings,

@@ -143,11 +143,12 @@ def test_overflow_400_teaches_exact_prompt_tokens(rt):
     assert (ex.record.usage_source, ex.record.prompt_tokens) == ("overflow_400", 75)
 
 
-def test_unparseable_requests_are_not_followed_past_the_decision(rt):
+def test_unparseable_requests_are_not_followed_past_the_response_status(rt):
     ex, _, _ = route(rt, b"{bad")
-    assert ex.done  # the service closes the stream cleanly: Envoy proceeds without us
-    r = ex.handle(response_headers(status=400))  # an Envoy that still sends it gets "no body, thanks"
-    assert r.mode_override.response_body_mode == NONE
+    assert not ex.done  # the status still comes (one small message) ...
+    r = ex.handle(response_headers(status=400))
+    assert r.mode_override.response_body_mode == NONE  # ... but nothing to learn from the body
+    assert ex.done and ex.record.status == 400  # the service closes the stream cleanly
 
 
 def runtime_sampling(rate: float) -> RouterRuntime:
@@ -157,10 +158,85 @@ def runtime_sampling(rate: float) -> RouterRuntime:
     return rt
 
 
+def overflow_body(prompt_tokens):
+    msg = (
+        "This model's maximum context length is 8192 tokens. However, your request has "
+        f"{prompt_tokens} input tokens. Please reduce the length of the input messages."
+    )
+    return orjson.dumps({"error": {"message": msg, "type": "BadRequestError", "param": None, "code": 400}})
+
+
+def test_a_short_pool_400_is_read_and_learned_even_when_converged():
+    rt = runtime_sampling(0.0)
+    ex, _, _ = route(rt, chat(max_tokens=10))
+    assert ex.record.pool == "short" and not ex.record.observed  # not sampled
+    r = ex.handle(response_headers(status=400))
+    assert not r.HasField("mode_override") and not ex.done  # stays BUFFERED: the body has the count
+    ex.handle(response_body(overflow_body(75)))
+    assert (ex.record.usage_source, ex.record.prompt_tokens) == ("overflow_400", 75)
+    assert rt.router.calibrator.state("prose").samples == 501
+
+
+def test_an_unsampled_success_is_not_read():
+    rt = runtime_sampling(0.0)
+    ex, _, _ = route(rt, chat(max_tokens=10))
+    r = ex.handle(response_headers(status=200))
+    assert r.mode_override.response_body_mode == NONE and ex.done and ex.record.status == 200
+
+
+def test_a_retried_answer_from_the_long_pool_is_counted_and_learned():
+    rt = runtime_sampling(0.0)
+    ex, _, _ = route(rt, chat(max_tokens=10))
+    r = ex.handle(response_headers(status=200, extra={"x-budget-attempts": "2"}))
+    assert not r.HasField("mode_override")  # BUFFERED: the long pool's usage is the exact count
+    assert (ex.record.attempts, ex.record.pool, ex.record.served_pool) == (2, "short", "long")
+    ex.handle(response_body(b'{"usage":{"prompt_tokens":70,"completion_tokens":3}}'))
+    assert (ex.record.usage_source, ex.record.prompt_tokens) == ("json", 70)
+
+
+def test_a_followed_request_the_net_moved_counts_against_the_long_pool(rt):
+    ex, _, _ = route(rt, chat(max_tokens=10))  # cold: followed, so tracked in flight
+    assert rt.router.pressure.in_flight == {"short": 1, "long": 0}
+    ex.handle(response_headers(status=200, extra={"x-budget-attempts": "2"}))
+    assert rt.router.pressure.in_flight == {"short": 0, "long": 1}
+    ex.close()
+    assert rt.router.pressure.in_flight == {"short": 0, "long": 0}
+
+
+def test_a_streamed_retry_is_read_only_with_its_usage_chunk():
+    rt = runtime_sampling(0.0)
+    ex, _, _ = route(rt, chat(max_tokens=10, stream=True))
+    r = ex.handle(response_headers(content_type="text/event-stream", extra={"x-budget-attempts": "2"}))
+    assert r.mode_override.response_body_mode == NONE and ex.record.served_pool == "long"
+    ex, _, _ = route(rt, chat(max_tokens=10, stream=True, stream_options={"include_usage": True}))
+    r = ex.handle(response_headers(content_type="text/event-stream", extra={"x-budget-attempts": "2"}))
+    assert r.mode_override.response_body_mode == STREAMED
+    ex.handle(response_body(b'data: {"choices":[],"usage":{"prompt_tokens":71,"completion_tokens":1}}\n\n'))
+    assert ex.record.prompt_tokens == 71
+
+
+def test_a_lower_bound_widens_the_margin_and_never_narrows_it():
+    rt = runtime_sampling(0.0)
+    before = rt.router.calibrator.ratio("prose")
+    ex, _, _ = route(rt, chat(max_tokens=10))  # 300 bytes of prose
+    ex.handle(response_headers(status=400))
+    bound = overflow_body(0).replace(b"has 0 input", b"has at least 150 input")
+    ex.handle(response_body(bound))
+    assert ex.record.usage_source == "overflow_400_bound"
+    after = rt.router.calibrator.ratio("prose")
+    assert after < before
+    assert rt.router.estimate(ex.ticket.shape).prompt_tokens >= 150  # routing now counts at least the bound
+    assert rt.router.calibrator.state("prose").samples == 500  # a bound is not a sample
+    ex, _, _ = route(rt, chat(max_tokens=10))
+    ex.handle(response_headers(status=400))
+    ex.handle(response_body(bound.replace(b"least 150", b"least 2")))  # a loose bound changes nothing
+    assert rt.router.calibrator.ratio("prose") == after
+
+
 def test_converged_categories_are_sampled_and_unsampled_ones_leased():
     rt = runtime_sampling(0.0)
     ex, _, b = route(rt, chat(stream=True, max_tokens=10))
-    assert ex.done and not ex.record.observed
+    assert not ex.done and not ex.record.observed  # the status still comes (one small message)
     assert not b.request_body.response.HasField("body_mutation")  # no include_usage when not observing
     assert rt.router.pressure.in_flight["short"] == 0 and rt.router.pressure.count("short") == 1  # a lease
     rt = runtime_sampling(1.0)

@@ -11,6 +11,7 @@ from envoy_data_plane.envoy.service.ext_proc.v3 import ProcessingResponse as DpR
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from extproc.config import load_config
+from extproc.server.envoy_wire import NONE
 from extproc.server.exchange import RouterRuntime
 from extproc.server.service import EXT_PROC_SERVICE, RouterServer
 from tests.envoy_play import request_body, request_headers, response_body, response_headers
@@ -142,7 +143,7 @@ async def test_health_serving_then_not_serving_on_stop(tmp_path):
         await asyncio.wait_for(stopping, 5.0)
 
 
-async def test_unfollowed_exchange_is_closed_cleanly_after_the_decision(server):
+async def test_unfollowed_exchange_is_closed_cleanly_after_the_response_status(server):
     server.rt.cfg.calibration.converged_sample_rate = 0.0
     server.rt.router.calibrator.load({"prose": {"mean": 4.5, "dev": 0.1, "samples": 500}})
     body = orjson.dumps({"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "hello " * 30}]})
@@ -152,5 +153,7 @@ async def test_unfollowed_exchange_is_closed_cleanly_after_the_decision(server):
         await call.read()
         await call.write(request_body(body))
         assert (await call.read()).request_body.response.clear_route_cache
+        await call.write(response_headers(status=200))  # the status is always seen: one message
+        assert (await call.read()).mode_override.response_body_mode == NONE
         assert await call.read() is grpc.aio.EOF
         assert await call.code() == grpc.StatusCode.OK

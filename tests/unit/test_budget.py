@@ -70,3 +70,20 @@ def test_router_learns_and_reports_signed_error():
     learned = r.finish(ticket, Outcome(800 + 7))
     assert learned.observation.value == "accepted"
     assert learned.error_pct == pytest.approx((est.prompt_tokens - 807) / 807 * 100)
+
+
+def test_batch_completions_route_by_the_longest_prompt_and_learn_from_all_of_them():
+    """Regression: learning the summed prompt_tokens of a batch against the longest prompt's bytes
+    halved the prose ratio after 200 two-prompt requests (2.82 -> 1.32) and sent fitting chats long."""
+    router = BudgetRouter()
+    short, long_ = "The quick brown fox jumps over the lazy dog. " * 20, "A sentence of plain prose text. " * 40
+    body = {"model": "m", "prompt": [short, long_], "max_tokens": 16}
+    shape = shape_from_body("completions", body, router.categorizer)
+    single = shape_from_body("completions", {**body, "prompt": long_}, router.categorizer)
+    assert router.estimate(shape).total == router.estimate(single).total  # the longest sequence decides
+    true_ratio = 4.0
+    usage = round(len(short) / true_ratio) + round(len(long_) / true_ratio)  # vLLM sums every prompt
+    for _ in range(200):
+        router.learn(shape, usage)
+    state = router.calibrator.state(shape.category)
+    assert state.mean == pytest.approx(true_ratio, rel=0.02)
