@@ -56,7 +56,6 @@ MIN_CONFIDENT_REQUESTS = 10_000
 MAX_SLOT_WAIT = 0.01  # low-count pools: P(a request waits for a batch slot) at most this
 SLOT_WAIT = "slot wait (Erlang C)"
 DEFAULT_MAX_INSTANCES = 20_000  # per pool: the simulator holds every instance in memory
-UNSPLIT = "unsplit"
 
 
 class PlanProgress(Protocol):
@@ -81,6 +80,7 @@ class PlanSettings:
     seed: int = 0
     max_reject: float = 0.001  # share of requests a pick may lose to over-context rejections
     max_instances: int = DEFAULT_MAX_INSTANCES
+    min_confident_requests: int = MIN_CONFIDENT_REQUESTS  # fewer in a pool: Erlang C sizes it, not its P99
 
     @property
     def baseline_balancer(self) -> str:
@@ -110,6 +110,7 @@ class PlanSettings:
                 "homogeneous_max_num_seqs": self.homogeneous.max_num_seqs, "spillover": self.spillover,
                 "scrape_delay_s": self.scrape_delay_s,
                 "seed": self.seed, "max_reject": self.max_reject, "max_instances": self.max_instances,
+                "min_confident_requests": self.min_confident_requests,
                 "counts": f"requests and rejections after the first {self.warmup:.0%} (warm-up) of each run"}
 
 
@@ -341,7 +342,7 @@ class Planner:
         window = max(float(arr[-1] - arr[0]), 1e-9) if len(arr) else 1e-9
         out: list[tuple[str, ...]] = []
         for pm, prof, mu in zip(summarise(res, self.s.warmup), profiles, mus, strict=True):
-            if 0 < pm.requests < MIN_CONFIDENT_REQUESTS:
+            if 0 < pm.requests < self.s.min_confident_requests:
                 p = slot_wait_probability(pm.instances, prof, pm.requests / window, mu)
                 out.append(() if p <= MAX_SLOT_WAIT else (SLOT_WAIT,))
             else:
@@ -362,7 +363,7 @@ class Planner:
             feasible=feasible, reason=reason, pools=pools, fleet=fleet_percentiles(res, self.s.warmup),
             simulations=sims, offered_utilisation=offered,
             binding=_binding(trials, sizes, feasible, reason),
-            low_confidence=[0 < p.requests < MIN_CONFIDENT_REQUESTS for p in pools])
+            low_confidence=[0 < p.requests < self.s.min_confident_requests for p in pools])
 
     def _check_cap(self, what: str, sizes: Sequence[int]) -> None:
         if max(sizes) > self.s.max_instances:
@@ -486,7 +487,7 @@ class Planner:
 
     def _unsplit(self, b_short: int, alpha: float, homogeneous: FleetOutcome, reason: str) -> ThresholdOutcome:
         """A threshold at which there is nothing to split: reported, never sized or picked."""
-        empty = FleetOutcome((0, 0), [0, 0], 0.0, False, reason, [], {}, 0, [], [UNSPLIT, UNSPLIT], [False, False])
+        empty = FleetOutcome((0, 0), [0, 0], 0.0, False, reason, [], {}, 0, [], [], [])
         self._fleet_done()
         return ThresholdOutcome(b_short, alpha, 0.0, float("nan"), float("nan"), float("nan"), float("nan"),
                                 float("nan"), empty, None, 0, 0, 0, 0.0, False, "not splittable: " + reason)

@@ -18,6 +18,10 @@ def _s(x: float) -> str:
     return "inf" if x == math.inf else ("-" if not math.isfinite(x) else f"{x:.2f}")
 
 
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f}%" if math.isfinite(x) else "-"
+
+
 def _money(x: float) -> str:
     return f"${x / 1e6:.2f}M"
 
@@ -61,9 +65,9 @@ def format_table(rep: PlanReport) -> str:
         f"max_num_seqs {st['homogeneous_max_num_seqs']}",
         "",
         f"{'B_short':>8}{'alpha':>7}{'routed':>8}{'mu_s':>7}{'mu_l':>7}{'rho':>6}{'closed':>8}"
-        f"{'GPUs':>8}{'range':>13}{'saving':>8}{'range':>14}{'$/year':>10}{'P99TTFT':>8}{'rej':>6}  binds  note",
+        f"{'GPUs':>8}{'range':>13}{'saving':>8}{'range':>17}{'$/year':>10}{'P99TTFT':>8}{'rej':>6}  binds  note",
         f"{'homog.':>8}{'':>7}{'':>8}{'':>7}{rep.mu_homogeneous:>7.2f}{'':>6}{'':>8}"
-        f"{rep.homogeneous_gpus.mean:>8.0f}{_range(rep.homogeneous_gpus):>13}{'':>8}{'':>14}"
+        f"{rep.homogeneous_gpus.mean:>8.0f}{_range(rep.homogeneous_gpus):>13}{'':>8}{'':>17}"
         f"{_money(rep.homogeneous_usd.mean):>10}{_s(h.fleet['ttft_p99_s']):>8}{h.fleet['rejected']:>6}  "
         f"{_binds(h)}  {'' if h.feasible else 'SLO NOT MET: ' + h.reason}",
     ]
@@ -79,10 +83,11 @@ def format_table(rep: PlanReport) -> str:
         else:
             note = ""
         ttft = _s(d.fleet["ttft_p99_s"]) if d.fleet else "-"
+        gpus = f"{v.gpus.mean:.0f}" if d.pools else "-"
         lines.append(
             f"{t.b_short:>8}{t.alpha:>7.3f}{t.alpha_routed:>8.3f}{t.mu_short:>7.2f}{t.mu_long:>7.2f}{t.rho:>6.2f}"
-            f"{100 * t.closed_form_saving:>7.1f}%{v.gpus.mean:>8.0f}{_range(v.gpus):>13}{saving:>8}"
-            f"{'-' if v.saving is None else _range(v.saving, 100, '{:.1f}%'):>14}"
+            f"{_pct(t.closed_form_saving):>8}{gpus:>8}{_range(v.gpus):>13}{saving:>8}"
+            f"{'-' if v.saving is None else _range(v.saving, 100, '{:.1f}%'):>17}"
             f"{_money(v.usd_per_year.mean):>10}{ttft:>8}{t.rejected:>6}  {_binds(d)}  {note}"
         )
     if rep.best is None:

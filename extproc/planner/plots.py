@@ -9,6 +9,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.figure import Figure
 
 from extproc.planner.plan import PlanReport
 
@@ -43,6 +44,12 @@ def plot_cdf(totals: np.ndarray, rep: PlanReport, path: Path) -> None:
 
 
 def plot_saving(rep: PlanReport, path: Path) -> None:
+    fig = saving_figure(rep)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def saving_figure(rep: PlanReport) -> Figure:
     """Saving vs B_short: mean with the replications' range as error bars, the pick starred and the
     disqualified thresholds crossed out, so a disqualified high point cannot read as the answer."""
     b = np.array([t.b_short for t in rep.thresholds])
@@ -65,6 +72,7 @@ def plot_saving(rep: PlanReport, path: Path) -> None:
                 label=f"pick: B_short={b[rep.best]}")
     ax.axhline(0, color="0.5", lw=0.8)
     ax.set_xscale("log", base=2)
+    ax.set_xlim(b.min() / 1.4, b.max() * 1.4)  # also when no threshold has a finite saving to autoscale on
     ax.set_xlabel("B_short (tokens)")
     ax.set_ylabel("GPU saving vs homogeneous (%)")
     ax.set_title(f"{rep.trace} @ {rep.settings['rate']:g} req/s, {rep.settings['profile']}, "
@@ -72,8 +80,7 @@ def plot_saving(rep: PlanReport, path: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    return fig
 
 
 def plot_gpus(rep: PlanReport, path: Path) -> None:
