@@ -108,7 +108,8 @@ def format_table(rep: PlanReport) -> str:
         for e in rep.erlang:
             lines.append(f"  {e.pool:<12}{e.slots:>6}{e.load:>6.2f}{e.requests:>10,}{e.sim_p_wait:>13.4f}"
                          f"{e.erlang_p_wait:>10.4f}{_ms(e.sim_excess_wait_s):>14} ms"
-                         f"{_ms(e.erlang_excess_wait_s):>7} ms")
+                         f"{_ms(e.erlang_excess_wait_s):>7} ms"
+                         + ("  (waits too rare at this load to compare)" if e.erlang_p_wait < 0.01 else ""))
     lines += [
         "",
         "alpha: share of requests with true total tokens <= B_short; routed: share the router sent short.",
