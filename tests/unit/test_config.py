@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 
 from extproc.cli import main
@@ -99,6 +100,7 @@ def test_one_source_of_defaults_for_serve_plan_and_envoy():
     from extproc.planner.plan import Planner, PlanSettings
     from extproc.planner.profiles import load_profile
     from extproc.planner.routing import SimClock
+    from extproc.planner.sim_workload import SimWorkload
     from extproc.router_factory import build_router
 
     router = build_router(Config())
@@ -108,7 +110,8 @@ def test_one_source_of_defaults_for_serve_plan_and_envoy():
 
     cfg = load_config(env={}, overrides={"calibration": {"gamma": "2.5"}, "routing": {"framing_per_message": "9"}})
     settings = PlanSettings(load_profile("llama3-70b-a100"), 10.0, config=cfg)
-    planned = Planner(settings, None).router(4096, 10, 20, SimClock())  # type: ignore[arg-type]
+    one = SimWorkload("one", np.zeros(1), np.array([100]), np.array([10]), ("prose",), np.array([400]))
+    planned = Planner(settings, one).router(4096, 10, 20, SimClock())
     assert planned.calibrator.params.gamma == 2.5 and planned.budget.framing_per_message == 9
     assert planned.policy.b_short == 4096 and planned.pressure.capacity == {"short": 10, "long": 20}  # type: ignore[attr-defined]
 
