@@ -23,10 +23,10 @@ import orjson
 from extproc.algorithm import BudgetRouter, RequestShape, ShapeError, shape_from_body
 from extproc.algorithm.dispatch import LONG, SHORT
 from extproc.algorithm.pressure import LOCAL, InFlightPressure, LivePressure
-from extproc.algorithm.request_shape import CHAT, COMPLETIONS, RESPONSES
+from extproc.algorithm.request_shape import CHAT, COMPLETIONS, RESPONSES, SHAPE_ERROR_REASONS
 from extproc.config import Config
 from extproc.server import envoy_wire as em
-from extproc.server.events import ExchangeObserver, ExchangeRecord
+from extproc.server.events import REQUEST_ID_HEADER, ExchangeObserver, ExchangeRecord, envoy_traceparent, trace_id_of
 from extproc.server.sse import SseUsageScanner
 from extproc.server.usage import json_response, overflow_prompt_tokens, usage_counts
 
@@ -35,6 +35,9 @@ if TYPE_CHECKING:
 
 UNPARSEABLE = "unparseable"
 NO_BODY = "no_body"
+# Known up front, so every metric series exists from 0 (tests check the code uses no others).
+UNPARSEABLE_DETAILS = ("body_too_large", "encoded_body", "invalid_json", *SHAPE_ERROR_REASONS)
+USAGE_SOURCES = ("json", "sse", "overflow_400")
 
 
 @dataclass
@@ -284,6 +287,13 @@ class Exchange:
         rec.observation = learned.observation.value
         rec.estimate_error_pct = learned.error_pct
         self.rt.observer.learned(rec)
+
+    def trace_and_request_id(self) -> tuple[str, str]:
+        """What names this exchange in Envoy's logs and traces, for the router's own error lines."""
+        trace_id = (
+            self.rt.observer.trace_id(self.record) or trace_id_of(envoy_traceparent(self._headers, self.metadata)) or ""
+        )
+        return trace_id, self._headers.get(REQUEST_ID_HEADER, "")
 
     def close(self) -> None:
         if self._closed:
