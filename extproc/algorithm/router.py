@@ -71,7 +71,10 @@ class Learned:
     category: str
     observation: Observation
     estimated_prompt_tokens: int
-    error_pct: float  # signed: (estimate - actual) / actual * 100 at the ratio used for routing
+    # Signed (estimate - actual) / actual * 100 at the ratio used for routing; None when the observation
+    # says nothing about the estimate (zero tokens, or a bytes/token no tokenizer produces: a broken or
+    # lying backend would otherwise report an error near -100 %). Outliers keep theirs: plausible, real.
+    error_pct: float | None
 
 
 class BudgetRouter:
@@ -208,7 +211,6 @@ class BudgetRouter:
         means = lambda c: self.calibrator.state(c).mean  # noqa: E731 - tiny adapter
         category, nbytes, tokens = attribute(shape, prompt_tokens, means, self.budget)
         est = routed.prompt_tokens if routed is not None else self.estimate(shape).prompt_tokens
-        error = (est - prompt_tokens) / prompt_tokens * 100.0 if prompt_tokens > 0 else 0.0
         observation = self.calibrator.observe(category, nbytes, tokens)
         if self.linear is not None and shape.known_prompt_tokens is None and (shape.texts or shape.structured_bytes):
             x = routed.features if routed is not None and routed.features is not None else self._vector(shape)
@@ -218,4 +220,6 @@ class BudgetRouter:
                 key = self.linear.model_key(shape.model)
                 self.exact.learn(key, shape.category, routed.counted, text_tokens, shape.messages, shape.tool_items)
             category = shape.category
+        meaningless = observation in (Observation.INVALID, Observation.OUT_OF_BOUNDS)
+        error = None if meaningless or prompt_tokens <= 0 else (est - prompt_tokens) / prompt_tokens * 100.0
         return Learned(category, observation, est, error)

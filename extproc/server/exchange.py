@@ -28,18 +28,38 @@ import orjson
 from extproc.algorithm import BudgetRouter, Outcome, ShapeError, Ticket
 from extproc.algorithm.dispatch import NO_BODY, SHORT, UNPARSEABLE
 from extproc.algorithm.pressure import LOCAL, LivePressure
-from extproc.algorithm.request_shape import CHAT, COMPLETIONS, RESPONSES
+from extproc.algorithm.request_shape import CHAT, COMPLETIONS, RESPONSES, SHAPE_ERROR_REASONS
 from extproc.config import Config
 from extproc.server import envoy_wire as em
-from extproc.server.events import Decided, ExchangeObserver, ExchangeRecord, Observed
+from extproc.server.events import (
+    REQUEST_ID_HEADER,
+    Decided,
+    ExchangeObserver,
+    ExchangeRecord,
+    Observed,
+    envoy_traceparent,
+    trace_id_of,
+)
 from extproc.server.sse import SseUsageScanner
 from extproc.server.usage import json_response, overflow_prompt_tokens, usage_counts
 
 if TYPE_CHECKING:
     from extproc.server.pool_load import PoolLoadScraper
 
-__all__ = ["NO_BODY", "UNPARSEABLE", "Exchange", "RouterRuntime", "endpoint_of", "inject_include_usage"]
+__all__ = [
+    "NO_BODY",
+    "UNPARSEABLE",
+    "UNPARSEABLE_DETAILS",
+    "USAGE_SOURCES",
+    "Exchange",
+    "RouterRuntime",
+    "endpoint_of",
+    "inject_include_usage",
+]
 _keys = itertools.count(1)
+# Known up front, so every metric series exists from 0 (tests check the code uses no others).
+UNPARSEABLE_DETAILS = ("unknown_endpoint", "body_too_large", "encoded_body", "invalid_json", *SHAPE_ERROR_REASONS)
+USAGE_SOURCES = ("json", "sse", "overflow_400")
 
 
 @dataclass
@@ -280,6 +300,13 @@ class Exchange:
         learned = self.rt.router.finish(self.ticket, outcome)
         self._observed = Observed(self._decided, source, outcome, learned)
         self.rt.observer.observed(self._observed)
+
+    def trace_and_request_id(self) -> tuple[str, str]:
+        """What names this exchange in Envoy's logs and traces, for the router's own error lines."""
+        trace_id = (
+            self.rt.observer.trace_id(self.record) or trace_id_of(envoy_traceparent(self._headers, self.metadata)) or ""
+        )
+        return trace_id, self._headers.get(REQUEST_ID_HEADER, "")
 
     def close(self) -> None:
         if self._closed:
