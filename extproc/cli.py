@@ -29,11 +29,12 @@ def _missing_extra(command: str, exc: ModuleNotFoundError) -> int:
 
 def build_parser(wanted: str | None = None) -> argparse.ArgumentParser:
     """The parser, with only the ``wanted`` subcommand's options loaded (the others' imports are heavy)."""
-    parser = argparse.ArgumentParser(prog="budget-router", description=__doc__)
+    parser = argparse.ArgumentParser(prog="budget-router", description=__doc__, allow_abbrev=False)
     parser.add_argument("--version", action="version", version="budget-router 0.1.0")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module, help_text) in COMMANDS.items():
-        p = sub.add_parser(name, help=help_text, description=help_text)
+        # allow_abbrev=False: "--routing-b-shor 100" is a typo to report, not --routing-b-short
+        p = sub.add_parser(name, help=help_text, description=help_text, allow_abbrev=False)
         if wanted == name:
             importlib.import_module(module).add_arguments(p)
     return parser
@@ -64,7 +65,8 @@ def main(argv: list[str] | None = None) -> int:
         from extproc.config import ConfigError
 
         if isinstance(exc, ConfigError | FileNotFoundError | ValueError):
-            print(f"budget-router {args.command}: error: {exc}", file=sys.stderr)
+            for line in str(exc).splitlines() or [""]:  # a ConfigError lists every problem, one a line
+                print(f"budget-router {args.command}: error: {line}", file=sys.stderr)
             return 2
         raise
 

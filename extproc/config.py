@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import os
 import types
 import typing
@@ -42,11 +43,13 @@ _BUDGET, _POLICY, _CAL, _CAT, _CAP = (
 )
 
 
-def opt(default: Any, doc: str) -> Any:
-    """A config field with its documentation attached (rendered by ``budget-router config --doc``)."""
+def opt(default: Any, doc: str, metavar: str | None = None) -> Any:
+    """A config field with its documentation attached (rendered by ``budget-router config --doc`` and
+    ``--help``); ``metavar`` names the value's shape in ``--help`` when the type alone does not."""
+    metadata = {"doc": doc, "metavar": metavar}
     if isinstance(default, list | dict):
-        return field(default_factory=lambda: default.copy(), metadata={"doc": doc})
-    return field(default=default, metadata={"doc": doc})
+        return field(default_factory=lambda: default.copy(), metadata=metadata)
+    return field(default=default, metadata=metadata)
 
 
 def _default_state_file() -> str:
@@ -56,7 +59,9 @@ def _default_state_file() -> str:
 
 @dataclass
 class ServerConfig:
-    listen: str = opt("127.0.0.1:9002", "gRPC address for Envoy (host:port). Use 0.0.0.0:9002 in containers.")
+    listen: str = opt(
+        "127.0.0.1:9002", "gRPC address for Envoy (host:port). Use 0.0.0.0:9002 in containers.", "HOST:PORT"
+    )
     max_message_bytes: int = opt(
         32 * MIB, "gRPC max send/receive message size. Must exceed Envoy's buffered body limit."
     )
@@ -68,16 +73,18 @@ class ServerConfig:
     )
     grace_period_s: float = opt(25.0, "On SIGTERM: NOT_SERVING, then wait this long for streams to drain.")
     workers: int = opt(1, "Router processes sharing the listen port (SO_REUSEPORT).")
-    event_loop: str = opt("auto", "asyncio event loop: auto (uvloop when installed), uvloop or asyncio.")
+    event_loop: str = opt(
+        "auto", "asyncio event loop: auto (uvloop when installed), uvloop or asyncio.", "{auto,uvloop,asyncio}"
+    )
 
 
 @dataclass
 class RoutingConfig:
-    header_name: str = opt("x-budget-pool", "Request header the router sets; Envoy routes on it.")
-    short_value: str = opt("short", "Header value that selects the short pool.")
-    long_value: str = opt("long", "Header value that selects the long pool.")
+    header_name: str = opt("x-budget-pool", "Request header the router sets; Envoy routes on it.", "HEADER")
+    short_value: str = opt("short", "Header value that selects the short pool.", "VALUE")
+    long_value: str = opt("long", "Header value that selects the long pool.", "VALUE")
     reason_header: str = opt(
-        "", f"If set (e.g. {REASON_HEADER}), also send the decision reason upstream in this header."
+        "", f"If set (e.g. {REASON_HEADER}), also send the decision reason upstream in this header.", "HEADER"
     )
     b_short: int = opt(_POLICY.b_short, "Threshold B_short: L_total <= b_short goes short (equality goes short).")
     short_context: int = opt(
@@ -169,7 +176,7 @@ class CalibrationConfig:
         [f"{name}={ratio}" for name, ratio in _CAL.priors],
         "Per-category cold start (category=bytes/token); others use cold_start.",
     )
-    state_file: str = opt(_default_state_file(), "Where learned ratios persist ('' disables).")
+    state_file: str = opt(_default_state_file(), "Where learned ratios persist ('' disables).", "PATH")
     save_interval_s: float = opt(30.0, "How often the state file is written (and merged with peers).")
 
 
@@ -197,7 +204,7 @@ class EstimatorConfig:
 @dataclass
 class CategoriesConfig:
     enabled: list[str] = opt(list(_CAT.enabled), "Content categories the router learns separately.")
-    default: str = opt(_CAT.default, "Category used when detection names one that is not enabled.")
+    default: str = opt(_CAT.default, "Category used when detection names one that is not enabled.", "CATEGORY")
     cjk_share: float = opt(_CAT.cjk_share, "Share of CJK code points (of letters) above which text is CJK.")
     mixed_share: float = opt(_CAT.mixed_share, "CJK share above which (but below cjk_share) text is mixed.")
     code_score: float = opt(_CAT.code_score, "Density of code punctuation/keywords above which text is code.")
@@ -206,14 +213,18 @@ class CategoriesConfig:
 @dataclass
 class TelemetryConfig:
     traces: bool = opt(False, "Export OpenTelemetry traces over OTLP (OTEL_* env vars are honoured).")
-    otlp_endpoint: str = opt("", "OTLP/gRPC endpoint; empty uses OTEL_EXPORTER_OTLP_ENDPOINT.")
-    service_name: str = opt("budget-router", "service.name resource attribute.")
+    otlp_endpoint: str = opt("", "OTLP/gRPC endpoint; empty uses OTEL_EXPORTER_OTLP_ENDPOINT.", "HOST:PORT")
+    service_name: str = opt("budget-router", "service.name resource attribute.", "NAME")
     metrics_port: int = opt(9464, "Prometheus scrape port (0 = off).")
-    metrics_host: str = opt("127.0.0.1", "Address the Prometheus endpoint binds to.")
+    metrics_host: str = opt("127.0.0.1", "Address the Prometheus endpoint binds to.", "HOST")
     otlp_metrics: bool = opt(False, "Also push metrics over OTLP.")
     capture_content: bool = opt(False, "Record prompt text in spans (off: never recorded).")
+    capture_content_max_bytes: int = opt(
+        16384, "Cap on captured prompt text per span; longer content is cut and marked as truncated."
+    )
+    provider_name: str = opt("vllm", "gen_ai.provider.name on spans: the engine behind the pools.", "NAME")
     json_logs: bool = opt(False, "Log decisions as JSON lines.")
-    log_level: str = opt("INFO", "Log level.")
+    log_level: str = opt("INFO", "Log level.", "{DEBUG,INFO,WARNING,ERROR,CRITICAL}")
     log_decisions: bool = opt(False, "Log one line per routing decision.")
 
 
@@ -230,7 +241,11 @@ class Config:
 
 
 class ConfigError(ValueError):
-    """A setting that cannot be used; the message names it."""
+    """Settings that cannot be used; each line of ``errors`` names its option."""
+
+    def __init__(self, *errors: str) -> None:
+        self.errors = list(errors)
+        super().__init__("\n".join(self.errors))
 
 
 def _sections() -> list[tuple[str, type]]:
@@ -250,36 +265,51 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
                 return False
             raise ValueError(value)
         if tp is int:
-            if isinstance(value, bool):
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
                 raise ValueError(value)
             return int(value)
         if tp is float:
-            return float(value)
+            if isinstance(value, bool):
+                raise ValueError(value)
+            f = float(value)
+            if not math.isfinite(f):
+                raise ValueError(value)
+            return f
         if tp is str:
+            if isinstance(value, list | dict):
+                raise TypeError(value)
             return str(value)
         if origin is list or isinstance(tp, types.GenericAlias):
             if isinstance(value, str):
                 return [v.strip() for v in value.split(",") if v.strip()]
+            if not isinstance(value, list):
+                raise TypeError(value)
             return [str(v) for v in value]
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{where}: cannot use {value!r} as {getattr(tp, '__name__', tp)}") from exc
     return value
 
 
-def _apply(cfg: Config, values: Mapping[str, Mapping[str, Any]], source: str) -> None:
+def _apply(cfg: Config, values: Mapping[str, Mapping[str, Any]], source: str, errors: list[str]) -> None:
+    """Set every value it can; each one that cannot be used adds a line to ``errors``."""
     for sname, stype in _sections():
         section_values = values.get(sname) or {}
         if not isinstance(section_values, Mapping):
-            raise ConfigError(f"{source}: section '{sname}' must be a mapping")
+            errors.append(f"{source}: section '{sname}' must be a mapping")
+            continue
         section = getattr(cfg, sname)
         hints = typing.get_type_hints(stype)
         for key, val in section_values.items():
             if key not in hints:
-                raise ConfigError(f"{source}: unknown option {sname}.{key}")
-            setattr(section, key, _coerce(hints[key], val, f"{source}: {sname}.{key}"))
+                errors.append(f"{source}: unknown option {sname}.{key}")
+                continue
+            try:
+                setattr(section, key, _coerce(hints[key], val, f"{source}: {sname}.{key}"))
+            except ConfigError as exc:
+                errors.extend(exc.errors)
     unknown = set(values) - {s for s, _ in _sections()}
     if unknown:
-        raise ConfigError(f"{source}: unknown section(s) {sorted(unknown)}")
+        errors.append(f"{source}: unknown section(s) {sorted(unknown)}")
 
 
 def parse_priors(items: list[str]) -> dict[str, float]:
@@ -311,20 +341,79 @@ def parse_tokenizers(items: list[str]) -> dict[str, str]:
     return out
 
 
+def listen_port(address: str) -> int | None:
+    """The port of a ``host:port`` (or ``[v6]:port``) address, None when it is not one."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not host.strip("[]") or not (port.isascii() and port.isdigit()):
+        return None
+    value = int(port)
+    return value if value <= 65535 else None
+
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
 def validate(cfg: Config) -> Config:
-    r, c, e = cfg.routing, cfg.calibration, cfg.estimator
-    parse_tokenizers(e.exact_band)
+    """Every option's range and the relations between options; all problems in one ConfigError."""
+    sv, r, sp, c, cat, t = cfg.server, cfg.routing, cfg.spillover, cfg.calibration, cfg.categories, cfg.telemetry
+    e = cfg.estimator
+    raised: list[str] = []  # the checks below that parse and raise, collected with the rest
+    priors: dict[str, float] = {}
+    for check in (lambda: priors.update(parse_priors(c.priors)), lambda: parse_tokenizers(e.exact_band),
+                  lambda: _validate_live_load(cfg.live_load)):  # fmt: skip
+        try:
+            check()
+        except ConfigError as exc:
+            raised += exc.errors
     checks = [
-        (r.b_short > 0, "routing.b_short must be > 0"),
-        (r.short_context > 0 and r.long_context > 0, "pool contexts must be > 0"),
+        (sv.listen.startswith("unix:") or listen_port(sv.listen) is not None,
+         f"server.listen: {sv.listen!r} is not HOST:PORT with a port in 0..65535"),
+        (sv.max_message_bytes >= MIB, "server.max_message_bytes must be >= 1 MiB"),
+        (sv.max_request_body_bytes > 0, "server.max_request_body_bytes must be > 0"),
+        (sv.max_response_buffer_bytes > 0, "server.max_response_buffer_bytes must be > 0"),
+        (sv.grace_period_s >= 0, "server.grace_period_s must be >= 0"),
+        (sv.workers >= 1, "server.workers must be >= 1"),
+        (
+            sv.workers == 1 or listen_port(sv.listen) != 0,
+            "server.workers > 1 needs a fixed port in server.listen (the workers share it)",
+        ),
+        (sv.event_loop in ("auto", "uvloop", "asyncio"), "server.event_loop must be auto, uvloop or asyncio"),
+        (bool(r.header_name.strip()), "routing.header_name must not be empty"),
         (r.short_value != r.long_value, "routing.short_value and long_value must differ"),
+        (r.b_short > 0, "routing.b_short must be > 0"),
+        (r.short_context > 0, "routing.short_context must be > 0"),
+        (r.long_context > 0, "routing.long_context must be > 0"),
+        (r.b_short <= r.short_context, f"routing.b_short ({r.b_short}) must be <= routing.short_context"
+         f" ({r.short_context}): a budget above the short pool's window cannot go short"),
         (r.default_output_tokens >= 0, "routing.default_output_tokens must be >= 0"),
         (r.no_output_limit in NO_OUTPUT_LIMIT_POLICIES, "routing.no_output_limit must be reserve or long"),
+        (r.framing_per_request >= 0, "routing.framing_per_request must be >= 0"),
+        (r.framing_per_message >= 0, "routing.framing_per_message must be >= 0"),
+        (r.framing_per_tool >= 0, "routing.framing_per_tool must be >= 0"),
+        (r.image_tokens >= 0, "routing.image_tokens must be >= 0"),
+        (sp.short_capacity > 0, "spillover.short_capacity must be > 0"),
+        (sp.long_capacity > 0, "spillover.long_capacity must be > 0"),
+        (sp.threshold > 0, "spillover.threshold must be > 0"),
         (0.0 <= c.beta < 1.0, "calibration.beta must be in [0, 1)"),
         (c.gamma >= 0.0, "calibration.gamma must be >= 0"),
-        (0.0 < c.min_ratio < c.cold_start <= c.max_ratio, "need 0 < min_ratio < cold_start <= max_ratio"),
+        (0.0 < c.min_ratio < c.cold_start <= c.max_ratio,
+         "calibration: need 0 < min_ratio < cold_start <= max_ratio"),
+        (c.min_samples >= 0, "calibration.min_samples must be >= 0"),
+        (c.outlier_factor > 0, "calibration.outlier_factor must be > 0"),
+        (c.converged_samples >= 0, "calibration.converged_samples must be >= 0"),
         (0.0 <= c.converged_sample_rate <= 1.0, "calibration.converged_sample_rate must be in [0, 1]"),
-        (all(c.min_ratio <= v <= c.max_ratio for v in parse_priors(c.priors).values()), "priors out of bounds"),
+        (all(c.min_ratio <= v <= c.max_ratio for v in priors.values()), "calibration.priors out of bounds"
+         " (each must be within [min_ratio, max_ratio])"),
+        (c.save_interval_s > 0, "calibration.save_interval_s must be > 0"),
+        (bool(cat.enabled), "categories.enabled must name at least one category"),
+        (cat.default in cat.enabled, "categories.default must be enabled"),
+        (0.0 <= cat.cjk_share <= 1.0, "categories.cjk_share must be in [0, 1]"),
+        (0.0 <= cat.mixed_share <= cat.cjk_share, "categories.mixed_share must be in [0, categories.cjk_share]"),
+        (cat.code_score >= 0, "categories.code_score must be >= 0"),
+        (0 <= t.metrics_port <= 65535, f"telemetry.metrics_port: {t.metrics_port} is not in 0..65535 (0 = off)"),
+        (t.log_level.upper() in LOG_LEVELS, f"telemetry.log_level: {t.log_level!r} is not one of {LOG_LEVELS}"),
+        (t.capture_content_max_bytes >= 64, "telemetry.capture_content_max_bytes must be >= 64"),
+        (bool(t.service_name.strip()), "telemetry.service_name must not be empty"),
         (e.kind in ("ratio", "linear"), "estimator.kind must be ratio or linear"),
         (0.0 < e.underestimate_prob < 0.5, "estimator.underestimate_prob must be in (0, 0.5)"),
         (0.0 < e.fit_forgetting <= 1.0, "estimator.fit_forgetting must be in (0, 1]"),
@@ -332,20 +421,10 @@ def validate(cfg: Config) -> Config:
         (e.sample_bytes >= 64, "estimator.sample_bytes must be >= 64"),
         (e.exact_slack_tokens >= 0, "estimator.exact_slack_tokens must be >= 0"),
         (not e.exact_band or e.kind == "linear", "estimator.exact_band needs estimator.kind: linear"),
-        (cfg.server.workers >= 1, "server.workers must be >= 1"),
-        (
-            cfg.server.workers == 1 or not cfg.server.listen.endswith(":0"),
-            "server.workers > 1 needs a fixed port in server.listen (the workers share it)",
-        ),
-        (cfg.server.event_loop in ("auto", "uvloop", "asyncio"), "server.event_loop must be auto, uvloop or asyncio"),
-        (cfg.server.max_message_bytes >= MIB, "server.max_message_bytes must be >= 1 MiB"),
-        (cfg.categories.default in cfg.categories.enabled, "categories.default must be enabled"),
-        (cfg.spillover.short_capacity > 0, "spillover.short_capacity must be > 0"),
-    ]
-    for ok, msg in checks:
-        if not ok:
-            raise ConfigError(msg)
-    _validate_live_load(cfg.live_load)
+    ]  # fmt: skip
+    errors = raised + [msg for ok, msg in checks if not ok]
+    if errors:
+        raise ConfigError(*errors)
     return cfg
 
 
@@ -359,16 +438,16 @@ def _validate_live_load(ll: LiveLoadConfig) -> None:
         (ll.discovery_interval_s > 0, "live_load.discovery_interval_s must be > 0"),
         (ll.metrics_path.startswith("/"), "live_load.metrics_path must start with /"),
     ]
-    for ok, msg in checks:
-        if not ok:
-            raise ConfigError(msg)
+    errors = [msg for ok, msg in checks if not ok]
     for name in ("short_endpoints", "long_endpoints", "envoy_admin"):
         value = getattr(ll, name)
         for endpoint in [value] if isinstance(value, str) and value else value if isinstance(value, list) else []:
             try:
                 metrics_url(endpoint)
             except ValueError as exc:
-                raise ConfigError(f"live_load.{name}: {exc}") from None
+                errors.append(f"live_load.{name}: {exc}")
+    if errors:
+        raise ConfigError(*errors)
 
 
 def load_config(
@@ -376,8 +455,9 @@ def load_config(
     env: Mapping[str, str] | None = None,
     overrides: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> Config:
-    """Build the effective config from all sources; raises ConfigError with a precise message."""
+    """Build the effective config from all sources; raises one ConfigError listing every problem."""
     cfg = Config()
+    errors: list[str] = []
     if path:
         try:
             data = yaml.safe_load(Path(path).read_text()) or {}
@@ -387,30 +467,105 @@ def load_config(
             raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
         if not isinstance(data, Mapping):
             raise ConfigError(f"config file {path} must hold a mapping of sections")
-        _apply(cfg, data, str(path))
+        _apply(cfg, data, str(path), errors)
     env_values: dict[str, dict[str, str]] = {}
     for key, val in (os.environ if env is None else env).items():
-        if not key.startswith(ENV_PREFIX):
+        if not key.startswith(ENV_PREFIX) or key == ENV_PREFIX + "CONFIG":
             continue
         rest = key[len(ENV_PREFIX) :].lower()
         for sname, _ in _sections():
             if rest.startswith(sname + "_"):
                 env_values.setdefault(sname, {})[rest[len(sname) + 1 :]] = val
                 break
-    _apply(cfg, env_values, "environment")
+    _apply(cfg, env_values, "environment", errors)
     if overrides:
-        _apply(cfg, overrides, "command line")
-    return validate(cfg)
+        _apply(cfg, overrides, "command line", errors)
+    try:
+        validate(cfg)  # a value that did not parse kept its valid default: no error repeated for it
+    except ConfigError as exc:
+        errors += exc.errors
+    if errors:
+        raise ConfigError(*errors)
+    return cfg
+
+
+def _flag(sname: str, fname: str) -> str:
+    return f"--{sname}-{fname}".replace("_", "-")
+
+
+def _env(sname: str, fname: str) -> str:
+    return f"{ENV_PREFIX}{sname.upper()}_{fname.upper()}"
+
+
+def _default(sname: str, f: dataclasses.Field[Any]) -> Any:
+    if sname == "calibration" and f.name == "state_file":
+        return "$XDG_STATE_HOME/budget-router/calibration.json"
+    return f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+
+
+def _metavar(f: dataclasses.Field[Any], tp: Any) -> str:
+    """How a value looks, for ``--help``: declared, or from the name's unit suffix and the type."""
+    if f.metadata.get("metavar"):
+        return f.metadata["metavar"]
+    if f.name.endswith("_s"):
+        return "SECONDS"
+    if f.name.endswith("_bytes"):
+        return "BYTES"
+    if f.name.endswith("port"):
+        return "PORT"
+    if tp is int:
+        return "N"
+    if tp is float:
+        return "X"
+    return "A,B,..."
+
+
+class _Switch(argparse.Action):
+    """``--x`` / ``--no-x`` for a boolean option; ``--x true|false`` (the older form) still works."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: Any) -> None:
+        strings = [s for o in option_strings for s in (o, "--no-" + o[2:])]
+        super().__init__(strings, dest, nargs="?", metavar="BOOL", **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:  # fmt: skip
+        if option_string is not None and option_string.startswith("--no-"):
+            if values is not None:
+                parser.error(f"{option_string} takes no value")
+            values = False
+        setattr(namespace, self.dest, True if values is None else values)  # a string: coerced (and named) later
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    def _format_action_invocation(self, action: argparse.Action) -> str:
+        if isinstance(action, _Switch):
+            return ", ".join(action.option_strings)
+        return super()._format_action_invocation(action)
 
 
 def add_config_flags(parser: argparse.ArgumentParser) -> None:
     """One ``--section-key`` flag per option; unset flags leave lower-precedence sources alone."""
-    parser.add_argument("--config", "-c", default=os.environ.get(ENV_PREFIX + "CONFIG"), help="YAML file")
+    parser.formatter_class = _HelpFormatter
+    parser.add_argument(
+        "--config",
+        "-c",
+        metavar="FILE",
+        default=os.environ.get(ENV_PREFIX + "CONFIG"),
+        help=f"YAML file with the options below, by section (env: {ENV_PREFIX}CONFIG)",
+    )
     for sname, stype in _sections():
         group = parser.add_argument_group(sname)
+        hints = typing.get_type_hints(stype)
         for f in dataclasses.fields(stype):
-            flag = f"--{sname}-{f.name}".replace("_", "-")
-            group.add_argument(flag, dest=f"cfg__{sname}__{f.name}", default=None, help=f.metadata["doc"])
+            doc = f.metadata["doc"].replace("%", "%%")
+            default = str(_default(sname, f)).replace("%", "%%")
+            help_text = f"{doc} (default: {default}; env: {_env(sname, f.name)})"
+            dest = f"cfg__{sname}__{f.name}"
+            if hints[f.name] is bool:
+                group.add_argument(_flag(sname, f.name), dest=dest, action=_Switch, default=None, help=help_text)
+            else:
+                metavar = _metavar(f, hints[f.name])
+                group.add_argument(_flag(sname, f.name), dest=dest, default=None, metavar=metavar, help=help_text)
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
@@ -426,13 +581,13 @@ def describe() -> str:
     """Markdown table of every option with its flag, env var and default (kept in the README)."""
     rows = ["| option | flag / env | default | meaning |", "|---|---|---|---|"]
     for sname, stype in _sections():
+        hints = typing.get_type_hints(stype)
         for f in dataclasses.fields(stype):
-            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-            if sname == "calibration" and f.name == "state_file":
-                default = "$XDG_STATE_HOME/budget-router/calibration.json"
-            flag = f"--{sname}-{f.name}".replace("_", "-")
-            env = f"{ENV_PREFIX}{sname.upper()}_{f.name.upper()}"
-            rows.append(f"| `{sname}.{f.name}` | `{flag}` / `{env}` | `{default}` | {f.metadata['doc']} |")
+            flag = _flag(sname, f.name)
+            if hints[f.name] is bool:
+                flag = f"{flag}` / `--no-{flag[2:]}"
+            env = _env(sname, f.name)
+            rows.append(f"| `{sname}.{f.name}` | `{flag}` / `{env}` | `{_default(sname, f)}` | {f.metadata['doc']} |")
     return "\n".join(rows)
 
 

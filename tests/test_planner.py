@@ -2,17 +2,40 @@
 
 from __future__ import annotations
 
+import io
+import itertools
 import json
+import math
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+import extproc
 from extproc.cli import main
-from extproc.planner.capacity import alpha_at, closed_form_saving, instances_for, short_pool_at
-from extproc.planner.plan import Planner, PlanSettings
+from extproc.planner.capacity import (
+    alpha_at,
+    closed_form_saving,
+    erlang_c,
+    instances_for,
+    short_pool_at,
+    slot_wait_probability,
+)
+from extproc.planner.fleet import LEAST_OUTSTANDING, ROUND_ROBIN
+from extproc.planner.plan import (
+    SLOT_WAIT,
+    Planner,
+    PlanSettings,
+    Spread,
+    ThresholdVerdict,
+    _binding,
+    choose,
+    plan,
+)
+from extproc.planner.plots import saving_figure
 from extproc.planner.profiles import builtin_profiles, load_profile, parse_profile
-from extproc.planner.service_levels import Slo, summarise
+from extproc.planner.service_levels import TPOT, TTFT, UTILISATION, Slo, summarise
+from extproc.planner.sim_progress import ProgressBar
 from extproc.planner.sim_workload import MeasuredBytesPerToken, SimWorkload, from_requests
 from extproc.planner.sizing import size_pools
 from extproc.workload.spec import WorkloadSpec, build_workload
@@ -97,9 +120,10 @@ def test_a_planned_fleet_meets_its_slos_with_another_seed() -> None:
     """With the roofline A100 profile the long pool is TPOT-bound (prefill chunks stall decodes), so
     its size comes from the SLO search, not from the utilisation floor."""
     slo = Slo(ttft_p99_s=2.0, tpot_p99_s=0.08, util_cap=0.9)
-    settings = PlanSettings(load_profile("llama3-70b-a100"), 300.0, slo)
+    # a run this small is judged by its P99s (the Erlang C rule for small pools is tested apart)
+    settings = PlanSettings(load_profile("llama3-70b-a100"), 300.0, slo, min_confident_requests=100)
     planner = Planner(settings, small_workload(seed=1))
-    report = planner.run([4096], "azure-conv")
+    report = planner.run([4096])
     dual = report.thresholds[0].dual
     assert report.homogeneous.feasible and dual.feasible
     assert dual.simulations > 2 and dual.offered_utilisation[1] < 0.85  # the SLO, not the cap, sized it
@@ -113,23 +137,115 @@ def test_a_planned_fleet_meets_its_slos_with_another_seed() -> None:
 def test_plan_command_writes_table_json_and_plots(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "plan"
     code = main(["plan", "--trace", "azure-code", "--rate", "200", "--requests", "1500", "--profile",
-                 "llama3-70b-a100-fleetsim", "--sweep", "2048,8192", "--out", str(out), "--quiet"])
+                 "llama3-70b-a100-fleetsim", "--sweep", "2048,8192", "--out", str(out), "--quiet",
+                 "--replications", "1"])
     assert code == 0
     table = capsys.readouterr().out
-    assert "B_short" in table and "homog." in table
+    assert "B_short" in table and "homog." in table and "like-for-like" in table
+    assert "Simulator vs Erlang C" in table
     data = json.loads((out / "plan.json").read_text())
-    assert [t["b_short"] for t in data["thresholds"]] == [2048, 8192]
-    assert data["best_b_short"] in (2048, 8192)
-    for t in data["thresholds"]:
+    assert data["version"] == extproc.__version__ and data["settings"]["baseline"] == "like-for-like"
+    assert [v["b_short"] for v in data["verdicts"]] == [2048, 8192]
+    assert data["best_b_short"] in (None, 2048, 8192)
+    assert data["erlang_c_check"] and all(abs(e["p_wait_error"]) < 0.25 for e in data["erlang_c_check"])
+    rep = data["replicates"][0]
+    assert rep["homogeneous"]["binding"] and len(rep["homogeneous"]["binding"]) == 1
+    for t, v in zip(rep["thresholds"], data["verdicts"], strict=True):
         assert t["closed_form_saving"] == pytest.approx(t["alpha"] * (1 - 1 / t["rho"]))
+        assert t["qualified"] == v["qualified"] and (t["disqualified"] == "") == t["qualified"]
+        assert len(t["dual"]["binding"]) == 2
+        # one rejected count, after the warm-up, wherever it appears
+        assert t["rejected"] == t["dual"]["fleet"]["rejected"] == sum(
+            p["rejected_over_context"] + p["rejected_queue_full"] for p in t["dual"]["pools"])
+    if data["best_b_short"] is not None:
+        best = next(v for v in data["verdicts"] if v["b_short"] == data["best_b_short"])
+        assert best["qualified"] and best["saving"]["mean"] > 0
     for name in ("cdf.png", "saving.png", "gpus.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def csv_trace(path: Path, rows: list[tuple[str, int, int]]) -> str:
+    path.write_text("TIMESTAMP,ContextTokens,GeneratedTokens\n" + "".join(f"{t},{p},{o}\n" for t, p, o in rows))
+    return str(path)
+
+
+def stamp(i: int) -> str:
+    return f"2023-11-16 18:{15 + i // 600:02d}:{i // 10 % 60:02d}.{i % 10}000000"
+
+
+@pytest.mark.parametrize(("rows", "extra", "message"), [
+    # identical timestamps and no --rate: an infinite rate would need an unbounded fleet
+    ([("2023-11-16 18:15:00.0000000", 1000, 100)] * 300, [], "give --rate"),
+    ([(stamp(i), 70_000, 100) for i in range(300)], ["--rate", "20"], "no request of the trace fits"),
+])
+def test_plan_refuses_traces_it_cannot_size(tmp_path: Path, rows: list[tuple[str, int, int]], extra: list[str],
+                                           message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    trace = csv_trace(tmp_path / "t.csv", rows)
+    code = main(["plan", "--quiet", "--trace", trace, "--profile", "llama3-70b-a100-fleetsim", "--requests", "300",
+                 "--replications", "1", "--out", str(tmp_path / "o"), *extra])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert message in err and "NaN" not in err
+
+
+def test_a_huge_rate_is_refused_before_it_exhausts_memory(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    code = main(["plan", "--quiet", "--trace", "azure-code", "--rate", "1e7", "--requests", "1000",
+                 "--replications", "1", "--out", str(tmp_path)])
+    assert code == 2
+    assert "--max-instances 20,000" in capsys.readouterr().err
+
+
+def test_an_all_long_trace_reports_nothing_to_split(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    trace = csv_trace(tmp_path / "long.csv", [(stamp(i), 20_000, 100) for i in range(300)])
+    code = main(["plan", "--quiet", "--trace", trace, "--profile", "llama3-70b-a100-fleetsim", "--rate", "20",
+                 "--requests", "1000", "--replications", "1", "--sweep", "2048,8192", "--out", str(tmp_path / "o")])
+    assert code == 0
+    table = capsys.readouterr().out
+    assert "not splittable: the router sends no request short" in table and "no pick" in table
+    data = json.loads((tmp_path / "o" / "plan.json").read_text())
+    assert data["best_b_short"] is None and not any(v["qualified"] for v in data["verdicts"])
+
+
+def test_a_split_dearer_than_the_baseline_is_not_the_pick(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """At a trickle one homogeneous instance suffices; any split needs two (a -100 % saving)."""
+    trace = csv_trace(tmp_path / "t.csv", [(stamp(i), 1000 if i % 2 else 12_000, 100) for i in range(300)])
+    code = main(["plan", "--quiet", "--trace", trace, "--profile", "llama3-70b-a100-fleetsim", "--rate", "0.5",
+                 "--requests", "400", "--replications", "1", "--out", str(tmp_path / "o")])
+    assert code == 0
+    table = capsys.readouterr().out
+    assert "-100.0%" in table and "PICK" not in table and "cheapest meeting" not in table
+    assert "no split pays off" in table
+
+
+def test_a_bad_out_path_fails_before_any_simulation(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    # checked before the trace is even read (a missing trace would be reported otherwise), so long before
+    # any simulation
+    code = main(["plan", "--quiet", "--trace", str(tmp_path / "missing.csv"), "--rate", "100", "--out", str(blocker)])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "exists and is not a folder" in err and "not found" not in err
+    code = main(["plan", "--quiet", "--trace", "azure-code", "--rate", "100", "--out", str(blocker / "sub")])
+    assert code == 2 and "cannot create the folder" in capsys.readouterr().err
+
+
+def test_plots_mark_the_pick_and_the_disqualified() -> None:
+    settings = PlanSettings(load_profile("llama3-70b-a100-fleetsim"), 300.0, min_confident_requests=300)
+    rep = plan(settings, [(0, small_workload(seed=0, n=1500))], [2048, 8192], "azure-conv", erlang=False)
+    rep.verdicts[0].qualified, rep.verdicts[0].reason = False, "SLO not met: test"
+    rep.best = 1
+    fig = saving_figure(rep)
+    markers = {line.get_marker(): list(line.get_xdata()) for line in fig.axes[0].get_lines()}
+    assert markers["*"] == [8192] and markers["x"] == [2048]
 
 
 @pytest.mark.parametrize(("argv", "message"), [
     (["--trace", "nope.csv"], "not found"),
     (["--trace", "azure-code", "--profile", "no-such-profile"], "unknown profile"),
-    (["--trace", "azure-code", "--rate", "10", "--requests", "5"], "at least 100"),
+    (["--trace", "azure-code", "--rate", "10", "--requests", "5"], "between 100"),
+    (["--trace", "azure-code", "--rate", "10", "--replications", "0"], "--replications"),
+    (["--trace", "azure-code", "--rate", "nan"], "--rate"),
     (["--trace", "azure-code", "--rate", "10", "--sweep", "0,8192"], "positive"),
     ([], "--trace is required"),
 ])
@@ -140,3 +256,113 @@ def test_plan_command_rejects_bad_input(argv: list[str], message: str, capsys: p
         code = exc.code
     assert code == 2
     assert message in capsys.readouterr().err
+
+
+# --- like for like, binding limits, honest uncertainty (issue 16) ---------------------------------
+
+def test_the_baseline_is_balanced_like_the_pools_unless_asked() -> None:
+    profile = load_profile("llama3-70b-a100-fleetsim")
+    same = PlanSettings(profile, 100.0)
+    assert same.baseline_balancer == same.pool_balancer == LEAST_OUTSTANDING and same.like_for_like
+    assert same.as_dict()["baseline"] == "like-for-like"
+    mixed = PlanSettings(profile, 100.0, homogeneous_balancer=ROUND_ROBIN)
+    assert not mixed.like_for_like and mixed.as_dict()["baseline"].startswith("MISMATCHED")
+    planner = Planner(same, small_workload(seed=0, n=500))
+    res = planner.simulate_homogeneous(3)
+    assert res.pools[0].name == "homogeneous"  # built with the same balancer: _Pool checks the name
+    assert summarise(res)[0].requests > 0
+
+
+def test_binding_limit_is_what_failed_one_step_smaller() -> None:
+    trials = {(10, 2): [(TTFT,), ()], (12, 2): [(TPOT,), ()], (14, 2): [(), ()]}
+    assert _binding(trials, (14, 2), True, "") == [TPOT, UTILISATION]
+    assert _binding({(5,): [()]}, (5,), True, "") == [UTILISATION]
+    assert _binding({(9,): [(TTFT, TPOT)]}, (9,), False, "pool 0 still misses") == ["TTFT+TPOT"]
+    assert _binding({}, (9,), False, "P99 TTFT floor 7 s: prefill") == ["P99 TTFT floor 7 s"]
+
+
+def verdict(b: int, usd: tuple[float, ...], qualified: bool = True) -> ThresholdVerdict:
+    return ThresholdVerdict(b, qualified, "" if qualified else "SLO not met", Spread(usd), Spread(usd), None)
+
+
+def test_a_pick_must_beat_the_others_by_more_than_the_spread() -> None:
+    homog = Spread((100.0, 104.0))
+    # 8K is cheaper on average, but by less than the 16K/8K ranges: a tie, and the smaller B_short wins
+    v = [verdict(8192, (80.0, 84.0)), verdict(16384, (79.0, 83.0)), verdict(4096, (60.0, 61.0), qualified=False)]
+    best, tied, note = choose(v, homog)
+    assert best == 0 and tied == [1] and "tie" in note
+    # far apart: the cheaper one, no tie
+    best, tied, note = choose([verdict(8192, (80.0, 81.0)), verdict(16384, (70.0, 71.0))], homog)
+    assert best == 1 and tied == [] and note == "cheapest meeting the SLOs"
+    # a split dearer than the homogeneous fleet (a -100 % "saving") is never picked
+    best, tied, note = choose([verdict(8192, (200.0,))], Spread((100.0,)))
+    assert best is None and "no split pays off" in note
+    assert choose([verdict(8192, (50.0,), qualified=False)], homog)[0] is None
+
+
+def test_adding_a_threshold_to_the_sweep_changes_no_other_result() -> None:
+    settings = PlanSettings(load_profile("llama3-70b-a100-fleetsim"), 300.0, min_confident_requests=300)
+    wl = small_workload(seed=3, n=2000)
+    alone = Planner(settings, wl).run([8192])
+    swept = Planner(settings, wl).run([2048, 8192])
+    def same(a: object, b: object) -> bool:  # NaN (a pool's empty percentile) != NaN, but dumps alike
+        return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
+
+    assert same(swept.thresholds[1].as_dict(), alone.thresholds[0].as_dict())
+    assert same(swept.homogeneous.as_dict(), alone.homogeneous.as_dict())
+    assert not same(swept.thresholds[0].as_dict(), alone.thresholds[0].as_dict())  # the check can fail
+
+
+def test_slot_wait_rule_is_monotone_and_matches_erlang_c() -> None:
+    # the textbook sum for a small case
+    c, a = 3, 2.0
+    head = sum(a**k / math.factorial(k) for k in range(c))
+    tail = a**c / math.factorial(c) * c / (c - a)
+    assert erlang_c(c, a) == pytest.approx(tail / (head + tail))
+    assert erlang_c(5000, 4900.0) < 1.0  # no overflow at fleet scale
+    long = load_profile("llama3-70b-a100").long
+    probs = [slot_wait_probability(n, long, 30.0, 3.0) for n in range(11, 40)]
+    assert all(b <= a for a, b in itertools.pairwise(probs)) and probs[-1] < 0.01 < probs[0]
+
+
+def test_a_pool_with_few_requests_is_low_confidence_and_sized_by_erlang_c() -> None:
+    """azure-conv at 4K sends a few % of requests long: far too few for a P99."""
+    settings = PlanSettings(load_profile("llama3-70b-a100-fleetsim"), 300.0, min_confident_requests=1000)
+    wl = small_workload(seed=4, n=3000)
+    t = Planner(settings, wl).run([4096]).thresholds[0]
+    long = t.dual.pools[1]
+    assert 0 < long.requests < 1000 and t.dual.low_confidence == [False, True]
+    assert t.dual.binding[1] in (SLOT_WAIT, UTILISATION)
+    n_long = t.dual.instances[1]
+    rate = long.requests / (wl.arrival[-1] - wl.arrival[int(0.1 * len(wl))])
+    prof = short_pool_at(settings.profile.long, 65536)
+    assert slot_wait_probability(n_long, prof, rate, t.mu_long) <= 0.01
+
+
+def test_replications_report_their_spread(tmp_path: Path) -> None:
+    settings = PlanSettings(load_profile("llama3-70b-a100-fleetsim"), 300.0, min_confident_requests=300)
+    workloads = [(s, small_workload(seed=s, n=1500)) for s in (0, 1)]
+    rep = plan(settings, workloads, [8192], "azure-conv", erlang=False)
+    assert len(rep.replicates) == 2 and rep.settings["seeds"] == [0, 1]
+    v = rep.verdicts[0]
+    assert v.gpus.values == tuple(float(r.thresholds[0].dual.gpus) for r in rep.replicates)
+    assert rep.homogeneous_gpus.lo <= rep.homogeneous_gpus.mean <= rep.homogeneous_gpus.hi
+    if v.saving is not None:
+        assert v.saving.values == tuple(r.thresholds[0].saving for r in rep.replicates)
+
+
+def test_progress_counts_simulations_and_projects_an_eta() -> None:
+    now = [0.0]
+    stream = io.StringIO()
+    bar = ProgressBar(stream, fleets=4, clock=lambda: now[0])
+    for k in range(2):  # two fleets of three simulations, 10 s each
+        for j in range(3):
+            bar(f"fleet {k} sim {j}", 0.5)
+            now[0] += 10 / 3
+        bar.fleet_done()
+    bar("fleet 2 sim 0", 0.1)
+    assert bar.estimate() == (12, pytest.approx(20.0))
+    bar.close()
+    log = stream.getvalue()
+    assert "ETA --" in log.splitlines()[0]  # nothing to project from yet
+    assert "sim 7 of ~12  fleet 3/4" in log and "ETA 20s" in log and "7 simulations in 20s" in log

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 import random
 
 import numpy as np
 import pytest
 
 from extproc.algorithm import BudgetRouter, CalibrationParams, DispatchPolicy, InFlightPressure, LivePressure
+from extproc.planner.capacity import erlang_c_wait, erlang_comparison
 from extproc.planner.fleet import LEAST_OUTSTANDING, OVER_CONTEXT, ROUND_ROBIN, FleetSim, PoolConfig, SimResult
-from extproc.planner.profiles import InstanceProfile
+from extproc.planner.profiles import InstanceProfile, load_profile
 from extproc.planner.routing import SCRAPE_INTERVAL_S, RouterDispatch, SimClock
 from extproc.planner.sim_workload import SimWorkload
 
@@ -35,15 +35,6 @@ def workload(arrival: object, prompt: object, output: object, category: str = "p
     return SimWorkload("test", arr, p, o, (category,) * n, tb)
 
 
-def erlang_c_wait(c: int, lam: float, mu: float) -> tuple[float, float]:
-    """P(wait) and mean wait of M/M/c."""
-    a = lam / mu
-    head = sum(a**k / math.factorial(k) for k in range(c))
-    tail = a**c / math.factorial(c) * c / (c - a)
-    p_wait = tail / (head + tail)
-    return p_wait, p_wait / (c * mu - lam)
-
-
 def test_queue_waits_match_erlang_c() -> None:
     """One instance, no KV pressure, constant iteration time and geometric output lengths:
     service is exponential (mean 1 s), batch slots are the servers, so waits are M/M/c."""
@@ -64,6 +55,15 @@ def test_queue_waits_match_erlang_c() -> None:
         expected_p.append(p)
     assert np.mean(waits) == pytest.approx(np.mean(expected), rel=0.05)
     assert np.mean(p_waits) == pytest.approx(np.mean(expected_p), rel=0.05)
+
+
+def test_the_planners_erlang_check_agrees_on_a_real_profile() -> None:
+    """What ``plan`` prints for the profile's pools: the A100 long pool (16 slots) at 90 % load, where
+    most requests wait for a slot and waits are many iterations long."""
+    check = erlang_comparison("long", load_profile("llama3-70b-a100").long, np.random.default_rng(1))
+    assert check.slots == 16 and check.erlang_p_wait > 0.5
+    assert check.sim_p_wait == pytest.approx(check.erlang_p_wait, rel=0.05)
+    assert check.sim_excess_wait_s == pytest.approx(check.erlang_excess_wait_s, rel=0.15)
 
 
 def test_chunked_prefill_and_decode_times_follow_the_iteration_model() -> None:

@@ -21,6 +21,7 @@ and once warmed up, far outliers are rejected too.
 from __future__ import annotations
 
 import enum
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -129,31 +130,76 @@ class Calibrator:
     def snapshot(self) -> dict[str, dict[str, float]]:
         return {k: {"mean": s.mean, "dev": s.dev, "samples": s.samples} for k, s in self._state.items()}
 
-    def load(self, data: Mapping[str, Any]) -> None:
-        """Restore a snapshot, ignoring entries that are malformed or out of bounds."""
-        p = self.params
-        for name, entry in data.items():
-            try:
-                mean, dev, n = float(entry["mean"]), float(entry["dev"]), int(entry["samples"])
-            except (KeyError, TypeError, ValueError):
-                continue
-            if p.min_ratio <= mean <= p.max_ratio and 0.0 <= dev <= p.max_ratio and n >= 0:
-                self._state[str(name)] = CategoryState(mean=mean, dev=dev, samples=n)
+    def load(self, data: Mapping[str, Any]) -> list[str]:
+        """Restore a snapshot; malformed or out-of-bounds entries are skipped and returned as problems."""
+        states, problems = parse_categories(data, self.params)
+        self._state.update(states)
         self._ratio_cache.clear()
+        return problems
 
-    def merge(self, peers: Iterable[Mapping[str, Any]]) -> None:
-        """Blend other replicas' snapshots in, weighted by sample counts, so replicas agree."""
+    def merge(self, peers: Iterable[Mapping[str, Any]]) -> list[str]:
+        """Blend other replicas' snapshots in, weighted by sample counts, so replicas agree.
+
+        Not thread-safe (nor is ``observe``/``ratio``): call it on the thread that routes.
+        Returns the entries it skipped as malformed.
+        """
+        problems: list[str] = []
         for peer in peers:
-            for name, entry in peer.items():
-                try:
-                    mean, dev, n = float(entry["mean"]), float(entry["dev"]), int(entry["samples"])
-                except (KeyError, TypeError, ValueError):
+            states, skipped = parse_categories(peer, self.params)
+            problems += skipped
+            for name, other in states.items():
+                n = other.samples
+                if n <= 0:
                     continue
-                if n <= 0 or not self.params.min_ratio <= mean <= self.params.max_ratio:
-                    continue
-                st = self.state(str(name))
+                st = self.state(name)
                 total = st.samples + n
-                st.mean = (st.mean * st.samples + mean * n) / total if st.samples else mean
-                st.dev = (st.dev * st.samples + dev * n) / total if st.samples else dev
+                st.mean = (st.mean * st.samples + other.mean * n) / total if st.samples else other.mean
+                st.dev = (st.dev * st.samples + other.dev * n) / total if st.samples else other.dev
                 st.samples = max(st.samples, n)
         self._ratio_cache.clear()
+        return problems
+
+
+def finite_number(value: Any) -> float | None:
+    """A finite JSON number (bools are ints to Python, not numbers to us), else None."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    f = float(value)
+    return f if math.isfinite(f) else None
+
+
+def parse_category(entry: Any, params: CalibrationParams) -> CategoryState | str:
+    """One category of a snapshot (``{"mean", "dev", "samples"}``), or why it cannot be used.
+
+    The one validating parser of the snapshot format: the state file, ``load`` and ``merge`` all go
+    through it. Extra keys are ignored, so a later format may add fields without breaking this one.
+    """
+    if isinstance(entry, CategoryState):
+        return entry
+    if not isinstance(entry, Mapping):
+        return f"not an object: {type(entry).__name__}"
+    mean, dev, samples = finite_number(entry.get("mean")), finite_number(entry.get("dev")), entry.get("samples")
+    if isinstance(samples, float) and samples.is_integer():
+        samples = int(samples)
+    if mean is None or dev is None or isinstance(samples, bool) or not isinstance(samples, int):
+        return "mean and dev must be finite numbers and samples an integer"
+    if samples < 0:
+        return f"negative samples {samples}"
+    if not params.min_ratio <= mean <= params.max_ratio or not 0.0 <= dev <= params.max_ratio:
+        return f"mean {mean} or dev {dev} outside [{params.min_ratio}, {params.max_ratio}]"
+    return CategoryState(mean=mean, dev=dev, samples=samples)
+
+
+def parse_categories(data: Any, params: CalibrationParams) -> tuple[dict[str, CategoryState], list[str]]:
+    """A whole snapshot: the usable categories, and one problem line per skipped one."""
+    if not isinstance(data, Mapping):
+        return {}, [f"categories: not an object: {type(data).__name__}"]
+    states: dict[str, CategoryState] = {}
+    problems: list[str] = []
+    for name, entry in data.items():
+        parsed = parse_category(entry, params)
+        if isinstance(parsed, str):
+            problems.append(f"category {name!r}: {parsed}")
+        else:
+            states[str(name)] = parsed
+    return states, problems

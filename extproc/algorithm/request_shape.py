@@ -23,6 +23,13 @@ OUTPUT_LIMIT_KEYS = {
 }
 
 
+# Every ShapeError reason (the ``unparseable`` detail a metric series is kept for, from 0).
+SHAPE_ERROR_REASONS = (
+    "bad_input", "bad_messages", "bad_prompt", "invalid_max_tokens", "not_object", "unknown_endpoint",
+)  # fmt: skip
+ENDPOINTS = (CHAT, COMPLETIONS, RESPONSES)
+
+
 class ShapeError(ValueError):
     """The body is not a request we can estimate; ``reason`` is a short metric-friendly label."""
 

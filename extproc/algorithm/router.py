@@ -83,7 +83,10 @@ class Learned:
     category: str
     observation: Observation
     estimated_prompt_tokens: int
-    error_pct: float  # signed: (estimate - actual) / actual * 100 at the ratio used for routing
+    # Signed (estimate - actual) / actual * 100 at the ratio used for routing; None when the observation
+    # says nothing about the estimate (zero tokens, or a bytes/token no tokenizer produces: a broken or
+    # lying backend would otherwise report an error near -100 %). Outliers keep theirs: plausible, real.
+    error_pct: float | None
 
 
 class BudgetRouter:
@@ -242,7 +245,7 @@ class BudgetRouter:
 
         ``finish`` calls this for the outcomes the policy observes; offline tools that measure the
         estimator on every request (``decide`` then ``learn``) call it directly."""
-        category, nbytes, tokens, est, error = self._attributed(shape, prompt_tokens, routed)
+        category, nbytes, tokens, est = self._attributed(shape, prompt_tokens, routed)
         observation = self.calibrator.observe(category, nbytes, tokens)
         # A batch /v1/completions request (learn_text_bytes set) is routed by its longest prompt while its
         # usage counts every prompt: the linear model's features describe the longest one only, so only
@@ -261,20 +264,28 @@ class BudgetRouter:
                 key = self.linear.model_key(shape.model)
                 self.exact.learn(key, shape.category, routed.counted, text_tokens, shape.messages, shape.tool_items)
             category = shape.category
-        return Learned(category, observation, est, error)
+        return Learned(category, observation, est, _error_pct(observation, est, prompt_tokens))
 
     def learn_bound(self, shape: RequestShape, min_prompt_tokens: int, routed: Estimate | None = None) -> Learned:
         """Feed back a lower bound on the prompt tokens: it may widen the ratio estimator's margin, never
         narrow it (``Calibrator.observe_bound``); the linear model learns from exact counts only."""
-        category, nbytes, tokens, est, error = self._attributed(shape, min_prompt_tokens, routed)
-        return Learned(category, self.calibrator.observe_bound(category, nbytes, tokens), est, error)
+        category, nbytes, tokens, est = self._attributed(shape, min_prompt_tokens, routed)
+        observation = self.calibrator.observe_bound(category, nbytes, tokens)
+        return Learned(category, observation, est, _error_pct(observation, est, min_prompt_tokens))
 
     def _attributed(
         self, shape: RequestShape, prompt_tokens: int, routed: Estimate | None
-    ) -> tuple[str, int, float, int, float]:
-        """(category, bytes, tokens) the observation teaches, the estimate made, and its signed error %."""
+    ) -> tuple[str, int, float, int]:
+        """(category, bytes, tokens) the observation teaches, and the prompt estimate made for it."""
         means = lambda c: self.calibrator.state(c).mean  # noqa: E731 - tiny adapter
         category, nbytes, tokens = attribute(shape, prompt_tokens, means, self.budget)
         est = routed.prompt_tokens if routed is not None else self.estimate(shape).prompt_tokens
-        error = (est - prompt_tokens) / prompt_tokens * 100.0 if prompt_tokens > 0 else 0.0
-        return category, nbytes, tokens, est, error
+        return category, nbytes, tokens, est
+
+
+def _error_pct(observation: Observation, estimated: int, prompt_tokens: int) -> float | None:
+    """Signed (estimate - actual) / actual in %; None when the observation says nothing about the
+    estimate (zero tokens, or a ratio no tokenizer produces)."""
+    if observation in (Observation.INVALID, Observation.OUT_OF_BOUNDS) or prompt_tokens <= 0:
+        return None
+    return (estimated - prompt_tokens) / prompt_tokens * 100.0

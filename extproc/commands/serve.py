@@ -22,7 +22,7 @@ from extproc.config import Config, ConfigError, add_config_flags, config_from_ar
 from extproc.server.exchange import RouterRuntime
 from extproc.server.pool_load import build_scraper
 from extproc.server.service import RouterServer
-from extproc.server.state_store import StateStore
+from extproc.server.state_store import StateStore, periodic_sync
 
 log = logging.getLogger("budget_router")
 
@@ -39,9 +39,9 @@ async def serve(
 
     observer, telemetry_shutdown = build_observer(cfg, worker=worker)
     rt = RouterRuntime.from_config(cfg, observer)
-    if isinstance(observer, TelemetryObserver):
-        observer.attach(rt)  # gauges read the calibrator and in-flight counts
     store = StateStore(cfg.calibration.state_file, live_window_s=3 * cfg.calibration.save_interval_s)
+    if isinstance(observer, TelemetryObserver):
+        observer.attach(rt, store)  # gauges read the calibrator, in-flight counts and the state file's tallies
     peers = store.load_into(rt.router.calibrator, rt.router.linear)
     server = RouterServer(rt)
     await server.start()
@@ -60,19 +60,16 @@ async def serve(
     if ready is not None:
         ready.set()
 
-    async def periodic_sync() -> None:
-        while True:
-            await asyncio.sleep(cfg.calibration.save_interval_s)
-            await asyncio.to_thread(store.sync, rt.router.calibrator, rt.router.linear)
-
-    syncer = asyncio.create_task(periodic_sync())
+    syncer = asyncio.create_task(
+        periodic_sync(store, rt.router.calibrator, cfg.calibration.save_interval_s, stop, rt.router.linear)
+    )
     await stop.wait()
     log.info("shutting down: NOT_SERVING, draining %d streams", server.processor.active)
-    syncer.cancel()
+    await syncer
     await server.stop(cfg.server.grace_period_s)
     if scraper is not None:
         await scraper.stop()
-    store.sync(rt.router.calibrator, rt.router.linear)
+    await store.sync_async(rt.router.calibrator, rt.router.linear)
     if telemetry_shutdown is not None:
         telemetry_shutdown()
     return 0

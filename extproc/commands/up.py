@@ -134,11 +134,17 @@ def stack_options(args: argparse.Namespace) -> StackOptions:
 
 
 def _terminate_on_sigterm() -> None:
-    """SIGTERM behaves like Ctrl-C, so the same cleanup path stops every child."""
+    """SIGTERM behaves like Ctrl-C, so the same cleanup path stops every child.
+
+    SIGINT gets Python's own Ctrl-C handler back even when it was inherited as ignored: a shell
+    starts background jobs with SIGINT ignored, and Python (and asyncio.run) then leave it ignored,
+    so `up` started from a script, or by CI, could not be stopped by the signal it documents.
+    """
 
     def handler(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt
 
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, handler)
 
 

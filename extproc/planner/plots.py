@@ -9,6 +9,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.figure import Figure
 
 from extproc.planner.plan import PlanReport
 
@@ -43,37 +44,63 @@ def plot_cdf(totals: np.ndarray, rep: PlanReport, path: Path) -> None:
 
 
 def plot_saving(rep: PlanReport, path: Path) -> None:
-    b = [t.b_short for t in rep.thresholds]
-    fig, ax = plt.subplots(figsize=(7, 4))
-    ax.plot(b, [100 * t.closed_form_saving for t in rep.thresholds], "o--", label="closed form α(1−1/ρ)")
-    sim = [100 * t.saving if t.saving is not None else np.nan for t in rep.thresholds]
-    ax.plot(b, sim, "s-", label="simulated (SLO-sized fleets)")
-    ax.axhline(0, color="0.5", lw=0.8)
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("B_short (tokens)")
-    ax.set_ylabel("GPU saving vs homogeneous (%)")
-    ax.set_title(f"{rep.trace} @ {rep.settings['rate']:g} req/s, {rep.settings['profile']}", fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
+    fig = saving_figure(rep)
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
+def saving_figure(rep: PlanReport) -> Figure:
+    """Saving vs B_short: mean with the replications' range as error bars, the pick starred and the
+    disqualified thresholds crossed out, so a disqualified high point cannot read as the answer."""
+    b = np.array([t.b_short for t in rep.thresholds])
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(b, [100 * t.closed_form_saving for t in rep.thresholds], "o--", color="tab:blue",
+            label="closed form α(1−1/ρ)")
+    mean = np.array([100 * v.saving.mean if v.saving is not None else np.nan for v in rep.verdicts])
+    lo = np.array([100 * v.saving.lo if v.saving is not None else np.nan for v in rep.verdicts])
+    hi = np.array([100 * v.saving.hi if v.saving is not None else np.nan for v in rep.verdicts])
+    ax.plot(b, mean, "-", color="tab:orange", lw=1)
+    ok = np.array([v.qualified for v in rep.verdicts])
+    n = len(rep.replicates)
+    ax.errorbar(b[ok], mean[ok], yerr=[mean[ok] - lo[ok], hi[ok] - mean[ok]], fmt="s", color="tab:orange",
+                capsize=3, label=f"simulated, SLO-sized (mean, range of {n} seed{'s' if n > 1 else ''})")
+    if (~ok).any():
+        ax.errorbar(b[~ok], mean[~ok], yerr=[mean[~ok] - lo[~ok], hi[~ok] - mean[~ok]], fmt="x", color="0.55",
+                    capsize=3, ms=9, label="disqualified (SLO missed or rejects > --max-reject)")
+    if rep.best is not None:
+        ax.plot([b[rep.best]], [mean[rep.best]], "*", color="tab:red", ms=16, zorder=5,
+                label=f"pick: B_short={b[rep.best]}")
+    ax.axhline(0, color="0.5", lw=0.8)
+    ax.set_xscale("log", base=2)
+    ax.set_xlim(b.min() / 1.4, b.max() * 1.4)  # also when no threshold has a finite saving to autoscale on
+    ax.set_xlabel("B_short (tokens)")
+    ax.set_ylabel("GPU saving vs homogeneous (%)")
+    ax.set_title(f"{rep.trace} @ {rep.settings['rate']:g} req/s, {rep.settings['profile']}, "
+                 f"baseline {rep.settings['baseline']}", fontsize=8)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
 def plot_gpus(rep: PlanReport, path: Path) -> None:
     labels = ["homog."] + [str(t.b_short) for t in rep.thresholds]
-    short = [0] + [t.dual.pools[0].gpus for t in rep.thresholds]
-    long = [rep.homogeneous.gpus] + [t.dual.pools[1].gpus for t in rep.thresholds]
+    short = [0] + [t.dual.pool_gpus[0] for t in rep.thresholds]
+    long = [rep.homogeneous.gpus] + [t.dual.pool_gpus[1] for t in rep.thresholds]
     x = np.arange(len(labels))
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.bar(x, long, label="long pool (homogeneous: all)", color="tab:blue")
     ax.bar(x, short, bottom=long, label="short pool", color="tab:orange")
-    for i, t in enumerate(rep.thresholds, start=1):
-        if not t.dual.feasible:
-            ax.text(i, long[i] + short[i], "SLO\nmissed", ha="center", va="bottom", fontsize=7, color="tab:red")
+    for i, v in enumerate(rep.verdicts, start=1):
+        if not v.qualified:
+            ax.bar([i], [long[i] + short[i]], color="none", edgecolor="0.3", hatch="//", lw=0)
+            ax.text(i, long[i] + short[i], "disq.", ha="center", va="bottom", fontsize=7, color="tab:red")
+        elif i - 1 == rep.best:
+            ax.text(i, long[i] + short[i], "pick", ha="center", va="bottom", fontsize=8, color="tab:red",
+                    fontweight="bold")
     ax.set_xticks(x, labels)
     ax.set_xlabel("B_short (tokens)")
-    ax.set_ylabel("GPUs")
+    ax.set_ylabel(f"GPUs (seed {rep.replicates[0].seed})")
     ax.legend()
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
 
 from extproc.planner.fleet import OVER_CONTEXT, QUEUE_FULL, SimResult
+
+# The limits that can size a fleet (its "binding" limit): the utilisation cap when the smallest fleet
+# under it already meets the SLOs, else the SLO it missed one step smaller.
+UTILISATION, TTFT, TPOT, REJECTIONS = "utilisation", "TTFT", "TPOT", "rejections"
 
 
 @dataclass(frozen=True)
@@ -38,10 +43,22 @@ class PoolMetrics:
     preemptions_per_1k: float
     slot_utilisation: float  # mean decoding sequences per instance / max_num_seqs
 
-    def meets(self, slo: Slo) -> bool:
+    def failures(self, slo: Slo) -> tuple[str, ...]:
+        """The limits this pool misses: a P99 over the SLO, or REJECTIONS when full queues (counted
+        as infinite TTFTs) or nothing completed are what push it over."""
         if self.requests == 0:
-            return True
-        return self.ttft_p99_s <= slo.ttft_p99_s and self.tpot_p99_s <= slo.tpot_p99_s
+            return ()
+        if self.completed == 0:
+            return (REJECTIONS,)
+        out = []
+        if not self.ttft_p99_s <= slo.ttft_p99_s:
+            out.append(REJECTIONS if math.isinf(self.ttft_p99_s) and self.rejected_queue_full else TTFT)
+        if not self.tpot_p99_s <= slo.tpot_p99_s:
+            out.append(TPOT)
+        return tuple(out)
+
+    def meets(self, slo: Slo) -> bool:
+        return not self.failures(slo)
 
     def as_dict(self) -> dict[str, float | int | str]:
         return asdict(self)
@@ -102,6 +119,11 @@ def summarise(res: SimResult, warmup: float = 0.1) -> list[PoolMetrics]:
             )
         )
     return out
+
+
+def measured_mask(res: SimResult, warmup: float = 0.1) -> np.ndarray:
+    """The requests every figure counts, rejections included: those after the warm-up."""
+    return _measured(res, warmup)
 
 
 def fleet_percentiles(res: SimResult, warmup: float = 0.1) -> dict[str, float]:

@@ -28,13 +28,14 @@ def size_pools(
     max_factor: float = 16.0,
     max_trials: int = 40,
     tolerance: float = 0.005,
+    cap: int | None = None,
 ) -> SizingResult:
     """``check(sizes)`` simulates the fleet and says per pool whether it meets its SLOs.
 
     ``start`` is each pool's lower bound (the utilisation cap's minimum); sizes below it are taken as
     failing without simulating them. A pool's search stops once its passing size is within
     ``tolerance`` (relative, at least one instance) of a failing one: P99s from a finite run are not
-    sharper than that.
+    sharper than that. No pool grows past ``cap`` instances: the search stops there, infeasible.
     """
     k = len(start)
     if any(s < 1 for s in start):
@@ -69,6 +70,10 @@ def size_pools(
             if ok[j] is None:
                 cand[j] = fail[j] + step[j]
                 step[j] *= 2
+                if cap is not None and cand[j] > cap:
+                    result.sizes = tuple(min(c, cap) for c in cand)
+                    result.reason = f"pool {j} would need more than {cap} instances (--max-instances)"
+                    return result
                 if cand[j] > max_factor * start[j] + 8:
                     result.sizes, result.reason = tuple(cand), f"pool {j} still misses its SLO at {cand[j]} instances"
                     return result

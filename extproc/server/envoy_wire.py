@@ -18,10 +18,13 @@ OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
 
 
 def header_map(headers: ep.HttpHeaders) -> dict[str, str]:
-    """Lower-case name -> value. Envoy sends ``raw_value`` bytes (``value`` only from old Envoys)."""
+    """Lower-case name -> value. Envoy sends ``raw_value`` bytes (``value`` only from old Envoys).
+
+    A repeated header keeps its first value, as Envoy's own lookups do (its tracer reads the first
+    ``traceparent``): the router must read the same context Envoy acted on."""
     out: dict[str, str] = {}
     for h in headers.headers.headers:
-        out[h.key.lower()] = h.raw_value.decode("utf-8", "replace") if h.raw_value else h.value
+        out.setdefault(h.key.lower(), h.raw_value.decode("utf-8", "replace") if h.raw_value else h.value)
     return out
 
 

@@ -19,6 +19,35 @@ from extproc.algorithm.router import Learned, Outcome, Ticket
 
 _NO_PHASES: Mapping[str, float] = MappingProxyType({})
 
+REQUEST_ID_HEADER = "x-request-id"  # Envoy's generate_request_id
+TRACEPARENT = "traceparent"
+
+
+def envoy_traceparent(headers: Mapping[str, str], metadata: Sequence[tuple[str, str]]) -> str | None:
+    """The W3C ``traceparent`` that carries Envoy's sampling decision: the ext_proc call's gRPC
+    metadata (Envoy's own span, present when Envoy traces) first, else the forwarded HTTP header
+    (the first one when a client sent two: that is the one Envoy reads)."""
+    for key, value in metadata or ():
+        if key == TRACEPARENT and isinstance(value, str):
+            return value
+    return headers.get(TRACEPARENT)
+
+
+def trace_id_of(traceparent: str | None) -> str | None:
+    """The trace id of a well-formed W3C version-00-style traceparent, else None (pure string work)."""
+    tp = traceparent
+    if tp is None or len(tp) != 55 or tp[2] != "-" or tp[35] != "-" or tp[52] != "-" or tp.startswith("ff"):
+        return None
+    try:
+        int(tp[:2], 16)
+        int(tp[3:35], 16)
+        int(tp[36:52], 16)
+        int(tp[53:], 16)
+    except ValueError:
+        return None
+    trace_id = tp[3:35]
+    return None if trace_id == "0" * 32 or tp[36:52] == "0" * 16 else trace_id
+
 
 def _of(path: str, default: Any) -> property:
     """A read-only attribute read through frozen values (``"ticket.estimate.total"``); ``default``
@@ -146,6 +175,13 @@ class ExchangeObserver:
 
     def observed(self, event: Observed) -> None:
         """Usage arrived and was offered to the calibrator (accepted or not)."""
+
+    def failed(self, record: ExchangeRecord, phase: str) -> None:
+        """A router bug while handling ``phase``'s message: the stream ends with a gRPC error."""
+
+    def trace_id(self, record: ExchangeRecord) -> str:
+        """The trace the exchange's telemetry joined ('' when not tracing), for error logs."""
+        return ""
 
     def finished(self, record: ExchangeRecord) -> None:
         """The ext_proc stream ended (response done, client gone, or Envoy closed it)."""

@@ -28,10 +28,18 @@ import orjson
 from extproc.algorithm import BudgetRouter, Outcome, ShapeError, Ticket
 from extproc.algorithm.dispatch import NO_BODY, SHORT, UNPARSEABLE
 from extproc.algorithm.pressure import LOCAL, LivePressure
-from extproc.algorithm.request_shape import CHAT, COMPLETIONS, RESPONSES
+from extproc.algorithm.request_shape import CHAT, COMPLETIONS, RESPONSES, SHAPE_ERROR_REASONS
 from extproc.config import Config
 from extproc.server import envoy_wire as em
-from extproc.server.events import Decided, ExchangeObserver, ExchangeRecord, Observed
+from extproc.server.events import (
+    REQUEST_ID_HEADER,
+    Decided,
+    ExchangeObserver,
+    ExchangeRecord,
+    Observed,
+    envoy_traceparent,
+    trace_id_of,
+)
 from extproc.server.outcome import Read, response_view, served_pool, what_to_read
 from extproc.server.overflow import overflow_count
 from extproc.server.sse import SseUsageScanner
@@ -40,8 +48,20 @@ from extproc.server.usage import json_response, usage_counts
 if TYPE_CHECKING:
     from extproc.server.pool_load import PoolLoadScraper
 
-__all__ = ["NO_BODY", "UNPARSEABLE", "Exchange", "RouterRuntime", "endpoint_of", "inject_include_usage"]
+__all__ = [
+    "NO_BODY",
+    "UNPARSEABLE",
+    "UNPARSEABLE_DETAILS",
+    "USAGE_SOURCES",
+    "Exchange",
+    "RouterRuntime",
+    "endpoint_of",
+    "inject_include_usage",
+]
 _keys = itertools.count(1)
+# Known up front, so every metric series exists from 0 (tests check the code uses no others).
+UNPARSEABLE_DETAILS = ("unknown_endpoint", "body_too_large", "encoded_body", "invalid_json", *SHAPE_ERROR_REASONS)
+USAGE_SOURCES = ("json", "sse", "overflow_400", "overflow_400_bound")
 
 
 @dataclass
@@ -274,9 +294,10 @@ class Exchange:
     def _observe_json(self, body: bytes) -> None:
         if self._status >= 400:
             found = overflow_count(body)
-            if found is not None:
-                source = "overflow_400" if found.exact else "overflow_400_bound"
-                self._observe_usage(found.prompt_tokens, None, source, lower_bound=not found.exact)
+            if found is not None and found.exact:
+                self._observe_usage(found.prompt_tokens, None, "overflow_400")
+            elif found is not None:  # "at least N": learned as a bound only
+                self._observe_usage(found.prompt_tokens, None, lower_bound=True, source="overflow_400_bound")
         elif body.lstrip().startswith(b"data:"):
             scanner = SseUsageScanner(self.rt.cfg.server.max_response_buffer_bytes)
             scanner.feed(body)
@@ -298,6 +319,13 @@ class Exchange:
         learned = self.rt.router.finish(self.ticket, outcome)
         self._observed = Observed(self._decided, source, outcome, learned)
         self.rt.observer.observed(self._observed)
+
+    def trace_and_request_id(self) -> tuple[str, str]:
+        """What names this exchange in Envoy's logs and traces, for the router's own error lines."""
+        trace_id = (
+            self.rt.observer.trace_id(self.record) or trace_id_of(envoy_traceparent(self._headers, self.metadata)) or ""
+        )
+        return trace_id, self._headers.get(REQUEST_ID_HEADER, "")
 
     def close(self) -> None:
         if self._closed:

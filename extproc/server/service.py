@@ -34,9 +34,9 @@ class ExternalProcessor(epg.ExternalProcessorServicer):
                     break
                 try:
                     resp = ex.handle(req)
-                except Exception:  # never let one odd message kill the stream: answer "continue"
-                    log.exception("exchange failed; continuing without changes")
-                    resp = _continue_for(req)
+                except Exception as exc:
+                    await self._fail(ex, req.WhichOneof("request"), exc, context)  # raises: the stream ends
+                    raise
                 await context.write(resp)
                 if ex.done:  # clean close: Envoy proceeds without consulting us (ext_proc protocol)
                     break
@@ -48,27 +48,26 @@ class ExternalProcessor(epg.ExternalProcessorServicer):
             if self.active == 0:
                 self._idle.set()
 
+    async def _fail(self, ex: Exchange, phase: str, exc: Exception, context: grpc.aio.ServicerContext) -> None:
+        """A router bug: end the stream with a gRPC error, so Envoy's failure mode decides (fail-open
+        continues unrouted, i.e. to the long pool; fail-closed answers 5xx) instead of us guessing."""
+        trace_id, request_id = ex.trace_and_request_id()
+        log.error(
+            "router error in %s (trace_id=%s request_id=%s); ending the stream with INTERNAL",
+            phase,
+            trace_id or "-",
+            request_id or "-",
+            exc_info=exc,
+        )
+        ex.rt.observer.failed(ex.record, phase)
+        await context.abort(grpc.StatusCode.INTERNAL, f"budget-router: internal error in {phase}")
+
     async def drained(self, timeout: float) -> bool:
         try:
             await asyncio.wait_for(self._idle.wait(), timeout)
             return True
         except TimeoutError:
             return False
-
-
-def _continue_for(req):
-    from extproc.server import envoy_wire as em
-
-    kind = req.WhichOneof("request")
-    if kind == "request_headers":
-        return em.request_headers_response()
-    if kind == "request_body":
-        return em.request_body_response()
-    if kind == "response_headers":
-        return em.response_headers_response()
-    if kind == "response_body":
-        return em.response_body_response()
-    return em.trailers_response(request=kind == "request_trailers")
 
 
 class RouterServer:

@@ -13,6 +13,8 @@ from typing import Any
 import orjson
 
 from extproc.algorithm import CalibrationParams, Calibrator
+from extproc.algorithm.calibration import CategoryState
+from extproc.algorithm.calibration_state import parse_state
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,18 +27,16 @@ class RatioPoint:
     ratio: float  # c*: what routing used at that moment
 
 
-def newest_snapshot(state_file: Path) -> dict[str, Any]:
-    """The most recently written replica's categories ({} before the first save or on a torn read)."""
+def newest_snapshot(state_file: Path, params: CalibrationParams) -> dict[str, CategoryState]:
+    """The most recently written replica's usable categories ({} before the first save or on a torn read)."""
     try:
-        data = orjson.loads(state_file.read_bytes())
-    except (OSError, orjson.JSONDecodeError):
+        raw = state_file.read_bytes()
+    except OSError:
         return {}
-    replicas = data.get("replicas") if isinstance(data, dict) else None
-    if not isinstance(replicas, dict) or not replicas:
+    replicas = parse_state(raw, params).replicas
+    if not replicas:
         return {}
-    newest = max(replicas.values(), key=lambda e: e.get("updated", 0) if isinstance(e, dict) else 0)
-    categories = newest.get("categories") if isinstance(newest, dict) else None
-    return categories if isinstance(categories, dict) else {}
+    return max(replicas.values(), key=lambda e: e.updated).categories
 
 
 class CalibrationTimeline:
@@ -49,7 +49,7 @@ class CalibrationTimeline:
         self._last: dict[str, tuple[float, float, int]] = {}
 
     def poll(self, t_s: float) -> None:
-        snapshot = newest_snapshot(self.state_file)
+        snapshot = newest_snapshot(self.state_file, self.params)
         if not snapshot:
             return
         cal = Calibrator(self.params)

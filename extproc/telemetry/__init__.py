@@ -71,6 +71,8 @@ def build_observer(
             spans = ExchangeSpans(
                 tracers.get_tracer(names.INSTRUMENTATION_SCOPE, VERSION),
                 t.capture_content,
+                content_max_bytes=t.capture_content_max_bytes,
+                provider=t.provider_name,
                 parent_based=sampler.startswith("parentbased_")
                 and "tracecontext" in env.get("OTEL_PROPAGATORS", "tracecontext"),
             )

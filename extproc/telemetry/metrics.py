@@ -12,25 +12,43 @@ gauge reports the ratio the latest decision in each category used, taken from th
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry.metrics import CallbackOptions, Meter, Observation
 
-from extproc.algorithm.dispatch import UNPARSEABLE
+from extproc.algorithm.calibration import Observation as Outcome
+from extproc.algorithm.dispatch import (
+    CAPACITY,
+    LONG,
+    NO_BODY,
+    NO_OUTPUT_LIMIT,
+    OVER_LONG_CONTEXT,
+    SHORT,
+    SPILLOVER,
+    THRESHOLD,
+    UNPARSEABLE,
+)
 from extproc.algorithm.pressure import InFlightPressure
+from extproc.algorithm.request_shape import ENDPOINTS
 from extproc.server.events import Decided, ExchangeRecord, Observed
+from extproc.server.exchange import UNPARSEABLE_DETAILS, USAGE_SOURCES
 from extproc.telemetry import names as n
 from extproc.telemetry.histograms import HistogramSet
 
 if TYPE_CHECKING:
     from extproc.server.exchange import RouterRuntime
     from extproc.server.pool_load import PoolLoadScraper
+    from extproc.server.state_store import StateStore
 
-ACCEPTED = "accepted"
-# Observations whose error says nothing about the estimate: zero tokens, or a bytes/token ratio no
-# tokenizer produces (a broken or lying backend). Outliers stay: they are plausible and real.
-NOT_AN_ERROR = frozenset({"invalid", "out_of_bounds"})
+ACCEPTED = Outcome.ACCEPTED.value
+# (pool, reason, endpoint) a decision can produce: the series a dashboard divides by, present from 0.
+_PARSED = [(SHORT, THRESHOLD)] + [
+    (LONG, r) for r in (THRESHOLD, CAPACITY, OVER_LONG_CONTEXT, SPILLOVER, NO_OUTPUT_LIMIT)
+]
+DECISIONS = [(pool, reason, e) for e in ENDPOINTS for pool, reason in _PARSED] + [
+    (LONG, reason, n.OTHER_ENDPOINT) for reason in (UNPARSEABLE, NO_BODY)
+]
 Attrs = dict[str, str]
 
 
@@ -51,8 +69,13 @@ class _Interned:
 class _Tally:
     """A counter kept as a dict of label tuples; published by an observable counter when collected."""
 
-    def __init__(self, meter: Meter, name: str, unit: str, description: str, *keys: str) -> None:
-        self.counts: dict[tuple[str, ...], int] = {}
+    def __init__(
+        self, meter: Meter, name: str, unit: str, description: str, *keys: str, known: Iterable[tuple[str, ...]] = ()
+    ) -> None:
+        # Label sets known up front start at 0: a rate() or an alert sees the series before the first event.
+        self.counts: dict[tuple[str, ...], int] = {values: 0 for values in known}
+        if not keys:
+            self.counts[()] = 0
         self.attrs = _Interned(*keys)
         meter.create_observable_counter(name, [self._observe], unit, description)
 
@@ -72,6 +95,7 @@ def retry_outcome(status: int) -> str:
 class DecisionMetrics:
     def __init__(self, meter: Meter, histograms: HistogramSet) -> None:
         self.runtime: RouterRuntime | None = None
+        self.store: StateStore | None = None
         self._last_ratio: dict[str, float] = {}
         self.requests = _Tally(
             meter,
@@ -81,12 +105,18 @@ class DecisionMetrics:
             "pool",
             "reason",
             "endpoint",
+            known=DECISIONS,
         )
         self.spillovers = _Tally(
             meter, n.M_SPILLOVERS, "{request}", "Requests that fit the short pool but went long under pressure."
         )
         self.unparseable = _Tally(
-            meter, n.M_UNPARSEABLE, "{request}", "Requests routed long because the body could not be read.", "detail"
+            meter,
+            n.M_UNPARSEABLE,
+            "{request}",
+            "Requests routed long because the body could not be read.",
+            "detail",
+            known=[(d,) for d in UNPARSEABLE_DETAILS],
         )
         self.no_max_tokens = _Tally(
             meter,
@@ -94,6 +124,7 @@ class DecisionMetrics:
             "{request}",
             "Requests that set no output limit (routed per routing.no_output_limit).",
             "endpoint",
+            known=[(e,) for e in ENDPOINTS],
         )
         self.usage = _Tally(
             meter,
@@ -101,9 +132,23 @@ class DecisionMetrics:
             "{observation}",
             "Usage read from responses, by source (json, sse, overflow_400).",
             "source",
+            known=[(s,) for s in USAGE_SOURCES],
         )
         self.rejected = _Tally(
-            meter, n.M_REJECTED, "{observation}", "Usage observations the calibrator refused, by cause.", "cause"
+            meter,
+            n.M_REJECTED,
+            "{observation}",
+            "Usage observations the calibrator refused, by cause.",
+            "cause",
+            known=[(o.value,) for o in Outcome if o is not Outcome.ACCEPTED],
+        )
+        self.errors = _Tally(
+            meter,
+            n.M_ERRORS,
+            "{stream}",
+            "Router bugs: exceptions while handling a message; the stream ended with a gRPC error.",
+            "phase",
+            known=[(p,) for p in n.MESSAGE_PHASES],
         )
         self.retries = _Tally(
             meter,
@@ -145,6 +190,18 @@ class DecisionMetrics:
         meter.create_observable_counter(
             n.M_EXACT_COUNTS, [self._exact_counts], "{request}", "Estimates counted exactly (estimator.exact_band)."
         )
+        meter.create_observable_counter(
+            n.M_STATE_SKIPPED,
+            [self._state_counter("skipped_entries")],
+            "{entry}",
+            "Malformed calibration state entries skipped (each time the file was read).",
+        )
+        meter.create_observable_counter(
+            n.M_STATE_SYNC_FAILURES,
+            [self._state_counter("sync_failures")],
+            "{sync}",
+            "Calibration state syncs that failed (the next save interval retries).",
+        )
         self._category = _Interned("category")
         self._pool = _Interned("pool")
         self._pool_cause = _Interned("pool", "cause")
@@ -177,8 +234,14 @@ class DecisionMetrics:
             "Pressure reads that fell back to the local in-flight count (scrape stale or failed).",
         )
 
-    def attach(self, runtime: RouterRuntime) -> None:
+    def attach(self, runtime: RouterRuntime, store: StateStore | None = None) -> None:
         self.runtime = runtime
+        if store is not None:
+            self.store = store
+
+    def _state_counter(self, attribute: str) -> Callable[[CallbackOptions], Iterable[Observation]]:
+        """Reads the store's tally at collection time; 0 from the start, so alerts see the series."""
+        return lambda _options: [Observation(0 if self.store is None else getattr(self.store, attribute))]
 
     # -- hooks -----------------------------------------------------------------------------------
     def decided(self, record: Decided) -> None:
@@ -200,7 +263,7 @@ class DecisionMetrics:
         self.usage.add(record.usage_source)
         if record.observation != ACCEPTED:
             self.rejected.add(record.observation)
-        if record.estimate_error_pct is not None and record.observation not in NOT_AN_ERROR:
+        if record.estimate_error_pct is not None:  # None: the observation says nothing about the estimate
             self.estimate_error.record(100.0 + record.estimate_error_pct, record.category)
 
     def finished(self, record: ExchangeRecord) -> None:

@@ -21,6 +21,7 @@ GEN_AI_RESPONSE_MODEL = "gen_ai.response.model"
 GEN_AI_INPUT_TOKENS = "gen_ai.usage.input_tokens"
 GEN_AI_OUTPUT_TOKENS = "gen_ai.usage.output_tokens"
 GEN_AI_INPUT_MESSAGES = "gen_ai.input.messages"  # only with telemetry.capture_content
+GEN_AI_PROVIDER = "gen_ai.provider.name"
 HTTP_METHOD = "http.request.method"
 HTTP_STATUS = "http.response.status_code"
 URL_PATH = "url.path"
@@ -55,6 +56,7 @@ PROCESSING_SECONDS = PREFIX + "processing_seconds"
 SHORT_PRESSURE = PREFIX + "short_pressure"  # the pressures the decision used (1.0 = at capacity)
 LONG_PRESSURE = PREFIX + "long_pressure"
 PRESSURE_SOURCE = PREFIX + "pressure_source"  # live (engines' /metrics) | local (own in-flight count)
+CONTENT_TRUNCATED = PREFIX + "content_truncated"  # captured messages were cut at capture_content_max_bytes
 
 # -- metrics (OTel names; the Prometheus names the exporter derives are in the comments) ---------
 M_REQUESTS = "budget_router.requests"  # budget_router_requests_total{pool,reason,endpoint}
@@ -86,11 +88,18 @@ M_SCRAPE_AGE = "budget_router.pool.scrape.age"  # budget_router_pool_scrape_age_
 M_SCRAPES = "budget_router.pool.scrapes"  # budget_router_pool_scrapes_total{pool}
 M_SCRAPE_FAILURES = "budget_router.pool.scrape.failures"  # ..._scrape_failures_total{pool,cause}
 M_LOCAL_FALLBACKS = "budget_router.pool.local_fallbacks"  # ..._local_fallbacks_total{pool}
+M_ERRORS = "budget_router.errors"  # budget_router_errors_total{phase}: router bugs, stream ended with an error
+M_STATE_SKIPPED = "budget_router.state.skipped_entries"  # budget_router_state_skipped_entries_total
+M_STATE_SYNC_FAILURES = "budget_router.state.sync_failures"  # budget_router_state_sync_failures_total
 
 # Phases of the processing-time histogram: the two request messages, and everything after them.
 REQUEST_PHASES = ("request_headers", "request_body")
 RESPONSE_PHASE = "response"
 PHASES = (*REQUEST_PHASES, RESPONSE_PHASE)
+# The ext_proc messages, each a phase in which the router can fail.
+MESSAGE_PHASES = (
+    "request_headers", "request_body", "request_trailers", "response_headers", "response_body", "response_trailers",
+)  # fmt: skip
 
 # Histogram buckets, chosen for what an operator asks of each series.
 SIGNED_ERROR_EDGES = (-50.0, -25.0, -15.0, -10.0, -5.0, -2.5, -1.0, 0.0, 1.0, 2.5, 5.0, 10.0, 15.0, 25.0, 50.0, 100.0)

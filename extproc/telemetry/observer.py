@@ -11,9 +11,9 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from opentelemetry.trace import Span, get_current_span
+from opentelemetry.trace import Span, Status, StatusCode, get_current_span
 
-from extproc.server.events import Decided, ExchangeObserver, ExchangeRecord, Observed
+from extproc.server.events import REQUEST_ID_HEADER, Decided, ExchangeObserver, ExchangeRecord, Observed
 from extproc.telemetry.logs import DecisionLog
 from extproc.telemetry.metrics import DecisionMetrics
 from extproc.telemetry.propagation import extract_parent
@@ -21,9 +21,9 @@ from extproc.telemetry.spans import ExchangeSpans
 
 if TYPE_CHECKING:
     from extproc.server.exchange import RouterRuntime
+    from extproc.server.state_store import StateStore
 
 log = logging.getLogger("budget_router.telemetry")
-REQUEST_ID_HEADER = "x-request-id"  # Envoy's generate_request_id
 
 
 class _Live:
@@ -52,10 +52,10 @@ class TelemetryObserver(ExchangeObserver):
         self._live: dict[int, _Live] = {}  # record.key -> state, from started() to finished()
         self._faulted: set[str] = set()
 
-    def attach(self, runtime: RouterRuntime) -> None:
-        """Give the gauges the runtime they read (calibrator state, in-flight per pool)."""
+    def attach(self, runtime: RouterRuntime, store: StateStore | None = None) -> None:
+        """Give the gauges what they read (calibrator state, in-flight per pool, state file tallies)."""
         if self.metrics is not None:
-            self.metrics.attach(runtime)
+            self.metrics.attach(runtime, store)
 
     @property
     def live_exchanges(self) -> int:
@@ -76,7 +76,7 @@ class TelemetryObserver(ExchangeObserver):
                 span: Span | None = None if isinstance(started, str) else started
                 trace_id = started if isinstance(started, str) else _trace_id_of(started)
             else:  # logs only: still name the caller's trace so lines join Envoy's spans
-                span, trace_id = None, _trace_id_of(get_current_span(extract_parent(headers, metadata)))
+                span, trace_id = None, _trace_id_of(get_current_span(extract_parent(headers, metadata)[0]))
             self._live[record.key] = _Live(span, trace_id, headers.get(REQUEST_ID_HEADER, ""))
         except Exception:
             self._fault("started")
@@ -99,6 +99,20 @@ class TelemetryObserver(ExchangeObserver):
     def observed(self, event: Observed) -> None:
         if self.metrics is not None:
             self._guard("observed", self.metrics.observed, event)
+
+    def failed(self, record: ExchangeRecord, phase: str) -> None:
+        try:
+            if self.metrics is not None:
+                self.metrics.errors.add(phase)
+            live = self._live.get(record.key)
+            if live is not None and live.span is not None:
+                live.span.set_status(Status(StatusCode.ERROR, f"router error in {phase}"))
+        except Exception:
+            self._fault("failed")
+
+    def trace_id(self, record: ExchangeRecord) -> str:
+        live = self._live.get(record.key)
+        return "" if live is None else live.trace_id
 
     def finished(self, record: ExchangeRecord) -> None:
         if self.metrics is not None:

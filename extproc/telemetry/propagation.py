@@ -1,9 +1,14 @@
-"""Trace context in and out of the router.
+"""Trace context in and out of the router, following the sampling decision Envoy made.
 
-Envoy hands the caller's context to us in two places: the forwarded HTTP headers (what the client
-sent) and the ext_proc gRPC call's metadata (Envoy's own span, when Envoy traces). The HTTP header
-wins when both carry one, so a client that propagates its trace keeps it; otherwise the router
-span hangs under Envoy's. The propagator is the process-wide one, so ``OTEL_PROPAGATORS`` applies.
+Envoy hands us context in two places: the ext_proc gRPC call's metadata (Envoy's own span, present
+when Envoy traces) and the forwarded HTTP headers (what the client sent). Envoy already decided
+whether this request is sampled (its sampling percentage, the client's header, ``x-request-id``), and
+its span is the one the client's trace continues through, so the metadata is the parent whenever it
+is valid. A client header in the same trace adds nothing; one in another trace (Envoy started a new
+trace, e.g. a non-UUID ``x-request-id`` or ``tracing.random_sampling``) becomes a span link, never
+the parent, so the router span lands in Envoy's trace with Envoy's decision. Without metadata the
+first ``traceparent`` header is the parent (Envoy reads the first of duplicates; the header map keeps
+it). The propagator is the process-wide one, so ``OTEL_PROPAGATORS`` applies.
 """
 
 from __future__ import annotations
@@ -12,11 +17,18 @@ from collections.abc import Mapping, Sequence
 
 from opentelemetry import propagate
 from opentelemetry.context import Context
-from opentelemetry.trace import Span, set_span_in_context
+from opentelemetry.trace import Link, Span, SpanContext, get_current_span, set_span_in_context
+
+from extproc.server.events import envoy_traceparent, trace_id_of
 
 
-def extract_parent(headers: Mapping[str, str], metadata: Sequence[tuple[str, str]]) -> Context:
-    """Parent context: the HTTP headers' trace context if valid, else the gRPC metadata's, else none.
+def _context_of(carrier: Mapping[str, str]) -> SpanContext | None:
+    ctx = get_current_span(propagate.get_global_textmap().extract(carrier, context=Context())).get_span_context()
+    return ctx if ctx.is_valid else None
+
+
+def extract_parent(headers: Mapping[str, str], metadata: Sequence[tuple[str, str]]) -> tuple[Context, list[Link]]:
+    """Parent context (Envoy's metadata if valid, else the HTTP headers', else none) and the links.
 
     The common cases (no context, or context in only one place) cost a single extraction.
     """
@@ -24,10 +36,17 @@ def extract_parent(headers: Mapping[str, str], metadata: Sequence[tuple[str, str
     carrier = {k: v for k, v in metadata if isinstance(v, str)} if metadata else {}  # -bin metadata skipped
     fields = propagator.fields
     if not any(f in carrier for f in fields):
-        return propagator.extract(headers, context=Context())
+        return propagator.extract(headers, context=Context()), []
+    envoy = propagator.extract(carrier, context=Context())
+    envoy_span = get_current_span(envoy).get_span_context()
+    if not envoy_span.is_valid:
+        return propagator.extract(headers, context=Context()), []
     if not any(f in headers for f in fields):
-        return propagator.extract(carrier, context=Context())
-    return propagator.extract(headers, context=propagator.extract(carrier, context=Context()))
+        return envoy, []
+    client = _context_of(headers)
+    if client is None or client.trace_id == envoy_span.trace_id:
+        return envoy, []
+    return envoy, [Link(client)]
 
 
 def inject(span: Span) -> dict[str, str]:
@@ -37,33 +56,16 @@ def inject(span: Span) -> dict[str, str]:
     return carrier
 
 
-def _traceparent(headers: Mapping[str, str], metadata: Sequence[tuple[str, str]]) -> str | None:
-    value = headers.get("traceparent")
-    if value is not None:
-        return value
-    for key, v in metadata or ():
-        if key == "traceparent" and isinstance(v, str):
-            return v
-    return None
-
-
 def unsampled_parent(headers: Mapping[str, str], metadata: Sequence[tuple[str, str]]) -> str | None:
-    """Trace id of a well-formed W3C parent whose sampled flag is off, else None.
+    """Trace id of a well-formed W3C parent (the one Envoy's decision is in) whose sampled flag is
+    off, else None.
 
     With a parent-based sampler such a parent yields a non-recording span anyway; recognising it from
     the header's last byte skips the propagator and the SDK (~50 µs a request in CPython), which is
     what keeps tracing cheap when Envoy samples a small share of requests.
     """
-    tp = _traceparent(headers, metadata)
-    if tp is None or len(tp) != 55 or tp[2] != "-" or tp[35] != "-" or tp[52] != "-":
-        return None
-    try:
-        flags = int(tp[53:], 16)
-        int(tp[3:35], 16)
-        int(tp[36:52], 16)
-    except ValueError:
-        return None
-    trace_id = tp[3:35]
-    if flags & 1 or tp.startswith("ff") or trace_id == "0" * 32:
+    tp = envoy_traceparent(headers, metadata)
+    trace_id = trace_id_of(tp)
+    if trace_id is None or int(tp[53:], 16) & 1:  # type: ignore[index]
         return None
     return trace_id

@@ -7,23 +7,36 @@ a dozen single ones on the hot path.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import orjson
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
 
+from extproc.config import TelemetryConfig
 from extproc.server.events import ExchangeRecord
 from extproc.telemetry import names as n
 from extproc.telemetry.propagation import extract_parent, inject, unsampled_parent
 
 AttrValue = str | bool | int | float
+TRUNCATED = "[truncated by budget-router]"  # ends the text part where captured content was cut
+_DEFAULTS = TelemetryConfig()
 
 
 class ExchangeSpans:
-    def __init__(self, tracer: Tracer, capture_content: bool = False, parent_based: bool = False) -> None:
+    def __init__(
+        self,
+        tracer: Tracer,
+        capture_content: bool = False,
+        parent_based: bool = False,
+        content_max_bytes: int = _DEFAULTS.capture_content_max_bytes,
+        provider: str = _DEFAULTS.provider_name,
+    ) -> None:
         self.tracer = tracer
         self.capture_content = capture_content
+        self.content_max_bytes = content_max_bytes  # an OTLP batch over the collector's limit loses every span in it
+        self.provider = provider
         self.parent_based = parent_based  # the sampler follows the parent: unsampled parents need no span
 
     def start(
@@ -34,7 +47,8 @@ class ExchangeSpans:
             trace_id = unsampled_parent(headers, metadata)
             if trace_id is not None:
                 return trace_id
-        return self.tracer.start_span(n.SPAN_NAME, context=extract_parent(headers, metadata), kind=SpanKind.SERVER)
+        parent, links = extract_parent(headers, metadata)
+        return self.tracer.start_span(n.SPAN_NAME, context=parent, kind=SpanKind.SERVER, links=links)
 
     @staticmethod
     def upstream_headers(span: Span) -> dict[str, str]:
@@ -70,6 +84,7 @@ class ExchangeSpans:
             return a
         a[n.GEN_AI_OPERATION] = operation
         a[n.ENDPOINT] = record.endpoint
+        a[n.GEN_AI_PROVIDER] = self.provider
         if record.model:
             a[n.GEN_AI_REQUEST_MODEL] = record.model
         if not record.output_defaulted:
@@ -99,22 +114,127 @@ class ExchangeSpans:
                 a[n.GEN_AI_OUTPUT_TOKENS] = record.completion_tokens
             if record.estimate_error_pct is not None:
                 a[n.ESTIMATE_ERROR_PCT] = record.estimate_error_pct
-        if self.capture_content:
-            prompt = prompt_content(record.request_body)
-            if prompt is not None:
-                a[n.GEN_AI_INPUT_MESSAGES] = prompt
+        if self.capture_content and record.request_body:
+            captured = input_messages(record.request_body, self.content_max_bytes)
+            if captured is not None:
+                a[n.GEN_AI_INPUT_MESSAGES], truncated = captured
+                if truncated:
+                    a[n.CONTENT_TRUNCATED] = True
         return a
 
 
-def prompt_content(body: bytes | None) -> str | None:
-    """The request's ``messages`` (chat), ``prompt`` (completions) or ``input`` (responses) as JSON text."""
-    if not body:
+# -- captured content in the GenAI conventions' message format -------------------------------------------
+def _text(content: Any) -> dict[str, Any]:
+    return {"type": "text", "content": content}
+
+
+def _parts(message: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """One chat message's content, tool calls and tool result as GenAI ``parts``."""
+    content = message.get("content")
+    if message.get("role") == "tool":
+        return [{"type": "tool_call_response", "id": message.get("tool_call_id"), "response": content}]
+    parts: list[dict[str, Any]] = []
+    if isinstance(content, str):
+        parts.append(_text(content))
+    elif isinstance(content, list):
+        for part in content:
+            kind = part.get("type") if isinstance(part, Mapping) else None
+            if kind in ("text", "input_text", "output_text"):  # chat; responses
+                parts.append(_text(part.get("text")))
+            elif kind == "image_url" and isinstance(part.get("image_url"), Mapping):
+                parts.append({"type": "uri", "modality": "image", "uri": part["image_url"].get("url")})
+            else:
+                parts.append({"type": str(kind)})
+    for call in message.get("tool_calls") or ():
+        fn = call.get("function") if isinstance(call, Mapping) else None
+        if isinstance(fn, Mapping):
+            args = fn.get("arguments")
+            if isinstance(args, str):
+                with contextlib.suppress(orjson.JSONDecodeError):  # not JSON: keep the text
+                    args = orjson.loads(args)
+            parts.append({"type": "tool_call", "id": call.get("id"), "name": fn.get("name"), "arguments": args})
+    return parts
+
+
+def _responses_item(item: Any) -> dict[str, Any]:
+    """One Responses API ``input`` item: a message, a function call or a function call's output."""
+    if not isinstance(item, Mapping):
+        return {"role": None, "parts": []}
+    kind = item.get("type")
+    if kind == "function_call":
+        call = {"id": item.get("call_id"), "function": {"name": item.get("name"), "arguments": item.get("arguments")}}
+        return {"role": "assistant", "parts": _parts({"tool_calls": [call]})}
+    if kind == "function_call_output":
+        return {"role": "tool", "parts": _parts({"role": "tool", "tool_call_id": item.get("call_id"),
+                                                 "content": item.get("output")})}  # fmt: skip
+    return {"role": item.get("role"), "parts": _parts(item)}
+
+
+def _messages(data: Mapping[str, Any]) -> list[dict[str, Any]] | None:
+    """Chat ``messages``, completions ``prompt`` or responses ``instructions`` + ``input`` as GenAI messages."""
+    messages = data.get("messages")
+    if isinstance(messages, list):
+        return [
+            {"role": m.get("role"), "parts": _parts(m)} if isinstance(m, Mapping) else {"role": None, "parts": []}
+            for m in messages
+        ]
+    if "input" in data:
+        items = data["input"]
+        out = [{"role": "system", "parts": [_text(data["instructions"])]}] if data.get("instructions") else []
+        if isinstance(items, list):
+            return out + [_responses_item(i) for i in items]
+        return [*out, {"role": "user", "parts": [_text(items)]}]
+    prompt = data.get("prompt")
+    if prompt is None:
         return None
+    prompts = prompt if isinstance(prompt, list) and not all(isinstance(p, int) for p in prompt) else [prompt]
+    return [{"role": "user", "parts": [_text(p) for p in prompts]}]
+
+
+def _cut(text: str, budget: int) -> str:
+    """The longest prefix of ``text`` whose JSON encoding fits ``budget`` bytes, plus the marker."""
+    budget -= len(orjson.dumps(TRUNCATED)) - 2
+    prefix = text[: max(budget, 0)]
+    while prefix and len(orjson.dumps(prefix)) - 2 > budget:
+        prefix = prefix[: -max(1, (len(orjson.dumps(prefix)) - 2 - budget) // 4)]
+    return prefix + TRUNCATED
+
+
+def _capped(messages: list[dict[str, Any]], limit: int) -> tuple[str, bool]:
+    """``messages`` as JSON of at most ``limit`` bytes: whole messages while they fit, then the first
+    one that does not with its parts cut (a text part shortened and marked), and nothing after it."""
+    whole = orjson.dumps(messages)
+    if len(whole) <= limit:
+        return whole.decode(), False
+    kept: list[dict[str, Any]] = []
+    for message in messages:
+        if len(orjson.dumps([*kept, message])) <= limit:
+            kept.append(message)
+            continue
+        parts: list[dict[str, Any]] = []
+        for part in message["parts"]:
+            trial = [*kept, {**message, "parts": [*parts, part]}]
+            if len(orjson.dumps(trial)) <= limit:
+                parts.append(part)
+                continue
+            stub = _text("")
+            room = limit - len(orjson.dumps([*kept, {**message, "parts": [*parts, stub]}]))
+            content = part.get("content") if part.get("type") == "text" else None
+            if room >= len(TRUNCATED) + 2:
+                parts.append(_text(_cut(content if isinstance(content, str) else "", room)))
+            break
+        if parts:
+            kept.append({**message, "parts": parts})
+        break
+    return orjson.dumps(kept).decode(), True
+
+
+def input_messages(body: bytes, limit: int) -> tuple[str, bool] | None:
+    """``gen_ai.input.messages`` for a chat or completions body, capped at ``limit`` bytes, and whether
+    it was cut; None when the body has no messages or prompt."""
     try:
         data: Any = orjson.loads(body)
     except orjson.JSONDecodeError:
         return None
-    if not isinstance(data, dict):
-        return None
-    value = data.get("messages", data.get("prompt", data.get("input")))
-    return None if value is None else orjson.dumps(value).decode()
+    messages = _messages(data) if isinstance(data, dict) else None
+    return None if messages is None else _capped(messages, limit)

@@ -383,7 +383,7 @@ async def test_client_disconnects_mid_stream(observed: ObservedStack, session: a
     decision = observed.decision(request_id)
     assert (decision["pool"], decision["reason"]) == ("short", "threshold")
     log = observed.router_log
-    assert "Traceback" not in log and "exchange failed" not in log
+    assert "Traceback" not in log and "router error" not in log
 
 
 # -- SSE responses the emulator never produces, through the real gRPC server -------------------------
@@ -512,4 +512,4 @@ async def test_router_still_routes_after_the_table(observed: ObservedStack, sess
         observed, session, Row("after_table_long", dumps(chat(max_tokens=9_000)), 200, "completion", "long", "capacity")
     )
     log = observed.router_log
-    assert "Traceback" not in log and "exchange failed" not in log
+    assert "Traceback" not in log and "router error" not in log

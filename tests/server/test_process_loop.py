@@ -51,6 +51,7 @@ class FakeStream:
         self.write_error, self.fail_write = write_error, fail_write
         self.written: list[em.ProcessingResponse] = []
         self.waiting = asyncio.Event()  # set once a read blocks (hang)
+        self.aborted: tuple[grpc.StatusCode, str] | None = None
 
     def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
         return (("x-test", "1"),)
@@ -69,6 +70,11 @@ class FakeStream:
         if self.write_error is not None and len(self.written) + 1 == self.fail_write:
             raise self.write_error
         self.written.append(resp)
+
+    async def abort(self, code: grpc.StatusCode, details: str = "") -> None:
+        """Like grpc.aio's: remembers the status and raises, ending the handler."""
+        self.aborted = (code, details)
+        raise grpc.aio.AbortError()
 
 
 @pytest.fixture
@@ -155,16 +161,29 @@ async def test_cancellation_while_waiting_for_the_response_is_a_quiet_close(
     assert len(observer.records) == 1
 
 
-async def test_a_message_the_exchange_chokes_on_is_answered_continue(caplog: pytest.LogCaptureFixture):
-    class Choking(ExchangeObserver):
+async def test_a_message_the_exchange_chokes_on_ends_the_stream_with_internal(caplog: pytest.LogCaptureFixture):
+    """A router bug is not papered over with "continue": the stream ends with INTERNAL so Envoy's
+    failure mode decides, the failure is reported to the observer, and the exchange still closes."""
+
+    class Choking(Finished):
+        def __init__(self) -> None:
+            super().__init__()
+            self.failures: list[str] = []
+
         def decided(self, record: ExchangeRecord) -> None:
             raise RuntimeError("boom")
 
+        def failed(self, record: ExchangeRecord, phase: str) -> None:
+            self.failures.append(phase)
+
+    observer = Choking()
     cfg = load_config(env={}, overrides={"calibration": {"state_file": ""}})
-    service = ExternalProcessor(RouterRuntime.from_config(cfg, Choking()))
+    service = ExternalProcessor(RouterRuntime.from_config(cfg, observer))
     stream = FakeStream([request_headers(), request_body(BODY), response_headers(), response_body(USAGE)])
-    await service.Process(iter(()), stream)  # type: ignore[arg-type]
-    body = stream.written[1]
-    assert body.WhichOneof("response") == "request_body" and not body.request_body.response.HasField("header_mutation")
-    assert len(stream.written) == 4  # the stream went on
-    assert "exchange failed; continuing without changes" in caplog.text
+    with pytest.raises(grpc.aio.AbortError):
+        await service.Process(iter(()), stream)  # type: ignore[arg-type]
+    assert stream.aborted is not None and stream.aborted[0] == grpc.StatusCode.INTERNAL
+    assert len(stream.written) == 1  # request headers answered; the body was not
+    assert observer.failures == ["request_body"] and len(observer.records) == 1
+    assert in_flight(service) == {"short": 0, "long": 0} and await service.drained(0.1)
+    assert "router error in request_body" in caplog.text

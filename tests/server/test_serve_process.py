@@ -4,6 +4,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import grpc
@@ -38,6 +39,17 @@ def start(state: Path) -> tuple[subprocess.Popen, int, str]:
     return proc, int(line.split("listening on ")[1].split()[0].rsplit(":", 1)[1]), line
 
 
+def start_and_stop(state: Path) -> tuple[str, str]:
+    """Start, then SIGTERM (exit 0 within 15 s): the ready line and stderr."""
+    proc, _, line = start(state)
+    try:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(15) == 0
+    finally:
+        proc.kill()
+    return line, proc.stderr.read()
+
+
 def learn_once(port: int) -> None:
     body = orjson.dumps({"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "word " * 200}]})
     with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
@@ -62,14 +74,29 @@ def test_sigterm_saves_state_and_exits_zero_and_restart_is_warm(tmp_path):
     saved = orjson.loads(state.read_bytes())
     (entry,) = saved["replicas"].values()
     assert entry["categories"]["prose"]["samples"] == 1
-    proc2, _, line = start(state)
-    try:
-        assert "state peers loaded: 1" in line
-    finally:
-        proc2.send_signal(signal.SIGTERM)
-        assert proc2.wait(15) == 0
+    line, _ = start_and_stop(state)
+    assert "state peers loaded: 1" in line
 
 
 def test_bad_flag_exits_nonzero_with_message():
     r = subprocess.run([*EXE, "serve", "--routing-b-short", "-5"], capture_output=True, text=True, timeout=30)
     assert r.returncode == 2 and "b_short must be > 0" in r.stderr
+
+
+def test_serve_reports_every_bad_option_at_once_and_never_binds():
+    argv = ["--server-listen", "127.0.0.1:-1", "--telemetry-metrics-port", "-1", "--telemetry-log-level", "LOUD"]
+    r = subprocess.run([*EXE, "serve", *argv], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 2 and "listening" not in r.stdout and "Traceback" not in r.stderr
+    for option in ("server.listen", "telemetry.metrics_port", "telemetry.log_level"):
+        assert option in r.stderr, r.stderr
+
+
+def test_a_malformed_state_file_never_stops_the_router_from_starting(tmp_path):
+    state = tmp_path / "state.json"
+    good = {"updated": time.time(), "categories": {"prose": {"mean": 4.4, "dev": 0.2, "samples": 50}}}
+    bad = {"updated": [1], "categories": {}}
+    state.write_bytes(orjson.dumps({"version": 1, "replicas": {"good": good, "bad": bad, "soon": {"updated": "soon"}}}))
+    line, stderr = start_and_stop(state)
+    assert "state peers loaded: 1" in line and "skipped 2 malformed entries" in stderr
+    replicas = set(orjson.loads(state.read_bytes())["replicas"])
+    assert "good" in replicas and not replicas & {"bad", "soon"} and len(replicas) == 2

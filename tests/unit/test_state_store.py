@@ -2,6 +2,8 @@ import os
 import stat
 
 import orjson
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from extproc.algorithm import CalibrationParams, Calibrator
 from extproc.server.state_store import StateStore
@@ -76,3 +78,176 @@ def test_linear_models_survive_a_restart_and_old_files_still_load(tmp_path):
     other = LinearEstimator(EstimatorParams(kind="linear"))
     assert StateStore(str(path), replica_id="c").load_into(Calibrator(CalibrationParams(), []), other) == 1
     assert other.buckets() == {}
+
+
+# -- malformed entries: skipped with a warning and a count, never fatal -----------------------------
+GOOD = {"updated": 0.0, "categories": {"prose": {"mean": 4.4, "dev": 0.2, "samples": 120}}}
+BAD_ENTRIES = {
+    "list-updated": {"updated": [1], "categories": {"prose": {"mean": 3.0, "dev": 0.1, "samples": 5}}},
+    "str-updated": {"updated": "soon", "categories": {"prose": {"mean": 3.0, "dev": 0.1, "samples": 5}}},
+    "bool-updated": {"updated": True, "categories": {}},
+    "not-a-dict": [1, 2],
+    "categories-list": {"updated": 0.0, "categories": [1]},
+}
+
+
+def write_state(path, replicas) -> None:
+    path.write_bytes(orjson.dumps({"version": 1, "replicas": replicas}))
+
+
+def fresh_replicas(now: float, **entries):
+    return {
+        rid: {**e, "updated": now} if isinstance(e, dict) and isinstance(e.get("updated"), float) else e
+        for rid, e in entries.items()
+    }
+
+
+def test_malformed_replica_entries_are_skipped_and_counted(tmp_path, caplog):
+    import time
+
+    path = tmp_path / "state.json"
+    write_state(path, fresh_replicas(time.time(), good=GOOD, **BAD_ENTRIES))
+    store = StateStore(str(path), "me")
+    c = cal()
+    with caplog.at_level("WARNING", logger="budget_router.state"):
+        assert store.load_into(c) == 1
+    assert c.state("prose").samples == 120 and c.state("prose").mean == 4.4
+    assert store.skipped_entries == len(BAD_ENTRIES)
+    assert "list-updated" in caplog.text and "str-updated" in caplog.text
+
+
+def test_malformed_categories_are_skipped_and_the_rest_of_the_entry_used(tmp_path):
+    import time
+
+    path = tmp_path / "state.json"
+    cats = {
+        "prose": {"mean": 4.4, "dev": 0.2, "samples": 120, "v2_extra": {"anything": 1}},  # extra keys are fine
+        "null-mean": {
+            "mean": float("nan"),  # orjson writes NaN as null
+            "dev": 0.1,
+            "samples": 5,
+        },
+        "negative": {"mean": 3.0, "dev": 0.1, "samples": -4},
+        "bool": {"mean": 3.0, "dev": 0.1, "samples": True},
+        "string": {"mean": "3.0", "dev": 0.1, "samples": 4},
+        "neg-dev": {"mean": 3.0, "dev": -0.1, "samples": 4},
+        "missing": {"mean": 3.0},
+        "not-a-dict": 7,
+    }
+    raw = orjson.dumps({"version": 1, "replicas": {"peer": {"updated": time.time(), "categories": cats}}})
+    path.write_bytes(raw)
+    store = StateStore(str(path), "me")
+    c = cal()
+    assert store.load_into(c) == 1
+    assert set(c.snapshot()) == {"prose"}
+    assert store.skipped_entries == len(cats) - 1
+
+
+def test_sync_survives_any_malformed_file_and_keeps_good_peers(tmp_path):
+    import time
+
+    path = tmp_path / "state.json"
+    write_state(path, fresh_replicas(time.time(), good=GOOD, **BAD_ENTRIES))
+    store = StateStore(str(path), "me")
+    store.sync(cal())  # raised TypeError on "updated": [1]
+    replicas = orjson.loads(path.read_bytes())["replicas"]
+    assert set(replicas) == {"good", "me"}
+    assert store.sync_failures == 0
+
+
+def test_a_failing_sync_is_logged_and_counted_not_raised(tmp_path, caplog):
+    path = tmp_path / "state.json"
+    path.mkdir()  # a directory where the file should be: every read and write fails
+    store = StateStore(str(path), "me")
+    with caplog.at_level("WARNING", logger="budget_router.state"):
+        store.sync(cal())
+    assert store.sync_failures == 1 and "could not sync" in caplog.text
+
+
+def test_newest_snapshot_of_the_demo_view_skips_malformed_entries(tmp_path):
+    import time
+
+    from extproc.stack.router_view import newest_snapshot
+
+    path = tmp_path / "state.json"
+    write_state(path, fresh_replicas(time.time(), good=GOOD, **BAD_ENTRIES))
+    assert newest_snapshot(path, CalibrationParams())["prose"].samples == 120
+
+
+@given(
+    st.recursive(
+        st.none() | st.booleans() | st.floats() | st.integers(-(2**63), 2**63 - 1) | st.text(max_size=5),
+        lambda kids: st.lists(kids, max_size=3) | st.dictionaries(st.text(max_size=5), kids, max_size=3),
+        max_leaves=20,
+    )
+)
+@settings(max_examples=300, deadline=None)
+def test_parser_never_raises_and_only_returns_valid_state(doc):
+    import math
+
+    from extproc.algorithm.calibration_state import parse_state
+
+    for raw in (
+        orjson.dumps(doc, option=orjson.OPT_NON_STR_KEYS),
+        orjson.dumps({"replicas": doc}),
+        orjson.dumps({"replicas": {"r": doc}}),
+        orjson.dumps({"replicas": {"r": {"updated": 1, "categories": doc}}}),
+    ):
+        parsed = parse_state(raw, CalibrationParams())
+        for entry in parsed.replicas.values():
+            assert math.isfinite(entry.updated)
+            for st_ in entry.categories.values():
+                assert math.isfinite(st_.mean) and math.isfinite(st_.dev) and st_.dev >= 0
+                assert isinstance(st_.samples, int) and st_.samples >= 0
+
+
+# -- the periodic sync: file I/O off the loop, calibrator only on it, never dies -----------------------
+class ThreadRecordingCalibrator(Calibrator):
+    def __init__(self) -> None:
+        super().__init__(CalibrationParams(), [])
+        self.threads: set[int] = set()
+
+    def merge(self, peers):
+        import threading
+
+        self.threads.add(threading.get_ident())
+        return super().merge(peers)
+
+    def snapshot(self):
+        import threading
+
+        self.threads.add(threading.get_ident())
+        return super().snapshot()
+
+
+def test_periodic_sync_touches_the_calibrator_only_on_the_event_loop_and_survives_failures(tmp_path):
+    import asyncio
+    import threading
+    import time
+
+    from extproc.server.state_store import periodic_sync
+
+    path = tmp_path / "state.json"
+    c = ThreadRecordingCalibrator()
+    store = StateStore(str(path), "me")
+
+    async def scenario() -> None:
+        stop = asyncio.Event()
+        task = asyncio.create_task(periodic_sync(store, c, 0.01, stop))
+        while not path.exists():
+            await asyncio.sleep(0.01)
+        path.unlink()
+        path.mkdir()  # every read fails now
+        await asyncio.sleep(0.1)
+        path.rmdir()
+        write_state(path, fresh_replicas(time.time(), good=GOOD, **BAD_ENTRIES))
+        while "me" not in orjson.loads(path.read_bytes())["replicas"]:
+            await asyncio.sleep(0.01)
+        stop.set()
+        await asyncio.wait_for(task, 5)
+
+    asyncio.run(scenario())
+    assert c.threads == {threading.get_ident()}  # asyncio.run runs the loop on this thread
+    assert store.sync_failures > 0 and store.skipped_entries > 0
+    assert c.state("prose").samples == 120  # still syncing after the failures and the malformed file
+    assert orjson.loads(path.read_bytes())["replicas"]["me"]
