@@ -29,6 +29,7 @@ import yaml
 
 from extproc.config import MIB, REASON_HEADER, Config, RoutingConfig, ServerConfig, load_config
 from extproc.gateway.clusters import (
+    ATTEMPT_COUNT_HEADER,
     LONG_CLUSTER,
     OTEL_CLUSTER,
     ROUTER_CLUSTER,
@@ -59,8 +60,6 @@ SHORT_NETS = ("composite", "priority_group", "off")
 NET_RETRY_ON = "connect-failure,reset,refused-stream,retriable-status-codes"
 NET_RETRY_STATUS_CODES = (400,)
 NET_RETRY_BACKOFF_S = 0.001  # a context-length 400 is not load: resend at once (Envoy's default waits ~25 ms)
-# Response header Envoy adds on the short route: the router sees "2" when the long pool answered a retry.
-ATTEMPT_COUNT_HEADER = "x-budget-attempts"
 # Filter-state fields ext_proc records per stream (Envoy >= 1.31); logged so operators can read the
 # router's overhead from Envoy's side of the wire.
 EXT_PROC_LOG_FIELDS = (
