@@ -179,7 +179,7 @@ class Bench:
 
     def __init__(self, count: Callable[[str], int], underestimate_prob: float, model: str = "bench") -> None:
         linear = EstimatorParams(kind="linear", underestimate_prob=underestimate_prob)
-        self.v1 = BudgetRouter()
+        self.v1 = BudgetRouter(estimator=EstimatorParams(kind="ratio"))
         self.v2 = BudgetRouter(estimator=linear)
         self.exact = BudgetRouter(estimator=linear, exact=ExactBand(ExactBandParams(), counters={model: count}))
         self.cat = self.v1.categorizer

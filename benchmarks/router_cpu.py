@@ -1,7 +1,8 @@
 """Router cost benchmark: prints figures, asserts nothing.
 
 1. estimate+decide µs per request on a 4 KB chat body, with and without the JSON parse (pure code),
-   and with ``estimator: linear`` on that body and on a 30 KB one near B_short (best of 7 rounds);
+   with the default ``estimator: linear`` and with ``ratio`` (the paper's), on that body and on a 30 KB
+   one near B_short (best of 7 rounds);
 2. the real ``budget-router serve`` process (pinned to one core when possible) driven over gRPC by a
    client that plays Envoy's part: router CPU per exchange and exchanges/s, for request-only,
    full exchanges (learning from every response) and full exchanges once calibration converged
@@ -58,24 +59,24 @@ NEAR_BODY = orjson.dumps({"model": "llama", "max_tokens": 512, "messages": [{"ro
 
 
 def bench_pure(n: int = 20000) -> None:
-    r = BudgetRouter()
-    linear = BudgetRouter(estimator=EstimatorParams(kind="linear"))
+    r = BudgetRouter()  # the default estimator (linear)
+    ratio = BudgetRouter(estimator=EstimatorParams(kind="ratio"))
     parsed = orjson.loads(BODY)
     near = orjson.loads(NEAR_BODY)
     shape = shape_from_body("chat", parsed, r.categorizer)
     for label, fn in (
         ("estimate+decide (parsed body -> decision)", lambda: r.decide(shape_from_body("chat", parsed, r.categorizer))),
         (
-            "  same, estimator: linear (screened)",
-            lambda: linear.decide(shape_from_body("chat", parsed, linear.categorizer)),
-        ),
-        (
-            "  30 KB near B_short, estimator: ratio",
-            lambda: r.decide(shape_from_body("chat", near, r.categorizer)),
+            "  same, estimator: ratio",
+            lambda: ratio.decide(shape_from_body("chat", parsed, ratio.categorizer)),
         ),
         (
             "  30 KB near B_short, estimator: linear",
-            lambda: linear.decide(shape_from_body("chat", near, linear.categorizer)),
+            lambda: r.decide(shape_from_body("chat", near, r.categorizer)),
+        ),
+        (
+            "  30 KB near B_short, estimator: ratio",
+            lambda: ratio.decide(shape_from_body("chat", near, ratio.categorizer)),
         ),
         (
             "parse+estimate+decide (raw bytes -> decision)",

@@ -40,7 +40,6 @@ def build_parser(wanted: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
-
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     wanted = next((a for a in argv if not a.startswith("-")), None)

@@ -27,6 +27,8 @@ import yaml
 
 from extproc.algorithm import BudgetParams, CalibrationParams, CapacityParams, CategoryParams, DispatchPolicy
 from extproc.algorithm.dispatch import NO_OUTPUT_LIMIT_POLICIES
+from extproc.algorithm.exact_band import ExactBandParams
+from extproc.algorithm.linear_estimator import ESTIMATOR_KINDS, EstimatorParams
 from extproc.gateway.clusters import LONG_CLUSTER, SHORT_CLUSTER
 
 ENV_PREFIX = "BUDGET_ROUTER_"
@@ -34,12 +36,14 @@ MIB = 1024 * 1024
 # The name the docs and the shipped Envoy configs give the optional decision-reason header
 # (``routing.reason_header``); Envoy strips a client's copy whether or not the router sends it.
 REASON_HEADER = "x-budget-reason"
-_BUDGET, _POLICY, _CAL, _CAT, _CAP = (
+_BUDGET, _POLICY, _CAL, _CAT, _CAP, _EST, _EXACT = (
     BudgetParams(),
     DispatchPolicy(),
     CalibrationParams(),
     CategoryParams(),
     CapacityParams(),
+    EstimatorParams(),
+    ExactBandParams(),
 )
 
 
@@ -183,22 +187,28 @@ class CalibrationConfig:
 @dataclass
 class EstimatorConfig:
     kind: str = opt(
-        "ratio",
-        "Token estimator: ratio (the paper's EMA bytes/token per category) or linear (v2: a linear model "
-        "over character-class counts per served model and category, see docs/estimator.md).",
+        _EST.kind,
+        "Token estimator: linear (v2: a linear model over character-class counts per served model and "
+        "category, see docs/estimator.md) or ratio (the paper's EMA bytes/token per category).",
     )
     underestimate_prob: float = opt(
-        0.005, "linear: target share of near-boundary requests routed short although they do not fit."
+        _EST.underestimate_prob, "linear: target share of near-boundary requests routed short although they do not fit."
     )
-    fit_forgetting: float = opt(0.99, "linear: forgetting factor of the online fit (its error margin uses beta).")
-    max_models: int = opt(8, "linear: served models learned separately; further models share one bucket.")
-    sample_bytes: int = opt(8192, "linear: bytes of each text the features are counted on (spread chunks).")
+    fit_forgetting: float = opt(
+        _EST.fit_forgetting, "linear: forgetting factor of the online fit (its error margin uses beta)."
+    )
+    max_models: int = opt(_EST.max_models, "linear: served models learned separately; further models share one bucket.")
+    sample_bytes: int = opt(
+        _EST.sample_bytes, "linear: bytes of each text the features are counted on (spread chunks)."
+    )
     exact_band: list[str] = opt(
         [],
         "Opt-in exact counts near B_short: model=tokenizer items (cl100k_base, o200k_base, llama3, qwen3); "
         "needs pip install 'budget-router[exact]'.",
     )
-    exact_slack_tokens: int = opt(16, "Tokens added to an exact count for template details not yet learned.")
+    exact_slack_tokens: int = opt(
+        _EXACT.slack_tokens, "Tokens added to an exact count for template details not yet learned."
+    )
 
 
 @dataclass
@@ -414,7 +424,7 @@ def validate(cfg: Config) -> Config:
         (t.log_level.upper() in LOG_LEVELS, f"telemetry.log_level: {t.log_level!r} is not one of {LOG_LEVELS}"),
         (t.capture_content_max_bytes >= 64, "telemetry.capture_content_max_bytes must be >= 64"),
         (bool(t.service_name.strip()), "telemetry.service_name must not be empty"),
-        (e.kind in ("ratio", "linear"), "estimator.kind must be ratio or linear"),
+        (e.kind in ESTIMATOR_KINDS, f"estimator.kind must be one of {', '.join(ESTIMATOR_KINDS)}"),
         (0.0 < e.underestimate_prob < 0.5, "estimator.underestimate_prob must be in (0, 0.5)"),
         (0.0 < e.fit_forgetting <= 1.0, "estimator.fit_forgetting must be in (0, 1]"),
         (e.max_models >= 1, "estimator.max_models must be >= 1"),

@@ -115,8 +115,8 @@ def sse_usage(prompt: int, completion: int = 2) -> bytes:
 OVERFLOW = orjson.dumps(
     {
         "object": "error",
-        "message": "This model's maximum context length is 8192 tokens. However, you requested 14010 tokens "
-        "(14000 in the messages, 10 in the completion). Please reduce the length of the messages or completion.",
+        "message": "This model's maximum context length is 8192 tokens. However, you requested 20010 tokens "
+        "(20000 in the messages, 10 in the completion). Please reduce the length of the messages or completion.",
         "type": "BadRequestError",
         "code": 400,
     }

@@ -1,13 +1,15 @@
 """Estimator v2: a linear token model per (served model x category), learned online from ``usage``.
 
-    prompt_tokens ≈ w · x,   x = (character-class counts of the text, structured bytes,
-                                  messages, tool items, 1)
+    prompt_tokens ≈ w · x,   x = (character-class counts of the text and the tool JSON,
+                                  structured bytes, messages, tool items, 1)
 
 One bytes/token ratio per category misjudges text of the same category by ±15-20 % (HTML against
 prose, shell against Python, Chinese against Japanese); a linear model over cheap class counts
 (``features``) halves that error, and fitting the chat-template framing (per message, per tool, per
 request) in the same regression means tiny prompts teach framing instead of dragging the text
-weights, and a request that mixes text and tool JSON teaches both instead of being skipped.
+weights, and a request that mixes text and tool JSON teaches both instead of being skipped. The tool
+JSON is class-counted like text (its quotes, keys and digits are what set its tokens); the structured
+bytes stay a regressor of their own, the correction JSON needs against text of the same classes.
 
 Fit: exponentially weighted least squares (recursive least squares with forgetting λ = the paper's
 β) with a ridge that pulls every weight towards the prior (the v1 cold-start ratio and the configured
@@ -53,6 +55,7 @@ DEFAULT_MODEL = "*"  # bucket for requests without a model, and for models past 
 FEATURES = (*TEXT_FEATURES, "structured_bytes", "messages", "tools", "request")
 STRUCTURED, MESSAGES, TOOLS, REQUEST = range(N_TEXT, N_TEXT + 4)
 N_FEATURES = len(FEATURES)
+ESTIMATOR_KINDS = ("linear", "ratio")
 # Features are scaled so a typical few-KB prompt has values near 1: the ridge then means the same
 # for every weight, and the normal equations stay well conditioned.
 _BYTE_SCALE = 1.0 / 1024.0
@@ -60,7 +63,7 @@ _BYTE_SCALE = 1.0 / 1024.0
 
 @dataclass(frozen=True, slots=True)
 class EstimatorParams:
-    kind: str = "ratio"  # "ratio" (the paper's EMA ratio, v1) or "linear" (v2)
+    kind: str = "linear"  # "linear" (v2) or "ratio" (the paper's EMA ratio, v1: the comparison baseline)
     forgetting: float = 0.95  # λ of the error statistics (hence the margin): the paper's β
     fit_forgetting: float = 0.99  # λ of the 15-weight fit: ~5x the samples one ratio needs
     underestimate_prob: float = 0.005  # target share of near-boundary requests routed short that do not fit
@@ -88,6 +91,7 @@ class Bucket:
     __slots__ = (
         "a",
         "b",
+        "descending",
         "err_mean",
         "err_samples",
         "err_var",
@@ -112,7 +116,10 @@ class Bucket:
         self.err_samples = 0
         self.margin: tuple[float, float, float] | None = None  # cached margins; reset when errors are learned
         self.recent: deque[float] = deque(maxlen=RECENT_ERRORS)
-        self.grid: tuple[float, ...] | None = None  # cached empirical margins at SHARE_GRID
+        # empirical margins at SHARE_GRID, each solved when first asked for (a learn resets them: one
+        # solve per decision instead of 13), and the recent errors sorted largest first
+        self.grid: list[float | None] | None = None
+        self.descending: list[float] = []
 
     def predict(self, x: Sequence[float]) -> float:
         return sum(map(operator.mul, self.weights, x))
@@ -174,11 +181,13 @@ class LinearEstimator:
         return self._priors.get(category, self.calibration.cold_start)
 
     def prior_weights(self, category: str) -> list[float]:
-        """Scaled weights equivalent to v1's cold start: text at the prior ratio, framing as configured."""
+        """Scaled weights equivalent to v1's cold start: text at the prior ratio, framing as configured.
+        The bytes feature counts the tool JSON too, so the structured weight is the difference between
+        the structured prior and the category's."""
         b = self.budget
         w = [0.0] * N_FEATURES
         w[BYTES] = 1.0 / self.prior_ratio(category) / _BYTE_SCALE
-        w[STRUCTURED] = 1.0 / self.prior_ratio(b.structured_category) / _BYTE_SCALE
+        w[STRUCTURED] = 1.0 / self.prior_ratio(b.structured_category) / _BYTE_SCALE - w[BYTES]
         w[MESSAGES] = b.framing_per_message
         w[TOOLS] = b.framing_per_tool
         w[REQUEST] = b.framing_per_request
@@ -198,6 +207,8 @@ class LinearEstimator:
     @staticmethod
     def vector(text: Sequence[float], structured_bytes: float, messages: int, tools: int) -> list[float]:
         """The scaled feature vector; ``messages`` is 0 for completions (no chat template)."""
+        if len(text) != N_TEXT:
+            raise ValueError(f"expected {N_TEXT} text features ({', '.join(TEXT_FEATURES)}), got {len(text)}")
         x = [v * _BYTE_SCALE for v in text]
         x += [structured_bytes * _BYTE_SCALE, float(messages), float(tools), 1.0 if messages else 0.0]
         return x
@@ -239,23 +250,27 @@ class LinearEstimator:
             return upper
         target = self.params.underestimate_prob * 2.0 * self.params.boundary_window / (sigma * max(share, 1e-3))
         gaussian = bucket.err_mean + _excess_quantile(target) * sigma
-        if bucket.grid is None:
-            bucket.grid = self._empirical_grid(bucket)
-        i = bisect.bisect_left(SHARE_GRID, share)  # the next larger grid share: the larger (safer) margin
-        empirical = bucket.grid[min(i, len(SHARE_GRID) - 1)]
+        i = min(bisect.bisect_left(SHARE_GRID, share), len(SHARE_GRID) - 1)  # next larger share: safer
+        empirical = self._empirical(bucket, i)
         if len(bucket.recent) >= EMPIRICAL_SAMPLES:
             return max(0.0, empirical)
         return max(0.0, gaussian, empirical)
 
-    def _empirical_grid(self, bucket: Bucket) -> tuple[float, ...]:
-        """The same margin on the recent residuals themselves: tails heavier than normal (a language
-        the features do not see) would otherwise go unpriced. Solved for each share of SHARE_GRID."""
-        p = self.params
-        errors = sorted(bucket.recent, reverse=True)
-        if len(errors) < self.calibration.min_samples:
-            return (0.0,) * len(SHARE_GRID)
-        budget = p.underestimate_prob * 2.0 * p.boundary_window
-        return tuple(_empirical_excess_quantile(errors, budget / share) for share in SHARE_GRID)
+    def _empirical(self, bucket: Bucket, i: int) -> float:
+        """The same margin on the recent residuals themselves, for the share ``SHARE_GRID[i]``: tails
+        heavier than normal (a language the features do not see) would otherwise go unpriced."""
+        if bucket.grid is None:
+            bucket.grid = [None] * len(SHARE_GRID)
+            bucket.descending = sorted(bucket.recent, reverse=True)
+        found = bucket.grid[i]
+        if found is None:
+            if len(bucket.descending) < self.calibration.min_samples:
+                found = 0.0
+            else:
+                budget = self.params.underestimate_prob * 2.0 * self.params.boundary_window
+                found = _empirical_excess_quantile(bucket.descending, budget / SHARE_GRID[i])
+            bucket.grid[i] = found
+        return found
 
     def bounds(self, nbytes: float, x: Sequence[float]) -> tuple[float, float]:
         """Token range the bytes/token bounds allow: no learned state can route outside it."""
@@ -269,7 +284,7 @@ class LinearEstimator:
         point = bucket.predict(x)
         _, up, down = self.margins(bucket)
         margin = self.routing_margin(bucket, point / b_short)
-        nbytes = (x[BYTES] + x[STRUCTURED]) / _BYTE_SCALE
+        nbytes = x[BYTES] / _BYTE_SCALE  # text and tool JSON
         lo, hi = self.bounds(nbytes, x)
         routed = point * (1.0 + margin)
         if bucket.samples < self.calibration.min_samples:  # only more conservative than the prior until warm
@@ -283,7 +298,7 @@ class LinearEstimator:
     def observe(self, model: str | None, category: str, x: Sequence[float], tokens: float) -> Observation:
         """Learn one request's prompt tokens (images already subtracted)."""
         c = self.calibration
-        nbytes = (x[BYTES] + x[STRUCTURED]) / _BYTE_SCALE
+        nbytes = x[BYTES] / _BYTE_SCALE
         if not (tokens > 0 and nbytes > 0):
             return Observation.INVALID
         lo, hi = self.bounds(nbytes, x)
@@ -309,6 +324,7 @@ class LinearEstimator:
         """JSON-ready state: per bucket the weights, error statistics and the fit's sufficient statistics."""
         return {
             f"{model}\t{category}": {
+                "features": list(FEATURES),
                 "weights": list(b.weights),
                 "samples": b.samples,
                 "err_mean": b.err_mean,
@@ -322,8 +338,9 @@ class LinearEstimator:
         }
 
     def load(self, data: Mapping[str, Any]) -> int:
-        """Restore a snapshot; malformed entries are ignored. Returns how many buckets were restored.
-        Whatever weights a file holds, estimates stay clamped to the bytes/token bounds."""
+        """Restore a snapshot; malformed entries, and those of another feature layout (an older
+        release), are ignored: that bucket starts again from its prior. Returns how many buckets were
+        restored. Whatever weights a file holds, estimates stay clamped to the bytes/token bounds."""
         restored = 0
         for key, entry in data.items():
             try:
@@ -334,7 +351,10 @@ class LinearEstimator:
                 samples, err_samples = int(entry["samples"]), int(entry["err_samples"])
                 err_mean, err_var = float(entry["err_mean"]), float(entry["err_var"])
                 recent = [float(v) for v in entry.get("recent", ())]
+                layout = entry.get("features")
             except (KeyError, TypeError, ValueError, AttributeError):
+                continue
+            if layout != list(FEATURES):
                 continue
             if len(weights) != N_FEATURES or len(b) != N_FEATURES or len(a) != N_FEATURES * N_FEATURES:
                 continue

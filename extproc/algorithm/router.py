@@ -142,30 +142,45 @@ class BudgetRouter:
         est = self._estimate_linear(shape, est)
         return est, decide(est.total, self.policy, short_pressure, long_pressure, est.output_defaulted)
 
-    def _vector(self, shape: RequestShape) -> list[float]:
+    def linear_category(self, shape: RequestShape) -> str:
+        """The v2 bucket of a request: the structured category when tool JSON outweighs the text.
+        Tool-heavy requests tokenise alike whatever the short message beside them says, and their
+        errors are far smaller than prose's; sharing prose's bucket would widen prose's margin and
+        hide theirs."""
+        if shape.structured_bytes > shape.text_bytes:
+            return self.categorizer.structured()
+        return shape.category
+
+    def _vector(self, shape: RequestShape, structured: str | None) -> list[float]:
+        """Class counts of the texts and of the tool JSON (``structured``, serialised), so the JSON's
+        digits, quotes and keys are seen too; JSON that cannot be serialised adds its bytes only."""
         assert self.linear is not None
-        features = text_features(shape.texts, self.linear.params.sample_bytes)
+        texts = (*shape.texts, structured) if structured else shape.texts
+        features = text_features(texts, self.linear.params.sample_bytes)
+        if structured is None and shape.structured_bytes:
+            features = (features[0] + shape.structured_bytes, *features[1:])
         messages = shape.messages if shape.endpoint == CHAT else 0
         return self.linear.vector(features, shape.structured_bytes, messages, shape.tool_items)
 
     def _estimate_linear(self, shape: RequestShape, v1: Estimate) -> Estimate:
         assert self.linear is not None
-        x = self._vector(shape)
-        lin = self.linear.estimate(shape.model, shape.category, x, self.policy.b_short)
+        structured = serialize(shape.structured) if shape.structured else ""
+        x = self._vector(shape, structured)
+        category = self.linear_category(shape)
+        lin = self.linear.estimate(shape.model, category, x, self.policy.b_short)
         images = shape.images * self.budget.image_tokens
         out = v1.output_tokens
         prompt, counted = lin.routed + images, None
         b_short = self.policy.b_short
         in_band = lin.low + images + out <= b_short < lin.high + images + out
-        structured = serialize(shape.structured) if self.exact is not None and in_band else None
-        if self.exact is not None and structured is not None:
+        if self.exact is not None and in_band and structured is not None:
             counted = self.exact.count(shape.model, shape.texts, structured)
             if counted is not None:
-                w = self.linear.bucket(shape.model, shape.category).weights
+                w = self.linear.bucket(shape.model, category).weights
                 guess = w[MESSAGES] * x[MESSAGES] + w[TOOLS] * x[TOOLS] + w[REQUEST] * x[REQUEST]
                 key = self.linear.model_key(shape.model)
                 prompt = self.exact.routed(
-                    key, shape.category, counted, shape.messages, shape.tool_items, guess, self.linear.z
+                    key, category, counted, shape.messages, shape.tool_items, guess, self.linear.z
                 )
                 prompt += images
         ratio = shape.text_bytes / max(1.0, lin.point) if shape.text_bytes else v1.ratio
@@ -257,13 +272,16 @@ class BudgetRouter:
             and not batch
             and (shape.texts or shape.structured_bytes)
         ):
-            x = routed.features if routed is not None and routed.features is not None else self._vector(shape)
+            if routed is not None and routed.features is not None:
+                x = routed.features
+            else:
+                x = self._vector(shape, serialize(shape.structured) if shape.structured else "")
             text_tokens = prompt_tokens - shape.images * self.budget.image_tokens
-            observation = self.linear.observe(shape.model, shape.category, x, text_tokens)
+            category = self.linear_category(shape)
+            observation = self.linear.observe(shape.model, category, x, text_tokens)
             if self.exact is not None and routed is not None and routed.counted is not None:
                 key = self.linear.model_key(shape.model)
-                self.exact.learn(key, shape.category, routed.counted, text_tokens, shape.messages, shape.tool_items)
-            category = shape.category
+                self.exact.learn(key, category, routed.counted, text_tokens, shape.messages, shape.tool_items)
         return Learned(category, observation, est, _error_pct(observation, est, prompt_tokens))
 
     def learn_bound(self, shape: RequestShape, min_prompt_tokens: int, routed: Estimate | None = None) -> Learned:

@@ -68,44 +68,98 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = __doc__.split("Example", 1)[1] if __doc__ else None
     add_workload_arguments(parser)
-    parser.add_argument("--requests", dest="count", type=int, default=None,
-                        help=f"requests to simulate (alias of --count; default {DEFAULT_REQUESTS:,} with --rate)")
-    parser.add_argument("--seed", dest="workload_seed", type=int, default=0,
-                        help="seed for the workload and the simulation (alias of --workload-seed)")
+    parser.add_argument(
+        "--requests",
+        dest="count",
+        type=int,
+        default=None,
+        help=f"requests to simulate (alias of --count; default {DEFAULT_REQUESTS:,} with --rate)",
+    )
+    parser.add_argument(
+        "--seed",
+        dest="workload_seed",
+        type=int,
+        default=0,
+        help="seed for the workload and the simulation (alias of --workload-seed)",
+    )
     g = parser.add_argument_group("plan")
-    g.add_argument("--profile", default="llama3-70b-a100",
-                   help=f"instance profile: {', '.join(builtin_profiles())}, or a YAML file")
-    g.add_argument("--config", "-c", default=None,
-                   help="the router's YAML config (as for serve); B_short defaults to its routing.b_short")
+    g.add_argument(
+        "--profile",
+        default="llama3-70b-a100",
+        help=f"instance profile: {', '.join(builtin_profiles())}, or a YAML file",
+    )
+    g.add_argument(
+        "--config",
+        "-c",
+        default=None,
+        help="the router's YAML config (as for serve); B_short defaults to its routing.b_short",
+    )
     g.add_argument("--b-short", type=int, default=None, help="the threshold to evaluate (default: the config's)")
-    g.add_argument("--sweep", type=_thresholds, default=None, metavar="B1,B2,...",
-                   help="evaluate these thresholds and pick the cheapest meeting the SLOs")
+    g.add_argument(
+        "--sweep",
+        type=_thresholds,
+        default=None,
+        metavar="B1,B2,...",
+        help="evaluate these thresholds and pick the cheapest meeting the SLOs",
+    )
     g.add_argument("--slo-ttft-p99", type=_seconds, default=2.0, help="P99 time to first token, s (default 2.0)")
     g.add_argument("--slo-tpot-p99", type=_seconds, default=0.08, help="P99 time per output token, s (default 0.08)")
     g.add_argument("--util-cap", type=_fraction, default=0.9, help="offered load / capacity cap (default 0.9)")
-    g.add_argument("--max-reject", type=float, default=0.001,
-                   help="largest share of requests a picked threshold may lose to rejections (default 0.001)")
+    g.add_argument(
+        "--max-reject",
+        type=float,
+        default=0.001,
+        help="largest share of requests a picked threshold may lose to rejections (default 0.001)",
+    )
     g.add_argument("--warmup", type=float, default=0.1, help="share of the first requests left out of the metrics")
-    g.add_argument("--homogeneous-balancer", choices=BALANCERS, default=None,
-                   help="load balancing of the homogeneous baseline (default: the same as --pool-balancer, so the "
-                   "comparison is like for like; round_robin with least_outstanding pools is the paper's "
-                   "mismatched baseline and is labelled so)")
-    g.add_argument("--pool-balancer", choices=BALANCERS, default=LEAST_OUTSTANDING,
-                   help="load balancing inside each dual pool (default least_outstanding)")
-    g.add_argument("--homogeneous-seqs", type=int, default=None, metavar="N",
-                   help="max_num_seqs of the homogeneous baseline (default: the long pool's; a larger value "
-                   "overcommits the KV cache as vLLM allows, trading preemptions for concurrency)")
+    g.add_argument(
+        "--homogeneous-balancer",
+        choices=BALANCERS,
+        default=None,
+        help="load balancing of the homogeneous baseline (default: the same as --pool-balancer, so the "
+        "comparison is like for like; round_robin with least_outstanding pools is the paper's "
+        "mismatched baseline and is labelled so)",
+    )
+    g.add_argument(
+        "--pool-balancer",
+        choices=BALANCERS,
+        default=LEAST_OUTSTANDING,
+        help="load balancing inside each dual pool (default least_outstanding)",
+    )
+    g.add_argument(
+        "--homogeneous-seqs",
+        type=int,
+        default=None,
+        metavar="N",
+        help="max_num_seqs of the homogeneous baseline (default: the long pool's; a larger value "
+        "overcommits the KV cache as vLLM allows, trading preemptions for concurrency)",
+    )
     g.add_argument("--no-spillover", action="store_true", help="disable the router's short->long spillover")
-    g.add_argument("--scrape-delay", type=_delay, default=None, metavar="S",
-                   help="spill on live pool load (live_load): engine /metrics sampled every 100 ms and seen S "
-                   "seconds late (default: the router's own, exact in-flight count)")
-    g.add_argument("--replications", type=int, default=DEFAULT_REPLICATIONS, metavar="R",
-                   help=f"size every fleet on R draws of the workload (seeds seed..seed+R-1) and report the spread; "
-                   f"a threshold is picked over another only when cheaper by more than it (default "
-                   f"{DEFAULT_REPLICATIONS}; 1 is R times quicker but measures no spread)")
-    g.add_argument("--max-instances", type=int, default=DEFAULT_MAX_INSTANCES, metavar="N",
-                   help=f"largest pool the simulator may build (default {DEFAULT_MAX_INSTANCES:,}); "
-                   "a rate that needs more is refused before simulating")
+    g.add_argument(
+        "--scrape-delay",
+        type=_delay,
+        default=None,
+        metavar="S",
+        help="spill on live pool load (live_load): engine /metrics sampled every 100 ms and seen S "
+        "seconds late (default: the router's own, exact in-flight count)",
+    )
+    g.add_argument(
+        "--replications",
+        type=int,
+        default=DEFAULT_REPLICATIONS,
+        metavar="R",
+        help=f"size every fleet on R draws of the workload (seeds seed..seed+R-1) and report the spread; "
+        f"a threshold is picked over another only when cheaper by more than it (default "
+        f"{DEFAULT_REPLICATIONS}; 1 is R times quicker but measures no spread)",
+    )
+    g.add_argument(
+        "--max-instances",
+        type=int,
+        default=DEFAULT_MAX_INSTANCES,
+        metavar="N",
+        help=f"largest pool the simulator may build (default {DEFAULT_MAX_INSTANCES:,}); "
+        "a rate that needs more is refused before simulating",
+    )
     g.add_argument("--out", type=Path, default=Path("out/plan"), help="folder for plan.json and the PNG plots")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -171,17 +225,28 @@ def _run(args: argparse.Namespace) -> int:
         if len(requests) < 100:
             raise ValueError(f"the workload has only {len(requests)} requests; at least 100 are needed")
         if len(requests) > MAX_REQUESTS:
-            raise ValueError(f"the workload has {len(requests):,} requests, more than {MAX_REQUESTS:,}: "
-                             "give --requests or --duration")
+            raise ValueError(
+                f"the workload has {len(requests):,} requests, more than {MAX_REQUESTS:,}: "
+                "give --requests or --duration"
+            )
         rng = np.random.default_rng(np.random.SeedSequence([seed, 1]))
         workloads.append((seed, from_requests(args.workload_trace, requests, MeasuredBytesPerToken(), rng)))
     rate = args.rate if args.rate is not None else _trace_rate(workloads[0][1].arrival)
     settings = PlanSettings(
-        profile=profile, rate=rate, slo=Slo(args.slo_ttft_p99, args.slo_tpot_p99, args.util_cap),
-        warmup=args.warmup, homogeneous_balancer=args.homogeneous_balancer, pool_balancer=args.pool_balancer,
-        homogeneous_seqs=args.homogeneous_seqs, spillover=False if args.no_spillover else None,
-        scrape_delay_s=args.scrape_delay, seed=spec.seed, max_reject=args.max_reject,
-        max_instances=args.max_instances, config=config)
+        profile=profile,
+        rate=rate,
+        slo=Slo(args.slo_ttft_p99, args.slo_tpot_p99, args.util_cap),
+        warmup=args.warmup,
+        homogeneous_balancer=args.homogeneous_balancer,
+        pool_balancer=args.pool_balancer,
+        homogeneous_seqs=args.homogeneous_seqs,
+        spillover=False if args.no_spillover else None,
+        scrape_delay_s=args.scrape_delay,
+        seed=spec.seed,
+        max_reject=args.max_reject,
+        max_instances=args.max_instances,
+        config=config,
+    )
     bar = None if args.quiet else ProgressBar(fleets=args.replications * (1 + len(thresholds)))
     try:
         report = plan(settings, workloads, thresholds, args.workload_trace, bar)

@@ -69,9 +69,7 @@ def chat_token_chunk(env: Envelope, text: str, finish_reason: str | None, index:
     return sse({**env.head(CHAT_CHUNK), "choices": [choice]})
 
 
-def chat_body(
-    env: Envelope, choices: list[tuple[str, str]], prompt_tokens: int, completion_tokens: int
-) -> bytes:
+def chat_body(env: Envelope, choices: list[tuple[str, str]], prompt_tokens: int, completion_tokens: int) -> bytes:
     """``choices``: (text, finish_reason) per choice index."""
     out = [
         {
@@ -121,9 +119,7 @@ def completion_chunk(env: Envelope, index: int, text: str, finish_reason: str | 
     return sse({**env.head(TEXT_COMPLETION), "choices": [choice]})
 
 
-def completion_body(
-    env: Envelope, choices: list[tuple[str, str]], prompt_tokens: int, completion_tokens: int
-) -> bytes:
+def completion_body(env: Envelope, choices: list[tuple[str, str]], prompt_tokens: int, completion_tokens: int) -> bytes:
     """``choices``: (text, finish_reason) per choice index."""
     out = [
         {

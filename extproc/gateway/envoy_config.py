@@ -780,9 +780,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--trace-sampling", type=float, default=d.trace_sampling_percent, help="percent of requests Envoy traces"
     )
-    parser.add_argument(
-        "--config", "-c", help="the router's YAML config: header name/value and gRPC limit follow it"
-    )
+    parser.add_argument("--config", "-c", help="the router's YAML config: header name/value and gRPC limit follow it")
     parser.add_argument("--header-name", help=f"routing header (default: the router's, {d.header_name})")
     parser.add_argument("--short-value", help=f"short pool's header value (default: the router's, {d.short_value})")
     parser.add_argument("--fail-closed", action="store_true", help="router errors become 503, not fail-open")

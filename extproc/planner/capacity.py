@@ -164,12 +164,22 @@ class ErlangComparison:
         return self.sim_excess_wait_s / self.erlang_excess_wait_s - 1.0 if self.erlang_excess_wait_s > 0 else math.nan
 
     def as_dict(self) -> dict[str, float | int | str]:
-        return {**dataclasses.asdict(self), "p_wait_error": self.p_wait_error,
-                "excess_wait_error": self.excess_wait_error}
+        return {
+            **dataclasses.asdict(self),
+            "p_wait_error": self.p_wait_error,
+            "excess_wait_error": self.excess_wait_error,
+        }
 
 
-def erlang_comparison(pool: str, profile: InstanceProfile, rng: np.random.Generator, *, load: float = 0.9,
-                      requests: int = 200_000, mean_output: int = 200) -> ErlangComparison:
+def erlang_comparison(
+    pool: str,
+    profile: InstanceProfile,
+    rng: np.random.Generator,
+    *,
+    load: float = 0.9,
+    requests: int = 200_000,
+    mean_output: int = 200,
+) -> ErlangComparison:
     """Run one instance of ``profile`` where M/M/c holds exactly, and compare its waits with Erlang C.
 
     The profile keeps its batch slots (``max_num_seqs``: the servers) and its full-batch iteration
@@ -181,19 +191,34 @@ def erlang_comparison(pool: str, profile: InstanceProfile, rng: np.random.Genera
     w = profile.iter_fixed_s + profile.iter_per_seq_s * c
     out = np.minimum(rng.geometric(1.0 / mean_output, requests), profile.max_model_len - 16).astype(np.int64)
     prof = dataclasses.replace(
-        profile, iter_fixed_s=w, iter_per_seq_s=0.0, iter_per_kv_token_s=0.0, prefill_per_token_s=0.0,
-        prefill_attn_per_token_ctx_s=0.0, max_num_batched_tokens=max(profile.max_num_batched_tokens, 16 * c),
-        kv_capacity_tokens=max(profile.kv_capacity_tokens, c * (int(out.max()) + 32)), max_waiting=None)
+        profile,
+        iter_fixed_s=w,
+        iter_per_seq_s=0.0,
+        iter_per_kv_token_s=0.0,
+        prefill_per_token_s=0.0,
+        prefill_attn_per_token_ctx_s=0.0,
+        max_num_batched_tokens=max(profile.max_num_batched_tokens, 16 * c),
+        kv_capacity_tokens=max(profile.kv_capacity_tokens, c * (int(out.max()) + 32)),
+        max_waiting=None,
+    )
     mu_slot = 1.0 / (float(out.mean()) * w)
     arrival = np.cumsum(rng.exponential(1.0 / (load * c * mu_slot), requests))
     prompt = np.full(requests, 8, dtype=np.int64)
     wl = SimWorkload("erlang", arrival, prompt, out, ("prose",) * requests, prompt * 4)
     res = FleetSim([PoolConfig(pool, prof, 1)]).run(wl)
-    wait = (res.first_token - arrival - w)[requests // 10:]  # first token = admission + one prefill iteration
+    wait = (res.first_token - arrival - w)[requests // 10 :]  # first token = admission + one prefill iteration
     lam = (requests - 1) / float(arrival[-1] - arrival[0])
     p, _ = erlang_c_wait(c, lam, mu_slot)
     drain = c * mu_slot - lam
     waited = wait[wait > w]
     return ErlangComparison(
-        pool, c, load, w, len(wait), float(len(waited) / len(wait)), p * math.exp(-drain * w),
-        float(np.mean(waited) - w) if len(waited) else math.nan, 1.0 / drain)
+        pool,
+        c,
+        load,
+        w,
+        len(wait),
+        float(len(waited) / len(wait)),
+        p * math.exp(-drain * w),
+        float(np.mean(waited) - w) if len(waited) else math.nan,
+        1.0 / drain,
+    )

@@ -107,23 +107,35 @@ class PlanSettings:
         prof = self.profile.homogeneous
         if self.homogeneous_seqs is None:
             return prof
-        out = dataclasses.replace(prof, name=f"{prof.name}@{self.homogeneous_seqs}seqs",
-                                  max_num_seqs=self.homogeneous_seqs,
-                                  max_num_batched_tokens=max(prof.max_num_batched_tokens, self.homogeneous_seqs + 1))
+        out = dataclasses.replace(
+            prof,
+            name=f"{prof.name}@{self.homogeneous_seqs}seqs",
+            max_num_seqs=self.homogeneous_seqs,
+            max_num_batched_tokens=max(prof.max_num_batched_tokens, self.homogeneous_seqs + 1),
+        )
         out.validate()
         return out
 
     def as_dict(self) -> dict[str, Any]:
-        return {"profile": self.profile.name, "rate": self.rate, "slo": dataclasses.asdict(self.slo),
-                "warmup": self.warmup, "homogeneous_balancer": self.baseline_balancer,
-                "pool_balancer": self.pool_balancer,
-                "baseline": "like-for-like" if self.like_for_like else
-                f"MISMATCHED: homogeneous {self.baseline_balancer}, pools {self.pool_balancer}",
-                "homogeneous_max_num_seqs": self.homogeneous.max_num_seqs, "spillover": self.spills,
-                "scrape_delay_s": self.scrape_delay_s,
-                "seed": self.seed, "max_reject": self.max_reject, "max_instances": self.max_instances,
-                "min_confident_requests": self.min_confident_requests,
-                "counts": f"requests and rejections after the first {self.warmup:.0%} (warm-up) of each run"}
+        return {
+            "profile": self.profile.name,
+            "rate": self.rate,
+            "slo": dataclasses.asdict(self.slo),
+            "warmup": self.warmup,
+            "homogeneous_balancer": self.baseline_balancer,
+            "pool_balancer": self.pool_balancer,
+            "baseline": "like-for-like"
+            if self.like_for_like
+            else f"MISMATCHED: homogeneous {self.baseline_balancer}, pools {self.pool_balancer}",
+            "homogeneous_max_num_seqs": self.homogeneous.max_num_seqs,
+            "spillover": self.spills,
+            "scrape_delay_s": self.scrape_delay_s,
+            "seed": self.seed,
+            "max_reject": self.max_reject,
+            "max_instances": self.max_instances,
+            "min_confident_requests": self.min_confident_requests,
+            "counts": f"requests and rejections after the first {self.warmup:.0%} (warm-up) of each run",
+        }
 
 
 @dataclass
@@ -147,11 +159,20 @@ class FleetOutcome:
         return sum(self.pool_gpus)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"instances": list(self.instances), "gpus": self.gpus, "pool_gpus": self.pool_gpus,
-                "usd_per_year": self.usd_per_year, "feasible": self.feasible, "reason": self.reason,
-                "simulations": self.simulations, "offered_utilisation": self.offered_utilisation,
-                "binding": self.binding, "low_confidence": self.low_confidence,
-                "fleet": self.fleet, "pools": [p.as_dict() for p in self.pools]}
+        return {
+            "instances": list(self.instances),
+            "gpus": self.gpus,
+            "pool_gpus": self.pool_gpus,
+            "usd_per_year": self.usd_per_year,
+            "feasible": self.feasible,
+            "reason": self.reason,
+            "simulations": self.simulations,
+            "offered_utilisation": self.offered_utilisation,
+            "binding": self.binding,
+            "low_confidence": self.low_confidence,
+            "fleet": self.fleet,
+            "pools": [p.as_dict() for p in self.pools],
+        }
 
 
 @dataclass
@@ -190,8 +211,13 @@ class Replicate:
     thresholds: list[ThresholdOutcome]
 
     def as_dict(self) -> dict[str, Any]:
-        return {"seed": self.seed, "requests": self.requests, "mu_homogeneous": self.mu_homogeneous,
-                "homogeneous": self.homogeneous.as_dict(), "thresholds": [t.as_dict() for t in self.thresholds]}
+        return {
+            "seed": self.seed,
+            "requests": self.requests,
+            "mu_homogeneous": self.mu_homogeneous,
+            "homogeneous": self.homogeneous.as_dict(),
+            "thresholds": [t.as_dict() for t in self.thresholds],
+        }
 
 
 @dataclass(frozen=True)
@@ -232,9 +258,14 @@ class ThresholdVerdict:
     saving: Spread | None
 
     def as_dict(self) -> dict[str, Any]:
-        return {"b_short": self.b_short, "qualified": self.qualified, "disqualified": self.reason,
-                "gpus": self.gpus.as_dict(), "usd_per_year": self.usd_per_year.as_dict(),
-                "saving": None if self.saving is None else self.saving.as_dict()}
+        return {
+            "b_short": self.b_short,
+            "qualified": self.qualified,
+            "disqualified": self.reason,
+            "gpus": self.gpus.as_dict(),
+            "usd_per_year": self.usd_per_year.as_dict(),
+            "saving": None if self.saving is None else self.saving.as_dict(),
+        }
 
 
 @dataclass
@@ -268,15 +299,21 @@ class PlanReport:
         return self.replicates[0].mu_homogeneous
 
     def as_dict(self) -> dict[str, Any]:
-        return {"version": self.version, "settings": self.settings, "trace": self.trace, "requests": self.requests,
-                "replications": len(self.replicates),
-                "homogeneous_gpus": self.homogeneous_gpus.as_dict(),
-                "homogeneous_usd_per_year": self.homogeneous_usd.as_dict(),
-                "verdicts": [v.as_dict() for v in self.verdicts],
-                "best_b_short": None if self.best is None else self.verdicts[self.best].b_short,
-                "tied_with_best": [self.verdicts[i].b_short for i in self.tied], "pick_note": self.pick_note,
-                "erlang_c_check": [e.as_dict() for e in self.erlang],
-                "replicates": [r.as_dict() for r in self.replicates]}
+        return {
+            "version": self.version,
+            "settings": self.settings,
+            "trace": self.trace,
+            "requests": self.requests,
+            "replications": len(self.replicates),
+            "homogeneous_gpus": self.homogeneous_gpus.as_dict(),
+            "homogeneous_usd_per_year": self.homogeneous_usd.as_dict(),
+            "verdicts": [v.as_dict() for v in self.verdicts],
+            "best_b_short": None if self.best is None else self.verdicts[self.best].b_short,
+            "tied_with_best": [self.verdicts[i].b_short for i in self.tied],
+            "pick_note": self.pick_note,
+            "erlang_c_check": [e.as_dict() for e in self.erlang],
+            "replicates": [r.as_dict() for r in self.replicates],
+        }
 
 
 def usd_per_year(pools: Sequence[tuple[InstanceProfile, int]]) -> float:
@@ -297,8 +334,10 @@ class Planner:
             raise ValueError("rate must be > 0 req/s")
         long_ctx = settings.profile.long.max_model_len
         if not (wl.total <= long_ctx).any():
-            raise ValueError(f"no request of the trace fits the long pool's context ({long_ctx:,} tokens): every "
-                             "one would be rejected, so there is nothing to size")
+            raise ValueError(
+                f"no request of the trace fits the long pool's context ({long_ctx:,} tokens): every "
+                "one would be rejected, so there is nothing to size"
+            )
         self.s = settings
         self.wl = wl
         self.progress = progress
@@ -327,8 +366,15 @@ class Planner:
         cfg = PoolConfig("homogeneous", self.s.homogeneous, n, self.s.baseline_balancer)
         return FleetSim([cfg]).run(wl or self.wl, self._tick(label or f"homogeneous x{n}"))
 
-    def router(self, b_short: int, short_slots: int, long_slots: int, clock: SimClock,
-               spillover: bool | None = None, live: bool = False) -> BudgetRouter:
+    def router(
+        self,
+        b_short: int,
+        short_slots: int,
+        long_slots: int,
+        clock: SimClock,
+        spillover: bool | None = None,
+        live: bool = False,
+    ) -> BudgetRouter:
         """The production router (``build_router`` over the plan's config) for a fleet at ``b_short``
         with these slots, on simulated time. Its sampling draws from this threshold's own stream, so
         adding a threshold to a sweep leaves the others' routers as they were. ``live``: its pressure
@@ -345,8 +391,9 @@ class Planner:
         rng = random.Random(int(_stream(self.s.seed, "router", b_short).integers(2**63)))
         return build_router(cfg, clock, rng, pressure)
 
-    def simulate_dual(self, b_short: int, n_short: int, n_long: int, wl: SimWorkload | None = None,
-                      label: str = "") -> tuple[SimResult, RouterDispatch]:
+    def simulate_dual(
+        self, b_short: int, n_short: int, n_long: int, wl: SimWorkload | None = None, label: str = ""
+    ) -> tuple[SimResult, RouterDispatch]:
         wl = wl or self.wl
         short = short_pool_at(self.s.profile.short, b_short)
         long = self.s.profile.long
@@ -354,13 +401,16 @@ class Planner:
         slots = (n_short * short.max_num_seqs, n_long * long.max_num_seqs)
         router = self.router(b_short, *slots, clock, live=True)
         dispatch = RouterDispatch(router, wl, clock, self.s.scrape_delay_s, SCRAPE_INTERVAL_S)
-        pools = [PoolConfig("short", short, n_short, self.s.pool_balancer),
-                 PoolConfig("long", long, n_long, self.s.pool_balancer)]
+        pools = [
+            PoolConfig("short", short, n_short, self.s.pool_balancer),
+            PoolConfig("long", long, n_long, self.s.pool_balancer),
+        ]
         res = FleetSim(pools, dispatch).run(wl, self._tick(label or f"B={b_short} {n_short}+{n_long}"))
         return res, dispatch
 
-    def _judge(self, res: SimResult, profiles: Sequence[InstanceProfile],
-               mus: Sequence[float]) -> list[tuple[str, ...]]:
+    def _judge(
+        self, res: SimResult, profiles: Sequence[InstanceProfile], mus: Sequence[float]
+    ) -> list[tuple[str, ...]]:
         """Per pool, the limits it misses at this size (empty: it passes). A pool with too few
         measured requests for a P99 is judged by Erlang C's slot-wait probability, which only falls
         as the pool grows."""
@@ -376,28 +426,43 @@ class Planner:
                 out.append(pm.failures(self.s.slo))
         return out
 
-    def _outcome(self, res: SimResult, sizes: tuple[int, ...], profiles: Sequence[InstanceProfile],
-                 mus: Sequence[float], feasible: bool, reason: str, sims: int,
-                 trials: dict[tuple[int, ...], list[tuple[str, ...]]]) -> FleetOutcome:
+    def _outcome(
+        self,
+        res: SimResult,
+        sizes: tuple[int, ...],
+        profiles: Sequence[InstanceProfile],
+        mus: Sequence[float],
+        feasible: bool,
+        reason: str,
+        sims: int,
+        trials: dict[tuple[int, ...], list[tuple[str, ...]]],
+    ) -> FleetOutcome:
         pools = summarise(res, self.s.warmup)
         share = [float(np.mean(res.pool == p)) for p in range(len(sizes))]
-        offered = [self.s.rate * f / (n * mu) if mu > 0 else float("nan")
-                   for f, n, mu in zip(share, sizes, mus, strict=True)]
+        offered = [
+            self.s.rate * f / (n * mu) if mu > 0 else float("nan") for f, n, mu in zip(share, sizes, mus, strict=True)
+        ]
         return FleetOutcome(
             instances=sizes,
             pool_gpus=[p.gpus * n for p, n in zip(profiles, sizes, strict=True)],
             usd_per_year=usd_per_year(list(zip(profiles, sizes, strict=True))),
-            feasible=feasible, reason=reason, pools=pools, fleet=fleet_percentiles(res, self.s.warmup),
-            simulations=sims, offered_utilisation=offered,
+            feasible=feasible,
+            reason=reason,
+            pools=pools,
+            fleet=fleet_percentiles(res, self.s.warmup),
+            simulations=sims,
+            offered_utilisation=offered,
             binding=_binding(trials, sizes, feasible, reason),
-            low_confidence=[0 < p.requests < self.s.min_confident_requests for p in pools])
+            low_confidence=[0 < p.requests < self.s.min_confident_requests for p in pools],
+        )
 
     def _check_cap(self, what: str, sizes: Sequence[int]) -> None:
         if max(sizes) > self.s.max_instances:
             raise ValueError(
                 f"at {self.s.rate:g} req/s the {what} needs at least {max(sizes):,} instances in one pool (its "
                 f"utilisation floor), above --max-instances {self.s.max_instances:,}: lower --rate, or raise the "
-                "cap if this machine has the memory")
+                "cap if this machine has the memory"
+            )
 
     # --- sizing ----------------------------------------------------------------------------
     def size_homogeneous(self) -> tuple[FleetOutcome, float]:
@@ -422,14 +487,21 @@ class Planner:
         sized = size_pools(check, (start,), cap=self.s.max_instances)
         sizes, sims = sized.sizes, len(sized.trials)
         if sized.feasible:
-            sizes, sims = self._verified(sizes, check, lambda s, wl: self.simulate_homogeneous(s[0], wl, "verify"),
-                                         [prof], [mu], sims)
+            sizes, sims = self._verified(
+                sizes, check, lambda s, wl: self.simulate_homogeneous(s[0], wl, "verify"), [prof], [mu], sims
+            )
         res = runs.get(sizes) or self.simulate_homogeneous(sizes[0])
         return self._outcome(res, sizes, [prof], [mu], sized.feasible, sized.reason, sims, trials), mu
 
-    def _verified(self, sizes: tuple[int, ...], check: Callable[[tuple[int, ...]], list[bool]],
-                  simulate: Callable[[tuple[int, ...], SimWorkload], SimResult],
-                  profiles: Sequence[InstanceProfile], mus: Sequence[float], sims: int) -> tuple[tuple[int, ...], int]:
+    def _verified(
+        self,
+        sizes: tuple[int, ...],
+        check: Callable[[tuple[int, ...]], list[bool]],
+        simulate: Callable[[tuple[int, ...], SimWorkload], SimResult],
+        profiles: Sequence[InstanceProfile],
+        mus: Sequence[float],
+        sims: int,
+    ) -> tuple[tuple[int, ...], int]:
         """Re-simulate the sized fleet on a resampled workload; grow any pool that misses its SLO
         there (by 2 %, at least one instance) until both samples pass. P99s of a finite run are
         noisy, and the smallest size that passed once sits right at the edge."""
@@ -457,11 +529,14 @@ class Planner:
         long_wl = wl.subset(~routed_short) if (~routed_short).any() else wl
         mu_l = self.mu(long, f"long@{b_short}", long_wl)
         if not math.isfinite(mu_s):
-            return self._unsplit(b_short, alpha, homogeneous,
-                                 f"no request routed short fits the short context ({b_short} tokens)")
+            return self._unsplit(
+                b_short, alpha, homogeneous, f"no request routed short fits the short context ({b_short} tokens)"
+            )
         alpha_r = float(routed_short.mean())
-        start = (max(1, instances_for(s.rate * alpha_r, mu_s, s.slo.util_cap)),
-                 max(1, instances_for(s.rate * (1 - alpha_r), mu_l, s.slo.util_cap)))
+        start = (
+            max(1, instances_for(s.rate * alpha_r, mu_s, s.slo.util_cap)),
+            max(1, instances_for(s.rate * (1 - alpha_r), mu_l, s.slo.util_cap)),
+        )
         self._check_cap(f"dual fleet at B_short={b_short}", start)
         rho = mu_s / mu_h
         closed = closed_form_saving(alpha, rho)
@@ -485,8 +560,13 @@ class Planner:
             sizes, feasible, reason, sims = sized.sizes, sized.feasible, sized.reason, len(sized.trials)
             if feasible:
                 sizes, sims = self._verified(
-                    sizes, check, lambda z, other: self.simulate_dual(b_short, z[0], z[1], other, "verify")[0],
-                    profiles, mus, sims)
+                    sizes,
+                    check,
+                    lambda z, other: self.simulate_dual(b_short, z[0], z[1], other, "verify")[0],
+                    profiles,
+                    mus,
+                    sims,
+                )
                 if sizes not in runs:
                     check(sizes)
         res, dispatch = runs.get(sizes) or self.simulate_dual(b_short, *sizes)
@@ -495,12 +575,21 @@ class Planner:
         keep = measured_mask(res, s.warmup)
         rejected = int(np.sum(keep & (res.rejected != 0)))
         out = ThresholdOutcome(
-            b_short=b_short, alpha=alpha, alpha_routed=float(np.mean(res.pool == 0)), mu_short=mu_s, mu_long=mu_l,
-            rho=rho, closed_form_saving=closed,
+            b_short=b_short,
+            alpha=alpha,
+            alpha_routed=float(np.mean(res.pool == 0)),
+            mu_short=mu_s,
+            mu_long=mu_l,
+            rho=rho,
+            closed_form_saving=closed,
             closed_form_gpus=homogeneous.gpus * (1.0 - closed) if math.isfinite(closed) else float("nan"),
-            dual=dual, saving=(1.0 - dual.gpus / homogeneous.gpus) if (feasible and homogeneous.feasible) else None,
+            dual=dual,
+            saving=(1.0 - dual.gpus / homogeneous.gpus) if (feasible and homogeneous.feasible) else None,
             misrouted_long_to_short=int(np.sum(true_long & (res.pool == 0))),
-            spilled=int(dispatch.spilled.sum()), rejected=rejected, rejected_share=rejected / max(1, int(keep.sum())))
+            spilled=int(dispatch.spilled.sum()),
+            rejected=rejected,
+            rejected_share=rejected / max(1, int(keep.sum())),
+        )
         out.qualified, out.disqualified = self._qualify(out)
         return out
 
@@ -508,16 +597,34 @@ class Planner:
         if not t.dual.feasible:
             return False, "SLO not met: " + t.dual.reason
         if t.rejected_share > self.s.max_reject:
-            return False, (f"rejects {100 * t.rejected_share:.2f} % of requests (under-estimated, over the short "
-                           f"context), above --max-reject {100 * self.s.max_reject:g} %")
+            return False, (
+                f"rejects {100 * t.rejected_share:.2f} % of requests (under-estimated, over the short "
+                f"context), above --max-reject {100 * self.s.max_reject:g} %"
+            )
         return True, ""
 
     def _unsplit(self, b_short: int, alpha: float, homogeneous: FleetOutcome, reason: str) -> ThresholdOutcome:
         """A threshold at which there is nothing to split: reported, never sized or picked."""
         empty = FleetOutcome((0, 0), [0, 0], 0.0, False, reason, [], {}, 0, [], [], [])
         self._fleet_done()
-        return ThresholdOutcome(b_short, alpha, 0.0, float("nan"), float("nan"), float("nan"), float("nan"),
-                                float("nan"), empty, None, 0, 0, 0, 0.0, False, "not splittable: " + reason)
+        return ThresholdOutcome(
+            b_short,
+            alpha,
+            0.0,
+            float("nan"),
+            float("nan"),
+            float("nan"),
+            float("nan"),
+            float("nan"),
+            empty,
+            None,
+            0,
+            0,
+            0,
+            0.0,
+            False,
+            "not splittable: " + reason,
+        )
 
     def _offline_routing(self, b_short: int) -> np.ndarray:
         """Which requests the router would send short, learning as it goes (no pressure): the split
@@ -546,8 +653,9 @@ class Planner:
         return Replicate(self.s.seed, len(self.wl), mu_h, homogeneous, outcomes)
 
 
-def _binding(trials: dict[tuple[int, ...], list[tuple[str, ...]]], sizes: tuple[int, ...], feasible: bool,
-             reason: str) -> list[str]:
+def _binding(
+    trials: dict[tuple[int, ...], list[tuple[str, ...]]], sizes: tuple[int, ...], feasible: bool, reason: str
+) -> list[str]:
     """Per pool, the limit that sized it: what it missed at the largest failing size below its own
     (the utilisation floor when no smaller size was tried), or, for a fleet that never met its SLOs,
     what it missed at the size reported."""
@@ -577,10 +685,13 @@ def _verdict(b_short: int, outcomes: Sequence[ThresholdOutcome]) -> ThresholdVer
     bad = next((t for t in outcomes if not t.qualified), None)
     savings = [t.saving for t in outcomes]
     return ThresholdVerdict(
-        b_short=b_short, qualified=bad is None, reason="" if bad is None else bad.disqualified,
+        b_short=b_short,
+        qualified=bad is None,
+        reason="" if bad is None else bad.disqualified,
         gpus=Spread(tuple(float(t.dual.gpus) for t in outcomes)),
         usd_per_year=Spread(tuple(t.dual.usd_per_year for t in outcomes)),
-        saving=None if any(v is None for v in savings) else Spread(tuple(float(v) for v in savings)))  # type: ignore[arg-type]
+        saving=None if any(v is None for v in savings) else Spread(tuple(float(v) for v in savings)),
+    )  # type: ignore[arg-type]
 
 
 def choose(verdicts: Sequence[ThresholdVerdict], homogeneous_usd: Spread) -> tuple[int | None, list[int], str]:
@@ -592,25 +703,44 @@ def choose(verdicts: Sequence[ThresholdVerdict], homogeneous_usd: Spread) -> tup
         return None, [], "no threshold qualifies"
     cheapest = min(qualified, key=lambda i: (verdicts[i].usd_per_year.mean, verdicts[i].b_short))
     best_usd = verdicts[cheapest].usd_per_year
-    tied = [i for i in qualified if i != cheapest and verdicts[i].usd_per_year.mean - best_usd.mean
-            <= max(verdicts[i].usd_per_year.width, best_usd.width)]
+    tied = [
+        i
+        for i in qualified
+        if i != cheapest
+        and verdicts[i].usd_per_year.mean - best_usd.mean <= max(verdicts[i].usd_per_year.width, best_usd.width)
+    ]
     pick = min([cheapest, *tied], key=lambda i: verdicts[i].b_short)
     tied = sorted(i for i in [cheapest, *tied] if i != pick)
     usd = verdicts[pick].usd_per_year
     if usd.mean >= homogeneous_usd.mean:
-        return None, [], (f"no split pays off: the cheapest qualified dual fleet (B_short={verdicts[pick].b_short}) "
-                          "costs no less than the homogeneous fleet")
+        return (
+            None,
+            [],
+            (
+                f"no split pays off: the cheapest qualified dual fleet (B_short={verdicts[pick].b_short}) "
+                "costs no less than the homogeneous fleet"
+            ),
+        )
     note = "cheapest meeting the SLOs"
     if tied:
-        note = (f"tie within the spread of {len(verdicts[0].gpus.values)} replications with B_short="
-                + ",".join(str(verdicts[i].b_short) for i in tied) + "; the smallest B_short is picked")
+        note = (
+            f"tie within the spread of {len(verdicts[0].gpus.values)} replications with B_short="
+            + ",".join(str(verdicts[i].b_short) for i in tied)
+            + "; the smallest B_short is picked"
+        )
     if homogeneous_usd.mean - usd.mean <= max(usd.width, homogeneous_usd.width):
         note += "; its saving is within the spread of the replications"
     return pick, tied, note
 
 
-def plan(settings: PlanSettings, workloads: Sequence[tuple[int, SimWorkload]], thresholds: Sequence[int],
-         trace: str, progress: PlanProgress | None = None, erlang: bool = True) -> PlanReport:
+def plan(
+    settings: PlanSettings,
+    workloads: Sequence[tuple[int, SimWorkload]],
+    thresholds: Sequence[int],
+    trace: str,
+    progress: PlanProgress | None = None,
+    erlang: bool = True,
+) -> PlanReport:
     """Size every fleet once per (seed, workload) replication and compare them across replications."""
     check_thresholds(settings.profile, thresholds)
     if not workloads:
@@ -624,8 +754,18 @@ def plan(settings: PlanSettings, workloads: Sequence[tuple[int, SimWorkload]], t
     checks = erlang_checks(settings) if erlang else []
     info = settings.as_dict()
     info["seeds"] = [seed for seed, _ in workloads]
-    return PlanReport(info, trace, reps, Spread(tuple(float(r.homogeneous.gpus) for r in reps)),
-                      Spread(tuple(r.homogeneous.usd_per_year for r in reps)), verdicts, best, tied, note, checks)
+    return PlanReport(
+        info,
+        trace,
+        reps,
+        Spread(tuple(float(r.homogeneous.gpus) for r in reps)),
+        Spread(tuple(r.homogeneous.usd_per_year for r in reps)),
+        verdicts,
+        best,
+        tied,
+        note,
+        checks,
+    )
 
 
 def erlang_checks(settings: PlanSettings) -> list[ErlangComparison]:

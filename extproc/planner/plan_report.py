@@ -35,8 +35,9 @@ def _range(sp: Spread, scale: float = 1.0, fmt: str = "{:.0f}") -> str:
 
 def _pool_rows(label: str, fleet: FleetOutcome) -> list[str]:
     rows = []
-    for pm, util, binding, low in zip(fleet.pools, fleet.offered_utilisation, fleet.binding, fleet.low_confidence,
-                                      strict=True):
+    for pm, util, binding, low in zip(
+        fleet.pools, fleet.offered_utilisation, fleet.binding, fleet.low_confidence, strict=True
+    ):
         rows.append(
             f"  {label:<16}{pm.pool:<10}{pm.instances:>6}{pm.gpus:>7}{pm.requests:>9}"
             f"{_s(pm.ttft_p50_s):>8}{_s(pm.ttft_p99_s):>8}{_ms(pm.tpot_p50_s):>8}{_ms(pm.tpot_p99_s):>8}"
@@ -101,15 +102,20 @@ def format_table(rep: PlanReport) -> str:
     for t in rep.thresholds:
         lines += _pool_rows(f"B={t.b_short}", t.dual)
     if rep.erlang:
-        lines += ["", "Simulator vs Erlang C (M/M/c on each pool's batch slots, constant full-batch iteration, "
-                  "exponential service; beyond one iteration):",
-                  f"  {'pool':<12}{'slots':>6}{'load':>6}{'requests':>10}{'P(wait) sim':>13}{'Erlang C':>10}"
-                  f"{'excess wait sim':>17}{'Erlang C':>10}"]
+        lines += [
+            "",
+            "Simulator vs Erlang C (M/M/c on each pool's batch slots, constant full-batch iteration, "
+            "exponential service; beyond one iteration):",
+            f"  {'pool':<12}{'slots':>6}{'load':>6}{'requests':>10}{'P(wait) sim':>13}{'Erlang C':>10}"
+            f"{'excess wait sim':>17}{'Erlang C':>10}",
+        ]
         for e in rep.erlang:
-            lines.append(f"  {e.pool:<12}{e.slots:>6}{e.load:>6.2f}{e.requests:>10,}{e.sim_p_wait:>13.4f}"
-                         f"{e.erlang_p_wait:>10.4f}{_ms(e.sim_excess_wait_s):>14} ms"
-                         f"{_ms(e.erlang_excess_wait_s):>7} ms"
-                         + ("  (waits too rare at this load to compare)" if e.erlang_p_wait < 0.01 else ""))
+            lines.append(
+                f"  {e.pool:<12}{e.slots:>6}{e.load:>6.2f}{e.requests:>10,}{e.sim_p_wait:>13.4f}"
+                f"{e.erlang_p_wait:>10.4f}{_ms(e.sim_excess_wait_s):>14} ms"
+                f"{_ms(e.erlang_excess_wait_s):>7} ms"
+                + ("  (waits too rare at this load to compare)" if e.erlang_p_wait < 0.01 else "")
+            )
     lines += [
         "",
         "alpha: share of requests with true total tokens <= B_short; routed: share the router sent short.",

@@ -54,29 +54,48 @@ def saving_figure(rep: PlanReport) -> Figure:
     disqualified thresholds crossed out, so a disqualified high point cannot read as the answer."""
     b = np.array([t.b_short for t in rep.thresholds])
     fig, ax = plt.subplots(figsize=(7, 4))
-    ax.plot(b, [100 * t.closed_form_saving for t in rep.thresholds], "o--", color="tab:blue",
-            label="closed form α(1−1/ρ)")
+    ax.plot(
+        b, [100 * t.closed_form_saving for t in rep.thresholds], "o--", color="tab:blue", label="closed form α(1−1/ρ)"
+    )
     mean = np.array([100 * v.saving.mean if v.saving is not None else np.nan for v in rep.verdicts])
     lo = np.array([100 * v.saving.lo if v.saving is not None else np.nan for v in rep.verdicts])
     hi = np.array([100 * v.saving.hi if v.saving is not None else np.nan for v in rep.verdicts])
     ax.plot(b, mean, "-", color="tab:orange", lw=1)
     ok = np.array([v.qualified for v in rep.verdicts])
     n = len(rep.replicates)
-    ax.errorbar(b[ok], mean[ok], yerr=[mean[ok] - lo[ok], hi[ok] - mean[ok]], fmt="s", color="tab:orange",
-                capsize=3, label=f"simulated, SLO-sized (mean, range of {n} seed{'s' if n > 1 else ''})")
+    ax.errorbar(
+        b[ok],
+        mean[ok],
+        yerr=[mean[ok] - lo[ok], hi[ok] - mean[ok]],
+        fmt="s",
+        color="tab:orange",
+        capsize=3,
+        label=f"simulated, SLO-sized (mean, range of {n} seed{'s' if n > 1 else ''})",
+    )
     if (~ok).any():
-        ax.errorbar(b[~ok], mean[~ok], yerr=[mean[~ok] - lo[~ok], hi[~ok] - mean[~ok]], fmt="x", color="0.55",
-                    capsize=3, ms=9, label="disqualified (SLO missed or rejects > --max-reject)")
+        ax.errorbar(
+            b[~ok],
+            mean[~ok],
+            yerr=[mean[~ok] - lo[~ok], hi[~ok] - mean[~ok]],
+            fmt="x",
+            color="0.55",
+            capsize=3,
+            ms=9,
+            label="disqualified (SLO missed or rejects > --max-reject)",
+        )
     if rep.best is not None:
-        ax.plot([b[rep.best]], [mean[rep.best]], "*", color="tab:red", ms=16, zorder=5,
-                label=f"pick: B_short={b[rep.best]}")
+        ax.plot(
+            [b[rep.best]], [mean[rep.best]], "*", color="tab:red", ms=16, zorder=5, label=f"pick: B_short={b[rep.best]}"
+        )
     ax.axhline(0, color="0.5", lw=0.8)
     ax.set_xscale("log", base=2)
     ax.set_xlim(b.min() / 1.4, b.max() * 1.4)  # also when no threshold has a finite saving to autoscale on
     ax.set_xlabel("B_short (tokens)")
     ax.set_ylabel("GPU saving vs homogeneous (%)")
-    ax.set_title(f"{rep.trace} @ {rep.settings['rate']:g} req/s, {rep.settings['profile']}, "
-                 f"baseline {rep.settings['baseline']}", fontsize=8)
+    ax.set_title(
+        f"{rep.trace} @ {rep.settings['rate']:g} req/s, {rep.settings['profile']}, baseline {rep.settings['baseline']}",
+        fontsize=8,
+    )
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -96,8 +115,9 @@ def plot_gpus(rep: PlanReport, path: Path) -> None:
             ax.bar([i], [long[i] + short[i]], color="none", edgecolor="0.3", hatch="//", lw=0)
             ax.text(i, long[i] + short[i], "disq.", ha="center", va="bottom", fontsize=7, color="tab:red")
         elif i - 1 == rep.best:
-            ax.text(i, long[i] + short[i], "pick", ha="center", va="bottom", fontsize=8, color="tab:red",
-                    fontweight="bold")
+            ax.text(
+                i, long[i] + short[i], "pick", ha="center", va="bottom", fontsize=8, color="tab:red", fontweight="bold"
+            )
     ax.set_xticks(x, labels)
     ax.set_xlabel("B_short (tokens)")
     ax.set_ylabel(f"GPUs (seed {rep.replicates[0].seed})")

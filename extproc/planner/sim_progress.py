@@ -22,8 +22,14 @@ def _duration(seconds: float) -> str:
 
 
 class ProgressBar:
-    def __init__(self, stream: TextIO | None = None, width: int = 24, min_interval_s: float = 0.2,
-                 fleets: int = 0, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        stream: TextIO | None = None,
+        width: int = 24,
+        min_interval_s: float = 0.2,
+        fleets: int = 0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.stream = stream or sys.stderr
         self.width = width
         self.min_interval_s = min_interval_s
@@ -81,5 +87,4 @@ class ProgressBar:
     def close(self) -> None:
         if self.tty:
             self.stream.write("\n")
-        print(f"[plan] {self.runs} simulations in {_duration(self._now() - self._start)}", file=self.stream,
-              flush=True)
+        print(f"[plan] {self.runs} simulations in {_duration(self._now() - self._start)}", file=self.stream, flush=True)

@@ -1,14 +1,15 @@
 """``L_total == B_short`` goes short, one token more goes long, through the real Envoy and router.
 
-``B_short`` is set to the estimate the router's own pure ``BudgetRouter`` computes for the body at
-cold start, under exactly the configuration the stack gives the router process. The requests name a
-model the pools do not serve: the pool answers 404 with no ``usage``, so the router learns nothing and
-its ratio stays at the cold start for every request of the test.
+``B_short`` is set to the total the router's own pure ``BudgetRouter`` routes the body by at cold
+start (the default estimator's, margin included), under exactly the configuration the stack gives the
+router process. The requests name a model the pools do not serve: the pool answers 404 with no
+``usage``, so the router learns nothing and stays at its cold start for every request of the test.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 import aiohttp
@@ -26,9 +27,18 @@ pytestmark = pytest.mark.e2e
 
 
 def stack_router_estimate(body: dict[str, Any]) -> int:
-    """The cold-start L_total of ``body`` under the flags the stack passes to ``budget-router serve``."""
-    router = build_router(router_config(StackOptions()))
-    return router.estimate(shape_from_body(CHAT, body, router.categorizer)).total
+    """The cold-start L_total of ``body`` under the flags the stack passes to ``budget-router serve``,
+    once ``B_short`` is that total: the estimator refines only estimates near a threshold, so the
+    threshold moves until it sits on the total it produces (a fixed point after a step or two)."""
+    cfg, total = router_config(StackOptions()), None
+    for _ in range(5):
+        router = build_router(cfg)
+        estimate, _ = router.decide(shape_from_body(CHAT, body, router.categorizer))
+        if estimate.total == total:
+            return total
+        total = estimate.total
+        cfg = replace(cfg, routing=replace(cfg.routing, b_short=total))
+    raise AssertionError(f"no stable estimate for B_short: {total}")
 
 
 BODY = {**body_for("prose", 3_000, max_tokens=100, seed=5), "model": "not-served-here"}

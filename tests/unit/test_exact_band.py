@@ -83,6 +83,6 @@ def test_unknown_tokenizer_is_a_config_error_naming_the_option():
     with pytest.raises(ConfigError, match=r"estimator\.exact_band"):
         load_config(overrides={"estimator": {"kind": "linear", "exact_band": ["llama=gpt2"]}})
     with pytest.raises(ConfigError, match=r"needs estimator\.kind: linear"):
-        load_config(overrides={"estimator": {"exact_band": ["llama=llama3"]}})
-    router = build_router(load_config(overrides={"estimator": {"kind": "linear", "exact_band": ["llama=llama3"]}}))
+        load_config(overrides={"estimator": {"kind": "ratio", "exact_band": ["llama=llama3"]}})
+    router = build_router(load_config(overrides={"estimator": {"exact_band": ["llama=llama3"]}}))
     assert router.exact is not None and router.exact.counter("llama") is not None

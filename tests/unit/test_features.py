@@ -10,12 +10,14 @@ from extproc.algorithm.features import (
     BYTES,
     DIGITS,
     FOUR_BYTE,
+    HANGUL,
     LETTERS,
     NEWLINES,
     PUNCT,
     SPACES,
     THREE_BYTE,
     TWO_BYTE,
+    UNCOMMON,
     WORDS,
     text_features,
 )
@@ -38,6 +40,20 @@ def test_multibyte_sequences_are_counted_by_their_lead_bytes():
     f = text_features(["日本語 é 😀"])
     assert (f[THREE_BYTE], f[TWO_BYTE], f[FOUR_BYTE], f[SPACES]) == (3, 1, 1, 2)
     assert f[BYTES] == len("日本語 é 😀".encode()) == _byte_sum(f)
+
+
+def test_uncommon_characters_are_those_gb2312_lacks_and_hangul_is_counted_apart():
+    # simplified 语 and 本, kana, Cyrillic and pinyin é are in GB 2312; traditional 語 and 體, German ä,
+    # emoji and Hangul are not
+    f = text_features(["语本かж é", "語體ä😀", "한국어"])
+    assert f[UNCOMMON] == 7 and f[HANGUL] == 3
+    assert text_features(["plain ASCII text"])[UNCOMMON] == 0
+
+
+def test_traditional_chinese_counts_as_uncommon_where_simplified_does_not():
+    simplified, traditional = "这是一个关于语言模型的问题。", "這是一個關於語言模型的問題。"
+    assert text_features([simplified])[UNCOMMON] == 0
+    assert text_features([traditional])[UNCOMMON] == 6  # 這 個 關 語 問 題; the rest are shared
 
 
 def test_texts_are_summed_and_empty_ones_cost_nothing():
@@ -64,6 +80,7 @@ def test_never_raises_and_counts_add_up(texts):
     assert abs(_byte_sum(f) - total) < 1e-6
     assert all(v >= 0 for v in f)
     assert f[WORDS] <= f[LETTERS]
+    assert f[UNCOMMON] <= f[TWO_BYTE] + f[THREE_BYTE] + f[FOUR_BYTE] and f[HANGUL] <= f[THREE_BYTE]
 
 
 @settings(max_examples=100, deadline=None)

@@ -143,6 +143,9 @@ def test_state_round_trips_and_bad_entries_are_ignored():
     lying = dict(snap["llama\tprose"])
     lying["weights"] = [0.0] * len(lying["weights"])  # a tampered file: zero tokens for everything
     snap["liar\tprose"] = lying
+    older = dict(snap["llama\tprose"])  # an older release's layout: same length, other features
+    older["features"] = [*older["features"][:-1], "number_runs"]
+    snap["older\tprose"] = older
     fresh = LinearEstimator(params)
     assert fresh.load(snap) == 3
     x, _ = _request(rng)

@@ -19,11 +19,15 @@ def _shape(router: BudgetRouter, text: str, max_tokens: int, messages: int = 1):
     return shape_from_body("chat", {"model": "m", "max_tokens": max_tokens, "messages": msgs}, router.categorizer)
 
 
-def test_ratio_is_the_default_and_routes_as_before():
-    default, ratio = BudgetRouter(), build_router(load_config())
-    assert default.linear is None and ratio.linear is None
+def test_linear_is_the_default_and_ratio_still_routes_as_before():
+    default, configured = BudgetRouter(), build_router(load_config())
+    assert default.linear is not None and configured.linear is not None
     shape = _shape(default, TEXT[:30000], 500)
-    assert default.decide(shape) == ratio.decide(shape)
+    assert default.decide(shape) == configured.decide(shape)
+    ratio = build_router(load_config(overrides={"estimator": {"kind": "ratio"}}))
+    assert ratio.linear is None
+    assert ratio.decide(shape) == BudgetRouter(estimator=EstimatorParams(kind="ratio")).decide(shape)
+    assert ratio.decide(shape)[0] == ratio.estimate(shape)  # the paper's estimate, unchanged
 
 
 def test_far_requests_skip_the_features_near_ones_use_them():

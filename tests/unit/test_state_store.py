@@ -58,7 +58,7 @@ def _trained_linear():
     from extproc.algorithm.linear_estimator import EstimatorParams, LinearEstimator
 
     est = LinearEstimator(EstimatorParams(kind="linear"))
-    x = LinearEstimator.vector([20000.0, 15000.0, 100, 3500, 300, 900, 3000, 0, 0, 0], 0.0, 2, 0)
+    x = LinearEstimator.vector([20000.0, 15000.0, 100, 3500, 300, 900, 3000, 0, 0, 0, 0, 0], 0.0, 2, 0)
     for i in range(60):
         est.observe("llama", "prose", x, 4700.0 + (i % 7) * 20)
     return est, x
