@@ -43,7 +43,7 @@ TEXT_FEATURES = (
     "hangul",
 )
 N_TEXT = len(TEXT_FEATURES)
-DEFAULT_SAMPLE_BYTES = 8192
+DEFAULT_SAMPLE_BYTES = 32768
 _CHUNKS = 8  # evenly spaced chunks when sampling: heterogeneous prompts (prose with pasted code) stay visible
 _MIN_SAMPLE = 256  # per text, however small its share of the sample
 

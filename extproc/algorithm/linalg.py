@@ -1,5 +1,5 @@
 """The little linear algebra the online fits need, in pure Python: the router's core install has no
-numpy (the lean image), and 15 x 15 normal equations solved at learn time are cheap enough."""
+numpy (the lean image), and 17 x 17 normal equations solved at learn time are cheap enough."""
 
 from __future__ import annotations
 

@@ -11,12 +11,13 @@ weights, and a request that mixes text and tool JSON teaches both instead of bei
 JSON is class-counted like text (its quotes, keys and digits are what set its tokens); the structured
 bytes stay a regressor of their own, the correction JSON needs against text of the same classes.
 
-Fit: exponentially weighted least squares (recursive least squares with forgetting λ = the paper's
-β) with a ridge that pulls every weight towards the prior (the v1 cold-start ratio and the configured
-framing). The ridge never decays, so directions the traffic does not excite stay at the prior instead
-of winding up, and a few samples only nudge the model. The normal equations are 15 x 15: solving
-them at learn time in pure Python (the core install has no numpy) costs ~0.1 ms, so converged
-buckets re-solve on every 4th sample; the hot path is one dot product.
+Fit: exponentially weighted least squares (recursive least squares with forgetting λ =
+``fit_forgetting``, 0.995: 17 weights need a memory of ~200 samples where one ratio needs the paper's
+β = 0.95) with a ridge that pulls every weight towards the prior (the v1 cold-start ratio and the
+configured framing). The ridge never decays, so directions the traffic does not excite stay at the
+prior instead of winding up, and a few samples only nudge the model. The normal equations are 17 x 17:
+solving them at learn time in pure Python (the core install has no numpy) costs 0.3-0.6 ms, so
+converged buckets re-solve on every 4th sample; the hot path is one dot product.
 
 Safety margin: the relative error of every prediction made *before* its sample was learned (an
 out-of-sample residual) feeds an exponentially weighted mean and variance; routing uses
@@ -65,8 +66,8 @@ _BYTE_SCALE = 1.0 / 1024.0
 class EstimatorParams:
     kind: str = "linear"  # "linear" (v2) or "ratio" (the paper's EMA ratio, v1: the comparison baseline)
     forgetting: float = 0.95  # λ of the error statistics (hence the margin): the paper's β
-    fit_forgetting: float = 0.99  # λ of the 15-weight fit: ~5x the samples one ratio needs
-    underestimate_prob: float = 0.005  # target share of near-boundary requests routed short that do not fit
+    fit_forgetting: float = 0.995  # λ of the 17-weight fit: ~10x the samples one ratio needs (a 200-sample memory)
+    underestimate_prob: float = 0.003  # target share of near-boundary requests routed short that do not fit
     boundary_window: float = 0.2  # "near the boundary": true total within ±20 % of B_short
     max_models: int = 8
     prior_weight: float = 0.5  # ridge towards the prior, in units of one typical (scaled) sample

@@ -54,3 +54,38 @@ def test_usage_teaches_the_linear_model_including_framing():
     truth = shape.text_bytes / true_ratio + 3 * framing
     assert est.features is not None and truth <= est.prompt_tokens <= 1.08 * truth
     assert router.calibrator.state("prose").samples > 0  # the ratio calibrator keeps learning (screen, state)
+
+
+def _tool_request(router: BudgetRouter, tools: int, question: str = "Which tool lists files?"):
+    defs = [
+        {
+            "type": "function",
+            "function": {
+                "name": f"tool_{i}",
+                "description": TEXT[i * 200 : i * 200 + 180],
+                "parameters": {
+                    "type": "object",
+                    "properties": {"path": {"type": "string"}, "depth": {"type": "integer"}},
+                },
+            },
+        }
+        for i in range(tools)
+    ]
+    body = {"model": "m", "max_tokens": 300, "messages": [{"role": "user", "content": question}], "tools": defs}
+    return shape_from_body("chat", body, router.categorizer)
+
+
+def test_tool_json_is_class_counted_and_tool_heavy_requests_learn_in_their_own_bucket():
+    router = BudgetRouter()
+    shape = _tool_request(router, 80)  # ~25 KB of tool JSON beside a one-line question: near B_short
+    assert shape.category == "prose" and router.linear_category(shape) == "structured"
+    est, _ = router.decide(shape)
+    assert est.features is not None
+    # the JSON's own bytes are in the class counts (bytes feature, scaled per KiB), not only the text's
+    assert est.features[0] * 1024 >= shape.text_bytes + 0.9 * shape.structured_bytes
+    router.learn(shape, round(shape.structured_bytes / 3.1) + 40, est)
+    assert router.linear is not None
+    buckets = {category for _, category in router.linear.buckets()}
+    assert buckets == {"structured"}  # prose's error statistics are not touched by a tool-heavy request
+    text_heavy = _tool_request(router, 1, question=TEXT[:30000])
+    assert router.linear_category(text_heavy) == "prose"
