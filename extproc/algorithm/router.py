@@ -151,21 +151,22 @@ class BudgetRouter:
             return self.categorizer.structured()
         return shape.category
 
-    def _vector(self, shape: RequestShape, structured: str | None) -> list[float]:
-        """Class counts of the texts and of the tool JSON (``structured``, serialised), so the JSON's
-        digits, quotes and keys are seen too; JSON that cannot be serialised adds its bytes only."""
+    def _vector(self, shape: RequestShape) -> tuple[list[float], str | None]:
+        """The v2 feature vector and the serialised tool JSON (None if it cannot be serialised; the
+        exact band reuses it). The JSON is class-counted with the texts, so its digits, quotes and
+        keys are seen too; JSON that cannot be serialised adds its bytes only."""
         assert self.linear is not None
+        structured = serialize(shape.structured) if shape.structured else ""
         texts = (*shape.texts, structured) if structured else shape.texts
         features = text_features(texts, self.linear.params.sample_bytes)
         if structured is None and shape.structured_bytes:
             features = (features[0] + shape.structured_bytes, *features[1:])
         messages = shape.messages if shape.endpoint == CHAT else 0
-        return self.linear.vector(features, shape.structured_bytes, messages, shape.tool_items)
+        return self.linear.vector(features, shape.structured_bytes, messages, shape.tool_items), structured
 
     def _estimate_linear(self, shape: RequestShape, v1: Estimate) -> Estimate:
         assert self.linear is not None
-        structured = serialize(shape.structured) if shape.structured else ""
-        x = self._vector(shape, structured)
+        x, structured = self._vector(shape)
         category = self.linear_category(shape)
         lin = self.linear.estimate(shape.model, category, x, self.policy.b_short)
         images = shape.images * self.budget.image_tokens
@@ -272,10 +273,7 @@ class BudgetRouter:
             and not batch
             and (shape.texts or shape.structured_bytes)
         ):
-            if routed is not None and routed.features is not None:
-                x = routed.features
-            else:
-                x = self._vector(shape, serialize(shape.structured) if shape.structured else "")
+            x = routed.features if routed is not None and routed.features is not None else self._vector(shape)[0]
             text_tokens = prompt_tokens - shape.images * self.budget.image_tokens
             category = self.linear_category(shape)
             observation = self.linear.observe(shape.model, category, x, text_tokens)
