@@ -61,7 +61,7 @@ def _default_state_file() -> str:
     return str(Path(base) / "budget-router" / "calibration.json")
 
 
-@dataclass
+@dataclass(frozen=True)
 class ServerConfig:
     listen: str = opt(
         "127.0.0.1:9002", "gRPC address for Envoy (host:port). Use 0.0.0.0:9002 in containers.", "HOST:PORT"
@@ -82,7 +82,7 @@ class ServerConfig:
     )
 
 
-@dataclass
+@dataclass(frozen=True)
 class RoutingConfig:
     header_name: str = opt("x-budget-pool", "Request header the router sets; Envoy routes on it.", "HEADER")
     short_value: str = opt("short", "Header value that selects the short pool.", "VALUE")
@@ -121,7 +121,7 @@ class RoutingConfig:
     force_identity_encoding: bool = opt(True, "Send accept-encoding: identity upstream so bodies are readable.")
 
 
-@dataclass
+@dataclass(frozen=True)
 class SpilloverConfig:
     enabled: bool = opt(
         _POLICY.spillover, "Send short requests to the long pool while the short pool is over pressure."
@@ -134,7 +134,7 @@ class SpilloverConfig:
     long_capacity: int = opt(_CAP.long_capacity, "In-flight requests the long pool holds; reported as pressure only.")
 
 
-@dataclass
+@dataclass(frozen=True)
 class LiveLoadConfig:
     """Live pool load from the engines' own /metrics; off while no endpoint source is set."""
 
@@ -160,7 +160,7 @@ class LiveLoadConfig:
         return bool(self.short_endpoints or self.long_endpoints or self.envoy_admin)
 
 
-@dataclass
+@dataclass(frozen=True)
 class CalibrationConfig:
     beta: float = opt(_CAL.beta, "EMA weight on the old ratio: c <- beta*c + (1-beta)*c_obs.")
     gamma: float = opt(_CAL.gamma, "Safety factor: c* = c - gamma*sigma (smaller ratio, more tokens, safer).")
@@ -184,7 +184,7 @@ class CalibrationConfig:
     save_interval_s: float = opt(30.0, "How often the state file is written (and merged with peers).")
 
 
-@dataclass
+@dataclass(frozen=True)
 class EstimatorConfig:
     kind: str = opt(
         _EST.kind,
@@ -211,7 +211,7 @@ class EstimatorConfig:
     )
 
 
-@dataclass
+@dataclass(frozen=True)
 class CategoriesConfig:
     enabled: list[str] = opt(list(_CAT.enabled), "Content categories the router learns separately.")
     default: str = opt(_CAT.default, "Category used when detection names one that is not enabled.", "CATEGORY")
@@ -220,7 +220,7 @@ class CategoriesConfig:
     code_score: float = opt(_CAT.code_score, "Density of code punctuation/keywords above which text is code.")
 
 
-@dataclass
+@dataclass(frozen=True)
 class TelemetryConfig:
     traces: bool = opt(False, "Export OpenTelemetry traces over OTLP (OTEL_* env vars are honoured).")
     otlp_endpoint: str = opt("", "OTLP/gRPC endpoint; empty uses OTEL_EXPORTER_OTLP_ENDPOINT.", "HOST:PORT")
@@ -238,7 +238,7 @@ class TelemetryConfig:
     log_decisions: bool = opt(False, "Log one line per routing decision.")
 
 
-@dataclass
+@dataclass(frozen=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     routing: RoutingConfig = field(default_factory=RoutingConfig)
@@ -248,6 +248,16 @@ class Config:
     estimator: EstimatorConfig = field(default_factory=EstimatorConfig)
     categories: CategoriesConfig = field(default_factory=CategoriesConfig)
     telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
+
+
+def with_options(cfg: Config, **sections: Mapping[str, Any]) -> Config:
+    """A copy of ``cfg`` with some options replaced, e.g. ``with_options(cfg, routing={"b_short": 4096})``.
+
+    The config is frozen, so code that derives a variant (the planner's per-threshold routers, a
+    test's special router) says so here instead of mutating a config another object already read."""
+    return dataclasses.replace(
+        cfg, **{name: dataclasses.replace(getattr(cfg, name), **values) for name, values in sections.items()}
+    )
 
 
 class ConfigError(ValueError):
@@ -314,7 +324,9 @@ def _apply(cfg: Config, values: Mapping[str, Mapping[str, Any]], source: str, er
                 errors.append(f"{source}: unknown option {sname}.{key}")
                 continue
             try:
-                setattr(section, key, _coerce(hints[key], val, f"{source}: {sname}.{key}"))
+                # Sections are frozen for everyone else (a value changed after the router was built
+                # would silently not apply); the loader alone fills them, layer by layer.
+                object.__setattr__(section, key, _coerce(hints[key], val, f"{source}: {sname}.{key}"))
             except ConfigError as exc:
                 errors.extend(exc.errors)
     unknown = set(values) - {s for s, _ in _sections()}

@@ -8,13 +8,24 @@ router's life (kill, restart, a special ``B_short``) or need cold calibration st
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from extproc.stack.stack import Stack, StackOptions
+
+# Hypothesis: no per-example deadline anywhere (a loaded CI core makes any wall-clock deadline a flake;
+# the per-test timeout bounds a runaway test instead). CI also derandomises, so a failure there
+# reproduces with the same examples on a developer's machine; locally each run explores new ones.
+# Pick one with HYPOTHESIS_PROFILE=dev|ci.
+_COMMON = {"deadline": None, "suppress_health_check": [HealthCheck.too_slow], "print_blob": True}
+settings.register_profile("dev", **_COMMON)
+settings.register_profile("ci", derandomize=True, **_COMMON)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "dev"))
 
 FROZEN_TIME = 1_700_000_000  # emulator "created" field, so responses compare byte for byte
 SEED = 7

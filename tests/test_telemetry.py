@@ -3,7 +3,6 @@ through the real gRPC server), observed with the SDK's in-memory span exporter a
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from dataclasses import dataclass
 
@@ -37,6 +36,7 @@ from extproc.telemetry import (
 )
 from extproc.telemetry import names as n
 from tests.envoy_play import request_body, request_headers, response_body, response_headers, set_headers
+from tests.waiting import until_async
 
 CALLER_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 CALLER_SPAN = "00f067aa0ba902b7"
@@ -83,6 +83,7 @@ def make_rig(
     spans = ExchangeSpans(tracers.get_tracer("test"), capture_content, parent_based=parent_based)
     observer = TelemetryObserver(spans, metrics, decisions)
     overrides = {
+        "server": {"listen": "127.0.0.1:0"},
         "calibration": {"state_file": ""},
         "telemetry": {"capture_content": capture_content},
         "live_load": live_load or {},
@@ -364,10 +365,10 @@ async def test_live_load_pressure_on_the_span_and_scrape_metrics():
     rig.rt.scraper = scraper
     await scraper.start()
     try:
-        for _ in range(200):
-            if "short" in scraper.stats.load and scraper.stats.failures:
-                break
-            await asyncio.sleep(0.01)
+        await until_async(
+            lambda: "short" in scraper.stats.load and bool(scraper.stats.failures),
+            "a good scrape and a failed one",
+        )
         ex, _ = run(rig.rt, chat(max_tokens=5), (200, "application/json", usage_json(60, 5)))
     finally:
         await scraper.stop()
@@ -428,7 +429,6 @@ def test_logs_only_still_name_the_callers_trace(caplog):
 # -- through the real gRPC server -----------------------------------------------------------------
 async def test_grpc_server_hands_metadata_context_to_the_span(tmp_path):
     rig = make_rig()
-    rig.rt.cfg.server.listen = "127.0.0.1:0"
     server = RouterServer(rig.rt)
     await server.start()
     try:
@@ -545,7 +545,6 @@ async def test_a_router_bug_ends_the_stream_with_a_grpc_error_counted_and_logged
     buggy = BuggyObserver(rig.observer.spans, rig.observer.metrics, None)
     rig.rt.observer = buggy
     buggy.attach(rig.rt)
-    rig.rt.cfg.server.listen = "127.0.0.1:0"
     assert by_attrs(rig.points()[n.M_ERRORS])[(("phase", "request_body"),)] == 0  # known up front
     server = RouterServer(rig.rt)
     await server.start()

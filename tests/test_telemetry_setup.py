@@ -48,12 +48,17 @@ class OtlpTraceReceiver(trace_service_pb2_grpc.TraceServiceServicer):
                 out.extend((service, s) for ss in rs.scope_spans for s in ss.spans)
         return out
 
-    def wait_for(self, predicate, timeout: float) -> list[tuple[str, object]]:
+    def wait_for(self, predicate, timeout: float, what: str = "the spans") -> list[tuple[str, object]]:
+        """Every span so far, once ``predicate`` holds for them; raises with the spans seen if it never does."""
         deadline = time.monotonic() + timeout
         with self._cond:
-            while not predicate(self.spans()) and time.monotonic() < deadline:
-                self._cond.wait(max(0.0, deadline - time.monotonic()))
-        return self.spans()
+            while not predicate(spans := self.spans()):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    seen = [(service, span.name) for service, span in spans]  # type: ignore[attr-defined]
+                    raise AssertionError(f"timed out after {timeout:g}s waiting for {what}; spans seen: {seen}")
+                self._cond.wait(left)
+        return spans
 
     def __enter__(self) -> OtlpTraceReceiver:
         self.server.start()

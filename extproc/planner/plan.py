@@ -12,7 +12,6 @@ than that spread.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import math
 import random
@@ -26,7 +25,7 @@ import numpy as np
 from extproc import __version__
 from extproc.algorithm import BudgetRouter, LivePressure
 from extproc.algorithm.dispatch import LONG, SHORT
-from extproc.config import Config
+from extproc.config import Config, with_options
 from extproc.planner.capacity import (
     ErlangComparison,
     alpha_at,
@@ -379,11 +378,15 @@ class Planner:
         with these slots, on simulated time. Its sampling draws from this threshold's own stream, so
         adding a threshold to a sweep leaves the others' routers as they were. ``live``: its pressure
         is the live-load policy with ``scrape_delay_s`` staleness (``RouterDispatch`` delivers samples)."""
-        cfg = copy.deepcopy(self.s.config)
-        cfg.routing.b_short = cfg.routing.short_context = b_short
-        cfg.routing.long_context = self.s.profile.long.max_model_len
-        cfg.spillover.enabled = self.s.spills if spillover is None else spillover
-        cfg.spillover.short_capacity, cfg.spillover.long_capacity = short_slots, long_slots
+        cfg = with_options(
+            self.s.config,
+            routing={"b_short": b_short, "short_context": b_short, "long_context": self.s.profile.long.max_model_len},
+            spillover={
+                "enabled": self.s.spills if spillover is None else spillover,
+                "short_capacity": short_slots,
+                "long_capacity": long_slots,
+            },
+        )
         pressure = None
         if live and self.s.scrape_delay_s is not None:  # never stale in simulation: every sample arrives
             max_age = self.s.scrape_delay_s + 2 * SCRAPE_INTERVAL_S

@@ -1,8 +1,9 @@
 """Learning from real responses, then losing the router and getting it back, on one stack started cold.
 
-Order matters and is explicit: the module fixture first teaches the router ~50 requests per category
-through Envoy; the outage test kills it mid-load; the restart test brings it back and checks that it
-resumes from the calibration the killed process had saved.
+The module fixture first teaches the router ~50 requests per category through Envoy; the outage test
+kills it mid-load; the restart test brings it back (killing it first if it runs alone, so no test
+depends on another having run) and checks that it resumes from the calibration the killed process
+had saved.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import pytest
 from extproc.stack.stack import Stack
 from tests.conftest import start_stack
 from tests.e2e.client import body_for, calibration, post, wait_samples
+from tests.waiting import until_async
 
 pytestmark = pytest.mark.e2e
 
@@ -101,8 +103,8 @@ async def test_router_killed_mid_load_every_request_still_succeeds_long(taught: 
 
 async def test_restarted_router_resumes_from_saved_calibration(taught: Taught) -> None:
     stack = taught.stack
-    if stack.routers[0].alive:
-        pytest.skip("needs the router killed by the previous test")
+    if stack.routers[0].alive:  # run alone (or after a failed outage test): end the router here
+        stack.kill_router()
     old_id = f"{socket.gethostname()}-{stack.routers[0].pid}"
     saved = orjson.loads(stack.state_file.read_bytes())["replicas"][old_id]["categories"]
     assert all(saved[c]["samples"] >= PER_CATEGORY - 5 for c in CATEGORIES)
@@ -110,11 +112,12 @@ async def test_restarted_router_resumes_from_saved_calibration(taught: Taught) -
     stack.restart_router()
     assert "state peers loaded: 1" in stack.routers[0].log_tail(3)
     new_id = f"{socket.gethostname()}-{stack.routers[0].pid}"
-    deadline = time.monotonic() + 10
-    while new_id not in orjson.loads(stack.state_file.read_bytes())["replicas"]:
-        assert time.monotonic() < deadline, "restarted router never saved its state"
-        await asyncio.sleep(0.1)
-    resumed = orjson.loads(stack.state_file.read_bytes())["replicas"][new_id]["categories"]
+    replicas = await until_async(
+        lambda: orjson.loads(stack.state_file.read_bytes())["replicas"],
+        "the restarted router's first save",
+        ok=lambda seen: new_id in seen,
+    )
+    resumed = replicas[new_id]["categories"]
     for category in CATEGORIES:
         assert resumed[category]["samples"] == saved[category]["samples"]
         assert resumed[category]["mean"] == pytest.approx(saved[category]["mean"], rel=1e-9)

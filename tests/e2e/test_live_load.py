@@ -27,6 +27,7 @@ from extproc.server.vllm_metrics import parse_engine_load
 from extproc.stack.stack import PoolSpec, Stack
 from tests.conftest import start_stack
 from tests.e2e.client import CHAT_PATH, body_for
+from tests.waiting import until_async
 
 REPLICAS, SLOTS = 3, 4
 RATE, SECONDS, MAX_TOKENS = 12.0, 5.0, 100  # the short pool serves ~4.5 req/s of these at latency scale 1
@@ -96,8 +97,11 @@ async def drive(stack: Stack, mode: str) -> Run:
             tasks.append(asyncio.create_task(_one(session, stack.url, k, sent, ttft)))
         statuses = await asyncio.gather(*tasks)
         sampler.cancel()
-    await asyncio.sleep(0.5)  # the decision lines are written as each exchange ends
-    decisions = _decisions(stack.run_dir)
+    decisions = await until_async(  # each replica writes its decision line as the exchange ends
+        lambda: _decisions(stack.run_dir),
+        "a decision line for every request",
+        ok=lambda seen: set(sent) <= set(seen),
+    )
     run = Run(mode, requests=len(statuses), failed=sum(s != 200 for s in statuses))
     ttfts = np.array(list(ttft.values()))
     run.ttft_p99_s, run.ttft_p50_s = float(np.percentile(ttfts, 99)), float(np.percentile(ttfts, 50))

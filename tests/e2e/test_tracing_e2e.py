@@ -169,15 +169,18 @@ def test_a_retried_request_shows_both_attempts(traced):
     assert reply["usage"]["prompt_tokens"] > 8192
 
     def egress(spans, trace_id) -> list[str]:
+        """Envoy's upstream spans to the pools ("router <cluster> egress"), not its ext_proc call's."""
         return sorted(
-            s.name for svc, s in spans if svc == ENVOY_SERVICE and s.trace_id == trace_id and "egress" in s.name
+            s.name
+            for svc, s in spans
+            if svc == ENVOY_SERVICE and s.trace_id == trace_id and s.name.startswith("router ") and "egress" in s.name
         )
 
     def complete(spans) -> bool:
         router, trace_id = router_span_for(spans, request_id)
         return router is not None and len(egress(spans, trace_id)) == 2
 
-    spans = receiver.wait_for(complete, timeout=20)
+    spans = receiver.wait_for(complete, timeout=20, what="the router's span and both pool attempts")
     router, trace_id = router_span_for(spans, request_id)
     names = egress(spans, trace_id)
     assert any("pool_short" in name for name in names) and any("pool_long" in name for name in names), names

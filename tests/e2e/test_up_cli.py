@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 from typing import IO
 
@@ -20,6 +19,7 @@ import yaml
 from extproc.stack.probes import http_get, port_open
 from extproc.stack.stack import child_env
 from tests.e2e.console import running_up
+from tests.waiting import until
 
 pytestmark = pytest.mark.e2e
 
@@ -122,7 +122,13 @@ def test_ctrl_c_mid_replay_reports_what_finished_and_cleans_up(tmp_path: Path) -
     try:
         assert proc.stderr is not None and proc.stdout is not None
         _wait_for_line(proc.stderr, "stack up:", timeout_s=90)
-        time.sleep(2.0)
+        access_log = run_dir / "envoy-access.log"
+        until(  # some requests answered, so the report has something to say
+            lambda: access_log.read_bytes().count(b"\n") if access_log.exists() else 0,
+            "a few answered requests in Envoy's access log",
+            lambda n: n >= 5,
+            timeout_s=60,
+        )
         assert proc.poll() is None, "the replay ended before it could be interrupted"
         proc.send_signal(signal.SIGINT)
         out = proc.stdout.read()

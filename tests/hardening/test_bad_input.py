@@ -50,6 +50,7 @@ from tests.hardening import (
     observed_stack,
     send,
 )
+from tests.waiting import until_async
 
 pytestmark = pytest.mark.e2e
 
@@ -465,9 +466,11 @@ async def test_sse_row(grpc_router: RouterServer, case: str) -> None:
     chunks, client_gets, prompt_tokens = SSE_CASES[case]
     assert await play_stream(grpc_router, chunks) == client_gets
     assert learned(grpc_router) == (1 if prompt_tokens else 0)
-    await asyncio.sleep(0)  # let the server's stream handler run its close
-    assert grpc_router.rt.router.pressure.in_flight == {"short": 0, "long": 0}
-    assert grpc_router.processor.active == 0
+    await until_async(  # the server's stream handler closes just after the client's stream ends
+        lambda: (grpc_router.rt.router.pressure.in_flight, grpc_router.processor.active),
+        "the server to close the stream",
+        ok=lambda seen: seen == ({"short": 0, "long": 0}, 0),
+    )
 
 
 async def test_sse_mixed_line_endings(grpc_router: RouterServer) -> None:

@@ -29,12 +29,14 @@ import orjson
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from extproc.gateway.clusters import LONG_CLUSTER, SHORT_CLUSTER
 from extproc.gateway.envoy_config import SERVED_POOL_HEADER, SHORT_FAILOVER_CLUSTER
-from extproc.stack.probes import EXT_PROC_SERVICE, free_port, http_get
+from extproc.stack.probes import EXT_PROC_SERVICE, envoy_host_healthy, free_port, http_get
 from extproc.stack.stack import Stack, wait_for
 from tests.conftest import start_stack
 from tests.e2e.client import Reply, body_for, calibration, post, sse_payloads, wait_samples
 from tests.hardening.test_load import fire, prometheus_value, set_faults
+from tests.waiting import until_async
 
 pytestmark = pytest.mark.e2e
 
@@ -45,6 +47,15 @@ SHORT_PROMPT, LONG_PROMPT = 400, 12_000  # tokens; the long one exceeds the shor
 async def session() -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession() as s:
         yield s
+
+
+def saved_at(stack: Stack) -> float:
+    """When the freshest replica snapshot in the state file was written (0 before the first save)."""
+    try:
+        replicas = orjson.loads(stack.state_file.read_bytes()).get("replicas", {})
+    except (FileNotFoundError, orjson.JSONDecodeError):
+        return 0.0
+    return max((float(e.get("updated", 0.0)) for e in replicas.values()), default=0.0)
 
 
 def replica_entry(stack: Stack, pid: int) -> dict:
@@ -217,7 +228,12 @@ async def test_pool_down_other_pool_unaffected_and_short_fails_over_to_long(
     overrides = {"pool_health_interval_s": 0.5, "served_pool_header": SERVED_POOL_HEADER}
     with start_stack(tmp_path_factory, f"pooldown-{dead}", layout_overrides=overrides) as stack:
         stack.pools[dead].kill()
-        await asyncio.sleep(1.5)  # two failed health checks at 0.5 s: the dead pool is ejected
+        cluster, port = {"short": SHORT_CLUSTER, "long": LONG_CLUSTER}[dead], stack.pool_ports[dead]
+        await until_async(  # two failed health checks at 0.5 s: Envoy ejects the dead pool
+            lambda: asyncio.to_thread(envoy_host_healthy, stack.admin_url, cluster, "127.0.0.1", port),
+            f"Envoy to eject the dead {dead} pool",
+            ok=lambda healthy: not healthy,
+        )
         prompts = {"short": SHORT_PROMPT, "long": LONG_PROMPT}
         for pool, tokens in prompts.items():
             started = time.monotonic()
@@ -283,8 +299,13 @@ async def test_lying_usage_cannot_move_the_ratio_or_send_long_requests_short(
             return prometheus_value(text.decode(), "budget_router_usage_rejected_total") if status == 200 else 0.0
 
         await asyncio.to_thread(wait_for, lambda: rejected() >= 58, 10.0, "the lies to be counted as rejected")
-        await asyncio.sleep(1.5)  # one more save interval
-        after = calibration(stack)["prose"]
+        counted_at = time.time()
+        after = await until_async(  # a save after the last lie was counted (saves run every second)
+            lambda: (saved_at(stack), calibration(stack)["prose"]),
+            "a calibration save after the lies were counted",
+            ok=lambda seen: seen[0] > counted_at,
+        )
+        after = after[1]
         assert 0.5 <= after["mean"] <= 8.0
         assert abs(after["mean"] - before["mean"]) <= 0.05 * before["mean"], (before, after)
         assert after["samples"] - before["samples"] <= 2, (before, after)

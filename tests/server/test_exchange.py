@@ -260,8 +260,10 @@ def test_response_model_is_recorded_and_body_only_kept_when_capturing(rt):
     ex.handle(response_headers())
     ex.handle(response_body(b'{"model":"llama-3","usage":{"prompt_tokens":80,"completion_tokens":10}}'))
     assert ex.record.response_model == "llama-3"
-    rt.cfg.telemetry.capture_content = True
-    ex2, _, _ = route(rt, chat("secret", max_tokens=10))
+    capturing = RouterRuntime.from_config(
+        load_config(env={}, overrides={"calibration": {"state_file": ""}, "telemetry": {"capture_content": True}})
+    )
+    ex2, _, _ = route(capturing, chat("secret", max_tokens=10))
     assert b"secret" in ex2.record.request_body
 
 
