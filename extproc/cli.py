@@ -13,7 +13,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "emulate": ("extproc.commands.emulate", "run a vLLM-compatible emulator (no GPU needed)"),
     "up": ("extproc.commands.up", "start the embedded stack: Envoy + router + two emulator pools"),
     "plan": ("extproc.commands.plan", "size a dual-pool fleet from a trace (simulator + cost model)"),
-    "envoy-config": ("extproc.gateway.envoy_config", "render the Envoy config for given ports"),
+    "envoy-config": ("extproc.commands.envoy_config", "render the Envoy config for given ports"),
     "config": ("extproc.commands.config", "print the effective configuration or the options table"),
 }
 # The pyproject extra each subcommand needs beyond the lean core (which is all `serve` needs).

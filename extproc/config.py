@@ -29,7 +29,7 @@ from extproc.algorithm import BudgetParams, CalibrationParams, CapacityParams, C
 from extproc.algorithm.dispatch import NO_OUTPUT_LIMIT_POLICIES
 from extproc.algorithm.exact_band import ExactBandParams
 from extproc.algorithm.linear_estimator import ESTIMATOR_KINDS, EstimatorParams
-from extproc.gateway.clusters import LONG_CLUSTER, SHORT_CLUSTER
+from extproc.envoy_names import LONG_CLUSTER, SHORT_CLUSTER
 
 ENV_PREFIX = "BUDGET_ROUTER_"
 MIB = 1024 * 1024
@@ -451,7 +451,7 @@ def validate(cfg: Config) -> Config:
 
 
 def _validate_live_load(ll: LiveLoadConfig) -> None:
-    from extproc.server.pool_load import metrics_url
+    from extproc.addresses import metrics_url
 
     checks = [
         (ll.scrape_interval_s > 0, "live_load.scrape_interval_s must be > 0"),

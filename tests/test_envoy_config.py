@@ -26,6 +26,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from hypothesis import given
 from hypothesis import strategies as st
 
+from extproc.addresses import parse_endpoint
 from extproc.gateway import envoy_config as ec
 from extproc.stack.stack import envoy_binary
 from tests.processes import terminate
@@ -222,7 +223,7 @@ def test_layout_rejects_bad_values(kwargs: dict[str, Any], message: str) -> None
 @given(st.text(max_size=30))
 def test_parse_endpoint_never_crashes(text: str) -> None:
     try:
-        host, port = ec.parse_endpoint(text)
+        host, port = parse_endpoint(text)
     except ValueError:
         return
     assert host and 1 <= port <= 65535
@@ -231,7 +232,7 @@ def test_parse_endpoint_never_crashes(text: str) -> None:
 @given(st.sampled_from(["10.0.0.1", "vllm", "::1"]), st.integers(1, 65535))
 def test_parse_endpoint_round_trips(host: str, port: int) -> None:
     text = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    assert ec.parse_endpoint(text) == (host, port)
+    assert parse_endpoint(text) == (host, port)
 
 
 # ---------------------------------------------------------------- envoy --mode validate

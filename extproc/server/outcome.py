@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from extproc.algorithm.dispatch import LONG, SHORT
-from extproc.gateway.clusters import ATTEMPT_COUNT_HEADER
+from extproc.envoy_names import ATTEMPT_COUNT_HEADER
 
 
 class Read(enum.Enum):

@@ -21,11 +21,11 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
 
+from extproc.addresses import metrics_url
 from extproc.algorithm.dispatch import LONG, SHORT
 from extproc.algorithm.pressure import EngineLoad, LivePressure, Sample, pool_load
 from extproc.server.vllm_metrics import parse_engine_load
@@ -40,18 +40,6 @@ TIMEOUT, HTTP_STATUS, UNREADABLE = "timeout", "http_status", "unreadable"
 UNREACHABLE, TOO_LARGE = "unreachable", "too_large"
 
 
-def metrics_url(endpoint: str, path: str = "/metrics") -> str:
-    """``host:port`` or a URL without a path -> the metrics URL; a URL with a path is kept as is."""
-    if "://" not in endpoint:
-        endpoint = "http://" + endpoint
-    parts = urlsplit(endpoint)
-    try:
-        parts.port  # noqa: B018 - raises ValueError on a malformed port
-    except ValueError:
-        raise ValueError(f"not an endpoint: {endpoint!r} (bad port)") from None
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"not an endpoint: {endpoint!r} (want host:port or an http(s) URL)")
-    return endpoint if parts.path not in ("", "/") else endpoint.rstrip("/") + path
 
 
 def cluster_hosts(clusters: Any, cluster: str) -> list[tuple[str, int]]:

@@ -29,7 +29,7 @@ import orjson
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from extproc.gateway.clusters import LONG_CLUSTER, SHORT_CLUSTER
+from extproc.envoy_names import LONG_CLUSTER, SHORT_CLUSTER
 from extproc.gateway.envoy_config import SERVED_POOL_HEADER, SHORT_FAILOVER_CLUSTER
 from extproc.stack.probes import EXT_PROC_SERVICE, envoy_host_healthy, free_port, http_get
 from extproc.stack.stack import Stack, wait_for

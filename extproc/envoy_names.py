@@ -1,6 +1,7 @@
 """Envoy names the rendered configs and the router both use: cluster names (the router's live-load
-discovery reads Envoy's admin by them) and the attempt-count header the net adds for the router. They
-live apart from the renderer, which imports the config, so the server never imports the renderer."""
+discovery reads Envoy's admin by them) and the attempt-count header the net adds for the router. A leaf
+module below the config: the config (discovery defaults), the server (the attempt header) and the
+renderer all import it, and it imports nothing of the project."""
 
 ROUTER_CLUSTER = "budget_router"
 SHORT_CLUSTER = "pool_short"
