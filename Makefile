@@ -30,8 +30,12 @@ demo-azure: venv
 	mkdir -p out
 	$(BIN)/budget-router up --replay azure-conv --rate 20 --duration 60 --json out/demo-azure-report.json
 
-test: venv
+# Static checks: lint and the layer contract (imports only point down; tests/test_layers.py).
+lint: venv
 	$(BIN)/ruff check extproc tests benchmarks
+	$(BIN)/python -m pytest -q tests/test_layers.py
+
+test: lint
 	$(BIN)/python -m pytest -q -ra
 
 bench: venv

@@ -105,6 +105,7 @@ class RoutingConfig:
         _POLICY.no_output_limit,
         "Requests without an output limit: reserve (route by prompt + default_output_tokens; if that goes short, "
         "vLLM lets the answer run only to the end of the short context) or long (always the long pool).",
+        metavar="{" + ",".join(NO_OUTPUT_LIMIT_POLICIES) + "}",
     )
     framing_per_request: int = opt(
         _BUDGET.framing_per_request, "Chat-template tokens added once per request (generation prompt)."
@@ -143,11 +144,19 @@ class LiveLoadConfig:
     )
     long_endpoints: list[str] = opt([], "Long-pool engines to scrape, as short_endpoints.")
     envoy_admin: str = opt(
-        "", "Envoy admin address (host:port): also scrape every host Envoy lists for the two pool clusters."
+        "",
+        "Envoy admin address (host:port): also scrape every host Envoy lists for the two pool clusters.",
+        metavar="HOST:PORT",
     )
-    short_cluster: str = opt(SHORT_CLUSTER, "Envoy cluster of the short pool (for discovery via envoy_admin).")
-    long_cluster: str = opt(LONG_CLUSTER, "Envoy cluster of the long pool (for discovery via envoy_admin).")
-    metrics_path: str = opt("/metrics", "Path of the engines' Prometheus page (for host:port endpoints).")
+    short_cluster: str = opt(
+        SHORT_CLUSTER, "Envoy cluster of the short pool (for discovery via envoy_admin).", metavar="CLUSTER"
+    )
+    long_cluster: str = opt(
+        LONG_CLUSTER, "Envoy cluster of the long pool (for discovery via envoy_admin).", metavar="CLUSTER"
+    )
+    metrics_path: str = opt(
+        "/metrics", "Path of the engines' Prometheus page (for host:port endpoints).", metavar="PATH"
+    )
     scrape_interval_s: float = opt(0.1, "How often each endpoint is scraped.")
     scrape_timeout_s: float = opt(0.25, "Longest wait for one scrape; a slower endpoint counts a timeout.")
     max_age_s: float = opt(
@@ -190,6 +199,7 @@ class EstimatorConfig:
         _EST.kind,
         "Token estimator: linear (v2: a linear model over character-class counts per served model and "
         "category, see docs/estimator.md) or ratio (the paper's EMA bytes/token per category).",
+        metavar="{" + ",".join(ESTIMATOR_KINDS) + "}",
     )
     underestimate_prob: float = opt(
         _EST.underestimate_prob, "linear: target share of near-boundary requests routed short although they do not fit."
@@ -539,7 +549,9 @@ def _metavar(f: dataclasses.Field[Any], tp: Any) -> str:
         return "N"
     if tp is float:
         return "X"
-    return "A,B,..."
+    if tp is str:
+        return "TEXT"
+    return "A,B,..."  # a list: comma-separated
 
 
 class _Switch(argparse.Action):

@@ -24,6 +24,17 @@ from extproc.gateway.envoy_config import (
 )
 
 
+def _percent(text: str) -> float:
+    """A share in percent; Envoy refuses a config whose sampling lies outside 0..100."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 <= value <= 100:
+        raise argparse.ArgumentTypeError(f"must be within 0..100, got {text}")
+    return value
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     d = compose_layout()
     parser.add_argument("--out", "-o", help="write here instead of stdout")
@@ -39,8 +50,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         )
     parser.add_argument("--otlp", default="otel-collector:4317", help="OTLP/gRPC collector HOST:PORT or 'none'")
     parser.add_argument(
-        "--trace-sampling", type=float, default=d.trace_sampling_percent, help="percent of requests Envoy traces"
-    )
+        "--trace-sampling", type=_percent, default=d.trace_sampling_percent, metavar="PERCENT",
+        help=f"percent of requests Envoy traces, 0-100 (default {d.trace_sampling_percent:g})",
+    )  # fmt: skip
     parser.add_argument("--config", "-c", help="the router's YAML config: header name/value and gRPC limit follow it")
     parser.add_argument("--header-name", help=f"routing header (default: the router's, {d.header_name})")
     parser.add_argument("--short-value", help=f"short pool's header value (default: the router's, {d.short_value})")

@@ -22,8 +22,8 @@ from urllib.parse import urlsplit
 
 import orjson
 
-from extproc.config import TelemetryConfig
 from extproc.addresses import Endpoint, parse_endpoint
+from extproc.config import TelemetryConfig
 from extproc.gateway.envoy_config import SERVED_POOL_HEADER
 from extproc.router_factory import build_router
 from extproc.stack.replay import MODEL, PlannedRequest, Replayer, plan

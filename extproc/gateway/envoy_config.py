@@ -145,6 +145,8 @@ class EnvoyLayout:
             raise ValueError("max_concurrent_requests must be >= 1")
         if not 0 < self.router_connect_timeout_s <= 60:
             raise ValueError("router_connect_timeout_s must be within (0, 60] seconds")
+        if not 0 <= self.trace_sampling_percent <= 100:  # Envoy rejects the config otherwise
+            raise ValueError(f"trace_sampling_percent must be within [0, 100], got {self.trace_sampling_percent:g}")
         if self.short_net not in SHORT_NETS:
             raise ValueError(f"short_net must be one of {', '.join(SHORT_NETS)}, got {self.short_net!r}")
 
