@@ -10,6 +10,7 @@ function is still a cycle. To add a unit, put it on a layer here and say why in 
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -82,3 +83,15 @@ def test_imports_point_down_the_layers(path: Path) -> None:
         if other != me and LAYER_OF[other] <= LAYER_OF[me]:
             wrong.append(f"line {line}: {me} (layer {LAYER_OF[me]}) imports {module} (layer {LAYER_OF[other]})")
     assert not wrong, "\n".join(wrong)
+
+
+def test_every_telemetry_name_is_emitted_somewhere() -> None:
+    """A name in telemetry/names.py that no code uses is a dashboard series that never appears."""
+    names_file = ROOT / "telemetry" / "names.py"
+    tree = ast.parse(names_file.read_text())
+    assigns = [node for node in tree.body if isinstance(node, ast.Assign)]
+    declared = [t.id for node in assigns for t in node.targets if isinstance(t, ast.Name)]
+    used_in_names = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
+    code = "\n".join(p.read_text() for p in modules() if p != names_file)
+    unused = [name for name in declared if name not in used_in_names and not re.search(rf"\b{name}\b", code)]
+    assert not unused, f"declared in telemetry/names.py but used nowhere: {unused}"

@@ -22,7 +22,6 @@ GEN_AI_INPUT_TOKENS = "gen_ai.usage.input_tokens"
 GEN_AI_OUTPUT_TOKENS = "gen_ai.usage.output_tokens"
 GEN_AI_INPUT_MESSAGES = "gen_ai.input.messages"  # only with telemetry.capture_content
 GEN_AI_PROVIDER = "gen_ai.provider.name"
-HTTP_METHOD = "http.request.method"
 HTTP_STATUS = "http.response.status_code"
 URL_PATH = "url.path"
 
@@ -38,21 +37,16 @@ REASON = PREFIX + "reason"
 DETAIL = PREFIX + "detail"
 CATEGORY = PREFIX + "category"
 TEXT_BYTES = PREFIX + "text_bytes"
-BODY_BYTES = PREFIX + "body_bytes"
-EST_PROMPT_TOKENS = PREFIX + "estimated_prompt_tokens"
 EST_TOTAL_TOKENS = PREFIX + "estimated_total_tokens"
 RATIO = PREFIX + "ratio"
 OUTPUT_RESERVE = PREFIX + "output_reserve"
-OUTPUT_DEFAULTED = PREFIX + "output_defaulted"
 STREAM = PREFIX + "stream"
-INCLUDE_USAGE_INJECTED = PREFIX + "include_usage_injected"
 SPILLED = PREFIX + "spilled"
 ATTEMPTS = PREFIX + "attempts"  # 2: the short pool failed it and Envoy's net resent it to the long pool
 SERVED_POOL = PREFIX + "served_pool"
 USAGE_SOURCE = PREFIX + "usage_source"
 OBSERVATION = PREFIX + "observation"
 ESTIMATE_ERROR_PCT = PREFIX + "estimate_error_pct"
-PROCESSING_SECONDS = PREFIX + "processing_seconds"
 SHORT_PRESSURE = PREFIX + "short_pressure"  # the pressures the decision used (1.0 = at capacity)
 LONG_PRESSURE = PREFIX + "long_pressure"
 PRESSURE_SOURCE = PREFIX + "pressure_source"  # live (engines' /metrics) | local (own in-flight count)
@@ -95,7 +89,6 @@ M_STATE_SYNC_FAILURES = "budget_router.state.sync_failures"  # budget_router_sta
 # Phases of the processing-time histogram: the two request messages, and everything after them.
 REQUEST_PHASES = ("request_headers", "request_body")
 RESPONSE_PHASE = "response"
-PHASES = (*REQUEST_PHASES, RESPONSE_PHASE)
 # The ext_proc messages, each a phase in which the router can fail.
 MESSAGE_PHASES = (
     "request_headers", "request_body", "request_trailers", "response_headers", "response_body", "response_trailers",
