@@ -50,7 +50,7 @@ class _Parser(argparse.ArgumentParser):
     def _subcommand_parser(self, name: str | None) -> argparse.ArgumentParser | None:
         for action in self._actions:
             if isinstance(action, argparse._SubParsersAction) and name in action.choices:
-                return action.choices[name]  # type: ignore[no-any-return]
+                return action.choices[name]
         return None
 
 

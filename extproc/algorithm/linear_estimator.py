@@ -123,7 +123,7 @@ class Bucket:
         self.descending: list[float] = []
 
     def predict(self, x: Sequence[float]) -> float:
-        return sum(map(operator.mul, self.weights, x))
+        return float(sum(map(operator.mul, self.weights, x)))
 
     def update(self, x: Sequence[float], y: float, lam: float, solve: bool = True) -> None:
         """Add one sample; re-solve ``(A + ρI) w = b + ρ·prior`` when ``solve`` (the caller thins

@@ -71,7 +71,7 @@ def chat_token_chunk(env: Envelope, text: str, finish_reason: str | None, index:
 
 def chat_body(env: Envelope, choices: list[tuple[str, str]], prompt_tokens: int, completion_tokens: int) -> bytes:
     """``choices``: (text, finish_reason) per choice index."""
-    out = [
+    out: list[dict[str, Any]] = [
         {
             "index": i,
             "message": {
@@ -201,7 +201,7 @@ class ResponseHead:
         """The output message item: in progress (no text yet) or completed."""
         if text is None:
             return {"id": self.item_id, "content": [], "role": "assistant", "status": "in_progress", "type": "message"}
-        part = {"annotations": [], "text": text, "type": "output_text", "logprobs": None}
+        part: dict[str, Any] = {"annotations": [], "text": text, "type": "output_text", "logprobs": None}
         return {"id": self.item_id, "content": [part], "role": "assistant", "status": "completed", "type": "message"}
 
     def response(self, text: str | None, finish_reason: str | None, usage: dict[str, Any] | None) -> dict[str, Any]:

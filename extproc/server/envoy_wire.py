@@ -6,18 +6,55 @@ Kept apart from the exchange logic so that the only code that knows Envoy's wire
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, TypeAlias
 
 from envoy.config.core.v3 import base_pb2
 from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
 
-ProcessingRequest = ep.ProcessingRequest
-ProcessingResponse = ep.ProcessingResponse
+# xds-protos ships no type stubs: the generated classes are untyped, so their aliases are ``Any`` to
+# mypy. Only this module touches their fields; the exchange gets the plain values below.
+ProcessingRequest: TypeAlias = Any
+ProcessingResponse: TypeAlias = Any
 ProcessingMode = processing_mode_pb2.ProcessingMode
 OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
 
 
-def header_map(headers: ep.HttpHeaders) -> dict[str, str]:
+@dataclass(frozen=True, slots=True)
+class Headers:
+    """One headers phase, request or response: lower-cased names and whether a body follows."""
+
+    headers: dict[str, str]
+    end_of_stream: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Body:
+    """One body chunk (all of it when buffered) and whether it is the last."""
+
+    data: bytes
+    end_of_stream: bool
+
+
+def phase_of(req: ProcessingRequest) -> str:
+    """Which phase a message carries: ``request_headers``, ``request_body``, ... (its oneof's name)."""
+    return str(req.WhichOneof("request"))
+
+
+def decode(req: ProcessingRequest) -> tuple[str, Headers | Body | None]:
+    """The phase and its payload as plain values; trailers (and an unset message) carry none."""
+    phase = phase_of(req)
+    if phase in ("request_headers", "response_headers"):
+        msg = getattr(req, phase)
+        return phase, Headers(header_map(msg), bool(msg.end_of_stream))
+    if phase in ("request_body", "response_body"):
+        msg = getattr(req, phase)
+        return phase, Body(bytes(msg.body), bool(msg.end_of_stream))
+    return phase, None
+
+
+def header_map(headers: Any) -> dict[str, str]:
     """Lower-case name -> value. Envoy sends ``raw_value`` bytes (``value`` only from old Envoys).
 
     A repeated header keeps its first value, as Envoy's own lookups do (its tracer reads the first

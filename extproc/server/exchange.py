@@ -21,7 +21,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -93,7 +93,7 @@ def endpoint_of(method: str, path: str) -> str | None:
     return None
 
 
-def inject_include_usage(raw: bytes, body: dict) -> bytes | None:
+def inject_include_usage(raw: bytes, body: dict[str, Any]) -> bytes | None:
     """Ask for the final usage chunk, touching the client's bytes as little as possible.
 
     Returns None (leave the body alone) when ``stream_options`` is present but not an object or null:
@@ -155,16 +155,12 @@ class Exchange:
 
     # -- dispatch ------------------------------------------------------------------------------
     def handle(self, req: em.ProcessingRequest) -> em.ProcessingResponse:
-        kind = req.WhichOneof("request")
         t0 = time.perf_counter()
-        if kind == "request_headers":
-            resp = self.on_request_headers(req.request_headers)
-        elif kind == "request_body":
-            resp = self.on_request_body(req.request_body)
-        elif kind == "response_headers":
-            resp = self.on_response_headers(req.response_headers)
-        elif kind == "response_body":
-            resp = self.on_response_body(req.response_body)
+        kind, payload = em.decode(req)
+        if isinstance(payload, em.Headers):
+            resp = self.on_request_headers(payload) if kind == "request_headers" else self.on_response_headers(payload)
+        elif isinstance(payload, em.Body):
+            resp = self.on_request_body(payload) if kind == "request_body" else self.on_response_body(payload)
         else:
             resp = em.trailers_response(request=kind == "request_trailers")
         phases = self._phases
@@ -172,9 +168,9 @@ class Exchange:
         return resp
 
     # -- request -------------------------------------------------------------------------------
-    def on_request_headers(self, msg: em.ep.HttpHeaders) -> em.ProcessingResponse:
+    def on_request_headers(self, msg: em.Headers) -> em.ProcessingResponse:
         cfg = self.rt.cfg.routing
-        self._headers = h = em.header_map(msg)
+        self._headers = h = msg.headers
         self._method, self._path = h.get(":method", ""), h.get(":path", "")
         observer = self.rt.observer
         rec = ExchangeRecord(self._key, self._method, self._path)
@@ -189,8 +185,8 @@ class Exchange:
             self.done = True  # not an LLM request: its response has nothing to teach
         return em.request_headers_response(em.common(set_headers, remove, clear_route_cache=True))
 
-    def on_request_body(self, msg: em.ep.HttpBody) -> em.ProcessingResponse:
-        raw = msg.body
+    def on_request_body(self, msg: em.Body) -> em.ProcessingResponse:
+        raw = msg.data
         self._body_bytes = len(raw)
         if self.rt.cfg.telemetry.capture_content:
             self._request_body = raw
@@ -205,19 +201,24 @@ class Exchange:
         scfg, rcfg = self.rt.cfg.server, self.rt.cfg.routing
         endpoint = endpoint_of(self._method, self._path)
         if endpoint is None:
-            return self._route_unreadable(UNPARSEABLE, "unknown_endpoint")
+            self._route_unreadable(UNPARSEABLE, "unknown_endpoint")
+            return None
         if len(raw) > scfg.max_request_body_bytes:
-            return self._route_unreadable(UNPARSEABLE, "body_too_large")
+            self._route_unreadable(UNPARSEABLE, "body_too_large")
+            return None
         if self._headers.get("content-encoding", "identity").lower() not in ("identity", ""):
-            return self._route_unreadable(UNPARSEABLE, "encoded_body")
+            self._route_unreadable(UNPARSEABLE, "encoded_body")
+            return None
         try:
             body = orjson.loads(raw)
         except orjson.JSONDecodeError:
-            return self._route_unreadable(UNPARSEABLE, "invalid_json")
+            self._route_unreadable(UNPARSEABLE, "invalid_json")
+            return None
         try:
             shape = self.rt.router.shape(endpoint, body)
         except ShapeError as exc:
-            return self._route_unreadable(UNPARSEABLE, exc.reason)
+            self._route_unreadable(UNPARSEABLE, exc.reason)
+            return None
         ticket = self.ticket = self.rt.router.route(shape)
         self._reading = ticket.observe  # an unobserved ticket still shows its status, see on_response_headers
         new_body = None
@@ -247,8 +248,8 @@ class Exchange:
         return out
 
     # -- response ------------------------------------------------------------------------------
-    def on_response_headers(self, msg: em.ep.HttpHeaders) -> em.ProcessingResponse:
-        h = em.header_map(msg)
+    def on_response_headers(self, msg: em.Headers) -> em.ProcessingResponse:
+        h = msg.headers
         view = response_view(h)
         self._status, self._attempts = view.status, view.attempts
         wanted = usage_in_stream = injected = False
@@ -272,21 +273,21 @@ class Exchange:
         self.done = True  # nothing more to learn: close cleanly, Envoy proceeds without us
         return em.response_headers_response(response_body_mode=em.NONE)
 
-    def on_response_body(self, msg: em.ep.HttpBody) -> em.ProcessingResponse:
+    def on_response_body(self, msg: em.Body) -> em.ProcessingResponse:
         if self._sse is not None:
-            out = self._sse.feed(msg.body)
+            out = self._sse.feed(msg.data)
             if msg.end_of_stream:
                 tail = self._sse.finish()
                 out = (out or b"") + tail if out is not None or tail else None
                 self._response_model = self._sse.model
                 self._observe_usage(*usage_counts(self._sse.usage), "sse")
-            if out is not None and out == msg.body:
+            if out is not None and out == msg.data:
                 out = None
             return em.response_body_response(out)
         # Buffered JSON (or an SSE body Envoy did not let us switch to STREAMED).
         if self._json_size <= self.rt.cfg.server.max_response_buffer_bytes:
-            self._json_parts.append(msg.body)
-            self._json_size += len(msg.body)
+            self._json_parts.append(msg.data)
+            self._json_size += len(msg.data)
         if msg.end_of_stream:
             self._observe_json(b"".join(self._json_parts))
         return em.response_body_response()

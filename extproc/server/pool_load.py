@@ -40,8 +40,6 @@ TIMEOUT, HTTP_STATUS, UNREADABLE = "timeout", "http_status", "unreadable"
 UNREACHABLE, TOO_LARGE = "unreachable", "too_large"
 
 
-
-
 def cluster_hosts(clusters: Any, cluster: str) -> list[tuple[str, int]]:
     """``(address, port)`` of every host Envoy lists for ``cluster`` in ``/clusters?format=json``;
     anything unexpected in the document reads as "no hosts" rather than an error."""

@@ -10,6 +10,7 @@ import grpc
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as epg
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from extproc.server import envoy_wire as em
 from extproc.server.exchange import Exchange, RouterRuntime
 
 log = logging.getLogger("budget_router.service")
@@ -23,10 +24,14 @@ class ExternalProcessor(epg.ExternalProcessorServicer):
         self._idle = asyncio.Event()
         self._idle.set()
 
-    async def Process(self, request_iterator, context: grpc.aio.ServicerContext):
+    async def Process(
+        self, request_iterator: object, context: grpc.aio.ServicerContext[em.ProcessingRequest, em.ProcessingResponse]
+    ) -> None:
         self.active += 1
         self._idle.clear()
-        ex = Exchange(self.rt, context.invocation_metadata() or ())
+        # text metadata only: a binary (-bin) value carries nothing the router reads (traceparent is text)
+        metadata = [(k, v) for k, v in context.invocation_metadata() or () if isinstance(v, str)]
+        ex = Exchange(self.rt, metadata)
         try:
             while True:
                 req = await context.read()
@@ -35,7 +40,7 @@ class ExternalProcessor(epg.ExternalProcessorServicer):
                 try:
                     resp = ex.handle(req)
                 except Exception as exc:
-                    await self._fail(ex, req.WhichOneof("request"), exc, context)  # raises: the stream ends
+                    await self._fail(ex, em.phase_of(req), exc, context)  # raises: the stream ends
                     raise
                 await context.write(resp)
                 if ex.done:  # clean close: Envoy proceeds without consulting us (ext_proc protocol)
@@ -48,7 +53,13 @@ class ExternalProcessor(epg.ExternalProcessorServicer):
             if self.active == 0:
                 self._idle.set()
 
-    async def _fail(self, ex: Exchange, phase: str, exc: Exception, context: grpc.aio.ServicerContext) -> None:
+    async def _fail(
+        self,
+        ex: Exchange,
+        phase: str,
+        exc: Exception,
+        context: grpc.aio.ServicerContext[em.ProcessingRequest, em.ProcessingResponse],
+    ) -> None:
         """A router bug: end the stream with a gRPC error, so Envoy's failure mode decides (fail-open
         continues unrouted, i.e. to the long pool; fail-closed answers 5xx) instead of us guessing."""
         trace_id, request_id = ex.trace_and_request_id()

@@ -23,7 +23,7 @@ import os
 import socket
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -205,7 +205,7 @@ async def periodic_sync(
         await store.sync_async(calibrator, linear)
 
 
-def _linear_samples(snapshot: dict[str, Any]) -> int:
+def _linear_samples(snapshot: Mapping[str, Any]) -> int:
     """How much a stored linear snapshot learned (malformed sample counts count as 0)."""
     return sum(
         v["samples"]

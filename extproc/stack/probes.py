@@ -58,7 +58,10 @@ def grpc_serving(address: str, service: str = EXT_PROC_SERVICE, timeout_s: float
     try:
         with grpc.insecure_channel(address) as channel:
             stub = health_pb2_grpc.HealthStub(channel)
-            resp = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout_s)
+            # the stubs declare Check on the servicer only; the stub sets it per instance
+            resp = stub.Check(  # type: ignore[attr-defined]
+                health_pb2.HealthCheckRequest(service=service), timeout=timeout_s
+            )
     except grpc.RpcError:
         return False
     return resp.status == health_pb2.HealthCheckResponse.SERVING

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import functools
 import os
 import sys
 import tempfile
@@ -189,6 +190,14 @@ class _Launch:
     pool: str = ""
 
 
+def _http_health(port: int) -> bool:
+    return http_ok(f"http://{HOST}:{port}/health")
+
+
+def _grpc_health(port: int) -> bool:
+    return grpc_serving(f"{HOST}:{port}")
+
+
 def _say(line: str) -> None:
     print(f"budget-router up: {line}", file=sys.stderr, flush=True)
 
@@ -279,8 +288,8 @@ class Stack:
         specs = [
             _Launch(
                 f"pool-{spec.name}",
-                lambda p, s=spec: self._pool_argv(s, p),
-                lambda p: http_ok(f"http://{HOST}:{p}/health"),
+                functools.partial(self._pool_argv, spec),
+                _http_health,
                 "healthy on /health",
                 spec.name,
             )
@@ -289,8 +298,8 @@ class Stack:
         specs += [
             _Launch(
                 f"router-{i}",
-                lambda p, i=i: self._router_argv(i, p),
-                lambda p: grpc_serving(f"{HOST}:{p}"),
+                functools.partial(self._router_argv, i),
+                _grpc_health,
                 "SERVING on gRPC health",
             )
             for i in range(o.router_replicas)
@@ -323,7 +332,7 @@ class Stack:
         for spec, port, proc in started:
             for attempt in range(PORT_ATTEMPTS):
                 try:
-                    proc.wait_until(lambda p=port, s=spec: s.probe_for(p), timeout, spec.what)
+                    proc.wait_until(functools.partial(spec.probe_for, port), timeout, spec.what)
                     break
                 except ProcessFailed as exc:
                     proc.stop(1.0)
@@ -331,7 +340,7 @@ class Stack:
                         raise
                     port = free_port()
                     proc = self._spawn(spec, port)
-            self._ready[spec.name] = lambda p=port, s=spec: s.probe_for(p)
+            self._ready[spec.name] = functools.partial(spec.probe_for, port)
             if spec.pool:
                 self.pools[spec.pool], self.pool_ports[spec.pool] = proc, port
             else:

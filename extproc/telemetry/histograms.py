@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from bisect import bisect_left
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from opentelemetry.sdk.metrics.export import (
     AggregationTemporality,
@@ -116,7 +116,7 @@ class HistogramSet:
         return MetricsData(resource_metrics=resource_metrics)
 
 
-def merging(reader_cls: type[MetricReader]) -> type[MetricReader]:
+def merging(reader_cls: type[MetricReader]) -> Callable[..., MetricReader]:
     """``reader_cls`` that adds a ``HistogramSet``'s histograms to everything it receives."""
 
     class Merging(reader_cls):  # type: ignore[valid-type,misc]

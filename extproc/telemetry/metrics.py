@@ -219,7 +219,7 @@ class DecisionMetrics:
             (n.M_POOL_KV, "1", "Fullest engine's KV-cache use in the pool (0..1), as last scraped.", "kv_usage"),
         )
         for name, unit, doc, attr in gauges:
-            meter.create_observable_gauge(name, [lambda _o, a=attr: self._scraped(a)], unit, doc)
+            meter.create_observable_gauge(name, [self._scraped_callback(attr)], unit, doc)
         meter.create_observable_gauge(
             n.M_SCRAPE_AGE, [self._scrape_age], "s", "Age of the pool's freshest usable scrape (stale: local count)."
         )
@@ -312,6 +312,9 @@ class DecisionMetrics:
     @property
     def _scraper(self) -> PoolLoadScraper | None:
         return None if self.runtime is None else self.runtime.scraper
+
+    def _scraped_callback(self, attr: str) -> Callable[[CallbackOptions], Iterable[Observation]]:
+        return lambda _options: self._scraped(attr)
 
     def _scraped(self, attr: str) -> Iterable[Observation]:
         sc = self._scraper
