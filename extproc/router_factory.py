@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
 from extproc.algorithm import (
@@ -31,9 +31,20 @@ from extproc.config import Config, ConfigError, parse_priors, parse_tokenizers
 P = TypeVar("P")
 
 
-def _same_named(params: type[P], section: object, **explicit: Any) -> P:
+def _same_named(params: type[P], section: object, internal: Iterable[str] = (), **explicit: Any) -> P:
+    """``params`` filled from the config section's same-named fields, then ``explicit``.
+
+    Every field of ``params`` must come from somewhere: the section, ``explicit``, or ``internal``
+    (an algorithm constant that is deliberately not an operator setting). A field renamed on one side
+    only would otherwise fall back to the algorithm's default without a word."""
     names = {f.name for f in dataclasses.fields(params)}  # type: ignore[arg-type]
     values = {n: getattr(section, n) for n in names if hasattr(section, n)}
+    unset = names - values.keys() - explicit.keys() - set(internal)
+    if unset:
+        raise TypeError(
+            f"{params.__name__}: {sorted(unset)} not in config section {type(section).__name__}; "
+            "add them there, pass them explicitly, or declare them internal"
+        )
     return params(**{**values, **explicit})
 
 
@@ -69,13 +80,18 @@ def build_router(
             LivePressure(pools, live.max_age_s, clock) if live.enabled else InFlightPressure.for_pools(capacity, clock)
         )
     return BudgetRouter(
-        budget=_same_named(BudgetParams, cfg.routing),
+        budget=_same_named(BudgetParams, cfg.routing, internal=["structured_category"]),
         policy=_same_named(DispatchPolicy, cfg.routing, spillover=s.enabled, spill_threshold=s.threshold),
         calibration=_same_named(
             CalibrationParams, cfg.calibration, priors=tuple(parse_priors(cfg.calibration.priors).items())
         ),
         categories=_same_named(CategoryParams, k, enabled=tuple(k.enabled)),
-        estimator=_same_named(EstimatorParams, cfg.estimator, forgetting=cfg.calibration.beta),
+        estimator=_same_named(
+            EstimatorParams,
+            cfg.estimator,
+            internal=["band_prob", "boundary_window", "cold_margin", "margin_min_tokens", "prior_weight"],
+            forgetting=cfg.calibration.beta,
+        ),
         exact=build_exact_band(cfg),
         pressure=pressure,
         clock=clock,
