@@ -13,7 +13,8 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from extproc.algorithm.request_shape import COMPLETIONS, RequestShape
+from extproc.algorithm.endpoints import templated
+from extproc.algorithm.request_shape import RequestShape
 
 Ratios = Callable[[str], float]
 
@@ -42,8 +43,8 @@ class Estimate:
 
 
 def framing_tokens(shape: RequestShape, p: BudgetParams) -> int:
-    """Chat-template tokens: chat and Responses requests are rendered through the template."""
-    if shape.endpoint == COMPLETIONS:
+    """Chat-template tokens of an API rendered through the template (chat, Responses)."""
+    if not templated(shape.endpoint):
         return 0
     return p.framing_per_request + p.framing_per_message * shape.messages + p.framing_per_tool * shape.tool_items
 

@@ -12,22 +12,19 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from extproc.algorithm import endpoints
 from extproc.algorithm.categories import Categorizer
 
-CHAT, COMPLETIONS, RESPONSES = "chat", "completions", "responses"
-# The output limit of each endpoint, in vLLM's precedence (the first one set wins).
-OUTPUT_LIMIT_KEYS = {
-    CHAT: ("max_completion_tokens", "max_tokens"),
-    COMPLETIONS: ("max_tokens",),
-    RESPONSES: ("max_output_tokens",),
-}
+# A shape names its API (``RequestShape.endpoint``); what the API means is its descriptor in
+# ``endpoints``.
+CHAT, COMPLETIONS, RESPONSES = endpoints.CHAT.name, endpoints.COMPLETIONS.name, endpoints.RESPONSES.name
 
 
 # Every ShapeError reason (the ``unparseable`` detail a metric series is kept for, from 0).
 SHAPE_ERROR_REASONS = (
     "bad_input", "bad_messages", "bad_prompt", "invalid_max_tokens", "not_object", "unknown_endpoint",
 )  # fmt: skip
-ENDPOINTS = (CHAT, COMPLETIONS, RESPONSES)
+ENDPOINTS = endpoints.NAMES
 
 
 class ShapeError(ValueError):
@@ -96,7 +93,7 @@ def client_asked_for_usage(opts: Any) -> bool:
     return isinstance(value, str) and value.strip().lower() in _TRUE
 
 
-def output_tokens(body: Mapping[str, Any], keys: tuple[str, ...] = OUTPUT_LIMIT_KEYS[CHAT]) -> int | None:
+def output_tokens(body: Mapping[str, Any], keys: tuple[str, ...] = endpoints.CHAT.output_limit_keys) -> int | None:
     """``max_completion_tokens`` wins over ``max_tokens`` (as in vLLM); absent or null gives None.
 
     Anything vLLM would reject (bool, negative, zero, fractional, string) raises ShapeError so the
@@ -253,20 +250,21 @@ def _templated_shape(
 def shape_from_body(endpoint: str, body: Any, categorizer: Categorizer) -> RequestShape:
     if not isinstance(body, Mapping):
         raise ShapeError("not_object", "request body must be a JSON object")
-    if endpoint == RESPONSES:
-        out = output_tokens(body, OUTPUT_LIMIT_KEYS[RESPONSES])
-        # usage always arrives in the final response.completed event: nothing to ask for
-        sink: list[Any] = []
-        return _templated_shape(RESPONSES, body, categorizer, _response_parts(body, sink), out, True, sink)
-    out = output_tokens(body, OUTPUT_LIMIT_KEYS.get(endpoint, OUTPUT_LIMIT_KEYS[CHAT]))
+    api = endpoints.named(endpoint)
+    if api is None:
+        raise ShapeError("unknown_endpoint", f"not a routed endpoint: {endpoint}")
+    out = output_tokens(body, api.output_limit_keys)
+    # An API whose streams always carry usage (Responses) needs nothing asked for.
+    include_usage = client_asked_for_usage(body.get("stream_options")) if api.usage_on_request else True
+    sink: list[Any] = []
+    if api is endpoints.RESPONSES:
+        return _templated_shape(RESPONSES, body, categorizer, _response_parts(body, sink), out, include_usage, sink)
     stream = body.get("stream") is True
-    include_usage = client_asked_for_usage(body.get("stream_options"))
     model = _model(body)
-    if endpoint == CHAT:
-        sink = []
+    if api is endpoints.CHAT:
         parts = (*_chat_parts(body.get("messages"), sink), len(body["messages"]))
         return _templated_shape(CHAT, body, categorizer, parts, out, include_usage, sink)
-    if endpoint == COMPLETIONS:
+    if api is endpoints.COMPLETIONS:
         prompt = body.get("prompt")
         known = learn_bytes = None
         if isinstance(prompt, str):

@@ -21,11 +21,12 @@ from extproc.algorithm.budget import BudgetParams, Estimate, attribute, estimate
 from extproc.algorithm.calibration import CalibrationParams, Calibrator, Observation
 from extproc.algorithm.categories import Categorizer, CategoryParams
 from extproc.algorithm.dispatch import LONG, SHORT, UNPARSEABLE, Decision, DispatchPolicy, decide
+from extproc.algorithm.endpoints import templated
 from extproc.algorithm.exact_band import ExactBand, serialize
 from extproc.algorithm.features import text_features
 from extproc.algorithm.linear_estimator import MESSAGES, REQUEST, TOOLS, EstimatorParams, LinearEstimator
 from extproc.algorithm.pressure import CapacityParams, InFlightPressure, PressureSource
-from extproc.algorithm.request_shape import CHAT, RequestShape, shape_from_body
+from extproc.algorithm.request_shape import RequestShape, shape_from_body
 
 Clock = Callable[[], float]
 # The v1 estimate screens v2: when the decision is the same at half and at twice the v1 prompt
@@ -161,7 +162,7 @@ class BudgetRouter:
         features = text_features(texts, self.linear.params.sample_bytes)
         if structured is None and shape.structured_bytes:
             features = (features[0] + shape.structured_bytes, *features[1:])
-        messages = shape.messages if shape.endpoint == CHAT else 0
+        messages = shape.messages if templated(shape.endpoint) else 0
         return self.linear.vector(features, shape.structured_bytes, messages, shape.tool_items), structured
 
     def _estimate_linear(self, shape: RequestShape, v1: Estimate) -> Estimate:

@@ -25,10 +25,10 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from extproc.algorithm import BudgetRouter, Outcome, ShapeError, Ticket
+from extproc.algorithm import BudgetRouter, Outcome, ShapeError, Ticket, endpoints
 from extproc.algorithm.dispatch import NO_BODY, SHORT, UNPARSEABLE
 from extproc.algorithm.pressure import LOCAL, LivePressure
-from extproc.algorithm.request_shape import CHAT, COMPLETIONS, RESPONSES, SHAPE_ERROR_REASONS
+from extproc.algorithm.request_shape import SHAPE_ERROR_REASONS
 from extproc.config import Config
 from extproc.server import envoy_wire as em
 from extproc.server.events import (
@@ -81,16 +81,9 @@ class RouterRuntime:
 
 
 def endpoint_of(method: str, path: str) -> str | None:
-    if method != "POST":
-        return None
-    path = path.split("?", 1)[0].rstrip("/")
-    if path.endswith("/chat/completions"):
-        return CHAT
-    if path.endswith("/completions"):
-        return COMPLETIONS
-    if path.endswith("/responses"):
-        return RESPONSES
-    return None
+    """The routed API's name (``extproc.algorithm.endpoints``), or None: not parsed, goes long."""
+    api = endpoints.by_path(method, path)
+    return None if api is None else api.name
 
 
 def inject_include_usage(raw: bytes, body: dict[str, Any]) -> bytes | None:

@@ -7,6 +7,8 @@ conventions; everything that is specific to this router lives under ``budget_rou
 
 from __future__ import annotations
 
+from extproc.algorithm.endpoints import REGISTRY
+
 PREFIX = "budget_router."
 INSTRUMENTATION_SCOPE = "budget_router"
 
@@ -25,9 +27,9 @@ GEN_AI_PROVIDER = "gen_ai.provider.name"
 HTTP_STATUS = "http.response.status_code"
 URL_PATH = "url.path"
 
-# Our endpoint names -> gen_ai.operation.name values (a Responses API call is a chat operation; the
-# endpoint attribute tells them apart).
-OPERATIONS = {"chat": "chat", "completions": "text_completion", "responses": "chat"}
+# Our endpoint names -> gen_ai.operation.name values, from the endpoint registry (a Responses API call is
+# a chat operation; the endpoint attribute tells them apart).
+OPERATIONS = {e.name: e.operation for e in REGISTRY.values()}
 OTHER_ENDPOINT = "other"  # endpoint label of requests whose body was not parsed
 
 # -- our span attributes ------------------------------------------------------------------------
