@@ -55,5 +55,5 @@ def test_both_estimators_count_responses_framing_as_the_chat_template_renders_it
 
 
 def test_responses_streams_need_no_usage_asked_for() -> None:
-    router, shape = _responses_shape()
+    _, shape = _responses_shape()
     assert shape.client_include_usage is True
