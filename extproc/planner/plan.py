@@ -1241,6 +1241,7 @@ def _plan(ctx: _Context, run: runner.Runner, thresholds: list[int], trace: str) 
     s = ctx.settings
     prof = s.profile
     pl0 = ctx.planner(0)
+    _refuse_an_unbuildable_rate(pl0)
     splittable = [b for b in thresholds if pl0.offline_routing(b).any()]
     # 1. configurations: search each pool's on the first replication
     tuning: dict[str, Search] = {}
@@ -1359,6 +1360,22 @@ def _plan(ctx: _Context, run: runner.Runner, thresholds: list[int], trace: str) 
     info = s.as_dict()
     info["seeds"] = [seed for seed, _ in ctx.workloads]
     return PlanReport(info, trace, thresholds, reps, comparisons, tuning, sens_rows, sens_b, erlang)
+
+
+def _refuse_an_unbuildable_rate(pl: Planner) -> None:
+    """Before any search: even the homogeneous configuration with the most throughput per instance
+    (the largest batch the grid allows) needs more instances than the simulator may build."""
+    s = pl.s
+    prof = s.profile.long
+    seqs = seqs_grid(prof, pl.wl, s.max_seqs)[-1]
+    best = prof.tuned(seqs, max(max(s.chunks), seqs))
+    floor = instances_for(s.rate, pl.mu(best, "homogeneous@None", pl.wl), s.slo.util_cap)
+    if floor > s.max_instances:
+        raise ValueError(
+            f"at {s.rate:g} req/s the homogeneous fleet needs at least {floor:,} instances (its utilisation "
+            f"floor at {seqs} sequences per instance), above --max-instances {s.max_instances:,}: lower --rate, "
+            "or raise the cap if this machine has the memory"
+        )
 
 
 def _stage2_task(job: Any) -> Any:
