@@ -163,13 +163,6 @@ class PlanSettings:
         }
 
 
-def default_settings() -> PlanSettings:
-    """``PlanSettings``' defaults for code (the CLI) that needs them before it has a profile."""
-    from extproc.planner.profiles import load_profile
-
-    return PlanSettings(load_profile("llama3-70b-a100"), 1.0)
-
-
 @dataclass
 class FleetOutcome:
     """A sized fleet and how it behaved at that size."""
