@@ -171,9 +171,10 @@ def test_plan_command_writes_table_json_and_plots(tmp_path: Path, capsys: pytest
     for comp in data["comparisons"].values():
         assert [v["b_short"] for v in comp["verdicts"]] == [2048, 8192]
         assert comp["best_b_short"] in (None, 2048, 8192)
-    # Erlang C holds where slot waits dwarf one iteration (the simulator admits at step boundaries)
-    assert data["erlang_c_check"] and all(abs(e["p_wait_error"]) < 0.25 for e in data["erlang_c_check"]
-                                          if e["erlang_excess_wait_s"] > 20 * e["iteration_s"])
+    # Erlang C holds where slot waits dwarf one step (the simulator admits at step boundaries)
+    checks = data["erlang_c_check"]
+    assert any(e["comparable"] for e in checks)
+    assert all(abs(e["p_wait_error"]) < 0.25 for e in checks if e["comparable"])
     chosen = data["tuning"]["homogeneous"]["chosen"]
     assert chosen["max_num_seqs"] in data["tuning"]["homogeneous"]["grid"]["max_num_seqs"]
     assert data["tuning"]["homogeneous"]["grid"]["max_num_batched_tokens"] == [512, 2048, 8192]

@@ -151,6 +151,13 @@ class ErlangComparison:
     erlang_excess_wait_s: float
 
     @property
+    def comparable(self) -> bool:
+        """Whether M/M/c applies: waits common enough to measure and long against one step. Where a
+        wait is a few steps the simulator's admission at step boundaries (a discrete-time queue) is
+        what differs from Erlang's continuous time, not the event loop."""
+        return self.erlang_p_wait >= 0.01 and self.erlang_excess_wait_s >= 20 * self.iteration_s
+
+    @property
     def p_wait_error(self) -> float:
         return self.sim_p_wait / self.erlang_p_wait - 1.0 if self.erlang_p_wait > 0 else math.nan
 
@@ -163,6 +170,7 @@ class ErlangComparison:
             **dataclasses.asdict(self),
             "p_wait_error": self.p_wait_error,
             "excess_wait_error": self.excess_wait_error,
+            "comparable": self.comparable,
         }
 
 

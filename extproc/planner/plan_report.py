@@ -220,7 +220,7 @@ def format_table(rep: PlanReport) -> str:
             lines.append(
                 f"  {e.pool:<20}{e.slots:>6}{e.load:>6.2f}{e.requests:>10,}{e.sim_p_wait:>13.4f}"
                 f"{e.erlang_p_wait:>10.4f}{_ms(e.sim_excess_wait_s):>14} ms{_ms(e.erlang_excess_wait_s):>7} ms"
-                + ("  (waits too rare at this load to compare)" if e.erlang_p_wait < 0.01 else "")
+                + ("" if e.comparable else "  (not comparable: waits too rare or within a few steps)")
             )
     lines += [
         "",
