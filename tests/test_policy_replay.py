@@ -106,7 +106,7 @@ def test_simulator_and_exchange_path_make_identical_decisions_samples_and_leases
     # 1. The simulator's path: a fleet of short and long instances behind the router.
     sim_router, sim_clock, sim_pressure = recorded_router(cfg)
     dispatch = LoggedDispatch(sim_router, wl, sim_clock)
-    short = profile(max_model_len=8192, max_num_seqs=4, iter_fixed_s=0.01)
+    short = profile(max_model_len=8192, max_num_seqs=4, step_floor_s=0.01)
     FleetSim([PoolConfig("short", short, 2), PoolConfig("long", profile(max_num_seqs=4), 1)], dispatch).run(wl)
 
     # 2. The server's path: the same events, in the same order, as Envoy messages into exchanges.

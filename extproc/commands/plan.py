@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 
 from extproc.config import load_config
-from extproc.planner.fleet import BALANCERS, LEAST_OUTSTANDING
-from extproc.planner.plan import DEFAULT_MAX_INSTANCES, PlanSettings, plan
-from extproc.planner.plan_report import format_table, write_json
+from extproc.planner.fleet import BALANCERS
+from extproc.planner.plan import PAPER, TUNED, PlanSettings, plan
+from extproc.planner.plan_report import PLOTS, format_table, write_json
 from extproc.planner.profiles import builtin_profiles, load_profile
 from extproc.planner.service_levels import Slo
 from extproc.planner.sim_progress import ProgressBar
@@ -64,6 +64,38 @@ def _delay(text: str) -> float:
     return value
 
 
+def _default(name: str) -> object:
+    """A ``PlanSettings`` (or ``Slo``) field's default: the one place the planner's defaults live."""
+    for cls in (PlanSettings, Slo):
+        for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+            if f.name == name:
+                if f.default is not dataclasses.MISSING:
+                    return f.default
+                if f.default_factory is not dataclasses.MISSING:
+                    return f.default_factory()
+    raise KeyError(name)
+
+
+def _optional_seconds(text: str) -> float | None:
+    if text.strip().lower() in ("off", "none"):
+        return None
+    return _seconds(text)
+
+
+def _chunks(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(sorted({int(v) for v in text.split(",") if v.strip()}))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated token counts, got {text!r}") from None
+    if not values or any(v < 16 for v in values):
+        raise argparse.ArgumentTypeError(f"chunk sizes must be token counts of at least 16, got {text!r}")
+    return values
+
+
+def _ms_text(value: object) -> str:
+    return "off" if value is None else f"{1000 * float(value):g} ms"  # type: ignore[arg-type]
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = __doc__.split("Example", 1)[1] if __doc__ else None
@@ -86,7 +118,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--profile",
         default="llama3-70b-a100",
-        help=f"instance profile: {', '.join(builtin_profiles())}, or a YAML file",
+        help=f"instance profile: {', '.join(builtin_profiles())}, or a YAML file (default llama3-70b-a100, "
+        "step costs fitted to Vidur's A100 profiles)",
     )
     g.add_argument(
         "--config",
@@ -102,37 +135,83 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="B1,B2,...",
         help="evaluate these thresholds and pick the cheapest meeting the SLOs",
     )
-    g.add_argument("--slo-ttft-p99", type=_seconds, default=2.0, help="P99 time to first token, s (default 2.0)")
-    g.add_argument("--slo-tpot-p99", type=_seconds, default=0.08, help="P99 time per output token, s (default 0.08)")
-    g.add_argument("--util-cap", type=_fraction, default=0.9, help="offered load / capacity cap (default 0.9)")
+    g.add_argument(
+        "--baseline",
+        choices=("tuned", "paper", "both"),
+        default="tuned",
+        help="tuned (default): every pool, the homogeneous fleet's included, runs the max_num_seqs and "
+        "max_num_batched_tokens a search found cheapest under the SLOs; paper: the paper's worst-case KV "
+        "reservation (16 sequences at 64K, 128 at 8K) and fixed chunks; both: side by side",
+    )
+    g.add_argument(
+        "--slo-ttft-p99",
+        type=_seconds,
+        default=_default("ttft_p99_s"),
+        metavar="S",
+        help=f"P99 time to first token, s (default {_default('ttft_p99_s')})",
+    )
+    g.add_argument(
+        "--slo-tpot-p99",
+        type=_optional_seconds,
+        default=_default("tpot_p99_s"),
+        metavar="S|off",
+        help=f"P99 TPOT (a request's mean time per output token), s (default {_ms_text(_default('tpot_p99_s'))})",
+    )
+    g.add_argument(
+        "--slo-itl-p99",
+        type=_optional_seconds,
+        default=_default("itl_p99_s"),
+        metavar="S|off",
+        help="P99 inter-token latency (every gap between two tokens, as vLLM's histogram), s (default "
+        f"{_ms_text(_default('itl_p99_s'))}: reported, not bounded)",
+    )
+    g.add_argument(
+        "--util-cap",
+        type=_fraction,
+        default=_default("util_cap"),
+        help=f"offered load / capacity cap (default {_default('util_cap')})",
+    )
     g.add_argument(
         "--max-reject",
         type=float,
-        default=0.001,
-        help="largest share of requests a picked threshold may lose to rejections (default 0.001)",
+        default=_default("max_reject"),
+        help=f"largest share of requests a picked threshold may lose to rejections (default {_default('max_reject')})",
     )
-    g.add_argument("--warmup", type=float, default=0.1, help="share of the first requests left out of the metrics")
+    g.add_argument(
+        "--warmup",
+        type=float,
+        default=_default("warmup"),
+        help=f"share of the first requests left out of the metrics (default {_default('warmup')})",
+    )
+    g.add_argument(
+        "--balancer",
+        choices=BALANCERS,
+        default=_default("balancer"),
+        help="load balancing inside every pool and the homogeneous fleet: least_request (default: Envoy's "
+        "LEAST_REQUEST, power of two choices), jsq (exact join-shortest-queue, which no Envoy does) or round_robin",
+    )
     g.add_argument(
         "--homogeneous-balancer",
         choices=BALANCERS,
         default=None,
-        help="load balancing of the homogeneous baseline (default: the same as --pool-balancer, so the "
-        "comparison is like for like; round_robin with least_outstanding pools is the paper's "
-        "mismatched baseline and is labelled so)",
+        help="a different balancer for the homogeneous baseline only (the comparison is then labelled MISMATCHED)",
     )
     g.add_argument(
-        "--pool-balancer",
-        choices=BALANCERS,
-        default=LEAST_OUTSTANDING,
-        help="load balancing inside each dual pool (default least_outstanding)",
+        "--chunks",
+        type=_chunks,
+        default=_default("chunks"),
+        metavar="C1,C2,...",
+        help="max_num_batched_tokens values the search tries (default "
+        + ",".join(str(c) for c in _default("chunks"))  # type: ignore[attr-defined]
+        + ")",
     )
     g.add_argument(
-        "--homogeneous-seqs",
+        "--max-seqs",
         type=int,
-        default=None,
+        default=_default("max_seqs"),
         metavar="N",
-        help="max_num_seqs of the homogeneous baseline (default: the long pool's; a larger value "
-        "overcommits the KV cache as vLLM allows, trading preemptions for concurrency)",
+        help=f"largest max_num_seqs the search tries (default {_default('max_seqs')}, vLLM's largest default; "
+        "the search also stops at KV cache / the traffic's mean tokens)",
     )
     g.add_argument("--no-spillover", action="store_true", help="disable the router's short->long spillover")
     g.add_argument(
@@ -153,12 +232,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         f"{DEFAULT_REPLICATIONS}; 1 is R times quicker but measures no spread)",
     )
     g.add_argument(
+        "--screen-requests",
+        type=int,
+        default=_default("screen_requests"),
+        metavar="N",
+        help=f"requests per screening run of a candidate configuration (default {_default('screen_requests'):,})",
+    )
+    g.add_argument(
         "--max-instances",
         type=int,
-        default=DEFAULT_MAX_INSTANCES,
+        default=_default("max_instances"),
         metavar="N",
-        help=f"largest pool the simulator may build (default {DEFAULT_MAX_INSTANCES:,}); "
+        help=f"largest pool the simulator may build (default {_default('max_instances'):,}); "
         "a rate that needs more is refused before simulating",
+    )
+    g.add_argument("--no-equal-gpus", action="store_true", help="skip the equal-GPU comparison")
+    g.add_argument("--no-sensitivity", action="store_true", help="skip the sensitivity table")
+    g.add_argument("--no-erlang", action="store_true", help="skip the simulator-vs-Erlang C check")
+    g.add_argument(
+        "--jobs",
+        type=int,
+        default=None,
+        metavar="N",
+        help="worker processes (default: the CPUs this process may use); the plan is the same for any N",
     )
     g.add_argument("--out", type=Path, default=Path("out/plan"), help="folder for plan.json and the PNG plots")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -182,7 +278,7 @@ def _check_out(out: Path) -> None:
         raise ValueError(f"--out {out}: cannot create the folder ({exc.strerror})") from None
     if not os.access(out, os.W_OK):
         raise ValueError(f"--out {out}: the folder is not writable")
-    taken = [name for name in ("plan.json", "cdf.png", "saving.png", "gpus.png") if (out / name).is_dir()]
+    taken = [name for name in ("plan.json", *PLOTS) if (out / name).is_dir()]
     if taken:
         raise ValueError(f"--out {out}: {', '.join(taken)} exist(s) as a folder")
 
@@ -194,6 +290,13 @@ def _trace_rate(wl_arrival: np.ndarray) -> float:
     return (len(wl_arrival) - 1) / span
 
 
+def _cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 def _run(args: argparse.Namespace) -> int:
     if not args.workload_trace:
         raise ValueError("--trace is required (azure-conv, azure-code, azure-both, synthetic-heavy-tail, or a file)")
@@ -203,12 +306,16 @@ def _run(args: argparse.Namespace) -> int:
         raise ValueError("--max-reject must be a share in [0, 1]")
     if not 0.0 <= args.warmup < 0.9:
         raise ValueError("--warmup must be in [0, 0.9)")
-    if args.homogeneous_seqs is not None and args.homogeneous_seqs < 1:
-        raise ValueError("--homogeneous-seqs must be at least 1")
     if not 1 <= args.replications <= 20:
         raise ValueError("--replications must be between 1 and 20")
     if args.max_instances < 1:
         raise ValueError("--max-instances must be at least 1")
+    if args.max_seqs < 1:
+        raise ValueError("--max-seqs must be at least 1")
+    if args.screen_requests < 1000:
+        raise ValueError("--screen-requests must be at least 1000 (a screening P99 needs its tail)")
+    if args.jobs is not None and not 1 <= args.jobs <= 64:
+        raise ValueError("--jobs must be between 1 and 64")
     if args.rate is not None and not (math.isfinite(args.rate) and args.rate > 0):
         raise ValueError("--rate must be a positive number of requests per second")
     if args.rate is not None and args.count is None and args.duration is None:
@@ -232,22 +339,30 @@ def _run(args: argparse.Namespace) -> int:
         rng = np.random.default_rng(np.random.SeedSequence([seed, 1]))
         workloads.append((seed, from_requests(args.workload_trace, requests, MeasuredBytesPerToken(), rng)))
     rate = args.rate if args.rate is not None else _trace_rate(workloads[0][1].arrival)
+    baselines = {"tuned": (TUNED,), "paper": (PAPER,), "both": (TUNED, PAPER)}[args.baseline]
     settings = PlanSettings(
         profile=profile,
         rate=rate,
-        slo=Slo(args.slo_ttft_p99, args.slo_tpot_p99, args.util_cap),
+        slo=Slo(args.slo_ttft_p99, args.slo_tpot_p99, args.slo_itl_p99, args.util_cap),
         warmup=args.warmup,
+        balancer=args.balancer,
         homogeneous_balancer=args.homogeneous_balancer,
-        pool_balancer=args.pool_balancer,
-        homogeneous_seqs=args.homogeneous_seqs,
+        baselines=baselines,
+        chunks=args.chunks,
+        max_seqs=args.max_seqs,
         spillover=False if args.no_spillover else None,
         scrape_delay_s=args.scrape_delay,
         seed=spec.seed,
         max_reject=args.max_reject,
         max_instances=args.max_instances,
+        screen_requests=args.screen_requests,
+        equal_gpus=not args.no_equal_gpus,
+        sensitivity=not args.no_sensitivity,
+        erlang=not args.no_erlang,
+        jobs=args.jobs or _cpus(),
         config=config,
     )
-    bar = None if args.quiet else ProgressBar(fleets=args.replications * (1 + len(thresholds)))
+    bar = None if args.quiet else ProgressBar()
     try:
         report = plan(settings, workloads, thresholds, args.workload_trace, bar)
     finally:

@@ -43,7 +43,7 @@ def short_pool_at(short: InstanceProfile, b_short: int) -> InstanceProfile:
     if b_short < short.block_size:
         raise ValueError(f"B_short {b_short} is below one KV block ({short.block_size} tokens)")
     seqs = max(1, short.max_num_seqs * short.max_model_len // b_short)
-    batched = max(short.max_num_batched_tokens, seqs + 1)
+    batched = max(short.max_num_batched_tokens, seqs)
     prof = dataclasses.replace(
         short,
         name=f"{short.name.split('/')[0]}/short@{b_short}",
@@ -74,7 +74,7 @@ def saturated_throughput(
         wl.text_bytes[idx],
     )
     unbounded = dataclasses.replace(profile, max_waiting=None)
-    res = FleetSim([PoolConfig("saturation", unbounded, 1)]).run(sample)
+    res = FleetSim([PoolConfig("saturation", unbounded, 1)]).run(sample, warmup=0.0)
     ends = np.sort(res.finish)
     lo, hi = int(0.1 * n), int(0.9 * n)
     return (hi - lo) / max(ends[hi] - ends[lo], 1e-12)
@@ -87,12 +87,19 @@ def prefill_floor_p99(profile: InstanceProfile, wl: SimWorkload) -> float:
     prompt = wl.prompt[fits].astype(np.float64)
     if not len(prompt):
         return 0.0
-    iters = np.ceil(prompt / p.max_num_batched_tokens)
-    floor = (
-        iters * (p.iter_fixed_s + p.iter_per_seq_s)
-        + p.prefill_per_token_s * prompt
-        + p.prefill_attn_per_token_ctx_s * prompt * prompt / 2.0
-    )
+    chunk = p.max_num_batched_tokens
+    full, rem = np.floor_divide(prompt, chunk), np.mod(prompt, chunk)
+
+    def step(tokens: np.ndarray | float) -> np.ndarray:
+        return (
+            p.step_floor_s
+            + p.allreduce_floor_s
+            + p.allreduce_per_token_s * np.asarray(tokens)
+            + p.step_per_token_s * np.maximum(0.0, np.asarray(tokens) - p.step_knee_tokens)
+        )
+
+    floor = full * step(float(chunk)) + np.where(rem > 0, step(rem), 0.0)
+    floor = floor + p.prefill_attn_per_pair_s * prompt * prompt / 2.0
     return float(np.percentile(floor, 99))
 
 
@@ -124,18 +131,6 @@ def erlang_c_wait(servers: int, lam: float, mu: float) -> tuple[float, float]:
     return p, (p / (servers * mu - lam) if p < 1.0 else math.inf)
 
 
-def slot_wait_probability(instances: int, profile: InstanceProfile, rate: float, mu: float) -> float:
-    """Erlang C's P(a request waits for a batch slot) in a pool of ``instances``, each slot a server
-    completing μ / max_num_seqs requests per second. More instances never raise it, which makes it a
-    sizing rule for pools whose P99 rests on too few requests to be monotone in size."""
-    if rate <= 0:
-        return 0.0
-    if not mu > 0:
-        return 1.0
-    slots = instances * profile.max_num_seqs
-    return erlang_c(slots, rate / (mu / profile.max_num_seqs))
-
-
 @dataclasses.dataclass(frozen=True)
 class ErlangComparison:
     """The simulator against M/M/c on one pool's batch slots.
@@ -156,6 +151,13 @@ class ErlangComparison:
     erlang_excess_wait_s: float
 
     @property
+    def comparable(self) -> bool:
+        """Whether M/M/c applies: waits common enough to measure and long against one step. Where a
+        wait is a few steps the simulator's admission at step boundaries (a discrete-time queue) is
+        what differs from Erlang's continuous time, not the event loop."""
+        return self.erlang_p_wait >= 0.01 and self.erlang_excess_wait_s >= 20 * self.iteration_s
+
+    @property
     def p_wait_error(self) -> float:
         return self.sim_p_wait / self.erlang_p_wait - 1.0 if self.erlang_p_wait > 0 else math.nan
 
@@ -168,6 +170,7 @@ class ErlangComparison:
             **dataclasses.asdict(self),
             "p_wait_error": self.p_wait_error,
             "excess_wait_error": self.excess_wait_error,
+            "comparable": self.comparable,
         }
 
 
@@ -188,15 +191,17 @@ def erlang_comparison(
     batching of this pool are sound; it says nothing about the iteration-cost model.
     """
     c = profile.max_num_seqs
-    w = profile.iter_fixed_s + profile.iter_per_seq_s * c
+    w = profile.step_s(c)
     out = np.minimum(rng.geometric(1.0 / mean_output, requests), profile.max_model_len - 16).astype(np.int64)
     prof = dataclasses.replace(
         profile,
-        iter_fixed_s=w,
-        iter_per_seq_s=0.0,
-        iter_per_kv_token_s=0.0,
-        prefill_per_token_s=0.0,
-        prefill_attn_per_token_ctx_s=0.0,
+        step_floor_s=w,
+        step_knee_tokens=0,
+        step_per_token_s=0.0,
+        allreduce_floor_s=0.0,
+        allreduce_per_token_s=0.0,
+        kv_read_per_token_s=0.0,
+        prefill_attn_per_pair_s=0.0,
         max_num_batched_tokens=max(profile.max_num_batched_tokens, 16 * c),
         kv_capacity_tokens=max(profile.kv_capacity_tokens, c * (int(out.max()) + 32)),
         max_waiting=None,
@@ -205,7 +210,7 @@ def erlang_comparison(
     arrival = np.cumsum(rng.exponential(1.0 / (load * c * mu_slot), requests))
     prompt = np.full(requests, 8, dtype=np.int64)
     wl = SimWorkload("erlang", arrival, prompt, out, ("prose",) * requests, prompt * 4)
-    res = FleetSim([PoolConfig(pool, prof, 1)]).run(wl)
+    res = FleetSim([PoolConfig(pool, prof, 1)]).run(wl, warmup=0.0)
     wait = (res.first_token - arrival - w)[requests // 10 :]  # first token = admission + one prefill iteration
     lam = (requests - 1) / float(arrival[-1] - arrival[0])
     p, _ = erlang_c_wait(c, lam, mu_slot)

@@ -3,11 +3,18 @@
 Arrivals come from the workload in time order; before each arrival every instance event due by then
 is applied, so the dispatcher and the load balancer see the fleet exactly as it is at that moment
 (in-flight counts, the router's calibration learned from completions so far).
+
+Inside a pool the balancer is Envoy's: ``least_request`` (Envoy's LEAST_REQUEST with equal weights:
+two hosts drawn at random, with replacement, and the one with fewer active requests taken, the first on
+a tie — power of two choices), ``jsq`` (the exact join-shortest-queue over every instance, which no
+Envoy does; a bound on what balancing can give) or ``round_robin``.
 """
 
 from __future__ import annotations
 
 import heapq
+import random
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -16,11 +23,12 @@ import numpy as np
 
 from extproc.algorithm.pressure import EngineLoad
 from extproc.planner.instance import Instance, SimRequest
+from extproc.planner.latency_hist import LatencyHistogram
 from extproc.planner.profiles import InstanceProfile
 from extproc.planner.sim_workload import SimWorkload
 
-LEAST_OUTSTANDING, ROUND_ROBIN = "least_outstanding", "round_robin"
-BALANCERS = (LEAST_OUTSTANDING, ROUND_ROBIN)
+LEAST_REQUEST, JSQ, ROUND_ROBIN = "least_request", "jsq", "round_robin"
+BALANCERS = (LEAST_REQUEST, JSQ, ROUND_ROBIN)
 # Why a request got no answer.
 ACCEPTED, OVER_CONTEXT, QUEUE_FULL = 0, 1, 2
 
@@ -30,7 +38,7 @@ class PoolConfig:
     name: str
     profile: InstanceProfile
     instances: int
-    balancer: str = LEAST_OUTSTANDING
+    balancer: str = LEAST_REQUEST
 
 
 class Dispatcher(Protocol):
@@ -65,6 +73,7 @@ class PoolStats:
     seq_s: float
     preemptions: int
     free_blocks_at_end: int  # equals the profile's kv_blocks unless a block leaked
+    itl: LatencyHistogram  # per-token gaps in the measurement window
 
 
 @dataclass
@@ -77,19 +86,28 @@ class SimResult:
     rejected: np.ndarray  # ACCEPTED / OVER_CONTEXT / QUEUE_FULL
     preemptions: np.ndarray
     duration_s: float
+    warmup: float  # share of the first arrivals the measurement window leaves out
 
 
 class _Pool:
-    def __init__(self, cfg: PoolConfig, hook: Callable[[int], Callable[[SimRequest, float], None]]) -> None:
+    def __init__(
+        self,
+        cfg: PoolConfig,
+        hook: Callable[[int], Callable[[SimRequest, float], None]],
+        window: tuple[float, float],
+        seed: int,
+    ) -> None:
         if cfg.instances < 1:
             raise ValueError(f"pool {cfg.name!r} needs at least one instance")
         if cfg.balancer not in BALANCERS:
             raise ValueError(f"unknown balancer {cfg.balancer!r}; choose from {', '.join(BALANCERS)}")
         self.cfg = cfg
-        self.instances = [Instance(cfg.profile, hook(i)) for i in range(cfg.instances)]
+        self.itl = LatencyHistogram()
+        self.instances = [Instance(cfg.profile, hook(i), self.itl, window) for i in range(cfg.instances)]
         self.load = [0] * cfg.instances
-        self.least = cfg.balancer == LEAST_OUTSTANDING
+        self.balancer = cfg.balancer
         self.next_rr = 0
+        self.rng = random.Random(seed ^ zlib.crc32(cfg.name.encode()))
 
     def engine_load(self) -> EngineLoad:
         """What the pool's vLLM instances would say on /metrics right now, summed over instances."""
@@ -101,8 +119,15 @@ class _Pool:
         )
 
     def pick(self) -> int:
-        if self.least:
-            load = self.load
+        load = self.load
+        if self.balancer == LEAST_REQUEST:
+            n = len(load)
+            if n == 1:
+                return 0
+            rand = self.rng.randrange
+            a, b = rand(n), rand(n)
+            return b if load[b] < load[a] else a
+        if self.balancer == JSQ:
             return load.index(min(load))
         i = self.next_rr
         self.next_rr = (i + 1) % len(self.instances)
@@ -116,7 +141,17 @@ class FleetSim:
         self.configs = pools
         self.dispatcher = dispatcher or SinglePool()
 
-    def run(self, wl: SimWorkload, progress: Callable[[int], None] | None = None) -> SimResult:
+    def run(
+        self,
+        wl: SimWorkload,
+        progress: Callable[[int], None] | None = None,
+        *,
+        warmup: float = 0.1,
+        seed: int = 0,
+    ) -> SimResult:
+        """Simulate ``wl``; per-token latencies count from the arrival of the first request after the
+        ``warmup`` share up to the last arrival (the steady state, neither ramp nor drain). ``seed``
+        draws the least-request balancer's choices."""
         n = len(wl)
         pool_of = np.full(n, -1, dtype=np.int8)
         first = np.full(n, np.nan)
@@ -139,15 +174,16 @@ class FleetSim:
 
             return on_finish
 
+        arrivals = wl.arrival.tolist()
+        window = (arrivals[min(int(warmup * n), n - 1)], arrivals[-1]) if n else (0.0, 0.0)
         for cfg in self.configs:
-            pools.append(_Pool(cfg, hook))
+            pools.append(_Pool(cfg, hook, window, seed))
         watch = getattr(dispatcher, "watch", None)
         if watch is not None:
             watch(lambda: [p.engine_load() for p in pools])
         heap: list[tuple[float, int, Instance, int]] = []
         push, pop = heapq.heappush, heapq.heappop
         seq = 0
-        arrivals = wl.arrival.tolist()
         prompts = wl.prompt.tolist()
         outputs = wl.output.tolist()
         every = max(1, n // 200)
@@ -200,7 +236,8 @@ class FleetSim:
                 sum(x.seq_s for x in pool.instances),
                 sum(x.preemptions for x in pool.instances),
                 min(x.free for x in pool.instances),
+                pool.itl,
             )
             for cfg, pool in zip(self.configs, pools, strict=True)
         ]
-        return SimResult(wl, stats, pool_of, first, finish, rejected, preempts, end)
+        return SimResult(wl, stats, pool_of, first, finish, rejected, preempts, end, warmup)

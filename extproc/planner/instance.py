@@ -13,6 +13,11 @@ instance step ``s``, the context read grows by ``n`` per iteration (duration ``A
 j-th), and the iteration at which a sequence needs a new block depends only on ``c_i mod
 block_size``, so counting sequences per residue tells how many blocks any run of iterations takes.
 Prefill iterations are events of their own.
+
+Per-token latency (vLLM's inter-token latency) is counted into a histogram as runs end: every decoding
+sequence gets a token per iteration, whose gap is that iteration's duration (a prefill chunk sharing the
+iteration stretches it for all of them); a preempted sequence's next token comes after its recompute,
+one gap as long as the stall. Only iterations ending inside the measurement window count.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import math
 from collections import deque
 from collections.abc import Callable
 
+from extproc.planner.latency_hist import LatencyHistogram
 from extproc.planner.profiles import InstanceProfile
 
 
@@ -41,6 +47,7 @@ class SimRequest:
         "output",
         "preemptions",
         "prompt",
+        "stalled",
         "target",
     )
 
@@ -60,15 +67,27 @@ class SimRequest:
         self.first_token = -1.0
         self.finish = -1.0
         self.preemptions = 0
+        self.stalled = -1.0  # when a preemption interrupted its decoding (its next token's gap starts)
 
 
 FinishHook = Callable[[SimRequest, float], None]
 
 
 class Instance:
-    def __init__(self, profile: InstanceProfile, on_finish: FinishHook) -> None:
+    def __init__(
+        self,
+        profile: InstanceProfile,
+        on_finish: FinishHook,
+        itl: LatencyHistogram | None = None,
+        window: tuple[float, float] = (0.0, math.inf),
+    ) -> None:
         p = self.p = profile
         self.on_finish = on_finish
+        self.itl = itl
+        self.lo, self.hi = window
+        self._floor = p.step_floor_s + p.allreduce_floor_s
+        self._per, self._knee, self._ar = p.step_per_token_s, p.step_knee_tokens, p.allreduce_per_token_s
+        self._kv, self._attn = p.kv_read_per_token_s, p.prefill_attn_per_pair_s
         self.bs = p.block_size
         self.free = p.kv_blocks
         self.running: dict[SimRequest, None] = {}  # admission order; the last is the newest
@@ -157,6 +176,11 @@ class Instance:
         self.seq_s += (self.n_dec + (len(chunks) if chunks else 0)) * dt
         if self.n_dec:
             self.free -= self._blocks_needed(s, k)
+            if self.itl is not None and self.lo <= now <= self.hi:
+                if chunks:
+                    self.itl.add(dt, self.n_dec)
+                else:
+                    self.itl.add_run(self.a, self.b, k, self.n_dec)
         self.steps = s = s + k
         if chunks:
             for req, m in chunks:
@@ -177,6 +201,10 @@ class Instance:
         req.generated += 1
         if req.first_token < 0.0:
             req.first_token = now
+        elif req.stalled >= 0.0:
+            if self.itl is not None and self.lo <= now <= self.hi:
+                self.itl.add(now - req.stalled)
+            req.stalled = -1.0
         if req.generated >= req.output:
             self.free += req.blocks
             req.blocks = 0
@@ -204,10 +232,11 @@ class Instance:
         req.finish = now
         self.on_finish(req, now)
 
-    def _preempt_newest(self, s: int) -> None:
+    def _preempt_newest(self, s: int, now: float) -> None:
         req = next(reversed(self.running))
         del self.running[req]
         if req.decoding:
+            req.stalled = now
             self._retire_decoder(req, s)
             req.generated = req.output - (req.fin - s)
             req.target = req.prompt + req.generated
@@ -227,7 +256,7 @@ class Instance:
             if self.n_dec:
                 need = self.residues[-s % bs]
                 while need > self.free:
-                    self._preempt_newest(s)
+                    self._preempt_newest(s, now)
                     need = self.residues[-s % bs] if self.n_dec else 0
             chunks = self._schedule_prefill(self.free - need, p.max_num_batched_tokens - self.n_dec)
             if chunks or self.n_dec:
@@ -235,15 +264,17 @@ class Instance:
             if not self.running:
                 self.active = False
                 return None
-            self._preempt_newest(s)  # every running sequence stalls on blocks: free some
+            self._preempt_newest(s, now)  # every running sequence stalls on blocks: free some
         self.active = True
         self.t0 = now
         n = self.n_dec
         read = self.base + n * s
         if chunks:
-            dt = p.iter_fixed_s + p.iter_per_seq_s * (n + len(chunks)) + p.iter_per_kv_token_s * read
+            tokens, attn = n, 0.0
             for req, m in chunks:
-                dt += m * (p.prefill_per_token_s + p.prefill_attn_per_token_ctx_s * (req.computed + m / 2.0))
+                tokens += m
+                attn += m * (req.computed + m / 2.0)
+            dt = self._step(tokens) + self._kv * read + self._attn * attn
             self.chunks, self.k = chunks, 1
             self.end = now + dt
         else:
@@ -251,12 +282,17 @@ class Instance:
             while heap[0][3] != heap[0][2].epoch:
                 heapq.heappop(heap)
             k = min(heap[0][0] - s, self._max_steps(s, self.free))
-            self.a = a = p.iter_fixed_s + p.iter_per_seq_s * n + p.iter_per_kv_token_s * read
-            self.b = b = p.iter_per_kv_token_s * n
+            self.a = a = self._step(n) + self._kv * read
+            self.b = b = self._kv * n
             self.chunks, self.k = None, k
             self.end = now + k * a + b * k * (k - 1) / 2.0
         self.version += 1
         return self.end
+
+    def _step(self, tokens: int) -> float:
+        """``InstanceProfile.step_s``, inlined: the hottest arithmetic of the simulator."""
+        over = tokens - self._knee
+        return self._floor + self._ar * tokens + (self._per * over if over > 0 else 0.0)
 
     def _schedule_prefill(self, free: int, budget: int) -> list[tuple[SimRequest, int]]:
         """Chunks for this iteration: running prefills first, then admissions; takes their blocks."""

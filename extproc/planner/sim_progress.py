@@ -1,7 +1,9 @@
-"""Progress of a plan on stderr: a redrawn bar on a terminal, one line per simulation in a log.
+"""Progress of a plan on stderr: a redrawn line on a terminal, one line per finished task in a log.
 
-A plan sizes a known number of fleets (replications x (1 + thresholds)) but each takes as many
-simulations as its search needs, so the total and the ETA are projected from the fleets done so far.
+A plan is a known list of tasks (screening a candidate configuration, sizing a fleet, an equal-GPU run,
+a sensitivity point), each weighted by the full-scale simulations it is expected to cost; each takes as
+many simulations as its search needs, so the ETA is projected from the weight done so far and the time
+it took. Tasks may finish in any order (two worker processes), so only counts and weights are shown.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from collections.abc import Callable
 from typing import TextIO
 
 
-def _duration(seconds: float) -> str:
+def duration(seconds: float) -> str:
     seconds = max(0, round(seconds))
     if seconds < 60:
         return f"{seconds}s"
@@ -26,65 +28,72 @@ class ProgressBar:
         self,
         stream: TextIO | None = None,
         width: int = 24,
-        min_interval_s: float = 0.2,
-        fleets: int = 0,
+        min_interval_s: float = 0.5,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.stream = stream or sys.stderr
         self.width = width
         self.min_interval_s = min_interval_s
         self.tty = self.stream.isatty()
-        self.fleets = fleets  # fleets the plan sizes in all
-        self.fleets_done = 0
-        self.runs = 0
-        self._runs_at_fleet_done = 0
         self._clock = clock
-        self._label = ""
-        self._last = 0.0
-        self._start = self._now()
-        self._fleet_time = 0.0
+        self._start = clock()
+        self._last = -1e9
+        self.sims = 0
+        self.tasks_done = 0
+        self.tasks = 0
+        self.weight_done = 0.0
+        self.weight_total = 0.0
+        self.stage = ""
 
-    def _now(self) -> float:
-        return self._clock()
+    def plan(self, stage: str, tasks: int, weight: float) -> None:
+        """Announce a stage's tasks (adds to the totals the ETA projects over)."""
+        self.stage = stage
+        self.tasks += tasks
+        self.weight_total += weight
+        self._draw(force=True)
 
-    def estimate(self) -> tuple[int | None, float | None]:
-        """Projected total simulations and seconds left, from the fleets finished so far."""
-        if not self.fleets or not self.fleets_done:
-            return None, None
-        per_fleet = self._runs_at_fleet_done / self.fleets_done
-        total = max(self.runs, round(per_fleet * self.fleets))
-        left = (self._fleet_time / self.fleets_done) * (self.fleets - self.fleets_done)
-        return total, max(0.0, left - (self._now() - self._start - self._fleet_time))
+    def sim(self, label: str) -> None:
+        self.sims += 1
+        self._draw(label=label)
+
+    def task_done(self, label: str, weight: float) -> None:
+        self.tasks_done += 1
+        self.weight_done += weight
+        if not self.tty:
+            print(f"[plan] {self.status()}: {label}", file=self.stream, flush=True)
+        self._draw(force=True)
+
+    def eta(self) -> float | None:
+        if self.weight_done <= 0:
+            return None
+        elapsed = self._clock() - self._start
+        return elapsed * max(0.0, self.weight_total - self.weight_done) / self.weight_done
 
     def status(self) -> str:
-        total, left = self.estimate()
-        sims = f"sim {self.runs}" + (f" of ~{total}" if total else "")
-        fleets = f"fleet {min(self.fleets_done + 1, self.fleets)}/{self.fleets}" if self.fleets else ""
-        eta = f"ETA {_duration(left)}" if left is not None else "ETA --"
-        return f"{sims}  {fleets}  {_duration(self._now() - self._start)} elapsed, {eta}"
+        left = self.eta()
+        return (
+            f"{self.stage}: task {self.tasks_done}/{self.tasks}, {self.sims} simulations, "
+            f"{duration(self._clock() - self._start)} elapsed, ETA {duration(left) if left is not None else '--'}"
+        )
 
-    def fleet_done(self) -> None:
-        self.fleets_done += 1
-        self._runs_at_fleet_done = self.runs
-        self._fleet_time = self._now() - self._start
-
-    def __call__(self, label: str, fraction: float) -> None:
-        now = self._now()
-        if label != self._label:
-            self.runs += 1
-            self._label = label
-            if not self.tty:  # a log file gets one line per simulation, not a redraw per tick
-                print(f"[plan] {self.status()}: {label}", file=self.stream, flush=True)
-        if not self.tty or (now - self._last < self.min_interval_s and fraction < 1.0):
+    def _draw(self, label: str = "", force: bool = False) -> None:
+        if not self.tty:
+            return
+        now = self._clock()
+        if not force and now - self._last < self.min_interval_s:
             return
         self._last = now
-        filled = int(self.width * min(max(fraction, 0.0), 1.0))
+        frac = self.weight_done / self.weight_total if self.weight_total else 0.0
+        filled = int(self.width * min(max(frac, 0.0), 1.0))
         bar = "#" * filled + "." * (self.width - filled)
-        line = f"\r[{bar}] {100 * fraction:5.1f}%  {self.status()}  {label[:34]:<34}"
-        self.stream.write(line)
+        self.stream.write(f"\r[{bar}] {100 * frac:5.1f}%  {self.status()}  {label[:30]:<30}")
         self.stream.flush()
 
     def close(self) -> None:
         if self.tty:
             self.stream.write("\n")
-        print(f"[plan] {self.runs} simulations in {_duration(self._now() - self._start)}", file=self.stream, flush=True)
+        print(
+            f"[plan] {self.sims} simulations, {self.tasks_done} tasks in {duration(self._clock() - self._start)}",
+            file=self.stream,
+            flush=True,
+        )

@@ -67,14 +67,22 @@ class SimWorkload:
             self.name, self.arrival[:n], self.prompt[:n], self.output[:n], self.category[:n], self.text_bytes[:n]
         )
 
-    def resampled(self, rng: np.random.Generator) -> SimWorkload:
-        """Another draw of the same traffic: request sizes (with their bytes) resampled with
-        replacement, arrivals a fresh Poisson process at the same mean rate. Used to check that a
-        fleet sized on one sample holds on another."""
-        n = len(self)
-        idx = rng.integers(0, n, size=n)
-        span = float(self.arrival[-1] - self.arrival[0])
-        rate = (n - 1) / span if span > 0 else 1.0
+    @property
+    def rate(self) -> float:
+        """Mean arrival rate (req/s) over the workload's span."""
+        span = float(self.arrival[-1] - self.arrival[0]) if len(self) > 1 else 0.0
+        return (len(self) - 1) / span if span > 0 else 1.0
+
+    def resampled(self, rng: np.random.Generator, n: int | None = None, rate: float | None = None) -> SimWorkload:
+        """Another draw of the same traffic: ``n`` request sizes (with their bytes; default as many as
+        here) resampled with replacement, arrivals a fresh Poisson process at ``rate`` (default this
+        workload's mean rate). Used to check that a fleet sized on one sample holds on another, to give
+        a pool that sees few requests a longer run of its own traffic, and for scaled-down screening."""
+        if not len(self):
+            raise ValueError(f"workload {self.name!r} has no requests to resample")
+        n = len(self) if n is None else n
+        idx = rng.integers(0, len(self), size=n)
+        rate = self.rate if rate is None else rate
         arrival = np.cumsum(rng.exponential(1.0 / rate, size=n))
         return SimWorkload(
             self.name,
