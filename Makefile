@@ -30,9 +30,11 @@ demo-azure: venv
 	mkdir -p out
 	$(BIN)/budget-router up --replay azure-conv --rate 20 --duration 60 --json out/demo-azure-report.json
 
-# Static checks: lint and the layer contract (imports only point down; tests/test_layers.py).
+# Static checks: lint, types (mypy, strict on algorithm/ and server/; config in pyproject.toml) and the
+# layer contract (imports only point down; tests/test_layers.py).
 lint: venv
 	$(BIN)/ruff check extproc tests benchmarks
+	$(BIN)/python -m mypy
 	$(BIN)/python -m pytest -q tests/test_layers.py
 
 test: lint

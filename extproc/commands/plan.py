@@ -67,7 +67,7 @@ def _delay(text: str) -> float:
 def _default(name: str) -> object:
     """A ``PlanSettings`` (or ``Slo``) field's default: the one place the planner's defaults live."""
     for cls in (PlanSettings, Slo):
-        for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        for f in dataclasses.fields(cls):
             if f.name == name:
                 if f.default is not dataclasses.MISSING:
                     return f.default

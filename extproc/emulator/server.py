@@ -100,8 +100,8 @@ class Emulator:
         except ApiError as err:
             return _json(error_body(err, self.cfg.error_shape), err.status)
         except web.HTTPRequestEntityTooLarge as exc:
-            err = ApiError(413, f"Request body too large: {exc.text}")
-            return _json(error_body(err, self.cfg.error_shape), 413)
+            too_large = ApiError(413, f"Request body too large: {exc.text}")
+            return _json(error_body(too_large, self.cfg.error_shape), 413)
         except web.HTTPNotFound:
             return _json(b'{"detail":"Not Found"}', 404)
         except web.HTTPMethodNotAllowed:
@@ -265,8 +265,8 @@ class Emulator:
         """The usage chunk and ``[DONE]``, or the Responses API's closing events (usage in the last)."""
         quirk = self.faults.config.stream_quirk
         if events is not None:
-            usage = None if quirk == "no_usage" else responses_usage(self._usage_prompt(gen), completion)
-            closing = events.finish("".join(texts[0]), seqs[0].finish_reason, usage)
+            final = None if quirk == "no_usage" else responses_usage(self._usage_prompt(gen), completion)
+            closing = events.finish("".join(texts[0]), seqs[0].finish_reason, final)
             return stream_faults.tail(quirk if quirk == "bad_json" else "none", closing, b"")
         usage = b""
         if gen.include_usage:
@@ -302,11 +302,11 @@ async def _merged_progress(seqs: list[Sequence]) -> AsyncIterator[tuple[int, int
     try:
         remaining = len(seqs)
         while remaining:
-            i, n = await queue.get()
-            if n is None:
+            i, step = await queue.get()
+            if step is None:
                 remaining -= 1
             else:
-                yield i, n
+                yield i, step
     finally:
         for t in tasks:
             t.cancel()

@@ -450,7 +450,7 @@ def _config_of(p: InstanceProfile, provisioning: str) -> dict[str, Any]:
         "max_num_batched_tokens": p.max_num_batched_tokens,
         "worst_case_seqs": p.worst_case_seqs,
         "provisioning": provisioning,
-    }  # type: ignore[return-value]
+    }
 
 
 class Planner:
@@ -1082,7 +1082,7 @@ class _KnobJob:
     knob: str
     value: str
     b_short: int
-    configs: tuple[Candidate | None, Candidate | None, Candidate | None]
+    configs: tuple[Candidate | None, ...]  # (homogeneous, short, long)
     settings: PlanSettings
     strip_allreduce: bool = False
 
@@ -1168,7 +1168,7 @@ def _knob_jobs(
                     configs,
                     dataclasses.replace(s, balancer=bal, homogeneous_balancer=None),
                 )
-            )  # type: ignore[arg-type]
+            )
     slo = s.slo
     if slo.tpot_p99_s is not None:
         jobs.append(
@@ -1176,7 +1176,7 @@ def _knob_jobs(
                 "decode SLO",
                 f"P99 ITL <= {1000 * slo.tpot_p99_s:g} ms instead of TPOT",
                 b,
-                configs,  # type: ignore[arg-type]
+                configs,
                 dataclasses.replace(s, slo=dataclasses.replace(slo, tpot_p99_s=None, itl_p99_s=slo.tpot_p99_s)),
             )
         )
@@ -1186,7 +1186,7 @@ def _knob_jobs(
                     "P99 TPOT SLO",
                     f"{1000 * slo.tpot_p99_s * f:g} ms",
                     b,
-                    configs,  # type: ignore[arg-type]
+                    configs,
                     dataclasses.replace(s, slo=dataclasses.replace(slo, tpot_p99_s=slo.tpot_p99_s * f)),
                 )
             )
@@ -1196,12 +1196,12 @@ def _knob_jobs(
                 "P99 TTFT SLO",
                 f"{slo.ttft_p99_s * f:g} s",
                 b,
-                configs,  # type: ignore[arg-type]
+                configs,
                 dataclasses.replace(s, slo=dataclasses.replace(slo, ttft_p99_s=slo.ttft_p99_s * f)),
             )
         )
     if profile.long.allreduce_floor_s > 0:
-        jobs.append(_KnobJob("step cost: all-reduce floor", "0 (a faster all-reduce kernel)", b, configs, s, True))  # type: ignore[arg-type]
+        jobs.append(_KnobJob("step cost: all-reduce floor", "0 (a faster all-reduce kernel)", b, configs, s, True))
     paper = (
         _paper_candidate(profile, "homogeneous", None),
         _paper_candidate(profile, "short", b),
@@ -1315,13 +1315,13 @@ def _plan(ctx: _Context, run: runner.Runner, thresholds: list[int], trace: str) 
         eq_jobs = []
         for k, rep in enumerate(reps):
             for provisioning in s.baselines:
-                h = rep.homogeneous[provisioning]
+                homog_out = rep.homogeneous[provisioning]
                 for t in rep.thresholds[provisioning]:
-                    if t.dual.feasible and h.feasible:
+                    if t.dual.feasible and homog_out.feasible:
                         c = configs_of(provisioning, "homogeneous", None)[0]
                         cs = configs_of(provisioning, "short", t.b_short)[0]
                         cl = configs_of(provisioning, "long", t.b_short)[0]
-                        eq_jobs.append(_EqualJob(k, provisioning, t.b_short, (c, cs, cl), h, t.dual))
+                        eq_jobs.append(_EqualJob(k, provisioning, t.b_short, (c, cs, cl), homog_out, t.dual))
         eq = run.map(
             "equal-GPU runs",
             _equal_task,
@@ -1389,9 +1389,9 @@ def _erlang_checks(settings: PlanSettings, tuning: dict[str, Search], b: int) ->
     seen: set[tuple[int, float]] = set()
     out = []
     for name, p in pools.items():
-        key = (p.max_num_seqs, p.step_s(p.max_num_seqs))
-        if key in seen:
+        shape = (p.max_num_seqs, p.step_s(p.max_num_seqs))
+        if shape in seen:
             continue
-        seen.add(key)
+        seen.add(shape)
         out.append(erlang_comparison(name, p, stream(settings.seed, "erlang", name), requests=100_000))
     return out

@@ -28,8 +28,10 @@ def plot_cdf(totals: np.ndarray, rep: PlanReport, path: Path) -> None:
     chosen = comp.verdicts[comp.best].b_short if comp.best is not None else None
     for b in rep.thresholds:
         picked = b == chosen
-        style = {"color": "tab:red", "lw": 1.5, "ls": "-"} if picked else {"color": "0.75", "lw": 0.8, "ls": ":"}
-        ax.axvline(b, **style)
+        if picked:
+            ax.axvline(b, color="tab:red", lw=1.5, ls="-")
+        else:
+            ax.axvline(b, color="0.75", lw=0.8, ls=":")
     if chosen is not None:
         alpha = float(np.mean(totals <= chosen))
         ax.annotate(

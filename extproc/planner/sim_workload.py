@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -36,13 +36,13 @@ class MeasuredBytesPerToken:
     def sample(self, category: str, prompt_tokens: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         out = np.empty(len(prompt_tokens))
         values, inverse = np.unique(prompt_tokens, return_inverse=True)
-        groups: dict[int, tuple[object, list[int]]] = {}
+        groups: dict[int, tuple[Any, list[int]]] = {}
         for j, tokens in enumerate(values.tolist()):
             dist = self.table.distribution(category, prompt_tokens=int(tokens))
             groups.setdefault(id(dist), (dist, []))[1].append(j)
         for dist, members in groups.values():
             mask = np.isin(inverse, members)
-            out[mask] = dist.sample(rng, int(mask.sum()))  # type: ignore[attr-defined]
+            out[mask] = dist.sample(rng, int(mask.sum()))
         return out
 
 

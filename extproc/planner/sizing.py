@@ -66,12 +66,14 @@ def size_pools(
         result.trials.append((sizes, passed))
         for j in range(k):
             if passed[j]:
-                ok[j] = sizes[j] if ok[j] is None else min(ok[j], sizes[j])
+                best = ok[j]
+                ok[j] = sizes[j] if best is None else min(best, sizes[j])
             else:
                 if sizes[j] > fail[j]:
                     fail[j] = sizes[j]
                 tested_fail[j] = True
-                if ok[j] is not None and ok[j] <= fail[j]:
+                best = ok[j]
+                if best is not None and best <= fail[j]:
                     ok[j] = None  # the pass did not hold once the other pools moved: search upwards again
         if all(close(j) for j in range(k)):
             final = tuple(int(x) for x in ok)  # type: ignore[arg-type]

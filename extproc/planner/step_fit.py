@@ -56,7 +56,7 @@ class StepFit:
     @property
     def linear_residuals(self) -> tuple[float, float]:
         """RMS and largest relative error of the fit over the profiled points."""
-        return self._residuals(self.linear_points)  # type: ignore[arg-type]
+        return self._residuals(self.linear_points)
 
     @property
     def allreduce_residuals(self) -> tuple[float, float]:
@@ -127,8 +127,8 @@ def report(fit: StepFit) -> str:
     for t, got, fitted in fit.linear_points:
         lines.append(f"  {t:>8} {1e3 * got:>12.2f} {1e3 * fitted:>10.2f} {100 * (fitted / got - 1):>+6.1f}%")
     lines.append(f"  {'tokens':>8} {'all-reduce ms':>12} {'fitted ms':>10} {'error':>7}")
-    for t, got, fitted in fit.allreduce_points:
-        lines.append(f"  {t:>8.1f} {1e3 * got:>12.4f} {1e3 * fitted:>10.4f} {100 * (fitted / got - 1):>+6.1f}%")
+    for share, got, fitted in fit.allreduce_points:
+        lines.append(f"  {share:>8.1f} {1e3 * got:>12.4f} {1e3 * fitted:>10.4f} {100 * (fitted / got - 1):>+6.1f}%")
     return "\n".join(lines)
 
 
