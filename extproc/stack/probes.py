@@ -3,6 +3,7 @@ never raise: a probe answers yes or no, and the supervisor decides how long to k
 
 from __future__ import annotations
 
+import http.client
 import socket
 import urllib.error
 import urllib.request
@@ -40,13 +41,14 @@ def port_open(host: str, port: int) -> bool:
 
 
 def http_get(url: str, timeout_s: float = 1.0) -> tuple[int, bytes]:
-    """(status, body); status 0 when nothing answered."""
+    """(status, body); status 0 when nothing answered, or something that does not speak HTTP/1.1 did
+    (e.g. a gRPC server that won the race for a just-freed port): that is "not ready", never a crash."""
     try:
         with urllib.request.urlopen(url, timeout=timeout_s) as resp:
             return resp.status, resp.read()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read()
-    except (OSError, ValueError):
+    except (OSError, ValueError, http.client.HTTPException):
         return 0, b""
 
 
