@@ -50,7 +50,7 @@ def decode(req: ProcessingRequest) -> tuple[str, Headers | Body | None]:
         return phase, Headers(header_map(msg), bool(msg.end_of_stream))
     if phase in ("request_body", "response_body"):
         msg = getattr(req, phase)
-        return phase, Body(bytes(msg.body), bool(msg.end_of_stream))
+        return phase, Body(msg.body, bool(msg.end_of_stream))
     return phase, None
 
 
