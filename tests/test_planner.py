@@ -27,7 +27,7 @@ from extproc.planner.plan import (
     choose,
     plan,
 )
-from extproc.planner.plots import saving_figure
+from extproc.planner.plots import gpus_figure, saving_figure
 from extproc.planner.profiles import builtin_profiles, load_profile, parse_profile
 from extproc.planner.service_levels import TPOT, TTFT, UTILISATION, Slo, summarise
 from extproc.planner.sim_progress import ProgressBar
@@ -279,6 +279,14 @@ def test_plots_mark_the_pick_and_the_disqualified() -> None:
     fig = saving_figure(rep)
     markers = {line.get_marker(): list(line.get_xdata()) for line in fig.axes[0].get_lines()}
     assert markers["*"] == [8192] and markers["x"] == [2048]
+    # the GPU bars name the limit that sized each pool, and mark the pick and the disqualified
+    texts = [t.get_text() for t in gpus_figure(rep).axes[0].texts]
+    r0 = rep.replicates[0]
+    homog, (t2k, t8k) = r0.homogeneous[PAPER], r0.thresholds[PAPER]
+    assert len(texts) == 3 and texts[0] == "binds: " + homog.binding[0]
+    assert texts[1] == "disq.\nbinds: " + " / ".join(t2k.dual.binding)
+    assert texts[2] == "pick\nbinds: " + " / ".join(t8k.dual.binding)
+    assert all(b for b in [*homog.binding, *t2k.dual.binding, *t8k.dual.binding])
 
 
 @pytest.mark.parametrize(("argv", "message"), [

@@ -109,33 +109,40 @@ def saving_figure(rep: PlanReport) -> Figure:
     return fig
 
 
-def plot_gpus(rep: PlanReport, path: Path) -> None:
+def gpus_figure(rep: PlanReport) -> Figure:
+    """GPUs per pool of each sized fleet (first seed), each bar labelled with the limit that sized each
+    of its pools (homogeneous: one; dual: short / long), so the plot says why a fleet is as large as it is."""
     r0 = rep.replicates[0]
-    labels, short, long, marks = [], [], [], []
+    labels, short, long, marks, binds = [], [], [], [], []
     for prov, comp in rep.comparisons.items():
+        h = r0.homogeneous[prov]
         labels.append(f"{prov}\nhomog.")
         short.append(0)
-        long.append(r0.homogeneous[prov].gpus)
+        long.append(h.gpus)
         marks.append("")
+        binds.append("/".join(h.binding))
         for i, (t, v) in enumerate(zip(r0.thresholds[prov], comp.verdicts, strict=True)):
             labels.append(f"{prov}\n{t.b_short}")
             short.append(t.dual.pool_gpus[0])
             long.append(t.dual.pool_gpus[1])
             marks.append("disq." if not v.qualified else ("pick" if i == comp.best else ""))
+            binds.append(" / ".join(t.dual.binding))
     x = np.arange(len(labels))
     fig, ax = plt.subplots(figsize=(max(7, 0.9 * len(labels)), 4))
     ax.bar(x, long, label="long pool (homogeneous: all)", color="tab:blue")
     ax.bar(x, short, bottom=long, label="short pool", color="tab:orange")
-    for i, m in enumerate(marks):
-        if m:
-            ax.text(i, long[i] + short[i], m, ha="center", va="bottom", fontsize=7, color="tab:red")
+    for i, (m, b) in enumerate(zip(marks, binds, strict=True)):
+        text = "\n".join(t for t in (m, f"binds: {b}" if b else "") if t)
+        if text:
+            colour = "tab:red" if m else "0.2"
+            ax.text(i, long[i] + short[i], text, ha="center", va="bottom", fontsize=6, color=colour)
     ax.set_xticks(x, labels, fontsize=7)
     ax.set_ylabel(f"GPUs (seed {r0.seed})")
+    ax.set_ylim(0, 1.15 * max([*(a + b for a, b in zip(long, short, strict=True)), 1]))
     ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    return fig
 
 
 def latency_figure(rep: PlanReport) -> Figure:
@@ -192,7 +199,7 @@ def write_plots(totals: np.ndarray, rep: PlanReport, out: Path) -> list[Path]:
     paths = [out / name for name in PLOTS]
     plot_cdf(totals, rep, paths[0])
     _save(saving_figure(rep), paths[1])
-    plot_gpus(rep, paths[2])
+    _save(gpus_figure(rep), paths[2])
     _save(latency_figure(rep), paths[3])
     _save(sensitivity_figure(rep), paths[4])
     return paths
