@@ -26,6 +26,7 @@ from extproc.planner.plan import (
     _binding,
     choose,
     plan,
+    split_gpus,
 )
 from extproc.planner.plots import gpus_figure, saving_figure
 from extproc.planner.profiles import builtin_profiles, load_profile, parse_profile
@@ -455,6 +456,19 @@ def test_equal_gpus_give_the_dual_fleet_the_homogeneous_fleets_gpus() -> None:
     assert e.dual_instances[0] / sum(e.dual_instances) == pytest.approx(dual.pool_gpus[0] / dual.gpus, abs=0.05)
     assert e.homogeneous == homog.fleet and e.dual["requests"] == homog.fleet["requests"]
 
+
+
+@pytest.mark.parametrize(("gpus", "sized", "per"), [
+    (2176, [2168, 32], [8, 8]), (4120, [2192, 40], [8, 8]), (100, [99, 1], [1, 1]), (17, [8, 8], [8, 8]),
+    (23, [3, 18], [1, 2]),
+])
+def test_the_equal_gpu_split_keeps_the_sized_proportion_within_the_gpus(gpus: int, sized: list[int],
+                                                                         per: list[int]) -> None:
+    n_short, n_long = split_gpus(gpus, sized, per)
+    used = n_short * per[0] + n_long * per[1]
+    assert n_short >= 1 and n_long >= 1 and used <= gpus
+    assert used > gpus - per[0] - per[1]  # no pool could take one more instance of both
+    assert n_short * per[0] / used == pytest.approx(sized[0] / sum(sized), abs=max(per) / used + 0.01)
 
 def test_progress_projects_an_eta_from_the_weight_done() -> None:
     now = [0.0]

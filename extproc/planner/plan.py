@@ -810,12 +810,7 @@ class Planner:
     ) -> EqualGpu:
         """The dual fleet given the homogeneous fleet's GPUs, split in the proportion it was sized to."""
         gpus = homogeneous.gpus
-        per = [p.gpus for p in profiles]
-        share = dual.pool_gpus[0] / max(1, dual.gpus)
-        n_short = max(1, round(gpus * share / per[0]))
-        n_long = max(1, (gpus - n_short * per[0]) // per[1])
-        if n_short * per[0] + n_long * per[1] > gpus and n_short > 1:
-            n_short -= 1
+        n_short, n_long = split_gpus(gpus, dual.pool_gpus, [p.gpus for p in profiles])
         res, _ = self.simulate(profiles, (n_short, n_long), b_short, label=f"equal GPUs {n_short}+{n_long}")
         return EqualGpu(
             b_short=b_short,
@@ -827,6 +822,18 @@ class Planner:
             dual=fleet_percentiles(res),
             dual_pools=summarise(res),
         )
+
+
+def split_gpus(gpus: int, sized_pool_gpus: Sequence[int], gpus_per_instance: Sequence[int]) -> tuple[int, int]:
+    """Instances of the short and long pool that fit in ``gpus``, split in the proportion the dual
+    fleet was sized to (each pool at least one instance): the equal-GPU comparison's dual fleet."""
+    per = gpus_per_instance
+    share = sized_pool_gpus[0] / max(1, sum(sized_pool_gpus))
+    n_short = max(1, round(gpus * share / per[0]))
+    n_long = max(1, (gpus - n_short * per[0]) // per[1])
+    if n_short * per[0] + n_long * per[1] > gpus and n_short > 1:
+        n_short -= 1
+    return n_short, n_long
 
 
 def _distinct_sizes(wl: SimWorkload) -> int:
