@@ -28,6 +28,7 @@ from extproc.planner.plan import (
     plan,
     split_gpus,
 )
+from extproc.planner.plan_report import format_table
 from extproc.planner.plots import gpus_figure, saving_figure
 from extproc.planner.profiles import builtin_profiles, load_profile, parse_profile
 from extproc.planner.service_levels import TPOT, TTFT, UTILISATION, Slo, summarise
@@ -457,6 +458,17 @@ def test_equal_gpus_give_the_dual_fleet_the_homogeneous_fleets_gpus() -> None:
     assert e.homogeneous == homog.fleet and e.dual["requests"] == homog.fleet["requests"]
 
 
+
+
+def test_a_plan_infeasible_everywhere_says_so_instead_of_a_table_of_infinities() -> None:
+    """A TTFT SLO below every pool's prefill floor: no side can meet it at any size or configuration."""
+    settings = quick("llama3-70b-a100-fleetsim", slo=Slo(ttft_p99_s=0.005), sensitivity=True)
+    rep = plan(settings, [(0, small_workload(seed=0, n=1500))], [8192], "azure-conv")
+    assert rep.sensitivity and not any(math.isfinite(r.saving) for r in rep.sensitivity)
+    table = format_table(rep)
+    assert "SLO NOT MET" in table and "no pick" in table
+    assert "no saving to compare" in table and "inf" not in table.split("Sensitivity at", 1)[1].split("\n\n")[0]
+    assert "lowest at infeasible" not in table
 
 @pytest.mark.parametrize(("gpus", "sized", "per"), [
     (2176, [2168, 32], [8, 8]), (4120, [2192, 40], [8, 8]), (100, [99, 1], [1, 1]), (17, [8, 8], [8, 8]),

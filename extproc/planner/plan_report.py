@@ -163,10 +163,20 @@ def _sensitivity_rows(rep: PlanReport) -> list[str]:
     if not rep.sensitivity:
         return []
     base = rep.sensitivity[0]
+    head = (
+        f"Sensitivity at B_short={rep.sensitivity_b_short} (screening estimates, seed {rep.replicates[0].seed}: "
+        "scaled fleets; every other setting at the plan's choice):"
+    )
+    if not any(math.isfinite(r.saving) for r in rep.sensitivity):
+        return [
+            "",
+            head,
+            f"  no saving to compare: every one of the {len(rep.sensitivity)} screened variants leaves a "
+            "side short of the SLOs (plan.json lists them)",
+        ]
     lines = [
         "",
-        f"Sensitivity at B_short={rep.sensitivity_b_short} (screening estimates, seed {rep.replicates[0].seed}: "
-        "scaled fleets; every other setting at the plan's choice):",
+        head,
         f"  {'knob':<38}{'value':<40}{'homog GPUs':>11}{'dual GPUs':>10}{'saving':>8}{'change':>8}",
     ]
     for r in rep.sensitivity:
@@ -177,6 +187,9 @@ def _sensitivity_rows(rep: PlanReport) -> list[str]:
         )
     lines += ["", "  What moves the answer (saving range over each knob's values, the plan's value included):"]
     for knob, lo, hi, worst in sensitivity_summary(rep.sensitivity):
+        if not math.isfinite(lo):
+            lines.append(f"    {knob:<38} {worst}")
+            continue
         lines.append(f"    {knob:<38} {_pct(lo):>7} .. {_pct(hi):<7} (lowest at {worst})")
     return lines
 
