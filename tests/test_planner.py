@@ -470,6 +470,7 @@ def test_a_plan_infeasible_everywhere_says_so_instead_of_a_table_of_infinities()
     assert "no saving to compare" in table and "inf" not in table.split("Sensitivity at", 1)[1].split("\n\n")[0]
     assert "lowest at infeasible" not in table
 
+
 @pytest.mark.parametrize(("gpus", "sized", "per"), [
     (2176, [2168, 32], [8, 8]), (4120, [2192, 40], [8, 8]), (100, [99, 1], [1, 1]), (17, [8, 8], [8, 8]),
     (23, [3, 18], [1, 2]),
@@ -481,6 +482,7 @@ def test_the_equal_gpu_split_keeps_the_sized_proportion_within_the_gpus(gpus: in
     assert n_short >= 1 and n_long >= 1 and used <= gpus
     assert used > gpus - per[0] - per[1]  # no pool could take one more instance of both
     assert n_short * per[0] / used == pytest.approx(sized[0] / sum(sized), abs=max(per) / used + 0.01)
+
 
 def test_progress_projects_an_eta_from_the_weight_done() -> None:
     now = [0.0]
@@ -495,3 +497,44 @@ def test_progress_projects_an_eta_from_the_weight_done() -> None:
     bar.close()
     log = stream.getvalue()
     assert "task 2/3, 2 simulations, 20s elapsed, ETA 10s: task 1" in log and "2 simulations, 2 tasks in 20s" in log
+
+
+def test_the_eta_covers_the_stages_not_started_yet() -> None:
+    now = [0.0]
+    bar = ProgressBar(io.StringIO(), clock=lambda: now[0])
+    bar.expect(5, 50.0)
+    bar.plan("first stage", 2, 20.0)
+    for k in range(2):
+        now[0] += 10.0
+        bar.task_done(f"task {k}", 10.0)
+    assert bar.eta() == pytest.approx(30.0) and bar.tasks == 5  # not 0: three tasks of later stages remain
+    bar.plan("second stage", 4, 40.0)  # more than expected: the announced totals win
+    assert bar.tasks == 6 and bar.eta() == pytest.approx(40.0)
+
+
+class RecordingProgress:
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, int, float]] = []
+
+    def expect(self, tasks: int, weight: float) -> None:
+        self.calls.append(("expect", tasks, weight))
+
+    def plan(self, stage: str, tasks: int, weight: float) -> None:
+        self.calls.append((stage, tasks, weight))
+
+    def sim(self, label: str) -> None:
+        pass
+
+    def task_done(self, label: str, weight: float) -> None:
+        pass
+
+
+def test_a_plan_announces_its_whole_work_before_its_first_stage() -> None:
+    settings = quick("llama3-70b-a100-fleetsim", baselines=(TUNED, PAPER), sensitivity=True, equal_gpus=True)
+    progress = RecordingProgress()
+    rep = plan(settings, [(0, small_workload(seed=0, n=1500))], [8192], "azure-conv", progress)
+    (first, *stages) = progress.calls
+    assert first[0] == "expect" and [c[0] for c in stages] == ["choosing configurations", "sizing fleets",
+                                                               "equal-GPU runs"]
+    assert len(rep.replicates[0].equal_gpu) == 2  # every fleet feasible: the expectation is exact
+    assert first[1] == sum(c[1] for c in stages) and first[2] == pytest.approx(sum(c[2] for c in stages))

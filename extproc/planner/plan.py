@@ -1240,12 +1240,38 @@ def plan(
         run.close()
 
 
+# What each task of a plan is expected to cost, in full-scale simulations: the progress bar's weights.
+W_SEARCH, W_HOMOGENEOUS, W_THRESHOLD, W_KNOB, W_EQUAL = 6.0, 8.0, 10.0, 1.5, 1.2
+
+
+def _expected_work(
+    s: PlanSettings, replications: int, thresholds: list[int], splittable: list[int]
+) -> tuple[int, float]:
+    """Tasks and weight of the whole plan (the equal-GPU runs counted as if every fleet were feasible),
+    announced up front so the ETA covers the stages not started yet."""
+    tuned = TUNED in s.baselines
+    searches = 1 + 2 * len(splittable) if tuned else 0
+    sized = replications * len(s.baselines)
+    knobs = (
+        len(_knob_jobs(s, splittable[0], (None, None, None), s.profile))
+        if s.sensitivity and tuned and splittable
+        else 0
+    )
+    equal = sized * len(thresholds) if s.equal_gpus else 0
+    tasks = searches + sized * (1 + len(thresholds)) + knobs + equal
+    weight = (
+        W_SEARCH * searches + sized * (W_HOMOGENEOUS + W_THRESHOLD * len(thresholds)) + W_KNOB * knobs + W_EQUAL * equal
+    )
+    return tasks, weight
+
+
 def _plan(ctx: _Context, run: runner.Runner, thresholds: list[int], trace: str) -> PlanReport:
     s = ctx.settings
     prof = s.profile
     pl0 = ctx.planner(0)
     _refuse_an_unbuildable_rate(pl0)
     splittable = [b for b in thresholds if pl0.offline_routing(b).any()]
+    run.expect(*_expected_work(s, len(ctx.workloads), thresholds, splittable))
     # 1. configurations: search each pool's on the first replication
     tuning: dict[str, Search] = {}
     if TUNED in s.baselines:
@@ -1253,7 +1279,7 @@ def _plan(ctx: _Context, run: runner.Runner, thresholds: list[int], trace: str) 
         for b in splittable:
             roles += [("short", b), ("long", b)]
         searches = run.map(
-            "choosing configurations", _search_task, roles, [6.0] * len(roles), [_role_name(r) for r in roles]
+            "choosing configurations", _search_task, roles, [W_SEARCH] * len(roles), [_role_name(r) for r in roles]
         )
         tuning = {_role_name(r): sr for r, sr in zip(roles, searches, strict=True)}
 
@@ -1295,7 +1321,7 @@ def _plan(ctx: _Context, run: runner.Runner, thresholds: list[int], trace: str) 
         cfg3 = (tuning["homogeneous"].best, tuning[f"short@{sens_b}"].best, tuning[f"long@{sens_b}"].best)
         knob_jobs = _knob_jobs(s, sens_b, cfg3, prof)
     items: list[Any] = [*jobs, *knob_jobs]
-    weights = [8.0 if j.b_short is None else 10.0 for j in jobs] + [1.5] * len(knob_jobs)
+    weights = [W_HOMOGENEOUS if j.b_short is None else W_THRESHOLD for j in jobs] + [W_KNOB] * len(knob_jobs)
     labels += [f"sensitivity: {j.knob} = {j.value}" for j in knob_jobs]
     results = run.map("sizing fleets", _stage2_task, items, weights, labels)
     sized = results[: len(jobs)]
@@ -1333,7 +1359,7 @@ def _plan(ctx: _Context, run: runner.Runner, thresholds: list[int], trace: str) 
             "equal-GPU runs",
             _equal_task,
             eq_jobs,
-            [1.2] * len(eq_jobs),
+            [W_EQUAL] * len(eq_jobs),
             [
                 f"seed {ctx.workloads[j.k][0]}: {j.provisioning} B={j.b_short} at {j.homogeneous.gpus} GPUs"
                 for j in eq_jobs

@@ -20,6 +20,8 @@ R = TypeVar("R")
 
 
 class Progress(Protocol):
+    def expect(self, tasks: int, weight: float) -> None: ...
+
     def plan(self, stage: str, tasks: int, weight: float) -> None: ...
 
     def sim(self, label: str) -> None: ...
@@ -65,6 +67,11 @@ class Runner:
             _STATE["queue"] = fork.Queue()
             self._pool = cf.ProcessPoolExecutor(self.jobs, mp_context=fork, initializer=_mark_worker)
         return self._pool
+
+    def expect(self, tasks: int, weight: float) -> None:
+        """Tell the progress display the whole run's tasks and weight before the first ``map``."""
+        if self.progress is not None:
+            self.progress.expect(tasks, weight)
 
     def map(
         self,

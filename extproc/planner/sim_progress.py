@@ -43,14 +43,30 @@ class ProgressBar:
         self.tasks = 0
         self.weight_done = 0.0
         self.weight_total = 0.0
+        self._announced_tasks = 0
+        self._announced_weight = 0.0
+        self._expected_tasks = 0
+        self._expected_weight = 0.0
         self.stage = ""
 
+    def expect(self, tasks: int, weight: float) -> None:
+        """The whole plan's tasks and weight, announced before its first stage: without it the ETA would
+        cover only the stages started so far and jump at each new one."""
+        self._expected_tasks, self._expected_weight = tasks, weight
+        self._totals()
+
     def plan(self, stage: str, tasks: int, weight: float) -> None:
-        """Announce a stage's tasks (adds to the totals the ETA projects over)."""
+        """Announce a stage's tasks (counted into the totals the ETA projects over, which an expected
+        whole-plan total, if larger, still bounds from below)."""
         self.stage = stage
-        self.tasks += tasks
-        self.weight_total += weight
+        self._announced_tasks += tasks
+        self._announced_weight += weight
+        self._totals()
         self._draw(force=True)
+
+    def _totals(self) -> None:
+        self.tasks = max(self._expected_tasks, self._announced_tasks)
+        self.weight_total = max(self._expected_weight, self._announced_weight)
 
     def sim(self, label: str) -> None:
         self.sims += 1
