@@ -6,6 +6,7 @@ import math
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
+from extproc.algorithm.budget import IMAGE_TOKENS
 from extproc.emulator.errors import CONTEXT_STYLES, ERROR_SHAPES, MAX_CHARS_PER_TOKEN
 from extproc.emulator.models import NONE, resolve_profile
 from extproc.emulator.tokens import ENCODINGS, check_available
@@ -80,7 +81,8 @@ class EmulatorConfig:
     template_tokens_per_message: int = 4
     template_tokens_per_request: int = 5
     bos_tokens: int = 1  # added to string prompts of /v1/completions (not to token-id prompts)
-    image_tokens: int = 576  # fixed cost of one image/audio/video content part
+    # Fixed cost of one image/audio/video content part: the router's default too (one source).
+    image_tokens: int = IMAGE_TOKENS
     # A request without max_tokens may generate the rest of the context (vLLM's default). 0: it does
     # (like ignore_eos); N: the emulated model emits EOS after N tokens if its budget is larger.
     eos_after_tokens: int = 0
