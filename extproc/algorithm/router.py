@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
-from extproc.algorithm.budget import BudgetParams, Estimate, attribute, estimate
+from extproc.algorithm.budget import BudgetParams, Estimate, attribute, estimate, output_limit
 from extproc.algorithm.calibration import CalibrationParams, Calibrator, Observation
 from extproc.algorithm.categories import Categorizer, CategoryParams
 from extproc.algorithm.dispatch import LONG, SHORT, UNPARSEABLE, Decision, DispatchPolicy, decide
@@ -27,6 +27,7 @@ from extproc.algorithm.features import text_features
 from extproc.algorithm.linear_estimator import MESSAGES, REQUEST, TOOLS, EstimatorParams, LinearEstimator
 from extproc.algorithm.pressure import CapacityParams, InFlightPressure, PressureSource
 from extproc.algorithm.request_shape import RequestShape, shape_from_body
+from extproc.algorithm.truncation import context_truncated, near_context
 
 Clock = Callable[[], float]
 # The v1 estimate screens v2: when the decision is the same at half and at twice the v1 prompt
@@ -46,6 +47,8 @@ class Ticket:
     net moved to the long pool), and only then does ``finish`` learn from it. ``shape`` and
     ``estimate`` are None for a request the caller could not read (routed long with the caller's
     reason). ``served_pool`` is set by ``moved`` when Envoy's net resent the request to another pool.
+    ``must_read``: a short-pool answer near the boundary, observed whatever sampling drew, because it
+    may come back cut by the short context (``extproc.algorithm.truncation``); ``observe`` is then True.
     """
 
     decision: Decision
@@ -56,6 +59,7 @@ class Ticket:
     short_pressure: float = 0.0  # the pool pressures the decision used (1.0 = at capacity)
     long_pressure: float = 0.0
     served_pool: str = ""
+    must_read: bool = False
 
     @property
     def pool(self) -> str:
@@ -68,12 +72,15 @@ class Outcome:
     """What came back for a ticket. ``prompt_tokens`` is the backend's count (``usage`` or the figure
     in a context-length 400); None when the request ended without one. ``lower_bound``: the backend
     stopped counting ("at least N input tokens"), so the count may only widen the safety margin.
-    ``status`` is the response's HTTP status, 0 when unknown (the simulator's completions)."""
+    ``status`` is the response's HTTP status, 0 when unknown (the simulator's completions).
+    ``length_stop``: some sequence of the answer finished with ``"length"`` (a Responses answer
+    ``incomplete`` for ``max_output_tokens``)."""
 
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     status: int = 0
     lower_bound: bool = False
+    length_stop: bool = False
 
 
 NO_OUTCOME = Outcome()
@@ -202,12 +209,38 @@ class BudgetRouter:
         p = self.pressure
         short_pressure, long_pressure = p.pressure(SHORT), p.pressure(LONG)
         est, decision = self.decide(shape, short_pressure, long_pressure)
-        observe = self._observes(shape)
+        sampled = self._observes(shape)  # drawn first: must_read leaves the sampling sequence as it was
+        must_read = self.must_read(shape, est, decision.pool)
+        observe = sampled or must_read
         if observe:
             p.acquire(decision.pool)
         else:
             p.lease(decision.pool)
-        return Ticket(decision, observe, now, shape, est, short_pressure, long_pressure)
+        return Ticket(decision, observe, now, shape, est, short_pressure, long_pressure, must_read=must_read)
+
+    def must_read(self, shape: RequestShape, est: Estimate, pool: str) -> bool:
+        """Whether the answer must be read whatever sampling says: a short-pool answer near the short
+        context may come back cut (token-id prompts are exact: theirs cannot, unless misconfigured)."""
+        if pool != SHORT or shape.known_prompt_tokens is not None:
+            return False
+        return near_context(est.prompt_tokens, est.output_tokens, self.policy.short_context)
+
+    def truncated(self, ticket: Ticket, outcome: Outcome) -> bool:
+        """Whether the pool that answered cut the answer at the end of its context (pure: the answer's
+        ``usage`` against the pool's context and the request's output limit). On the short pool that
+        is a truncation caused by routing; on the long pool the request did not fit any pool."""
+        shape, est = ticket.shape, ticket.estimate
+        prompt, completion = outcome.prompt_tokens, outcome.completion_tokens
+        if shape is None or est is None or prompt is None or completion is None or outcome.lower_bound:
+            return False
+        if outcome.status >= 400:
+            return False
+        context = self.policy.short_context if ticket.pool == SHORT else self.policy.long_context
+        longest = est.prompt_tokens if shape.prompts > 1 else None
+        sequences = shape.prompts * shape.choices
+        return context_truncated(
+            prompt, completion, context, output_limit(shape), sequences, longest, outcome.length_stop
+        )
 
     def moved(self, ticket: Ticket, pool: str) -> Ticket:
         """Envoy's net resent the request to ``pool`` (the short pool rejected or dropped it): an

@@ -273,7 +273,7 @@ class Exchange:
                 tail = self._sse.finish()
                 out = (out or b"") + tail if out is not None or tail else None
                 self._response_model = self._sse.model
-                self._observe_usage(*usage_counts(self._sse.usage), "sse")
+                self._observe_usage(*usage_counts(self._sse.usage), length_stop=self._sse.length_stop, source="sse")
             if out is not None and out == msg.data:
                 out = None
             return em.response_body_response(out)
@@ -297,21 +297,28 @@ class Exchange:
             scanner.feed(body)
             scanner.finish()
             self._response_model = scanner.model
-            self._observe_usage(*usage_counts(scanner.usage), "sse")
+            self._observe_usage(*usage_counts(scanner.usage), length_stop=scanner.length_stop, source="sse")
         else:
-            prompt, completion, self._response_model = json_response(body)
-            self._observe_usage(prompt, completion, "json")
+            prompt, completion, self._response_model, stopped = json_response(body)
+            self._observe_usage(prompt, completion, length_stop=stopped, source="json")
 
     def _observe_usage(
-        self, prompt: int | None, completion: int | None, source: str, lower_bound: bool = False
+        self,
+        prompt: int | None,
+        completion: int | None,
+        source: str,
+        lower_bound: bool = False,
+        length_stop: bool = False,
     ) -> None:
-        """The response's usage is in: the ticket is finished with it (once; later copies are ignored)."""
+        """The response's usage is in: the ticket is finished with it (once; later copies are ignored),
+        and the router says whether the pool cut the answer at its context."""
         if prompt is None or not self._reading or self._finished or self.ticket is None or self._decided is None:
             return
         self._finished = True
-        outcome = Outcome(prompt, completion, self._status, lower_bound)
+        outcome = Outcome(prompt, completion, self._status, lower_bound, length_stop)
         learned = self.rt.router.finish(self.ticket, outcome)
-        self._observed = Observed(self._decided, source, outcome, learned)
+        truncated = self.rt.router.truncated(self.ticket, outcome)
+        self._observed = Observed(self._decided, source, outcome, learned, truncated)
         self.rt.observer.observed(self._observed)
 
     def trace_and_request_id(self) -> tuple[str, str]:

@@ -21,7 +21,7 @@ RECORD_FIELDS = (
     "estimated_prompt_tokens", "estimated_total_tokens", "ratio", "output_reserve", "output_defaulted",
     "stream", "include_usage_injected", "spilled", "short_pressure", "long_pressure", "pressure_source",
     "status", "attempts", "served_pool", "usage_source", "prompt_tokens", "completion_tokens", "observation",
-    "estimate_error_pct",
+    "estimate_error_pct", "must_read", "context_truncated",
 )  # fmt: skip
 
 

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from opentelemetry.metrics import CallbackOptions, Meter, Observation
 
 from extproc.algorithm.calibration import Observation as Outcome
+from extproc.algorithm.categories import CategoryParams
 from extproc.algorithm.dispatch import (
     CAPACITY,
     LONG,
@@ -158,6 +159,16 @@ class DecisionMetrics:
             "category",
             "outcome",
         )
+        self.truncations = _Tally(
+            meter,
+            n.M_TRUNCATIONS,
+            "{request}",
+            "Answers a pool cut at the end of its context although the request allowed more output "
+            "(pool=short: caused by routing; long: the request fits no pool).",
+            "pool",
+            "category",
+            known=[(SHORT, c) for c in CategoryParams().enabled],
+        )
         self.estimate_error = histograms.histogram(
             n.M_ESTIMATE_ERROR,
             "%",
@@ -267,6 +278,8 @@ class DecisionMetrics:
             self.estimate_error.record(100.0 + record.estimate_error_pct, record.category)
 
     def finished(self, record: ExchangeRecord) -> None:
+        if record.context_truncated:
+            self.truncations.add(record.served_pool or record.pool, record.category)
         if record.attempts > 1:
             self.retries.add(record.category or UNPARSEABLE, retry_outcome(record.status))
         phases = record.phase_seconds

@@ -53,6 +53,8 @@ SHORT_PRESSURE = PREFIX + "short_pressure"  # the pressures the decision used (1
 LONG_PRESSURE = PREFIX + "long_pressure"
 PRESSURE_SOURCE = PREFIX + "pressure_source"  # live (engines' /metrics) | local (own in-flight count)
 CONTENT_TRUNCATED = PREFIX + "content_truncated"  # captured messages were cut at capture_content_max_bytes
+# The pool cut the answer at the end of its context (vLLM 0.32 clamps instead of refusing): set when true.
+CONTEXT_TRUNCATED = PREFIX + "context_truncated"
 
 # -- metrics (OTel names; the Prometheus names the exporter derives are in the comments) ---------
 M_REQUESTS = "budget_router.requests"  # budget_router_requests_total{pool,reason,endpoint}
@@ -64,6 +66,8 @@ M_REJECTED = "budget_router.usage.rejected"  # budget_router_usage_rejected_tota
 # Short requests Envoy's net resent to the long pool, by the long pool's answer: served (< 400), rejected
 # (4xx: invalid for another reason, the client got the long pool's own error) or failed (5xx).
 M_RETRIES = "budget_router.overflow_retries"  # budget_router_overflow_retries_total{category,outcome}
+# Answers a pool cut at the end of its context; pool="short" is a truncation caused by routing.
+M_TRUNCATIONS = "budget_router.context_truncations"  # budget_router_context_truncations_total{pool,category}
 # OTel histograms only take non-negative values, so the signed error e = (est - actual)/actual is
 # recorded as est/actual in percent: 100 = exact, 110 = 10 % over (safe), 90 = 10 % under. e = value - 100.
 M_ESTIMATE_ERROR = "budget_router.estimate.vs_actual"  # budget_router_estimate_vs_actual_percent{category}
