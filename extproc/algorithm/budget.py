@@ -50,6 +50,10 @@ class Estimate:
     # exact token count when the exact band fired.
     features: tuple[float, ...] | None = None
     counted: int | None = None
+    # The v2 uncertainty band holds B_short and nothing counted the prompt: an exact count would pay.
+    in_band: bool = False
+    # The engine's own count of the prompt (vLLM's /tokenize), when the router asked for it.
+    engine_counted: int | None = None
 
 
 def framing_tokens(shape: RequestShape, p: BudgetParams) -> int:

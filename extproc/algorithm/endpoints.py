@@ -34,6 +34,9 @@ class Endpoint:
     # The field asking for several completions of one prompt (each a sequence of its own, each
     # allowed the full output limit), or "" when the API has none.
     choices_key: str = ""
+    # vLLM's POST /tokenize takes this API's prompt (chat messages, or a completion prompt) and
+    # renders it as the endpoint would; it has no form for a Responses input.
+    tokenize: bool = False
 
 
 CHAT = Endpoint(
@@ -44,6 +47,7 @@ CHAT = Endpoint(
     usage_on_request=True,
     operation="chat",
     choices_key="n",
+    tokenize=True,
 )
 COMPLETIONS = Endpoint(
     name="completions",
@@ -54,6 +58,7 @@ COMPLETIONS = Endpoint(
     operation="text_completion",
     default_max_tokens=16,
     choices_key="n",
+    tokenize=True,
 )
 RESPONSES = Endpoint(
     name="responses",

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
+from extproc.algorithm import endpoints
 from extproc.algorithm.budget import BudgetParams, Estimate, attribute, estimate, output_limit
 from extproc.algorithm.calibration import CalibrationParams, Calibrator, Observation
 from extproc.algorithm.categories import Categorizer, CategoryParams
@@ -135,20 +136,48 @@ class BudgetRouter:
         return estimate(shape, self.calibrator.ratio, self.budget)
 
     def decide(
-        self, shape: RequestShape, short_pressure: float = 0.0, long_pressure: float = 0.0
+        self,
+        shape: RequestShape,
+        short_pressure: float = 0.0,
+        long_pressure: float = 0.0,
+        estimate: Estimate | None = None,
     ) -> tuple[Estimate, Decision]:
         """Estimate and pool choice at the given pressures, with no side effect (no counting, no
-        sampling): what ``route`` decides, for callers that only want to look."""
+        sampling): what ``route`` decides, for callers that only want to look. ``estimate``: one made
+        already (``estimate_request``, or ``with_engine_count``), used as it is."""
+        est = self.estimate_request(shape) if estimate is None else estimate
+        return est, decide(est.total, self.policy, short_pressure, long_pressure, est.output_defaulted)
+
+    def estimate_request(self, shape: RequestShape, exact: bool = True) -> Estimate:
+        """The estimate routing uses: v1, refined by v2 where a threshold lies within the screen.
+        ``exact`` False skips the offline exact band (the caller asks the engine first)."""
         est = self.estimate(shape)
-        decision = decide(est.total, self.policy, short_pressure, long_pressure, est.output_defaulted)
         if self.linear is None or shape.known_prompt_tokens is not None or not shape.texts:
-            return est, decision
+            return est
         out, pol = est.output_tokens, self.policy
         low, high = est.prompt_tokens / SCREEN_FACTOR + out, est.prompt_tokens * SCREEN_FACTOR + out
         if not (low <= pol.b_short < high or low <= pol.short_context < high or low <= pol.long_context < high):
-            return est, decision  # no threshold inside the screen: no estimate in it decides otherwise
-        est = self._estimate_linear(shape, est)
-        return est, decide(est.total, self.policy, short_pressure, long_pressure, est.output_defaulted)
+            return est  # no threshold inside the screen: no estimate in it decides otherwise
+        return self._estimate_linear(shape, est, exact)
+
+    def engine_count_pool(self, shape: RequestShape, est: Estimate) -> str | None:
+        """The pool whose engine should count this prompt exactly, or None when no count is wanted.
+
+        Wanted where the estimate's uncertainty band holds ``B_short`` (no estimate in the band can
+        tell the side; a few per cent of traffic) and the engine's ``/tokenize`` takes the request as
+        it is: its API is one ``/tokenize`` renders, and no image part (the engine would have to fetch
+        and process it). The pool is the one the estimate chose: it serves the same model, and the
+        answer spreads with the traffic."""
+        api = endpoints.named(shape.endpoint)
+        if not est.in_band or est.engine_counted is not None or api is None or not api.tokenize or shape.images:
+            return None
+        return decide(est.total, self.policy, output_defaulted=est.output_defaulted).pool
+
+    def with_engine_count(self, shape: RequestShape, est: Estimate, count: int) -> Estimate:
+        """``est`` with the engine's own count of the prompt (chat template, tools and special tokens
+        included): exact, so no margin is added. The features stay for learning from the answer."""
+        prompt = count + shape.images * self.budget.image_tokens
+        return replace(est, prompt_tokens=prompt, total=prompt + est.output_tokens, engine_counted=count)
 
     def linear_category(self, shape: RequestShape) -> str:
         """The v2 bucket of a request: the structured category when tool JSON outweighs the text.
@@ -172,7 +201,7 @@ class BudgetRouter:
         messages = shape.messages if templated(shape.endpoint) else 0
         return self.linear.vector(features, shape.structured_bytes, messages, shape.tool_items), structured
 
-    def _estimate_linear(self, shape: RequestShape, v1: Estimate) -> Estimate:
+    def _estimate_linear(self, shape: RequestShape, v1: Estimate, exact: bool = True) -> Estimate:
         assert self.linear is not None
         x, structured = self._vector(shape)
         category = self.linear_category(shape)
@@ -182,7 +211,7 @@ class BudgetRouter:
         prompt, counted = lin.routed + images, None
         b_short = self.policy.b_short
         in_band = lin.low + images + out <= b_short < lin.high + images + out
-        if self.exact is not None and in_band and structured is not None:
+        if exact and self.exact is not None and in_band and structured is not None:
             counted = self.exact.count(shape.model, shape.texts, structured)
             if counted is not None:
                 w = self.linear.bucket(shape.model, category).weights
@@ -193,14 +222,18 @@ class BudgetRouter:
                 )
                 prompt += images
         ratio = shape.text_bytes / max(1.0, lin.point) if shape.text_bytes else v1.ratio
-        return Estimate(prompt, out, prompt + out, ratio, v1.output_defaulted, tuple(x), counted)
+        band = in_band and structured is not None and counted is None
+        return Estimate(prompt, out, prompt + out, ratio, v1.output_defaulted, tuple(x), counted, in_band=band)
 
-    def route(self, shape: RequestShape | None, unreadable: str = UNPARSEABLE) -> Ticket:
+    def route(
+        self, shape: RequestShape | None, unreadable: str = UNPARSEABLE, estimate: Estimate | None = None
+    ) -> Ticket:
         """Decide the pool for one request and count it against that pool.
 
         ``shape`` None is a request the caller could not read: it takes the safe (long) route with
         reason ``unreadable`` and is never observed. Every ticket must reach ``finish`` once, when
         the request ends (for an unobserved ticket it learns only from what ``wants`` asked for).
+        ``estimate``: the request's estimate when the caller made it already (an engine count).
         """
         now = self.clock()
         if shape is None:
@@ -208,7 +241,7 @@ class BudgetRouter:
             return Ticket(Decision(LONG, unreadable), False, now)
         p = self.pressure
         short_pressure, long_pressure = p.pressure(SHORT), p.pressure(LONG)
-        est, decision = self.decide(shape, short_pressure, long_pressure)
+        est, decision = self.decide(shape, short_pressure, long_pressure, estimate)
         sampled = self._observes(shape)  # drawn first: must_read leaves the sampling sequence as it was
         must_read = self.must_read(shape, est, decision.pool)
         observe = sampled or must_read

@@ -80,6 +80,8 @@ class Decided:
     request_body: bytes | None  # only when telemetry.capture_content is on
     pressure_source: str  # live (engines' /metrics) | local (this router's count); "" when not read
     ticket: Ticket
+    engine_count: str = ""  # asked the engine for the prompt count: counted, or why not (timeout, ...)
+    engine_count_s: float = 0.0  # how long the request waited for it
 
     pool = _of("ticket.decision.pool", "")
     reason = _of("ticket.decision.reason", "")
@@ -164,6 +166,8 @@ class ExchangeRecord:
     estimate_error_pct = _of("outcome.estimate_error_pct", None)
     context_truncated = _of("outcome.context_truncated", False)
     must_read = _of("decision.must_read", False)
+    engine_count = _of("decision.engine_count", "")
+    engine_count_s = _of("decision.engine_count_s", 0.0)
 
 
 class ExchangeObserver:

@@ -202,6 +202,13 @@ class DecisionMetrics:
             n.M_EXACT_COUNTS, [self._exact_counts], "{request}", "Estimates counted exactly (estimator.exact_band)."
         )
         meter.create_observable_counter(
+            n.M_ENGINE_COUNTS,
+            [self._engine_counts],
+            "{request}",
+            "Prompt counts asked of the engines (estimator.engine_counts), by outcome: counted, or the fallback "
+            "to the estimate (timeout, error, busy, unavailable).",
+        )
+        meter.create_observable_counter(
             n.M_STATE_SKIPPED,
             [self._state_counter("skipped_entries")],
             "{entry}",
@@ -215,6 +222,7 @@ class DecisionMetrics:
         )
         self._category = _Interned("category")
         self._pool = _Interned("pool")
+        self._outcome = _Interned("outcome")
         self._pool_cause = _Interned("pool", "cause")
         self._last_pressure: dict[str, float] = {}
         meter.create_observable_gauge(
@@ -310,6 +318,11 @@ class DecisionMetrics:
     def _exact_counts(self, _options: CallbackOptions) -> Iterable[Observation]:
         exact = None if self.runtime is None else self.runtime.router.exact
         return [] if exact is None else [Observation(exact.fired)]
+
+    def _engine_counts(self, _options: CallbackOptions) -> Iterable[Observation]:
+        counter = None if self.runtime is None else self.runtime.counter
+        outcomes = {} if counter is None else dict(counter.outcomes)
+        return [Observation(v, self._outcome(k)) for k, v in outcomes.items()]
 
     def _in_flight(self, _options: CallbackOptions) -> Iterable[Observation]:
         if self.runtime is None:

@@ -55,6 +55,8 @@ PRESSURE_SOURCE = PREFIX + "pressure_source"  # live (engines' /metrics) | local
 CONTENT_TRUNCATED = PREFIX + "content_truncated"  # captured messages were cut at capture_content_max_bytes
 # The pool cut the answer at the end of its context (vLLM 0.32 clamps instead of refusing): set when true.
 CONTEXT_TRUNCATED = PREFIX + "context_truncated"
+# The engine was asked for the prompt count (estimator.engine_counts): counted, or why not.
+ENGINE_COUNT = PREFIX + "engine_count"
 
 # -- metrics (OTel names; the Prometheus names the exporter derives are in the comments) ---------
 M_REQUESTS = "budget_router.requests"  # budget_router_requests_total{pool,reason,endpoint}
@@ -79,6 +81,8 @@ M_DEVIATION = "budget_router.calibration.deviation"  # budget_router_calibration
 M_SAMPLES = "budget_router.calibration.samples"  # budget_router_calibration_samples{category}
 M_IN_FLIGHT = "budget_router.in_flight"  # budget_router_in_flight{pool}
 M_EXACT_COUNTS = "budget_router.estimate.exact_counts"  # budget_router_estimate_exact_counts_total
+# Engine counts asked (estimator.engine_counts), by outcome: counted, timeout, error, busy, unavailable.
+M_ENGINE_COUNTS = "budget_router.estimate.engine_counts"  # budget_router_estimate_engine_counts_total{outcome}
 # Live pool load (only with live_load configured): what the engines said, how old it is, what failed.
 M_POOL_RUNNING = "budget_router.pool.running"  # budget_router_pool_running{pool}
 M_POOL_WAITING = "budget_router.pool.waiting"  # budget_router_pool_waiting{pool}

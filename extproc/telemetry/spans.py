@@ -98,6 +98,8 @@ class ExchangeSpans:
             a[n.STREAM] = True
         if record.spilled:
             a[n.SPILLED] = True
+        if record.engine_count:
+            a[n.ENGINE_COUNT] = record.engine_count
         if record.pressure_source:
             a[n.SHORT_PRESSURE] = record.short_pressure
             a[n.LONG_PRESSURE] = record.long_pressure
