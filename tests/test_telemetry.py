@@ -538,6 +538,16 @@ def test_a_truncation_by_the_short_context_is_counted_on_the_span_and_in_the_dec
     assert [line["context_truncated"] for line in lines] == [True, False]
 
 
+def test_engine_counts_are_exported_by_outcome_from_zero(rig):
+    from extproc.server.engine_count import OUTCOMES, EngineCounter
+
+    assert n.M_ENGINE_COUNTS not in rig.points()  # off: no series
+    rig.rt.counter = EngineCounter(lambda _pool: [], 0.02, 4)
+    rig.rt.counter.outcomes["timeout"] += 2
+    counts = by_attrs(rig.points()[n.M_ENGINE_COUNTS])
+    assert counts == {(("outcome", o),): 2 if o == "timeout" else 0 for o in OUTCOMES}
+
+
 class _Collect(logging.Handler):
     def __init__(self, into: list[logging.LogRecord]) -> None:
         super().__init__()
