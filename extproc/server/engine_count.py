@@ -5,7 +5,8 @@ The engine renders the request exactly as it will when serving it (its tokenizer
 the tools), so its ``count`` is the ``usage.prompt_tokens`` the answer would report, for any model and
 without a tokenizer in the router. The price is one loopback round trip for a few per cent of
 requests, so the wait is bounded hard: one deadline per count (``estimator.engine_count_timeout_s``),
-a cap on counts in flight, and an engine that timed out or failed is not asked again for a second.
+a cap on counts in flight, and an engine that timed out or failed twice in a row is not asked again for
+250 ms.
 Whatever goes wrong, the request is routed by its estimate at once and the fallback is counted by
 reason (``timeout``, ``error``, ``busy``, ``unavailable``): a slow or hung engine costs accuracy,
 never a request and never more than the deadline.
@@ -33,7 +34,11 @@ from extproc.algorithm.request_shape import RequestShape
 TOKENIZE_PATH = "/tokenize"
 COUNTED, TIMEOUT, ERROR, BUSY, UNAVAILABLE = "counted", "timeout", "error", "busy", "unavailable"
 OUTCOMES = (COUNTED, TIMEOUT, ERROR, BUSY, UNAVAILABLE)
-COOLDOWN_S = 1.0  # an engine that timed out or failed is skipped this long: a hung one costs one deadline
+# An engine that timed out or failed twice in a row is skipped this long: a hung one costs two deadlines
+# per cool-down until its stale scrape drops it (live_load.max_age_s), while one slow answer (a loaded
+# host, a pause) costs no counts at all.
+COOLDOWN_S = 0.25
+FAILURES_BEFORE_COOLDOWN = 2
 MAX_ANSWER_BYTES = 8 * 1024 * 1024  # the token list of a 128K-token prompt is ~1 MB of JSON
 # Request fields that change what the chat template renders, passed on to /tokenize as they are.
 _CHAT_FIELDS = ("tools", "continue_final_message", "add_special_tokens", "chat_template", "chat_template_kwargs")
@@ -98,6 +103,7 @@ class EngineCounter:
         self.in_flight = 0
         self.outcomes: Counter[str] = Counter({o: 0 for o in OUTCOMES})
         self._down_until: dict[str, float] = {}
+        self._failures: Counter[str] = Counter()  # consecutive failures per engine
         self._turn = 0
         self._session: aiohttp.ClientSession | None = None
 
@@ -136,18 +142,22 @@ class EngineCounter:
                     body = await resp.content.read(MAX_ANSWER_BYTES + 1)
                     status = resp.status
         except TimeoutError:
-            self._down_until[url] = self.clock() + COOLDOWN_S
-            return self._done(None, TIMEOUT, began)
+            return self._failed(url, TIMEOUT, began)
         except (aiohttp.ClientError, OSError, ValueError):
-            self._down_until[url] = self.clock() + COOLDOWN_S
-            return self._done(None, ERROR, began)
+            return self._failed(url, ERROR, began)
         finally:
             self.in_flight -= 1
         count = parse_count(body) if status == 200 and len(body) <= MAX_ANSWER_BYTES else None
-        if count is None:  # an engine without /tokenize (404) or another error: ask it again later
-            self._down_until[url] = self.clock() + COOLDOWN_S
-            return self._done(None, ERROR, began)
+        if count is None:  # an engine without /tokenize (404) or another error
+            return self._failed(url, ERROR, began)
+        self._failures.pop(url, None)
         return self._done(count, COUNTED, began)
+
+    def _failed(self, url: str, outcome: str, began: float) -> CountResult:
+        self._failures[url] += 1
+        if self._failures[url] >= FAILURES_BEFORE_COOLDOWN:
+            self._down_until[url] = self.clock() + COOLDOWN_S
+        return self._done(None, outcome, began)
 
     def _done(self, count: int | None, outcome: str, began: float) -> CountResult:
         self.outcomes[outcome] += 1
