@@ -141,3 +141,14 @@ async def test_a_prompt_over_the_context_is_retried_by_the_net_not_cut(stack: St
     assert reply.status == 200 and reply.json()["usage"]["completion_tokens"] == 50
     assert (d["pool"], d["attempts"], d["served_pool"], d["context_truncated"]) == ("short", 2, "long", False)
     assert count == 0.0
+
+
+async def test_n_completions_cut_at_the_context_are_one_truncation(stack: Stack) -> None:
+    body = {**body_for("prose", 1_500, max_tokens=700, seed=7), "n": 2}  # each choice may have 700
+    async with aiohttp.ClientSession() as session:
+        reply = await post(session, stack.url, body)
+        count = await truncations(session, stack)
+    answer = reply.json()
+    assert [c["finish_reason"] for c in answer["choices"]] == ["length", "length"]
+    d = decision(stack, reply.request_id)
+    assert (d["pool"], d["context_truncated"]) == ("short", True) and count == 1.0
