@@ -52,6 +52,7 @@ RECENT_ERRORS = 128  # out-of-sample relative errors kept per bucket for the emp
 SOLVE_EVERY = 4  # once a bucket converged, re-solve the fit on every 4th sample only
 EMPIRICAL_SAMPLES = 64  # from this many recent errors on, their own distribution alone sets the margin
 SHARE_GRID = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.25, 1.5, 2.0)  # ŷ / B_short
+FAR_WEIGHT = 0.05  # the weight in the routing margin of an error far from the threshold (see ``closeness``)
 DEFAULT_MODEL = "*"  # bucket for requests without a model, and for models past ``max_models``
 FEATURES = (*TEXT_FEATURES, "structured_bytes", "messages", "tools", "request")
 STRUCTURED, MESSAGES, TOOLS, REQUEST = range(N_TEXT, N_TEXT + 4)
@@ -75,6 +76,7 @@ class EstimatorParams:
     margin_min_tokens: int = 256  # smaller prompts teach the fit but not the margin (relative noise)
     cold_margin: float = 0.25  # margin while the error statistics have fewer than ``calibration.min_samples``
     band_prob: float = 0.001  # per-request probability of a prompt beyond the uncertainty band (exact band)
+    prompt_memory: int = 4096  # prompts whose engine count or floor is remembered (``PromptMemory``)
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,9 +127,13 @@ class Bucket:
     def predict(self, x: Sequence[float]) -> float:
         return float(sum(map(operator.mul, self.weights, x)))
 
-    def update(self, x: Sequence[float], y: float, lam: float, solve: bool = True) -> None:
-        """Add one sample; re-solve ``(A + ρI) w = b + ρ·prior`` when ``solve`` (the caller thins
-        solves out once a bucket has converged: each costs ~0.1 ms of pure Python)."""
+    def update(self, x: Sequence[float], y: float, lam: float, solve: bool = True, weight: float = 1.0) -> None:
+        """Add one sample (``weight`` < 1: bounded influence); re-solve ``(A + ρI) w = b + ρ·prior``
+        when ``solve`` (the caller thins solves out once a bucket has converged: each costs ~0.1 ms of
+        pure Python)."""
+        if weight != 1.0:
+            root = math.sqrt(weight)
+            x, y = [v * root for v in x], y * root
         decay_add_outer(self.a, self.b, x, y, lam)
         self.samples += 1
         if not solve:
@@ -139,7 +145,7 @@ class Bucket:
         if w is not None:
             self.weights = tuple(w)
 
-    def observe_error(self, rel: float, lam: float) -> None:
+    def observe_error(self, rel: float, lam: float, closeness: float = 1.0) -> None:
         self.err_mean, self.err_var = ew_moments(self.err_mean, self.err_var, self.err_samples, rel, lam)
         self.err_samples += 1
         self.recent.append(rel)
@@ -296,8 +302,23 @@ class LinearEstimator:
         return LinearEstimate(point, math.ceil(routed), low, high, margin)
 
     # -- learn ---------------------------------------------------------------------------------------
-    def observe(self, model: str | None, category: str, x: Sequence[float], tokens: float) -> Observation:
-        """Learn one request's prompt tokens (images already subtracted)."""
+    def observe(
+        self,
+        model: str | None,
+        category: str,
+        x: Sequence[float],
+        tokens: float,
+        trusted: bool = False,
+        total_share: float | None = None,
+    ) -> Observation:
+        """Learn one request's prompt tokens (images already subtracted).
+
+        ``trusted``: the engine's count of a request the estimate misplaced (``Outcome.trusted``). Far
+        from the fit it is not rejected: the fit does not describe that text. It is learned with
+        bounded influence instead (its weight in the fit and its error in the margin are cut to the
+        outlier bound), so one such prompt cannot move its bucket far and many that agree do.
+        ``total_share``: the request's true total (prompt + output limit) over ``B_short``, which
+        weights its error in the routing margin by closeness to the threshold; None: unknown."""
         c = self.calibration
         nbytes = x[BYTES] / _BYTE_SCALE
         if not (tokens > 0 and nbytes > 0):
@@ -309,12 +330,17 @@ class LinearEstimator:
         point = bucket.predict(x)
         rel = (tokens - point) / point if point > 0 else 0.0
         warm = bucket.samples >= self.calibration.min_samples
-        if warm and abs(rel) > max(c.outlier_factor, 4.0 * math.sqrt(bucket.err_var) + abs(bucket.err_mean)):
-            return Observation.OUTLIER
+        limit = max(c.outlier_factor, 4.0 * math.sqrt(bucket.err_var) + abs(bucket.err_mean))
+        weight = 1.0
+        if warm and abs(rel) > limit:
+            if not trusted:
+                return Observation.OUTLIER
+            weight = limit / abs(rel)
+            rel = math.copysign(limit, rel)
         if warm and point >= self.params.margin_min_tokens:
-            bucket.observe_error(rel, self._lam)
+            bucket.observe_error(rel, self._lam, closeness(total_share, self.params.boundary_window))
         thin = bucket.samples >= self.calibration.converged_samples and bucket.samples % SOLVE_EVERY
-        bucket.update(x, tokens, self._fit_lam, solve=not thin)
+        bucket.update(x, tokens, self._fit_lam, solve=not thin, weight=weight)
         return Observation.ACCEPTED
 
     def converged(self, model: str | None, category: str) -> bool:
@@ -376,6 +402,16 @@ class LinearEstimator:
             bucket.margin = None
             restored += 1
         return restored
+
+
+def closeness(total_share: float | None, window: float) -> float:
+    """How much a sample's error says about routing near the threshold: 1 for a true total at
+    ``B_short``, falling as a Gaussian of width ``window`` (the near-boundary window), never below
+    ``FAR_WEIGHT`` (so a young bucket's margin still rests on every sample it has)."""
+    if total_share is None:
+        return FAR_WEIGHT
+    d = (total_share - 1.0) / window
+    return max(FAR_WEIGHT, math.exp(-0.5 * d * d))
 
 
 def ew_moments(mean: float, var: float, n: int, value: float, lam: float) -> tuple[float, float]:
