@@ -51,6 +51,9 @@ from extproc.algorithm.linalg import decay_add_outer, solve_spd
 RECENT_ERRORS = 128  # out-of-sample relative errors kept per bucket for the empirical margin
 SOLVE_EVERY = 4  # once a bucket converged, re-solve the fit on every 4th sample only
 EMPIRICAL_SAMPLES = 32  # from this many (effective, weighted) recent errors on, they alone set the margin
+# Trusted counts far off the fit among the last RECENT_ERRORS learns before their errors price the
+# margin: one is a text unlike the bucket (remembered for its prompt), several agree that it is wrong.
+AGREEMENT = 3
 RECENCY = 0.99  # per-sample decay of a recent error's weight in the routing margin (half-life ~70 samples)
 SHARE_GRID = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.25, 1.5, 2.0)  # ŷ / B_short
 FAR_WEIGHT = 0.05  # the weight in the routing margin of an error far from the threshold (see ``closeness``)
@@ -106,6 +109,7 @@ class Bucket:
         "recent",
         "ridge",
         "samples",
+        "surprises",
         "weighted",
         "weights",
     )
@@ -123,6 +127,7 @@ class Bucket:
         self.margin: tuple[float, float, float] | None = None  # cached margins; reset when errors are learned
         self.recent: deque[float] = deque(maxlen=RECENT_ERRORS)
         self.closeness: deque[float] = deque(maxlen=RECENT_ERRORS)  # each recent error's ``closeness``
+        self.surprises: deque[bool] = deque(maxlen=RECENT_ERRORS)  # per learn: a trusted count far off the fit
         # routing margins at SHARE_GRID, each solved when first asked for (a learn resets them: one
         # solve per decision instead of 13), and the recent errors with their weights, largest first
         self.grid: list[float | None] | None = None
@@ -161,7 +166,9 @@ class Bucket:
         """Sort the recent errors with their routing weights (closeness to the threshold times recency)
         and take their weighted moments; cached with the grid until the next learn."""
         n = len(self.recent)
-        pairs = [(e, k * RECENCY ** (n - 1 - i)) for i, (e, k) in enumerate(zip(self.recent, self.closeness, strict=True))]
+        pairs = [
+            (e, k * RECENCY ** (n - 1 - i)) for i, (e, k) in enumerate(zip(self.recent, self.closeness, strict=True))
+        ]
         total = sum(w for _, w in pairs)
         if total <= 0.0:
             self.descending, self.weighted = [], (0.0, 0.0, 0.0)
@@ -344,7 +351,9 @@ class LinearEstimator:
         ``trusted``: the engine's count of a request the estimate misplaced (``Outcome.trusted``). Far
         from the fit it is not rejected: the fit does not describe that text. It is learned with
         bounded influence instead (its weight in the fit and its error in the margin are cut to the
-        outlier bound), so one such prompt cannot move its bucket far and many that agree do.
+        outlier bound), and its error prices the margin only once ``AGREEMENT`` such counts came
+        among the bucket's recent learns: one such prompt cannot move its bucket far (its own count is
+        remembered for it by the router), many that agree do.
         ``total_share``: the request's true total (prompt + output limit) over ``B_short``, which
         weights its error in the routing margin by closeness to the threshold; None: unknown."""
         c = self.calibration
@@ -360,12 +369,15 @@ class LinearEstimator:
         warm = bucket.samples >= self.calibration.min_samples
         limit = max(c.outlier_factor, 4.0 * math.sqrt(bucket.err_var) + abs(bucket.err_mean))
         weight = 1.0
-        if warm and abs(rel) > limit:
+        surprise = warm and abs(rel) > limit
+        if surprise:
             if not trusted:
                 return Observation.OUTLIER
             weight = limit / abs(rel)
             rel = math.copysign(limit, rel)
-        if warm and point >= self.params.margin_min_tokens:
+        bucket.surprises.append(surprise)
+        agreed = not surprise or sum(bucket.surprises) >= AGREEMENT
+        if warm and point >= self.params.margin_min_tokens and agreed:
             bucket.observe_error(rel, self._lam, closeness(total_share, self.params.boundary_window))
         thin = bucket.samples >= self.calibration.converged_samples and bucket.samples % SOLVE_EVERY
         bucket.update(x, tokens, self._fit_lam, solve=not thin, weight=weight)

@@ -59,6 +59,9 @@ class PromptMemory:
     def __len__(self) -> int:
         return len(self._entries)
 
+    def __contains__(self, shape: RequestShape) -> bool:
+        return prompt_key(shape) in self._entries
+
     def worth_looking(self, estimated_prompt: int) -> bool:
         return bool(self._entries) and estimated_prompt >= 0.5 * self._smallest_estimate
 

@@ -148,7 +148,11 @@ class BudgetRouter:
             if low <= pol.b_short < high or low <= pol.short_context < high or low <= pol.long_context < high:
                 est = self._estimate_linear(shape, est)
                 decision = decide(est.total, self.policy, short_pressure, long_pressure, est.output_defaulted)
-        if decision.pool == SHORT and shape.known_prompt_tokens is None and self.memory.worth_looking(est.prompt_tokens):
+        if (
+            decision.pool == SHORT
+            and shape.known_prompt_tokens is None
+            and self.memory.worth_looking(est.prompt_tokens)
+        ):
             found = self.memory.lookup(shape)
             if found is not None and found.tokens > est.prompt_tokens:  # what the engine said of this prompt
                 est = replace(est, prompt_tokens=found.tokens, total=found.tokens + est.output_tokens)
@@ -192,6 +196,10 @@ class BudgetRouter:
             if counted is not None:
                 w = self.linear.bucket(shape.model, category).weights
                 guess = w[MESSAGES] * x[MESSAGES] + w[TOOLS] * x[TOOLS] + w[REQUEST] * x[REQUEST]
+                # The fit's framing weights may have absorbed per-tool cost into its byte weights (tool
+                # JSON is bytes too) and read ~0: until the template residual is learned, the
+                # configured framing is the floor (16 tools of a real template cost ~100 tokens).
+                guess = max(guess, float(framing_tokens(shape, self.budget)))
                 key = self.linear.model_key(shape.model)
                 prompt = self.exact.routed(
                     key, category, counted, shape.messages, shape.tool_items, guess, self.linear.z
