@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 
 from extproc.emulator.engine_args import EmulatorConfig
-from extproc.emulator.errors import ApiError, PromptSize, context_length_error
+from extproc.emulator.errors import ApiError, PromptSize, clamped_output, context_length_error
 from extproc.emulator.tokens import TokenCounter
 
 CHAT, COMPLETION, RESPONSES = "chat", "completion", "responses"
@@ -114,6 +114,10 @@ class PromptCounter:
         self._chars += len(text)
         return self.bpe.count(text)
 
+    def _fixed(self, tokens: int) -> int:
+        """Tokens the template or a media part adds, not counted from text (``PromptTokens`` lists them)."""
+        return tokens
+
     def _json(self, value: Any) -> int:
         return self._text(orjson.dumps(value).decode())
 
@@ -138,22 +142,25 @@ class PromptCounter:
                     raise invalid(f"{where}.{i}.{TEXT_PARTS[kind]}", "Input should be a valid string")
                 total += self._text(text)
             elif kind in MEDIA_PARTS:
-                total += self.cfg.image_tokens
+                total += self._fixed(self.cfg.image_tokens)
             else:
                 raise invalid(f"{where}.{i}.type", f"Unknown part type: {kind!r}")
         return total
 
     def _message(self, role: str, content: Any, where: str) -> int:
-        return self.cfg.template_tokens_per_message + self._text(role) + self._content(content, where)
+        return self._fixed(self.cfg.template_tokens_per_message) + self._text(role) + self._content(content, where)
 
-    def chat(self, body: Mapping[str, Any]) -> PromptSize:
+    def chat(self, body: Mapping[str, Any], generation_prompt: bool = True) -> PromptSize:
+        """``generation_prompt`` False (``/tokenize``'s ``add_generation_prompt``) leaves only BOS of the
+        per-request tokens."""
         messages = body.get("messages")
         if messages is None:
             raise invalid("messages", "Field required")
         if not isinstance(messages, list):
             raise invalid("messages", "Input should be a valid list")
         self._start()
-        total = self.cfg.template_tokens_per_request
+        per_request = self.cfg.template_tokens_per_request
+        total = self._fixed(per_request if generation_prompt else min(per_request, self.cfg.bos_tokens))
         for i, msg in enumerate(messages):
             where = f"messages.{i}"
             if not isinstance(msg, dict):
@@ -196,7 +203,7 @@ class PromptCounter:
     def responses(self, body: Mapping[str, Any]) -> PromptSize:
         """The Responses API's ``instructions`` (a system message) and ``input`` (a string or items)."""
         self._start()
-        total = self.cfg.template_tokens_per_request
+        total = self._fixed(self.cfg.template_tokens_per_request)
         instructions = body.get("instructions")
         if instructions is not None:
             if not isinstance(instructions, str):
@@ -220,7 +227,7 @@ class PromptCounter:
                     raise invalid(f"{where}.role", "Field required (a string)")
                 total += self._message(role, item.get("content"), f"{where}.content")
             elif kind == "function_call":
-                total += self.cfg.template_tokens_per_message + self._json(
+                total += self._fixed(self.cfg.template_tokens_per_message) + self._json(
                     {k: item.get(k) for k in ("name", "arguments")}
                 )
             elif kind == "function_call_output":
@@ -257,7 +264,8 @@ class PromptCounter:
         raise invalid("prompt", "Input should be a string, a list of strings or a list of token ids")
 
     def _string_prompt(self, text: str) -> PromptSize:
-        return PromptSize(self.cfg.bos_tokens + self.bpe.count(text), len(text))
+        self._start()
+        return PromptSize(self._fixed(self.cfg.bos_tokens) + self._text(text), self._chars)
 
     def _ids(self, ids: list[int]) -> PromptSize:
         bad = self.bpe.check_ids(ids)
@@ -281,25 +289,38 @@ def _stream_flags(body: Mapping[str, Any], kind: str) -> tuple[bool, bool]:
     return stream, bool(include)
 
 
-def _check_model(cfg: EmulatorConfig, body: Mapping[str, Any]) -> None:
+def check_model(cfg: EmulatorConfig, body: Mapping[str, Any]) -> None:
     model = body.get("model")
     if model is None or model == "":
         return
     if not isinstance(model, str):
         raise invalid("model", "Input should be a valid string")
     if model != cfg.model:
-        raise ApiError(404, f"The model `{model}` does not exist.", param="model", type="NotFoundError")
+        raise ApiError(
+            404, f"The model `{model}` does not exist. Valid aliases: {cfg.model}.", param="model", type="NotFoundError"
+        )
 
 
-def _requested(kind: str, body: Mapping[str, Any]) -> int | None:
-    """The request's output limit, None when it sets none (vLLM's precedence, 0 included)."""
+@dataclass(frozen=True)
+class Requested:
+    """The request's output limit (None when it sets none) and the field that set it, for messages."""
+
+    tokens: int | None
+    param: str
+
+
+def _requested(kind: str, body: Mapping[str, Any]) -> Requested:
+    """vLLM's precedence: ``max_completion_tokens`` when set (0 included), else ``max_tokens``."""
     if kind == CHAT:
-        return lax_int(body, "max_completion_tokens") or lax_int(body, "max_tokens")
+        completion = lax_int(body, "max_completion_tokens")
+        if completion is not None:
+            return Requested(completion, "max_completion_tokens")
+        return Requested(lax_int(body, "max_tokens"), "max_tokens")
     if kind == RESPONSES:
-        return lax_int(body, "max_output_tokens")
+        return Requested(lax_int(body, "max_output_tokens"), "max_output_tokens")
     if "max_tokens" not in body:
-        return COMPLETIONS_DEFAULT_MAX_TOKENS
-    return lax_int(body, "max_tokens")
+        return Requested(COMPLETIONS_DEFAULT_MAX_TOKENS, "max_tokens")
+    return Requested(lax_int(body, "max_tokens"), "max_tokens")
 
 
 def _samples(kind: str, body: Mapping[str, Any]) -> int:
@@ -314,9 +335,10 @@ def _samples(kind: str, body: Mapping[str, Any]) -> int:
 
 
 def _output(cfg: EmulatorConfig, prompt: PromptSize, requested: int | None) -> Output:
-    """A set limit is generated in full (like ``ignore_eos``); none means the rest of the context."""
+    """A set limit is generated in full (like ``ignore_eos``), cut at the context since vLLM 0.32;
+    none means the rest of the context."""
     if requested is not None:
-        return Output(requested, "length")
+        return Output(clamped_output(cfg.vllm_behaviour, cfg.max_model_len, prompt.tokens, requested), "length")
     room = cfg.max_model_len - prompt.tokens
     if cfg.eos_after_tokens and cfg.eos_after_tokens < room:
         return Output(cfg.eos_after_tokens, "stop")
@@ -327,7 +349,7 @@ def parse_generation(
     kind: str, body: Mapping[str, Any], cfg: EmulatorConfig, prompts: PromptCounter
 ) -> GenerationRequest:
     """Validate a /v1/chat/completions, /v1/completions or /v1/responses body like vLLM."""
-    _check_model(cfg, body)
+    check_model(cfg, body)
     stream, include_usage = _stream_flags(body, kind)
     n = _samples(kind, body)
     if kind == CHAT:
@@ -340,22 +362,27 @@ def parse_generation(
     for size in sizes:
         if size.tokens == 0:
             raise ApiError(400, "The decoder prompt cannot be empty")
-        err = context_length_error(cfg.context_error_style, cfg.max_model_len, size, requested, cfg.max_chars_per_token)
+        err = context_length_error(
+            cfg.vllm_behaviour, cfg.max_model_len, size, requested.tokens, cfg.max_chars_per_token, requested.param
+        )
         if err is not None:
             raise err
-    if requested is not None and requested < 1:
-        raise ApiError(
-            400,
-            f"max_tokens must be at least 1, got {requested}. (parameter=max_tokens, value={requested})",
-            param="max_tokens",
-        )
+    outputs = tuple(_output(cfg, size, requested.tokens) for size in sizes)
+    for out in outputs:
+        # SamplingParams' own check, also met by a prompt of exactly max_model_len since 0.32 (no room left).
+        if out.tokens < 1:
+            raise ApiError(
+                400,
+                f"max_tokens must be at least 1, got {out.tokens}. (parameter=max_tokens, value={out.tokens})",
+                param="max_tokens",
+            )
     return GenerationRequest(
         kind=kind,
         model=cfg.model,
         stream=stream,
         include_usage=include_usage,
         prompts=sizes,
-        outputs=tuple(_output(cfg, size, requested) for size in sizes),
+        outputs=outputs,
         n=n,
-        max_output_tokens=requested,
+        max_output_tokens=requested.tokens,
     )

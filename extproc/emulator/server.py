@@ -15,7 +15,7 @@ from extproc.emulator import stream_faults
 from extproc.emulator.admin import Faults, RequestLog
 from extproc.emulator.engine import Engine, Sequence, State
 from extproc.emulator.engine_args import EmulatorConfig
-from extproc.emulator.errors import ApiError, error_body
+from extproc.emulator.errors import VERSIONS, ApiError, error_body
 from extproc.emulator.prometheus import metrics_registry, render
 from extproc.emulator.protocol import (
     CHAT,
@@ -44,6 +44,7 @@ from extproc.emulator.responses import (
     usage_chunk,
 )
 from extproc.emulator.text import TextSource, request_digest
+from extproc.emulator.tokenize import tokenize
 from extproc.emulator.tokens import TokenCounter
 
 SSE_CONTENT_TYPE = "text/event-stream; charset=utf-8"
@@ -81,6 +82,7 @@ class Emulator:
         r.add_post("/v1/completions", self._completions)
         r.add_post("/v1/responses", self._responses)
         r.add_get("/v1/models", self._models)
+        r.add_post("/tokenize", self._tokenize)
         r.add_get("/health", self._health)
         r.add_get("/ping", self._health)
         r.add_get("/version", self._version)
@@ -112,10 +114,13 @@ class Emulator:
         return web.Response(status=503 if self.closing else 200)
 
     async def _version(self, _: web.Request) -> web.Response:
-        return _json(b'{"version":"0.11.0+emulated"}')
+        return _json(orjson.dumps({"version": VERSIONS[self.cfg.vllm_behaviour] + "+emulated"}))
 
     async def _models(self, _: web.Request) -> web.Response:
         return _json(models_body(self.cfg.model, self.now(), self.cfg.max_model_len))
+
+    async def _tokenize(self, request: web.Request) -> web.Response:
+        return _json(tokenize(parse_json_object(await request.read()), self.cfg, self.bpe))
 
     async def _metrics(self, _: web.Request) -> web.Response:
         return web.Response(body=render(self.registry), headers={"content-type": CONTENT_TYPE_PLAIN_0_0_4})
