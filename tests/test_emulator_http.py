@@ -78,6 +78,7 @@ async def test_non_streaming_chat_body_and_real_token_counts(start: Start, http:
         "total_tokens": prompt + 7,
         "completion_tokens": 7,
         "prompt_tokens_details": None,
+        "completion_tokens_details": None,
     }
 
 
@@ -204,7 +205,8 @@ async def test_prompt_plus_max_tokens_over_the_context_is_served_and_cut_there(
     assert [e["choices"][0]["finish_reason"] for e in events[1:-1]][-1] == "length"
     _, raw, _ = await post(http, f"{emu.url}/v1/completions", {"prompt": [7] * 1000, "max_tokens": 50})
     assert orjson.loads(raw)["usage"] == {"prompt_tokens": 1000, "total_tokens": 1024, "completion_tokens": 24,
-                                          "prompt_tokens_details": None}  # fmt: skip
+                                          "prompt_tokens_details": None,
+                                          "completion_tokens_details": None}  # fmt: skip
 
 
 async def test_a_cut_response_is_incomplete_and_its_stream_still_ends_completed(
@@ -574,7 +576,7 @@ async def test_n_choices_count_the_prompt_once_and_every_completion(start: Start
     assert [c["index"] for c in body["choices"]] == [0, 1, 2]
     assert len({c["message"]["content"] for c in body["choices"]}) == 3  # independent samples
     assert body["usage"] == {"prompt_tokens": p, "total_tokens": p + 15, "completion_tokens": 15,
-                             "prompt_tokens_details": None}  # fmt: skip
+                             "prompt_tokens_details": None, "completion_tokens_details": None}  # fmt: skip
     stream = {"messages": USER, "max_tokens": 4, "n": 2, "stream": True, "stream_options": {"include_usage": True}}
     _, raw, _ = await post(http, emu.url + CHAT_URL, stream)
     *chunks, usage = sse_events(raw)
@@ -592,8 +594,9 @@ async def test_n_choices_count_the_prompt_once_and_every_completion(start: Start
 
 # ---- POST /v1/responses --------------------------------------------------------------------------
 def expected_responses_prompt(instructions: str | None, user: str) -> int:
+    """The chat count plus the tokenizer's own BOS: vLLM tokenizes Responses with special tokens on."""
     msgs = ([{"role": "system", "content": instructions}] if instructions else []) + [{"role": "user", "content": user}]
-    return expected_chat_prompt(msgs)
+    return expected_chat_prompt(msgs) + 1
 
 
 async def test_responses_json(start: Start, http: aiohttp.ClientSession) -> None:
@@ -605,8 +608,12 @@ async def test_responses_json(start: Start, http: aiohttp.ClientSession) -> None
     out = orjson.loads(raw)
     p = expected_responses_prompt("Be brief.", "What is BPE?")
     assert out["object"] == "response" and out["id"].startswith("resp_") and out["created_at"] == FROZEN
-    assert out["usage"] == {"input_tokens": p, "input_tokens_details": {"cached_tokens": 0}, "output_tokens": 6,
-                            "output_tokens_details": {"reasoning_tokens": 0}, "total_tokens": p + 6}  # fmt: skip
+    assert out["usage"] == {
+        "input_tokens": p, "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0,
+                                                    "input_tokens_per_turn": [], "cached_tokens_per_turn": []},
+        "output_tokens": 6, "output_tokens_details": {"reasoning_tokens": 0, "tool_output_tokens": 0,
+                                                      "output_tokens_per_turn": [], "tool_output_tokens_per_turn": []},
+        "total_tokens": p + 6}  # fmt: skip
     assert (out["status"], out["incomplete_details"]) == ("incomplete", {"reason": "max_output_tokens"})
     assert (out["instructions"], out["max_output_tokens"]) == ("Be brief.", 6)
     (message,) = out["output"]
@@ -644,8 +651,36 @@ async def test_responses_stream_events_end_with_usage_in_response_completed(
     assert (final["usage"]["input_tokens"], final["usage"]["output_tokens"]) == (p, 3)
     text = "".join(e["delta"] for e in events if e["type"] == "response.output_text.delta")
     assert final["output"][0]["content"][0]["text"] == text
-    status, raw, _ = await post(http, f"{emu.url}/v1/responses", {"input": "x", "n": 2})
-    assert status == 400
+    status, raw, _ = await post(http, f"{emu.url}/v1/responses", {"input": "x", "n": 2, "max_output_tokens": 2})
+    assert status == 200 and len(orjson.loads(raw)["output"]) == 1  # vLLM 0.32 accepts n and answers one output
+
+
+async def test_continuous_usage_stats_put_the_usage_so_far_on_every_chunk(
+    start: Start, http: aiohttp.ClientSession
+) -> None:
+    emu = await start()
+    options = {"include_usage": True, "continuous_usage_stats": True}
+    p = expected_chat_prompt(USER)
+    _, raw, _ = await post(http, emu.url + CHAT_URL, {"messages": USER, "max_tokens": 3, "stream": True,
+                                                      "stream_options": options})  # fmt: skip
+    events = sse_events(raw)
+    assert [e["usage"]["completion_tokens"] for e in events] == [0, 1, 2, 3, 3]  # role chunk first, then the total
+    assert events[1]["usage"] == {"prompt_tokens": p, "total_tokens": p + 1, "completion_tokens": 1,
+                                  "completion_tokens_details": None}  # fmt: skip
+    _, raw, _ = await post(http, f"{emu.url}/v1/completions", {"prompt": "a b", "max_tokens": 2, "stream": True,
+                                                                "stream_options": options})  # fmt: skip
+    assert [sorted(e["usage"]) for e in sse_events(raw)] == [["completion_tokens", "prompt_tokens", "total_tokens"]] * 3
+
+
+async def test_validation_errors_are_fastapis_as_vllm_renders_them(start: Start, http: aiohttp.ClientSession) -> None:
+    emu = await start()
+    _, raw, _ = await post(http, emu.url + CHAT_URL, {"max_tokens": 4})
+    assert orjson.loads(raw) == {"error": {
+        "message": "1 validation error:\n  {'type': 'missing', 'loc': 'body.messages', 'msg': 'Field required'}",
+        "type": "Bad Request", "param": "body.messages", "code": 400}}  # fmt: skip
+    _, raw, _ = await post(http, emu.url + CHAT_URL, b"{not json")
+    err = orjson.loads(raw)["error"]
+    assert (err["type"], err["param"]) == ("Bad Request", "body.1") and "'type': 'json_invalid'" in err["message"]
 
 
 async def test_responses_context_error_names_output_tokens(start: Start, http: aiohttp.ClientSession) -> None:

@@ -54,18 +54,19 @@ class EngineCollector(Collector):
         yield self._counter(
             "vllm:generation_tokens", "Number of generation tokens processed.", e.generation_tokens_total
         )
+        # Label names in vLLM 0.32's printed order (its multiprocess exposition sorts them).
         success = CounterMetricFamily(
             "vllm:request_success", "Count of successfully processed requests.",
-            labels=[*self.labels, "finished_reason"],
+            labels=["engine", "finished_reason", "model_name"],
         )  # fmt: skip
         for reason in FINISH_REASONS:
-            success.add_metric([*self.labels.values(), reason], e.finished[reason])
+            success.add_metric([self.labels["engine"], reason, self.labels["model_name"]], e.finished[reason])
         yield success
         info = GaugeMetricFamily(
             "vllm:cache_config_info", "Information of the LLMEngine CacheConfig",
-            labels=["block_size", "num_gpu_blocks", "engine"],
+            labels=["block_size", "engine", "num_gpu_blocks"],
         )  # fmt: skip
-        info.add_metric([str(e.cfg.block_size), str(e.capacity_blocks), "0"], 1.0)
+        info.add_metric([str(e.cfg.block_size), "0", str(e.capacity_blocks)], 1.0)
         yield info
 
 

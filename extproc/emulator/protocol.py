@@ -44,6 +44,7 @@ class GenerationRequest:
     model: str
     stream: bool
     include_usage: bool
+    continuous_usage: bool
     prompts: tuple[PromptSize, ...]  # one entry per prompt (chat, responses: exactly one)
     outputs: tuple[Output, ...]  # one per prompt
     n: int = 1  # samples per prompt; choice index = prompt index * n + sample
@@ -58,8 +59,25 @@ class GenerationRequest:
         return [(p.tokens, out) for p, out in zip(self.prompts, self.outputs, strict=True) for _ in range(self.n)]
 
 
-def invalid(param: str, what: str) -> ApiError:
-    return ApiError(400, f"{what} (body.{param})", param=param)
+def validation_error(loc: str, kind: str, what: str, value: Any = None, ctx: str | None = None) -> ApiError:
+    """FastAPI's request-validation 400 as vLLM 0.32 renders it: pydantic's error list in the message,
+    ``type: "Bad Request"`` and the location as ``param``."""
+    detail: dict[str, Any] = {"type": kind, "loc": loc, "msg": what}
+    if value is not None:
+        detail["input"] = _input_repr(value)
+    if ctx is not None:
+        detail["ctx"] = {"error": ctx}
+    return ApiError(400, f"1 validation error:\n  {detail!r}", param=loc, type="Bad Request")
+
+
+def _input_repr(value: Any) -> str:
+    if isinstance(value, dict | list):
+        return f"<{type(value).__name__} of {len(value)} items>"
+    return str(value)
+
+
+def invalid(param: str, what: str, kind: str = "value_error", value: Any = None) -> ApiError:
+    return validation_error(f"body.{param}", kind, what, value)
 
 
 def lax_int(body: Mapping[str, Any], name: str) -> int | None:
@@ -75,7 +93,7 @@ def lax_int(body: Mapping[str, Any], name: str) -> int | None:
             return int(value.strip())
         except ValueError:
             pass
-    raise invalid(name, f"Input should be a valid integer, got {value!r}")
+    raise invalid(name, f"Input should be a valid integer, got {value!r}", "int_parsing", value)
 
 
 def lax_bool(body: Mapping[str, Any], name: str) -> bool | None:
@@ -86,16 +104,18 @@ def lax_bool(body: Mapping[str, Any], name: str) -> bool | None:
         return bool(value)
     if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no", "on", "off"):
         return value.lower() in ("true", "1", "yes", "on")
-    raise invalid(name, f"Input should be a valid boolean, got {value!r}")
+    raise invalid(name, f"Input should be a valid boolean, got {value!r}", "bool_parsing", value)
 
 
 def parse_json_object(raw: bytes) -> dict[str, Any]:
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        raise ApiError(400, f"JSON decode error: {exc}") from None
+        raise validation_error(f"body.{exc.pos}", "json_invalid", "JSON decode error", {}, str(exc)) from None
     if not isinstance(body, dict):
-        raise ApiError(400, f"Input should be a valid dictionary or object, got {type(body).__name__}")
+        raise validation_error(
+            "body", "model_attributes_type", "Input should be a valid dictionary or object to extract fields from", body
+        )
     return body
 
 
@@ -155,7 +175,7 @@ class PromptCounter:
         per-request tokens."""
         messages = body.get("messages")
         if messages is None:
-            raise invalid("messages", "Field required")
+            raise invalid("messages", "Field required", "missing")
         if not isinstance(messages, list):
             raise invalid("messages", "Input should be a valid list")
         self._start()
@@ -203,7 +223,9 @@ class PromptCounter:
     def responses(self, body: Mapping[str, Any]) -> PromptSize:
         """The Responses API's ``instructions`` (a system message) and ``input`` (a string or items)."""
         self._start()
-        total = self._fixed(self.cfg.template_tokens_per_request)
+        # vLLM tokenizes a Responses prompt with add_special_tokens on (chat turns it off), so the
+        # tokenizer's BOS comes on top of the template's own: one token more than the same chat.
+        total = self._fixed(self.cfg.template_tokens_per_request + self.cfg.bos_tokens)
         instructions = body.get("instructions")
         if instructions is not None:
             if not isinstance(instructions, str):
@@ -211,7 +233,7 @@ class PromptCounter:
             total += self._message("system", instructions, "instructions")
         items = body.get("input")
         if items is None:
-            raise invalid("input", "Field required")
+            raise invalid("input", "Field required", "missing")
         if isinstance(items, str):
             items = [{"role": "user", "content": items}]
         if not isinstance(items, list):
@@ -245,7 +267,7 @@ class PromptCounter:
     def completion(self, body: Mapping[str, Any]) -> tuple[PromptSize, ...]:
         prompt = body.get("prompt")
         if prompt is None:
-            raise invalid("prompt", "Field required")
+            raise invalid("prompt", "Field required", "missing")
         if isinstance(prompt, str):
             return (self._string_prompt(prompt),)
         if not isinstance(prompt, list) or not prompt:
@@ -274,19 +296,29 @@ class PromptCounter:
         return PromptSize(len(ids))
 
 
-def _stream_flags(body: Mapping[str, Any], kind: str) -> tuple[bool, bool]:
+@dataclass(frozen=True)
+class StreamFlags:
+    stream: bool
+    include_usage: bool  # a final usage chunk
+    continuous_usage: bool = False  # usage so far on every chunk too (``continuous_usage_stats``)
+
+
+def _stream_flags(body: Mapping[str, Any], kind: str) -> StreamFlags:
     stream = bool(lax_bool(body, "stream"))
     if kind == RESPONSES:
-        return stream, True  # usage always comes in the final response.completed event
+        return StreamFlags(stream, True)  # usage always comes in the final response.completed event
     options = body.get("stream_options")
     if options is None:
-        return stream, False
+        return StreamFlags(stream, False)
     if not isinstance(options, dict):
         raise invalid("stream_options", "Input should be a valid dictionary")
     if not stream:
-        raise ApiError(400, "Stream options can only be defined when `stream=True`.")
-    include = lax_bool(options, "include_usage") if "include_usage" in options else True
-    return stream, bool(include)
+        raise ApiError(
+            400, "Stream options can only be defined when `stream=True`. (parameter=stream_options)",
+            param="stream_options",
+        )  # fmt: skip
+    include = bool(lax_bool(options, "include_usage") if "include_usage" in options else True)
+    return StreamFlags(stream, include, include and bool(lax_bool(options, "continuous_usage_stats")))
 
 
 def check_model(cfg: EmulatorConfig, body: Mapping[str, Any]) -> None:
@@ -325,10 +357,8 @@ def _requested(kind: str, body: Mapping[str, Any]) -> Requested:
 
 def _samples(kind: str, body: Mapping[str, Any]) -> int:
     n = lax_int(body, "n")
-    if n is None:
+    if n is None or kind == RESPONSES:  # vLLM 0.32's Responses API accepts n and answers one output
         return 1
-    if kind == RESPONSES:
-        raise invalid("n", "Extra inputs are not permitted")
     if n < 1:
         raise invalid("n", f"Input should be greater than or equal to 1, got {n}")
     return n
@@ -350,7 +380,7 @@ def parse_generation(
 ) -> GenerationRequest:
     """Validate a /v1/chat/completions, /v1/completions or /v1/responses body like vLLM."""
     check_model(cfg, body)
-    stream, include_usage = _stream_flags(body, kind)
+    flags = _stream_flags(body, kind)
     n = _samples(kind, body)
     if kind == CHAT:
         sizes: tuple[PromptSize, ...] = (prompts.chat(body),)
@@ -379,8 +409,9 @@ def parse_generation(
     return GenerationRequest(
         kind=kind,
         model=cfg.model,
-        stream=stream,
-        include_usage=include_usage,
+        stream=flags.stream,
+        include_usage=flags.include_usage,
+        continuous_usage=flags.continuous_usage,
         prompts=sizes,
         outputs=outputs,
         n=n,

@@ -41,6 +41,7 @@ from extproc.emulator.responses import (
     models_body,
     response_body,
     responses_usage,
+    running_usage,
     usage_chunk,
 )
 from extproc.emulator.text import TextSource, request_digest
@@ -70,6 +71,7 @@ class Emulator:
         self.log = RequestLog(cfg.request_log_size)
         self.registry = metrics_registry(self.engine, cfg.model)
         self.closing = False
+        self.fingerprint = f"vllm-{VERSIONS[cfg.vllm_behaviour]}-emulated"
 
     def now(self) -> int:
         return self.cfg.frozen_time if self.cfg.frozen_time is not None else int(time.time())
@@ -172,7 +174,10 @@ class Emulator:
                 raise ApiError(503, "The server is shutting down.")
             plan = gen.sequences()
             digests = [request_digest(self.cfg.seed, kind, raw, j) for j in range(len(plan))]
-            env = Envelope(id=ID_PREFIX[kind] + digests[0].hex()[:32], created=self.now(), model=self.cfg.model)
+            env = Envelope(
+                id=ID_PREFIX[kind] + digests[0].hex()[:32], created=self.now(), model=self.cfg.model,
+                fingerprint=self.fingerprint,
+            )  # fmt: skip
             texts = [self.text.tokens(d, out.tokens) for d, (_, out) in zip(digests, plan, strict=True)]
             seqs = [self.engine.submit(prompt, out.tokens, out.finish_reason) for prompt, out in plan]
             try:
@@ -227,23 +232,29 @@ class Emulator:
         cut = stream_faults.cut_after(quirk, sum(seq.target for seq in seqs))
         events = ResponseEvents(self._response_head(gen, env, body)) if gen.kind == RESPONSES else None
         sent = [0] * len(seqs)
+        prompts = [prompt for prompt, _ in gen.sequences()]
+        chat = gen.kind == CHAT
+        running = (lambda i, done: running_usage(prompts[i], done, chat)) if gen.continuous_usage else None
         try:
             if events is not None:
                 await _write(response, quirk, events.start())
+            if chat:  # every choice's role chunk first, as vLLM sends them on its first iteration
+                start = b"".join(chat_role_chunk(env, i, running and running(i, 0)) for i in range(len(seqs)))
+                await _write(response, quirk, start)
             async for index, generated in _merged_progress(seqs):
                 out = bytearray()
-                if gen.kind == CHAT and sent[index] == 0:
-                    out += chat_role_chunk(env, index)
                 seq = seqs[index]
                 for k in range(sent[index], generated):
                     finish = seq.finish_reason if k == seq.target - 1 else None
                     tok = texts[index][k]
+                    usage = running and running(index, k + 1)
+                    last = not gen.include_usage
                     if events is not None:
                         out += events.delta(tok)
-                    elif gen.kind == CHAT:
-                        out += chat_token_chunk(env, tok, finish, index)
+                    elif chat:
+                        out += chat_token_chunk(env, tok, finish, index, usage, last)
                     else:
-                        out += completion_chunk(env, index, tok, finish)
+                        out += completion_chunk(env, index, tok, finish, usage, last)
                 sent[index] = generated
                 await _write(response, quirk, bytes(out))
                 if cut is not None and sum(sent) >= cut:
