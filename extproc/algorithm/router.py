@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from extproc.algorithm import endpoints
-from extproc.algorithm.budget import BudgetParams, Estimate, attribute, estimate, output_limit
+from extproc.algorithm.budget import BudgetParams, Estimate, attribute, estimate, framing_tokens, output_limit
 from extproc.algorithm.calibration import CalibrationParams, Calibrator, Observation
 from extproc.algorithm.categories import Categorizer, CategoryParams
 from extproc.algorithm.dispatch import LONG, SHORT, UNPARSEABLE, Decision, DispatchPolicy, decide
@@ -27,6 +27,7 @@ from extproc.algorithm.exact_band import ExactBand, serialize
 from extproc.algorithm.features import text_features
 from extproc.algorithm.linear_estimator import MESSAGES, REQUEST, TOOLS, EstimatorParams, LinearEstimator
 from extproc.algorithm.pressure import CapacityParams, InFlightPressure, PressureSource
+from extproc.algorithm.prompt_memory import PromptMemory
 from extproc.algorithm.request_shape import RequestShape, shape_from_body
 from extproc.algorithm.truncation import context_truncated, near_context
 
@@ -72,8 +73,12 @@ class Ticket:
 class Outcome:
     """What came back for a ticket. ``prompt_tokens`` is the backend's count (``usage`` or the figure
     in a context-length 400); None when the request ended without one. ``lower_bound``: the backend
-    stopped counting ("at least N input tokens"), so the count may only widen the safety margin.
+    stopped counting ("at least N input tokens"): a floor for this prompt only, never a sample.
     ``status`` is the response's HTTP status, 0 when unknown (the simulator's completions).
+    ``trusted``: the caller knows this count is the engine's own answer to a request the estimate
+    misplaced (the long pool's usage after the net resent it, or the usage of an answer the short
+    context cut): never rejected as an outlier (the fit, not the engine, was wrong about that text),
+    and remembered for that prompt. Only the hard bytes/token bounds still apply.
     ``length_stop``: some sequence of the answer finished with ``"length"`` (a Responses answer
     ``incomplete`` for ``max_output_tokens``)."""
 
@@ -81,6 +86,7 @@ class Outcome:
     completion_tokens: int | None = None
     status: int = 0
     lower_bound: bool = False
+    trusted: bool = False
     length_stop: bool = False
 
 
@@ -127,6 +133,7 @@ class BudgetRouter:
         )
         self.clock = clock
         self.rng = rng or random.Random()
+        self.memory = PromptMemory(params.prompt_memory)
 
     def shape(self, endpoint: str, body: Any) -> RequestShape:
         """Read a parsed request body with this router's categories; raises ``ShapeError``."""
@@ -153,12 +160,24 @@ class BudgetRouter:
         ``exact`` False skips the offline exact band (the caller asks the engine first)."""
         est = self.estimate(shape)
         if self.linear is None or shape.known_prompt_tokens is not None or not shape.texts:
-            return est
+            return self._remembered(shape, est)
         out, pol = est.output_tokens, self.policy
         low, high = est.prompt_tokens / SCREEN_FACTOR + out, est.prompt_tokens * SCREEN_FACTOR + out
-        if not (low <= pol.b_short < high or low <= pol.short_context < high or low <= pol.long_context < high):
-            return est  # no threshold inside the screen: no estimate in it decides otherwise
-        return self._estimate_linear(shape, est, exact)
+        # no threshold inside the screen: no estimate in it decides otherwise
+        if low <= pol.b_short < high or low <= pol.short_context < high or low <= pol.long_context < high:
+            est = self._estimate_linear(shape, est, exact)
+        return self._remembered(shape, est)
+
+    def _remembered(self, shape: RequestShape, est: Estimate) -> Estimate:
+        """``est`` raised to what the engine said of this very prompt before, where that decides."""
+        if shape.known_prompt_tokens is not None or not self.memory.worth_looking(est.prompt_tokens):
+            return est
+        if decide(est.total, self.policy, output_defaulted=est.output_defaulted).pool != SHORT:
+            return est
+        found = self.memory.lookup(shape)
+        if found is not None and found.tokens > est.prompt_tokens:  # what the engine said of this prompt
+            est = replace(est, prompt_tokens=found.tokens, total=found.tokens + est.output_tokens)
+        return est
 
     def engine_count_pool(self, shape: RequestShape, est: Estimate) -> str | None:
         """The pool whose engine should count this prompt exactly, or None when no count is wanted.
@@ -216,6 +235,10 @@ class BudgetRouter:
             if counted is not None:
                 w = self.linear.bucket(shape.model, category).weights
                 guess = w[MESSAGES] * x[MESSAGES] + w[TOOLS] * x[TOOLS] + w[REQUEST] * x[REQUEST]
+                # The fit's framing weights may have absorbed per-tool cost into its byte weights (tool
+                # JSON is bytes too) and read ~0: until the template residual is learned, the
+                # configured framing is the floor (16 tools of a real template cost ~100 tokens).
+                guess = max(guess, float(framing_tokens(shape, self.budget)))
                 key = self.linear.model_key(shape.model)
                 prompt = self.exact.routed(
                     key, category, counted, shape.messages, shape.tool_items, guess, self.linear.z
@@ -310,8 +333,9 @@ class BudgetRouter:
             self.pressure.release(ticket.pool, self.clock() - ticket.started_at)
         if outcome.prompt_tokens is None or ticket.shape is None or not self.wants(ticket, outcome.status):
             return None
-        learn = self.learn_bound if outcome.lower_bound else self.learn
-        return learn(ticket.shape, outcome.prompt_tokens, ticket.estimate)
+        if outcome.lower_bound:
+            return self.learn_bound(ticket.shape, outcome.prompt_tokens, ticket.estimate)
+        return self.learn(ticket.shape, outcome.prompt_tokens, ticket.estimate, trusted=outcome.trusted)
 
     def _observes(self, shape: RequestShape) -> bool:
         """Every response until the category converged, then a ``converged_sample_rate`` share;
@@ -323,13 +347,17 @@ class BudgetRouter:
             return True
         return self.rng.random() < rate
 
-    def learn(self, shape: RequestShape, prompt_tokens: int, routed: Estimate | None = None) -> Learned:
+    def learn(
+        self, shape: RequestShape, prompt_tokens: int, routed: Estimate | None = None, trusted: bool = False
+    ) -> Learned:
         """Feed one observed ``usage.prompt_tokens`` back; ``routed`` is the estimate made at request time.
+        ``trusted`` (see ``Outcome``): the engine's count of a misplaced request, never an outlier, and
+        remembered for this prompt.
 
         ``finish`` calls this for the outcomes the policy observes; offline tools that measure the
         estimator on every request (``decide`` then ``learn``) call it directly."""
         category, nbytes, tokens, est = self._attributed(shape, prompt_tokens, routed)
-        observation = self.calibrator.observe(category, nbytes, tokens)
+        observation = self.calibrator.observe(category, nbytes, tokens, trusted)
         # A batch /v1/completions request (learn_text_bytes set) is routed by its longest prompt while its
         # usage counts every prompt: the linear model's features describe the longest one only, so only
         # the ratio estimator (which pairs the usage with all the bytes) learns from a batch.
@@ -343,17 +371,31 @@ class BudgetRouter:
             x = routed.features if routed is not None and routed.features is not None else self._vector(shape)[0]
             text_tokens = prompt_tokens - shape.images * self.budget.image_tokens
             category = self.linear_category(shape)
-            observation = self.linear.observe(shape.model, category, x, text_tokens)
+            total = (prompt_tokens + routed.output_tokens) if routed is not None else None
+            observation = self.linear.observe(
+                shape.model, category, x, text_tokens, trusted, total_share=_share(total, self.policy.b_short)
+            )
             if self.exact is not None and routed is not None and routed.counted is not None:
                 key = self.linear.model_key(shape.model)
                 self.exact.learn(key, category, routed.counted, text_tokens, shape.messages, shape.tool_items)
+        if trusted and observation is Observation.ACCEPTED and shape.known_prompt_tokens is None:
+            self.memory.remember(shape, prompt_tokens, True, est)
         return Learned(category, observation, est, _error_pct(observation, est, prompt_tokens))
 
     def learn_bound(self, shape: RequestShape, min_prompt_tokens: int, routed: Estimate | None = None) -> Learned:
-        """Feed back a lower bound on the prompt tokens: it may widen the ratio estimator's margin, never
-        narrow it (``Calibrator.observe_bound``); the linear model learns from exact counts only."""
-        category, nbytes, tokens, est = self._attributed(shape, min_prompt_tokens, routed)
-        observation = self.calibrator.observe_bound(category, nbytes, tokens)
+        """Feed back a lower bound on the prompt tokens ("at least N input tokens"): a floor for this
+        prompt (``PromptMemory``), never a sample of its category. Far below what the bytes could
+        hold, it is a broken count and ignored (the hard bounds, as for samples)."""
+        category, _, _, est = self._attributed(shape, min_prompt_tokens, routed)
+        most = (shape.text_bytes + shape.structured_bytes) / self.calibrator.params.min_ratio
+        most += shape.images * self.budget.image_tokens + framing_tokens(shape, self.budget)
+        if not (shape.text_bytes + shape.structured_bytes > 0 and min_prompt_tokens > 0):
+            observation = Observation.INVALID
+        elif min_prompt_tokens > most:
+            observation = Observation.OUT_OF_BOUNDS  # more tokens than the bytes can hold: not a real floor
+        else:
+            observation = Observation.ACCEPTED
+            self.memory.remember(shape, min_prompt_tokens, False, est)
         return Learned(category, observation, est, _error_pct(observation, est, min_prompt_tokens))
 
     def _attributed(
@@ -364,6 +406,10 @@ class BudgetRouter:
         category, nbytes, tokens = attribute(shape, prompt_tokens, means, self.budget)
         est = routed.prompt_tokens if routed is not None else self.estimate(shape).prompt_tokens
         return category, nbytes, tokens, est
+
+
+def _share(total: int | None, b_short: int) -> float | None:
+    return None if total is None or b_short <= 0 else total / b_short
 
 
 def _error_pct(observation: Observation, estimated: int, prompt_tokens: int) -> float | None:

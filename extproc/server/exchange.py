@@ -19,7 +19,7 @@ from __future__ import annotations
 import itertools
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
@@ -382,9 +382,13 @@ class Exchange:
         if prompt is None or not self._reading or self._finished or self.ticket is None or self._decided is None:
             return
         self._finished = True
-        outcome = Outcome(prompt, completion, self._status, lower_bound, length_stop)
-        learned = self.rt.router.finish(self.ticket, outcome)
+        outcome = Outcome(prompt, completion, self._status, lower_bound, length_stop=length_stop)
         truncated = self.rt.router.truncated(self.ticket, outcome)
+        # The engine's own count of a request the estimate misplaced is the best sample there is
+        # (``Outcome.trusted``): the long pool's after the net moved it, or a short answer the context cut.
+        moved = self.ticket.pool != self.ticket.decision.pool and self._status < 400 and not lower_bound
+        outcome = replace(outcome, trusted=moved or truncated)
+        learned = self.rt.router.finish(self.ticket, outcome)
         self._observed = Observed(self._decided, source, outcome, learned, truncated)
         self.rt.observer.observed(self._observed)
 
