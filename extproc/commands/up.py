@@ -205,7 +205,7 @@ def run(args: argparse.Namespace) -> int:
     r = prepare(OPTIONS.from_args(args))
     _terminate_on_sigterm()
     if r.spec is not None:
-        return asyncio.run(replay_main(r, Stack(r.stack), r.spec))
+        return asyncio.run(replay_main(r, r.spec))
     return interactive(Stack(r.stack))
 
 
@@ -258,16 +258,19 @@ def observability_lines(stack: Stack) -> list[str]:
     return lines
 
 
-async def replay_main(r: UpRun, stack: Stack, spec: WorkloadSpec) -> int:
+async def replay_main(r: UpRun, spec: WorkloadSpec) -> int:
     main = asyncio.current_task()
     if main is not None:  # SIGTERM cancels like Ctrl-C does under asyncio.run: one cleanup path
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main.cancel)
+    # The workload first (a second or so): a bad trace or an empty workload is an error before any
+    # process starts or any run dir is made. Writing its prompts takes longer and overlaps the start.
+    requests = await asyncio.to_thread(build_workload, spec)
+    if not requests:
+        raise ValueError("the workload is empty (check --duration / --requests)")
+    stack = Stack(r.stack)
     print(f"starting Envoy, router and two pools (logs in {stack.run_dir}) ...", file=sys.stderr, flush=True)
     try:
         starting = asyncio.create_task(asyncio.to_thread(stack.start))
-        requests = await asyncio.to_thread(build_workload, spec)
-        if not requests:
-            raise ValueError("the workload is empty (check --duration / --requests)")
         planned = await asyncio.to_thread(plan, requests, r.client.stream_share, spec.seed)
         await starting
         metrics = "".join(f"; metrics {url}" for url in stack.metrics_urls())
@@ -309,6 +312,7 @@ async def _replay_and_report(r: UpRun, stack: Stack, spec: WorkloadSpec, planned
         await asyncio.gather(*helpers, return_exceptions=True)
         progress.draw(final=True)
     wall = time.monotonic() - started
+    offered_s = offered_window(horizon, replayer.elapsed(), interrupted)
     await asyncio.to_thread(stack.stop)  # Envoy flushes its access log; routers save their final state
     timeline.poll(replayer.elapsed())
     stack.access_log.poll()
@@ -323,7 +327,7 @@ async def _replay_and_report(r: UpRun, stack: Stack, spec: WorkloadSpec, planned
         "short_context": stack.options.short.max_model_len,
         "need_long": sum(p.expected_usage + p.output_tokens > stack.options.short.max_model_len for p in planned),
         "sent": replayer.sent,
-        "replay_s": max(horizon, 1e-9),
+        "replay_s": offered_s,
         "wall_s": wall,
         "stream_share": r.client.stream_share,
         "seed": spec.seed,
@@ -342,6 +346,14 @@ async def _replay_and_report(r: UpRun, stack: Stack, spec: WorkloadSpec, planned
         r.json.write_bytes(orjson.dumps(dump, option=orjson.OPT_INDENT_2))
         print(f"JSON report: {r.json}")
     return 130 if interrupted else 0
+
+
+def offered_window(horizon_s: float, elapsed_s: float, interrupted: bool) -> float:
+    """The span over which requests were offered, for the report's req/s: the planned horizon, or
+    the time the replay ran when it was interrupted before its horizon (the offered rate of a replay
+    stopped after 5 s of a 60 s plan is what was sent in those 5 s)."""
+    span = min(horizon_s, elapsed_s) if interrupted else horizon_s
+    return max(span, 1e-9)
 
 
 def _dump(report: dict[str, Any], outcomes, pools, decisions, timeline: CalibrationTimeline) -> dict[str, Any]:

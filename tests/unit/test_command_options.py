@@ -167,3 +167,11 @@ def test_a_flag_beats_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     env = {"BUDGET_ROUTER_PLAN_MAX_SEQS": "64", "BUDGET_ROUTER_PLAN_WARMUP": "0.2"}
     o = module.OPTIONS.from_args(_parse("plan", ["--trace", "azure-code", "--max-seqs", "32"]), env=env)
     assert (o.max_seqs, o.warmup) == (32, 0.2)
+
+
+@pytest.mark.parametrize("command", _commands())
+def test_docs_cli_md_has_the_current_table(command: str) -> None:
+    from extproc.commands.config import command_doc
+
+    page = (Path(__file__).resolve().parents[2] / "docs" / "cli.md").read_text()
+    assert command_doc(command) in page, f"docs/cli.md is stale: paste `budget-router config --doc {command}`"
