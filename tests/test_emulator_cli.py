@@ -75,8 +75,8 @@ def run_in_process(
         (["--max-num-seqs", "0"], "max_num_seqs must be >= 1"),
         (["--max-model-len", "4096", "--kv-cache-tokens", "100"], "cannot hold one sequence"),
         (["--fault-error-rate", "1.5"], "error_rate must be within"),
-        (["--encoding", "gpt2"], "invalid choice"),
-        (["--latency-scale", "fast"], "invalid float value"),
+        (["--encoding", "gpt2"], "--encoding: 'gpt2' is not one of"),
+        (["--latency-scale", "fast"], "--latency-scale: cannot use 'fast' as float"),
     ],
 )
 def test_bad_values_exit_non_zero_with_a_message(
