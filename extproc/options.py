@@ -455,4 +455,6 @@ def command_env_prefix(command: str) -> str:
     return f"{ENV_PREFIX}{command.upper().replace('-', '_')}_"
 
 
-COMMAND_SCOPES = ("up", "plan", "emulate", "envoy-config")  # commands whose options live in the environment too
+# The commands whose options also come from the environment, each under its own prefix
+# (``command_env_prefix``): variables the router's own loader must leave alone.
+COMMAND_SCOPES = ("up", "plan", "emulate", "envoy-config")

@@ -8,21 +8,14 @@ import importlib
 import yaml
 
 from extproc.config import add_config_flags, config_from_args, describe, to_dict
-
-# Commands with options of their own (``OPTIONS`` in their module), for ``--doc COMMAND``.
-COMMAND_MODULES = {
-    "up": "extproc.commands.up",
-    "plan": "extproc.commands.plan",
-    "emulate": "extproc.commands.emulate",
-    "envoy-config": "extproc.commands.envoy_config",
-}
+from extproc.options import COMMAND_SCOPES
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--doc", nargs="?", const="serve", choices=("serve", *COMMAND_MODULES), metavar="COMMAND",
+        "--doc", nargs="?", const="serve", choices=("serve", *COMMAND_SCOPES), metavar="COMMAND",
         help="print the Markdown table of every option of the router (serve, the default) or of COMMAND: "
-        + ", ".join(COMMAND_MODULES),
+        + ", ".join(COMMAND_SCOPES),
     )  # fmt: skip
     add_config_flags(parser)
 
@@ -31,7 +24,8 @@ def command_doc(command: str) -> str:
     """The options table of ``command``, as docs/cli.md keeps it."""
     if command == "serve":
         return describe()
-    return str(importlib.import_module(COMMAND_MODULES[command]).OPTIONS.describe())
+    module = importlib.import_module(f"extproc.commands.{command.replace('-', '_')}")  # a command's own module
+    return str(module.OPTIONS.describe())
 
 
 def run(args: argparse.Namespace) -> int:

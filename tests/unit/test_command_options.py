@@ -175,3 +175,16 @@ def test_docs_cli_md_has_the_current_table(command: str) -> None:
 
     page = (Path(__file__).resolve().parents[2] / "docs" / "cli.md").read_text()
     assert command_doc(command) in page, f"docs/cli.md is stale: paste `budget-router config --doc {command}`"
+
+
+def test_no_command_variable_reads_as_a_router_variable() -> None:
+    """The routers ``up`` starts inherit its environment: ``BUDGET_ROUTER_UP_*`` (or any command's)
+    must never be taken for a ``BUDGET_ROUTER_<SECTION>_*`` of the router's own config, and the router's
+    loader can skip exactly the prefixes ``COMMAND_SCOPES`` names."""
+    from extproc.options import COMMAND_SCOPES, ENV_PREFIX, command_env_prefix
+
+    assert set(COMMAND_SCOPES) == set(_commands())
+    sections = [ENV_PREFIX + s.path[0].upper() + "_" for s in specs(Config)]
+    for command in COMMAND_SCOPES:
+        prefix = command_env_prefix(command)
+        assert not any(prefix.startswith(s) or s.startswith(prefix) for s in sections), prefix
