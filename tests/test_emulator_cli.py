@@ -9,6 +9,7 @@ import subprocess
 import sys
 import urllib.request
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -92,3 +93,26 @@ def test_busy_port_is_a_clear_error(capsys: pytest.CaptureFixture[str], monkeypa
         s.listen()
         rc, err = run_in_process(["--port", str(s.getsockname()[1])], capsys, monkeypatch)
     assert rc == 1 and "cannot listen" in err
+
+
+def test_vllm_behaviour_defaults_to_032_and_takes_its_old_name(capsys: pytest.CaptureFixture[str]) -> None:
+    import argparse
+
+    from extproc.commands.emulate import OPTIONS
+    from extproc.emulator.errors import DEFAULT_VLLM_BEHAVIOUR
+    from extproc.options import ConfigError
+
+    parser = argparse.ArgumentParser()
+    OPTIONS.add_arguments(parser)
+
+    def config_from(argv: list[str]) -> Any:
+        return OPTIONS.from_args(parser.parse_args(argv), env={})
+
+    assert config_from([]).vllm_behaviour == DEFAULT_VLLM_BEHAVIOUR == "v0.32"
+    assert config_from(["--vllm-behaviour", "legacy"]).vllm_behaviour == "legacy"
+    assert config_from(["--context-error-style", "v0.18"]).vllm_behaviour == "v0.18"
+    parser.print_help()
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--vllm-behaviour {v0.32,v0.18,v0.16,v0.11,legacy,requested}" in text and "(default: v0.32;" in text
+    with pytest.raises(ConfigError, match=r"--vllm-behaviour: '0\.5' is not one of"):
+        config_from(["--vllm-behaviour", "0.5"])

@@ -6,7 +6,7 @@ import math
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
-from extproc.emulator.errors import CONTEXT_STYLES, ERROR_SHAPES, MAX_CHARS_PER_TOKEN
+from extproc.emulator.errors import DEFAULT_VLLM_BEHAVIOUR, ERROR_SHAPES, MAX_CHARS_PER_TOKEN, VLLM_BEHAVIOURS
 from extproc.emulator.models import NONE, PROFILE_CHOICES, resolve_profile
 from extproc.emulator.tokens import ENCODINGS, check_available
 from extproc.options import group, opt
@@ -75,7 +75,10 @@ class EmulatorConfig:
     model: str = opt(
         "emulated/llama-3-8b-instruct", "Served model name.", "NAME", aliases=("--served-model-name",), example="m"
     )
-    max_model_len: int = opt(8192, "Context window: prompt + max_tokens beyond it gets vLLM's 400.")
+    max_model_len: int = opt(
+        8192, "Context window: the output is cut at it (v0.32) or prompt + max_tokens beyond it gets vLLM's 400 "
+        "(older --vllm-behaviour).",
+    )  # fmt: skip
     max_num_seqs: int = opt(128, "Most sequences running at once; the rest wait in a FIFO queue.")
     encoding: str = opt(
         "cl100k_base", "BPE used for token counts (llama3 and qwen3 need the emulator extra: quicktok-v1).",
@@ -112,10 +115,13 @@ class EmulatorConfig:
     )
     seed: int = opt(0, "Seed of the generated text and of fault draws.")
     frozen_time: int | None = opt(None, "Fixed 'created' timestamp (byte-for-byte comparable bodies).", "UNIX_TIME")
-    context_error_style: str = opt(
-        "v0.18", "Wording of the context-length 400, by vLLM version: v0.18 (today's: 'at least N input tokens', "
-        "input characters), v0.16 ('You passed N input tokens/characters'), v0.11, legacy (<= 0.9), or "
-        "'requested' (SGLang).", choices=CONTEXT_STYLES,
+    # Which vLLM generation to behave like where they differ (see errors.py).
+    vllm_behaviour: str = opt(
+        DEFAULT_VLLM_BEHAVIOUR, "Which vLLM to behave like over the context: v0.32 (today's: prompt + max_tokens "
+        "over it is served, output cut at the context; a prompt alone over it gets 'at least L+1 input tokens') "
+        "or an older one that refuses prompt + max_tokens over it with its 400: v0.18 ('at least N input tokens', "
+        "input characters), v0.16 ('You passed N input tokens/characters'), v0.11 (exact counts), legacy "
+        "(<= 0.9), 'requested' (SGLang).", choices=VLLM_BEHAVIOURS, aliases=("--context-error-style",),
     )  # fmt: skip
     max_chars_per_token: int = opt(
         MAX_CHARS_PER_TOKEN, "vLLM's pre-tokenization check refuses prompts longer than max input tokens x this."
@@ -162,9 +168,9 @@ class EmulatorConfig:
         if self.encoding not in ENCODINGS:
             raise ValueError(f"encoding must be one of {', '.join(ENCODINGS)}, got {self.encoding!r}")
         check_available(self.effective().encoding)
-        if self.context_error_style not in CONTEXT_STYLES:
+        if self.vllm_behaviour not in VLLM_BEHAVIOURS:
             raise ValueError(
-                f"context_error_style must be one of {', '.join(CONTEXT_STYLES)}, got {self.context_error_style!r}"
+                f"vllm_behaviour must be one of {', '.join(VLLM_BEHAVIOURS)}, got {self.vllm_behaviour!r}"
             )
         if self.error_shape not in ERROR_SHAPES:
             raise ValueError(f"error_shape must be one of {', '.join(ERROR_SHAPES)}, got {self.error_shape!r}")
