@@ -7,6 +7,7 @@ import io
 import itertools
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +36,7 @@ from extproc.planner.service_levels import TPOT, TTFT, UTILISATION, Slo, summari
 from extproc.planner.sim_progress import ProgressBar
 from extproc.planner.sim_workload import MeasuredBytesPerToken, SimWorkload, from_requests
 from extproc.planner.sizing import size_pools
+from extproc.planner.tuning import Candidate, Screen, search
 from extproc.workload.spec import WorkloadSpec, build_workload
 
 
@@ -479,6 +481,29 @@ def test_the_equal_gpu_split_keeps_the_sized_proportion_within_the_gpus(gpus: in
     assert used > gpus - per[0] - per[1]  # no pool could take one more instance of both
     assert n_short * per[0] / used == pytest.approx(sized[0] / sum(sized), abs=max(per) / used + 0.01)
 
+
+
+def test_the_configuration_search_is_not_stopped_by_a_dearer_neighbour() -> None:
+    """Screened costs are not convex in the chunk size: from vLLM's default (256 x 2,048) both
+    neighbours are dearer but 512 is cheapest, as on azure-code's homogeneous fleet. The search must
+    find it, then re-search max_num_seqs from there, and screen no candidate twice."""
+    chunk_cost = {512: 100.0, 1024: 140.0, 2048: 120.0, 4096: 130.0, 8192: 150.0}
+    seqs_cost = {16: 1.3, 32: 1.2, 64: 1.1, 128: 0.9, 256: 1.0, 512: 1.05}
+    asked: list[Candidate] = []
+
+    def evaluate(cands: Sequence[Candidate]) -> list[Screen]:
+        asked.extend(cands)
+        return [Screen(c.seqs, c.chunk, chunk_cost[c.chunk] * seqs_cost[c.seqs], True, "TPOT", 1.0, 1.0, 1)
+                for c in cands]
+
+    found = search(evaluate, tuple(seqs_cost), tuple(chunk_cost))
+    assert found.best == Candidate(128, 512)
+    assert found.path == [Candidate(256, 2048), Candidate(256, 512), Candidate(128, 512)]
+    assert len(asked) == len(set(asked))
+    # full lines for the sensitivity table: both lines through the choice, nothing else
+    full = search(evaluate, tuple(seqs_cost), tuple(chunk_cost), full_lines=True)
+    assert full.best == found.best
+    assert {c.chunk for c in full.screens if c.seqs == 128} == set(chunk_cost)
 
 def test_progress_projects_an_eta_from_the_weight_done() -> None:
     now = [0.0]
