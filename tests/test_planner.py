@@ -505,6 +505,28 @@ def test_the_configuration_search_is_not_stopped_by_a_dearer_neighbour() -> None
     assert full.best == found.best
     assert {c.chunk for c in full.screens if c.seqs == 128} == set(chunk_cost)
 
+
+def test_sensitivity_rows_start_each_pool_from_the_plans_screened_size(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A TPOT-bound pool sits several times above its utilisation floor; bracketing it from the floor
+    can run out of screening trials and read a looser SLO as infeasible (azure-code: P99 TTFT 4 s)."""
+    import extproc.planner.plan as plan_module
+
+    seen: list[tuple[str, float | None]] = []
+    real = plan_module._screen
+
+    def spy(pl: Planner, role: tuple[str, int | None], prof: object, hint: float | None = None,
+            settings: PlanSettings | None = None) -> Screen:
+        if settings is not None:  # a sensitivity row
+            seen.append((plan_module._role_name(role), hint))
+        return real(pl, role, prof, hint, settings)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(plan_module, "_screen", spy)
+    settings = quick("llama3-70b-a100-fleetsim", sensitivity=True)
+    rep = plan(settings, [(0, small_workload(seed=0, n=1500))], [8192], "azure-conv")
+    chosen = {k: sr.screens[sr.best].instances for k, sr in rep.tuning.items()}
+    assert seen and {role for role, _ in seen} == set(chosen)
+    assert all(hint == chosen[role] for role, hint in seen)
+
 def test_progress_projects_an_eta_from_the_weight_done() -> None:
     now = [0.0]
     stream = io.StringIO()

@@ -1092,6 +1092,9 @@ class _KnobJob:
     configs: tuple[Candidate | None, ...]  # (homogeneous, short, long)
     settings: PlanSettings
     strip_allreduce: bool = False
+    # per pool, the plan's screened size to start from: a pool sized six times its utilisation floor
+    # (TPOT-bound, as on azure-code) cannot be bracketed from the floor within screening's trial budget
+    hints: tuple[float | None, ...] = (None, None, None)
 
 
 def _knob_task(job: _KnobJob) -> SensitivityRow:
@@ -1101,11 +1104,11 @@ def _knob_task(job: _KnobJob) -> SensitivityRow:
     prof = ctx.settings.profile
     roles: list[Role] = [("homogeneous", None), ("short", job.b_short), ("long", job.b_short)]
     gpus = []
-    for role, choice in zip(roles, job.configs, strict=True):
+    for role, choice, hint in zip(roles, job.configs, job.hints, strict=True):
         p = configured(prof, role[0], role[1], choice)
         if job.strip_allreduce:
             p = dataclasses.replace(p, allreduce_floor_s=0.0, name=p.name + "+no-allreduce-floor")
-        sc = _screen(pl, role, p, settings=job.settings)
+        sc = _screen(pl, role, p, hint, settings=job.settings)
         n = sc.cost if role[0] == "homogeneous" else max(1, sc.cost)
         gpus.append(n * p.gpus)
     return SensitivityRow(job.knob, job.value, gpus[0], gpus[1] + gpus[2])
@@ -1319,7 +1322,9 @@ def _plan(ctx: _Context, run: runner.Runner, thresholds: list[int], trace: str) 
 
         sens_b = min(splittable, key=est)
         cfg3 = (tuning["homogeneous"].best, tuning[f"short@{sens_b}"].best, tuning[f"long@{sens_b}"].best)
-        knob_jobs = _knob_jobs(s, sens_b, cfg3, prof)
+        screened = [tuning[k].screens[tuning[k].best] for k in ("homogeneous", f"short@{sens_b}", f"long@{sens_b}")]
+        hints3 = tuple(sc.instances if sc.feasible else None for sc in screened)
+        knob_jobs = [dataclasses.replace(j, hints=hints3) for j in _knob_jobs(s, sens_b, cfg3, prof)]
     items: list[Any] = [*jobs, *knob_jobs]
     weights = [W_HOMOGENEOUS if j.b_short is None else W_THRESHOLD for j in jobs] + [W_KNOB] * len(knob_jobs)
     labels += [f"sensitivity: {j.knob} = {j.value}" for j in knob_jobs]
