@@ -77,7 +77,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         help=f"default: the router's server.max_message_bytes ({d.grpc_max_message_bytes})",
     )
-    parser.add_argument("--message-timeout-s", type=float, default=d.message_timeout_s)
+    parser.add_argument(
+        "--message-timeout-s", type=float, default=d.message_timeout_s, metavar="SECONDS",
+        help=f"Envoy's wait for each router answer before it fails open/closed (default: {d.message_timeout_s:g}; "
+        "the router answers in ~1-2 ms, so this bounds what a hung router costs a request)",
+    )  # fmt: skip
     parser.add_argument("--route-timeout-s", type=float, default=d.route_timeout_s)
     parser.add_argument("--access-log", default=d.access_log_path, help="access log path or 'none'")
     parser.add_argument(

@@ -84,6 +84,9 @@ class StackOptions:
     startup_timeout_s: float = 60.0
     supervise: bool = False  # restart children that exit (up); off: a test controls every restart
     backoff: Backoff = Backoff()
+    # Supervised: a serving child whose health probe has not passed for this long is hung (SIGSTOP,
+    # deadlock): killed and restarted. Every probe answers in ms when healthy; None = exits only.
+    hang_after_s: float | None = 5.0
     metrics_port: int = 0  # routers' Prometheus port (replica i: this + i * workers, or a free one); 0 = off
     otlp: Endpoint | None = None  # OTLP/gRPC collector: tracing on in Envoy and the routers together
     layout_overrides: dict[str, object] = field(default_factory=dict)  # extra EnvoyLayout fields
@@ -95,6 +98,8 @@ class StackOptions:
             raise ValueError("latency_scale must be >= 0")
         if self.save_interval_s <= 0:
             raise ValueError("save_interval_s must be > 0")
+        if self.hang_after_s is not None and self.hang_after_s <= 1.0:
+            raise ValueError("hang_after_s must be > 1 s (a probe may take up to 1 s to answer) or None")
 
 
 def envoy_binary() -> str:
@@ -397,7 +402,10 @@ class Stack:
             self._start_backends()
             self._start_envoy()
             if self.options.supervise:
-                self.supervisor = Supervisor(self._watched(), self._start_process, self.say, self.options.backoff)
+                self.supervisor = Supervisor(
+                    self._watched(), self._start_process, self.say, self.options.backoff,
+                    hang_after_s=self.options.hang_after_s,
+                )  # fmt: skip
                 self.supervisor.start()
         except BaseException:
             self.stop()
