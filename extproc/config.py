@@ -70,10 +70,17 @@ class ServerConfig:
         32 * MIB, "gRPC max send/receive message size. Must exceed Envoy's buffered body limit."
     )
     max_request_body_bytes: int = opt(
-        16 * MIB, "Largest request body the router parses; larger bodies go long (reason body_too_large)."
+        4 * MIB,
+        "Largest request body the router reads; larger bodies go long unread (reason unparseable, detail "
+        "body_too_large). Reading costs ~1-2 ms of router CPU per MiB; raise it for big inline images.",
     )
     max_response_buffer_bytes: int = opt(
         4 * MIB, "Cap on a buffered JSON response or a pending SSE line kept for usage parsing."
+    )
+    max_held_body_bytes: int = opt(
+        256 * MIB,
+        "Request and buffered response bytes all exchanges may hold at once; beyond it a request goes long "
+        "unread (reason too_complex, detail body_budget) and a response is not read.",
     )
     grace_period_s: float = opt(25.0, "On SIGTERM: NOT_SERVING, then wait this long for streams to drain.")
     workers: int = opt(1, "Router processes sharing the listen port (SO_REUSEPORT).")
@@ -403,6 +410,8 @@ def validate(cfg: Config) -> Config:
         (sv.max_message_bytes >= MIB, "server.max_message_bytes must be >= 1 MiB"),
         (sv.max_request_body_bytes > 0, "server.max_request_body_bytes must be > 0"),
         (sv.max_response_buffer_bytes > 0, "server.max_response_buffer_bytes must be > 0"),
+        (sv.max_held_body_bytes >= sv.max_request_body_bytes,
+         "server.max_held_body_bytes must be >= server.max_request_body_bytes (one body must fit)"),
         (sv.grace_period_s >= 0, "server.grace_period_s must be >= 0"),
         (sv.workers >= 1, "server.workers must be >= 1"),
         (
