@@ -198,6 +198,12 @@ class CalibrationConfig:
     )
     state_file: str = opt(_default_state_file(), "Where learned ratios persist ('' disables).", "PATH")
     save_interval_s: float = opt(30.0, "How often the state file is written (and merged with peers).")
+    instance_id: str = opt(
+        "",
+        "This router's entry in the state file; '' = <hostname>:<port> (stable across restarts and container "
+        "restarts; workers add /w<N>).",
+        "ID",
+    )
 
 
 @dataclass(frozen=True)
@@ -451,6 +457,8 @@ def validate(cfg: Config) -> Config:
         (all(c.min_ratio <= v <= c.max_ratio for v in priors.values()), "calibration.priors out of bounds"
          " (each must be within [min_ratio, max_ratio])"),
         (c.save_interval_s > 0, "calibration.save_interval_s must be > 0"),
+        (len(c.instance_id) <= 200 and c.instance_id.isprintable() and "\t" not in c.instance_id,
+         "calibration.instance_id must be printable text of at most 200 characters"),
         (bool(cat.enabled), "categories.enabled must name at least one category"),
         (cat.default in cat.enabled, "categories.default must be enabled"),
         (0.0 <= cat.cjk_share <= 1.0, "categories.cjk_share must be in [0, 1]"),

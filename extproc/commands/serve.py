@@ -22,7 +22,7 @@ from extproc.config import Config, ConfigError, add_config_flags, config_from_ar
 from extproc.server.exchange import RouterRuntime
 from extproc.server.pool_load import build_scraper
 from extproc.server.service import RouterServer
-from extproc.server.state_store import StateStore, periodic_sync
+from extproc.server.state_store import StateStore, instance_id, periodic_sync
 
 log = logging.getLogger("budget_router")
 
@@ -39,11 +39,13 @@ async def serve(
 
     observer, telemetry_shutdown = build_observer(cfg, worker=worker)
     rt = RouterRuntime.from_config(cfg, observer)
-    store = StateStore(cfg.calibration.state_file, live_window_s=3 * cfg.calibration.save_interval_s)
+    server = RouterServer(rt)  # binds: the port is part of this instance's identity in the state file
+    c = cfg.calibration
+    rid = instance_id(c.instance_id, cfg.server.listen, server.port, worker, cfg.server.workers)
+    store = StateStore(c.state_file, rid, live_window_s=3 * c.save_interval_s)
     if isinstance(observer, TelemetryObserver):
         observer.attach(rt, store)  # gauges read the calibrator, in-flight counts and the state file's tallies
     peers = store.load_into(rt.router.calibrator, rt.router.linear)
-    server = RouterServer(rt)
     await server.start()
     pressure = rt.router.pressure
     scraper = build_scraper(pressure, cfg.live_load) if isinstance(pressure, LivePressure) else None
