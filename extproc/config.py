@@ -199,6 +199,7 @@ class CalibrationConfig:
         "This router's entry in the state file; '' = <hostname>:<port> (stable across restarts and container "
         "restarts; workers add /w<N>).",
         "ID",
+        example="router-a",
     )
 
 
