@@ -34,6 +34,7 @@ GPU_MODEL_CONTEXT = 262144
 ROUTER_IMAGE = "budget-router:local"
 EMULATOR_IMAGE = "budget-router-emulator:local"
 VLLM_CPU_IMAGE = "budget-router-vllm-cpu:local"
+VLLM_CPU_MODEL_PATH = "/models/tiny-llama-3"
 # The host port of the router's metrics; `budget-router up` takes 9464 and its neighbours.
 ROUTER_METRICS_HOST_PORT = 19464
 WATCHDOG_LABEL = "io.budget-router.watchdog"
@@ -271,6 +272,9 @@ def vllm_cpu_service(fleet: FleetShape, pool: str) -> dict[str, Any]:
     return svc | {
         "profiles": ["vllm-cpu"],
         "command": [
+            f"--model={VLLM_CPU_MODEL_PATH}",
+            "--dtype=float32",  # the tiny model's weights; --enforce-eager skips a 15-54 s compile
+            "--enforce-eager",
             "--port=8000",
             *engine_flags(length, seqs),
             f"--served-model-name={var('MODEL', GPU_MODEL)}",
@@ -280,8 +284,11 @@ def vllm_cpu_service(fleet: FleetShape, pool: str) -> dict[str, Any]:
             "VLLM_CPU_OMP_THREADS_BIND": var(f"VLLM_CPU_{pool.upper()}_CORES", 0 if pool == "short" else 1),
             "VLLM_CPU_KVCACHE_SPACE": var("VLLM_CPU_KVCACHE_GIB", 1),
         },
+        # The tiny Llama-3 (random weights, real vocabulary and chat template) the engines package
+        # builds; deploy/compose-up vllm-cpu builds it and sets this.
+        "volumes": [f"{var('VLLM_CPU_MODEL_DIR', './.engines/tiny-llama-3')}:{VLLM_CPU_MODEL_PATH}:ro"],
         **_alias(pool),
-        "healthcheck": _http_health("5s", 5, "300s", python="python3"),
+        "healthcheck": _http_health("5s", 5, "300s", python="/opt/vllm/bin/python"),
         **_common("2.0", var("VLLM_CPU_MEMORY", "6G"), pids=4096),
     }
 
