@@ -320,3 +320,27 @@ def test_vllm_cpu_profile_serves_through_real_engines(tmp_path: Path) -> None:
         assert after[ec.LONG_CLUSTER] > before[ec.LONG_CLUSTER]
         models = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{run.envoy_port}/v1/models", timeout=30).read())
         print("vllm-cpu /v1/models:", [(m["id"], m.get("max_model_len")) for m in models["data"]])
+
+
+def test_a_failed_start_says_why_and_leaves_nothing_running(tmp_path: Path) -> None:
+    """Envoy's host port taken: compose-up names the cause, and no container of the project stays."""
+    import socket
+
+    with docker_engine(tmp_path), host_build_trust() as pip_env, socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {**os.environ, **pip_env, "ENVOY_PORT": str(port), "ENVOY_ADMIN_PORT": str(_free_port()),
+               "ROUTER_METRICS_PORT": str(_free_port()), "PYTHON": sys.executable}  # fmt: skip
+        try:
+            proc = subprocess.run(
+                [str(COMPOSE_UP), "--local", "-p", "brfail", "cpu"], env=env, cwd=ROOT,
+                capture_output=True, text=True, timeout=3000,
+            )  # fmt: skip
+            assert proc.returncode == 1, proc.stderr[-3000:]
+            assert "a host port is taken" in proc.stderr, proc.stderr[-3000:]
+            assert "were removed" in proc.stderr
+            left = _run(["docker", "ps", "-a", "-q", "-f", "label=com.docker.compose.project=brfail"]).stdout.split()
+            assert left == [], "containers left behind by a failed start"
+        finally:
+            subprocess.run(["docker", "volume", "rm", "-f", "brfail_router-state"], capture_output=True)
