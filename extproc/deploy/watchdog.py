@@ -4,9 +4,11 @@ Docker treats ``docker kill`` as a manual stop, so ``restart: unless-stopped`` (
 brings the container back, and it restarts no container whose healthcheck fails. With the router
 gone Envoy fails open and every request lands on the long pool, quietly, for as long as nobody
 notices. This loop watches its own compose project's containers that carry ``io.budget-router.watchdog=restart``
-and starts one that exited with a non-zero status (killed, crashed) or restarts one Docker marks
-``unhealthy`` (hung). A clean exit (status 0: ``docker stop`` / ``compose stop`` let it drain) is left
-alone, so an operator's stop stays a stop. It speaks the Docker Engine API over the socket with the
+and starts one that exited with another status than a stop's (killed, crashed, OOM) or restarts one
+Docker marks ``unhealthy`` (hung). A stop is left alone, so an operator's ``docker stop`` /
+``compose stop`` / ``down`` stays one: status 0 (drained and exited) or 143 (ended by the SIGTERM
+those send). ``docker kill`` sends SIGKILL (137); a stop whose grace period ran out ends with 137 too
+and is restarted, so a service's ``stop_grace_period`` must cover its drain. It speaks the Docker Engine API over the socket with the
 standard library only, so it runs in the lean router image.
 """
 
@@ -27,6 +29,7 @@ PROJECT_LABEL = "com.docker.compose.project"
 SERVICE_LABEL = "com.docker.compose.service"
 DEFAULT_LABEL = "io.budget-router.watchdog=restart"
 DEFAULT_SOCKET = "/var/run/docker.sock"
+STOP_EXITS = frozenset({0, 128 + 15})  # exited by itself, or by the SIGTERM of docker stop
 
 
 class DockerError(RuntimeError):
@@ -82,7 +85,7 @@ def action_for(state: Mapping[str, Any]) -> str | None:
     """What a container's inspected ``State`` calls for: ``start``, ``restart`` or nothing."""
     status = state.get("Status")
     if status in ("exited", "dead"):
-        return "start" if state.get("ExitCode", 0) != 0 or state.get("OOMKilled") else None
+        return "start" if state.get("ExitCode", 0) not in STOP_EXITS or state.get("OOMKilled") else None
     if status == "running" and (state.get("Health") or {}).get("Status") == "unhealthy":
         return "restart"
     return None

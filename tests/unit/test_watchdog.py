@@ -16,6 +16,7 @@ from extproc.deploy.watchdog import _Backoff, action_for
         ({"Status": "exited", "ExitCode": 0, "OOMKilled": True}, "start"),
         ({"Status": "dead", "ExitCode": 255}, "start"),
         ({"Status": "exited", "ExitCode": 0}, None),  # docker stop / compose stop: drained and saved
+        ({"Status": "exited", "ExitCode": 143}, None),  # ended by docker stop's SIGTERM (the emulator)
         ({"Status": "running", "Health": {"Status": "unhealthy"}}, "restart"),  # hung
         ({"Status": "running", "Health": {"Status": "healthy"}}, None),
         ({"Status": "running", "Health": {"Status": "starting"}}, None),
