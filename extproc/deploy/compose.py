@@ -48,7 +48,9 @@ SHAPE_VARS = {
     ("long", "max_num_seqs"): "LONG_MAX_NUM_SEQS",
 }
 B_SHORT_VAR = "B_SHORT"
-LOGGING = {"driver": "json-file", "options": {"max-size": "10m", "max-file": "3"}}
+def _logging() -> dict[str, Any]:
+    """Rotated json-file logs (a fresh dict per service: YAML would otherwise write anchors)."""
+    return {"driver": "json-file", "options": {"max-size": "10m", "max-file": "3"}}
 
 
 def var(name: str, default: object) -> str:
@@ -84,7 +86,7 @@ def _common(cpus: str, memory: str, pids: int = 512) -> dict[str, Any]:
     return {
         "restart": "unless-stopped",
         "labels": {WATCHDOG_LABEL: "restart"},
-        "logging": LOGGING,
+        "logging": _logging(),
         "deploy": _limits(cpus, memory, pids),
     }
 
@@ -191,7 +193,7 @@ def watchdog_service() -> dict[str, Any]:
         "volumes": ["/var/run/docker.sock:/var/run/docker.sock"],
         "depends_on": {"router": {"condition": "service_started"}},
         "restart": "unless-stopped",
-        "logging": LOGGING,
+        "logging": _logging(),
         "deploy": _limits("0.2", "128M", 64),
     }
 
@@ -247,7 +249,7 @@ def vllm_gpu_service(fleet: FleetShape, pool: str) -> dict[str, Any]:
         },
         "restart": "unless-stopped",
         "labels": {WATCHDOG_LABEL: "restart"},
-        "logging": LOGGING,
+        "logging": _logging(),
         **_alias(pool),
     }
 
@@ -302,7 +304,7 @@ def tracing_services() -> dict[str, Any]:
             "volumes": ["./deploy/otel-collector.yaml:/etc/otelcol/config.yaml:ro"],
             "depends_on": ["jaeger"],
             "restart": "unless-stopped",
-            "logging": LOGGING,
+            "logging": _logging(),
         },
         "jaeger": {
             "image": var("JAEGER_IMAGE", "jaegertracing/all-in-one:1.62.0"),
@@ -310,7 +312,7 @@ def tracing_services() -> dict[str, Any]:
             "environment": {"COLLECTOR_OTLP_ENABLED": "true"},
             "ports": [f"127.0.0.1:{var('JAEGER_UI_PORT', 16686)}:16686"],
             "restart": "unless-stopped",
-            "logging": LOGGING,
+            "logging": _logging(),
         },
     }
 
