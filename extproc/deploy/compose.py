@@ -48,6 +48,8 @@ SHAPE_VARS = {
     ("long", "max_num_seqs"): "LONG_MAX_NUM_SEQS",
 }
 B_SHORT_VAR = "B_SHORT"
+
+
 def _logging() -> dict[str, Any]:
     """Rotated json-file logs (a fresh dict per service: YAML would otherwise write anchors)."""
     return {"driver": "json-file", "options": {"max-size": "10m", "max-file": "3"}}

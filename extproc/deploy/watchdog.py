@@ -4,12 +4,13 @@ Docker treats ``docker kill`` as a manual stop, so ``restart: unless-stopped`` (
 brings the container back, and it restarts no container whose healthcheck fails. With the router
 gone Envoy fails open and every request lands on the long pool, quietly, for as long as nobody
 notices. This loop watches its own compose project's containers labelled
-``io.budget-router.watchdog=restart`` and starts one that exited with another status than a stop's (killed, crashed, OOM) or restarts one
-Docker marks ``unhealthy`` (hung). A stop is left alone, so an operator's ``docker stop`` /
-``compose stop`` / ``down`` stays one: status 0 (drained and exited) or 143 (ended by the SIGTERM
-those send). ``docker kill`` sends SIGKILL (137); a stop whose grace period ran out ends with 137 too
-and is restarted, so a service's ``stop_grace_period`` must cover its drain. It speaks the Docker
-Engine API over the socket with the standard library only, so it runs in the lean router image.
+``io.budget-router.watchdog=restart``, starts one that exited with another status than a stop's
+(killed, crashed, OOM) and restarts one Docker marks ``unhealthy`` (hung). A stop is left alone, so
+an operator's ``docker stop`` / ``compose stop`` / ``down`` stays one: status 0 (drained and exited)
+or 143 (ended by the SIGTERM those send). ``docker kill`` sends SIGKILL (137); a stop whose grace
+period ran out ends with 137 too and is restarted, so a service's ``stop_grace_period`` must cover
+its drain. It speaks the Docker Engine API over the socket with the standard library only, so it
+runs in the lean router image.
 """
 
 from __future__ import annotations
