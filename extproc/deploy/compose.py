@@ -292,7 +292,7 @@ def vllm_cpu_service(fleet: FleetShape, pool: str) -> dict[str, Any]:
         # builds; deploy/compose-up vllm-cpu builds it and sets this.
         "volumes": [f"{var('VLLM_CPU_MODEL_DIR', './.engines/tiny-llama-3')}:{VLLM_CPU_MODEL_PATH}:ro"],
         **_alias(pool),
-        "healthcheck": _http_health("5s", 5, "300s", python="/opt/vllm/bin/python"),
+        "healthcheck": _http_health("5s", 5, "900s", python="/opt/vllm/bin/python"),  # 31-180 s idle, more loaded
         **_common("2.0", var("VLLM_CPU_MEMORY", "6G"), pids=4096),
     }
 
