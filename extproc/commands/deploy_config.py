@@ -7,29 +7,49 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from extproc.deploy import compose, kubernetes
+from extproc.options import Command, command_env_prefix, opt
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--root", type=Path, default=Path("."), metavar="DIR", help="the checkout to write into")
-    parser.add_argument("--check", action="store_true", help="write nothing; exit 1 if a file is not the render")
+@dataclass(frozen=True)
+class DeployConfigOptions:
+    """Every option of ``budget-router deploy-config``."""
+
+    root: Path = opt(Path("."), "The checkout to write into (or check).", "DIR")
+    check: bool = opt(False, "Write nothing; exit 1 if a file is not the render.")
+
+
+OPTIONS = Command(DeployConfigOptions, command_env_prefix("deploy-config"))
+add_arguments = OPTIONS.add_arguments
 
 
 def rendered() -> dict[Path, str]:
+    """Every generated file, by its path in the checkout."""
     files = {Path("docker-compose.yml"): compose.render()}
     files |= {Path("deploy/kubernetes") / name: text for name, text in kubernetes.render().items()}
     return files
 
 
+@dataclass(frozen=True)
+class Rendering:
+    files: dict[Path, str]  # absolute path -> text
+    check: bool
+
+
+def prepare(o: DeployConfigOptions) -> Rendering:
+    return Rendering({o.root / rel: text for rel, text in rendered().items()}, o.check)
+
+
 def run(args: argparse.Namespace) -> int:
+    r = prepare(OPTIONS.from_args(args))
     stale = []
-    for rel, text in rendered().items():
-        path = args.root / rel
-        if args.check:
+    for path, text in r.files.items():
+        if r.check:
             if not path.is_file() or path.read_text() != text:
-                stale.append(str(rel))
+                stale.append(str(path))
             continue
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
