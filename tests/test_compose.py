@@ -218,6 +218,7 @@ def test_each_image_is_built_by_one_service_and_the_router_image_is_lean() -> No
     vcpu = compose_config("vllm-cpu")["services"]
     assert {n for n, s in vcpu.items() if "build" in s} == {"router", "vllm-cpu-short"}
     assert vcpu["vllm-cpu-long"]["pull_policy"] == "never"
+    assert all(int(vcpu[n]["shm_size"]) >= 256 << 20 for n in PROFILE_POOLS["vllm-cpu"])  # vLLM's 160 MiB ring
     dockerfile = (ROOT / "Dockerfile").read_text().splitlines()
     assert not [line for line in dockerfile if line.startswith("VOLUME")]  # no anonymous volumes per run
     envoy_local = (ROOT / "deploy" / "envoy-local.Dockerfile").read_text()

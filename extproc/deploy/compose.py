@@ -288,6 +288,9 @@ def vllm_cpu_service(fleet: FleetShape, pool: str) -> dict[str, Any]:
             "VLLM_CPU_OMP_THREADS_BIND": var(f"VLLM_CPU_{pool.upper()}_CORES", 0 if pool == "short" else 1),
             "VLLM_CPU_KVCACHE_SPACE": var("VLLM_CPU_KVCACHE_GIB", 1),
         },
+        # vLLM's engine core talks to its workers through a shared-memory ring (160 MiB); Docker's
+        # default /dev/shm is 64 MiB.
+        "shm_size": "1g",
         # The tiny Llama-3 (random weights, real vocabulary and chat template) the engines package
         # builds; deploy/compose-up vllm-cpu builds it and sets this.
         "volumes": [f"{var('VLLM_CPU_MODEL_DIR', './.engines/tiny-llama-3')}:{VLLM_CPU_MODEL_PATH}:ro"],
