@@ -207,10 +207,26 @@ def _router_healthy(run: Running) -> bool:
     return state == ["running", "healthy"]
 
 
-def _envoy_sees_router(run: Running) -> bool:
+def _envoy_healthy(run: Running, *clusters: str) -> bool:
+    """Envoy's own health checks count a host of every cluster healthy."""
     with urllib.request.urlopen(f"http://127.0.0.1:{run.admin_port}/clusters", timeout=5) as r:
         lines = r.read().decode().splitlines()
-    return any(line.startswith(f"{ec.ROUTER_CLUSTER}::") and line.endswith("health_flags::healthy") for line in lines)
+    return all(
+        any(line.startswith(f"{c}::") and line.endswith("health_flags::healthy") for line in lines) for c in clusters
+    )
+
+
+def _envoy_sees_router(run: Running) -> bool:
+    return _envoy_healthy(run, ec.ROUTER_CLUSTER)
+
+
+def _wait_routable(run: Running, timeout_s: float) -> None:
+    """`up --wait` returns on Docker's healthchecks; Envoy's own (every 5 s) may not have seen the pools
+    yet, and until then a short request fails over to the long pool."""
+    until(
+        lambda: _envoy_healthy(run, ec.SHORT_CLUSTER, ec.LONG_CLUSTER, ec.ROUTER_CLUSTER),
+        "Envoy to see both pools and the router healthy", timeout_s=timeout_s, interval_s=0.5,
+    )  # fmt: skip
 
 
 def _samples(run: Running) -> int:
@@ -236,7 +252,7 @@ def test_cpu_profile_under_docker(tmp_path: Path) -> None:
         assert sizes["budget-router:local"] < sizes["budget-router-emulator:local"]
         # Envoy's image is its base plus the binary once (107 MB), not twice.
         assert sizes["budget-router-envoy:local"] - sizes["budget-router-base:bookworm"] < 1.3 * 107
-        until(lambda: _chat(run.envoy_port, "ping")[0] == 200, "Envoy's first health-check round", timeout_s=60)
+        _wait_routable(run, 60)
 
         # Both pools serve.
         before = _cluster_requests(run.admin_port)
@@ -309,7 +325,7 @@ def test_vllm_cpu_profile_serves_through_real_engines(tmp_path: Path) -> None:
     """Real vLLM (CPU build) in both pools: the router learns from real usage and routes by size."""
     with compose_stack(tmp_path, "vllm-cpu", "brvllm") as run:
         print("vllm-cpu image (MB):", round(_image_mb("budget-router-vllm-cpu:local")))
-        until(lambda: _chat(run.envoy_port, "ping")[0] == 200, "Envoy's first health-check round", timeout_s=120)
+        _wait_routable(run, 120)
         before = _cluster_requests(run.admin_port)
         status, body = _chat(run.envoy_port, "Say hello in one word.")
         assert status == 200 and body["usage"]["prompt_tokens"] > 0
