@@ -149,8 +149,8 @@ def compose_stack(tmp: Path, profile: str, project: str, **shape: str) -> Iterat
         started = time.monotonic()
         run = Running(project, env, ports["ENVOY_PORT"], ports["ENVOY_ADMIN_PORT"], ports["ROUTER_METRICS_PORT"], 0.0)
         try:
-            # The README's first command for a machine without a registry.
-            _run([str(COMPOSE_UP), "--local", "-p", project, profile], env=env, cwd=ROOT, timeout=3000)
+            # The README's first command for a machine without a registry (--build: images of this checkout).
+            _run([str(COMPOSE_UP), "--local", "-p", project, profile, "--build"], env=env, cwd=ROOT, timeout=3000)
             run.up_s = time.monotonic() - started
             print(f"deploy/compose-up --local {profile}: {run.up_s:.1f} s")
             dangling = set(_run(["docker", "images", "-q", "-f", "dangling=true"]).stdout.split())
