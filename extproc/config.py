@@ -213,6 +213,18 @@ class EstimatorConfig:
     exact_slack_tokens: int = opt(
         _EXACT.slack_tokens, "Tokens added to an exact count for template details not yet learned."
     )
+    engine_counts: bool = opt(
+        False,
+        "linear: ask the chosen pool's engine (vLLM POST /tokenize) for the exact prompt count of requests "
+        "whose uncertainty band holds B_short; endpoints come from live_load (static or Envoy discovery). "
+        "On by default in 'up --engine vllm'.",
+    )
+    engine_count_timeout_s: float = opt(
+        0.02, "Deadline of one engine count; a slower engine's request is routed by the estimate (counted)."
+    )
+    engine_count_max_in_flight: int = opt(
+        16, "Engine counts in flight at once; more band requests are routed by the estimate (counted as busy)."
+    )
 
 
 @dataclass(frozen=True)
@@ -407,6 +419,11 @@ def validate(cfg: Config) -> Config:
         (e.sample_bytes >= 64, "estimator.sample_bytes must be >= 64"),
         (e.exact_slack_tokens >= 0, "estimator.exact_slack_tokens must be >= 0"),
         (not e.exact_band or e.kind == "linear", "estimator.exact_band needs estimator.kind: linear"),
+        (not e.engine_counts or e.kind == "linear", "estimator.engine_counts needs estimator.kind: linear"),
+        (not e.engine_counts or cfg.live_load.enabled, "estimator.engine_counts needs the engines' addresses: "
+         "set live_load.short_endpoints/long_endpoints or live_load.envoy_admin"),
+        (e.engine_count_timeout_s > 0, "estimator.engine_count_timeout_s must be > 0"),
+        (e.engine_count_max_in_flight >= 1, "estimator.engine_count_max_in_flight must be >= 1"),
     ]  # fmt: skip
     errors = raised + [msg for ok, msg in checks if not ok]
     if errors:

@@ -6,6 +6,7 @@ import math
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
+from extproc.algorithm.budget import IMAGE_TOKENS
 from extproc.emulator.errors import DEFAULT_VLLM_BEHAVIOUR, ERROR_SHAPES, MAX_CHARS_PER_TOKEN, VLLM_BEHAVIOURS
 from extproc.emulator.models import NONE, PROFILE_CHOICES, resolve_profile
 from extproc.emulator.tokens import ENCODINGS, check_available
@@ -101,7 +102,10 @@ class EmulatorConfig:
     template_tokens_per_message: int = opt(4, "Chat-template tokens per message, besides the role's own tokens.")
     template_tokens_per_request: int = opt(5, "Chat-template tokens per request (BOS + generation prompt).")
     bos_tokens: int = opt(1, "Tokens added to string prompts of /v1/completions (not to token-id prompts).")
-    image_tokens: int = opt(576, "Fixed token cost of one image/audio/video content part.")
+    image_tokens: int = opt(
+        IMAGE_TOKENS, "Fixed token cost of one image/audio/video content part (the router's routing.image_tokens "
+        "default: one source).",
+    )  # fmt: skip
     eos_after_tokens: int = opt(
         0, "Without max_tokens a request may generate the rest of the context (vLLM's default); N > 0 makes the "
         "model stop (finish_reason stop) after N tokens instead.",

@@ -40,6 +40,12 @@ SERVE_EXAMPLES = {
     "categories.default": "code", "telemetry.otlp_endpoint": "127.0.0.1:4317", "telemetry.service_name": "r",
     "telemetry.metrics_host": "0.0.0.0", "telemetry.provider_name": "sglang", "telemetry.log_level": "DEBUG",
 }  # fmt: skip
+# Router options that validation accepts only with another one set: (that one's flag, variable, value).
+SERVE_NEEDS = {
+    "estimator.engine_counts": (
+        "--live-load-short-endpoints", "BUDGET_ROUTER_LIVE_LOAD_SHORT_ENDPOINTS", "127.0.0.1:8001",
+    ),
+}
 
 
 def _commands() -> list[str]:
@@ -117,10 +123,13 @@ def test_each_option_reaches_what_it_configures(
     if command == "serve":
         parser = argparse.ArgumentParser()
         add_config_flags(parser)
-        base_cfg = load_config(env={})
+        flag, variable, value = SERVE_NEEDS.get(spec.name, ("", "", ""))
+        base_cfg = load_config(env={variable: value} if variable else {})
         fragment = _example(spec, _value(base_cfg, spec.path), tmp_path)
-        changed = config_from_args(parser.parse_args(fragment))
+        changed = config_from_args(parser.parse_args([f"{flag}={value}", *fragment] if flag else fragment))
         assert _value(changed, spec.path) != _value(base_cfg, spec.path)
+        if variable:
+            monkeypatch.setenv(variable, value)
         monkeypatch.setenv(str(spec.env), _env_text(fragment))
         assert _value(load_config(env=__import__("os").environ), spec.path) == _value(changed, spec.path)
         return
