@@ -277,7 +277,7 @@ def test_vllm_flags_parse_with_vllms_own_cli() -> None:
     argvs = [gpu[n]["command"] for n in PROFILE_POOLS["gpu"]]
     argvs += [vcpu[n]["command"] for n in PROFILE_POOLS["vllm-cpu"]]
     proc = subprocess.run(
-        [python, str(ROOT / "tests" / "vllm_serve_args.py")],
+        [python, "-I", str(ROOT / "tests" / "vllm_serve_args.py")],  # -I: tests/vllm/ must not shadow vllm
         input=json.dumps(argvs), capture_output=True, text=True, timeout=540,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
