@@ -22,6 +22,7 @@ LAYERS: list[set[str]] = [
     {"cli"},
     {"commands"},
     {"stack", "planner"},
+    {"deploy"},
     {"telemetry", "gateway", "emulator", "workload"},
     {"server"},
     {"router_factory"},

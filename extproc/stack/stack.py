@@ -28,6 +28,7 @@ from types import TracebackType
 
 import extproc
 from extproc.config import Config, add_config_flags, config_from_args
+from extproc.deploy.fleet import DEFAULT_FLEET, FleetShape, PoolShape
 from extproc.gateway.envoy_config import (
     LONG_CLUSTER,
     ROUTER_CLUSTER,
@@ -53,11 +54,7 @@ class StackStopped(RuntimeError):
     """``stop()`` was called while the stack was starting."""
 
 
-@dataclass(frozen=True)
-class PoolSpec:
-    name: str
-    max_model_len: int
-    max_num_seqs: int
+PoolSpec = PoolShape  # one pool of the stack: one emulator process (replicas 1)
 
 
 @dataclass
@@ -70,8 +67,8 @@ class StackOptions:
     router_flags: Sequence[str] = ()  # extra `budget-router serve` flags (last one wins)
     live_load: bool = False  # routers scrape the pools' /metrics, found through Envoy's admin /clusters
     emulator_flags: Sequence[str] = ()  # extra `budget-router emulate` flags for both pools
-    short: PoolSpec = PoolSpec("short", 8192, 128)
-    long: PoolSpec = PoolSpec("long", 65536, 16)
+    short: PoolSpec = DEFAULT_FLEET.short
+    long: PoolSpec = DEFAULT_FLEET.long
     latency_scale: float = 1.0
     seed: int = 0
     frozen_time: int | None = None
@@ -136,8 +133,7 @@ def child_env() -> dict[str, str]:
 def pool_argv(o: StackOptions, spec: PoolSpec, port: int) -> list[str]:
     """``budget-router emulate`` for one pool."""
     argv = _cli(
-        "emulate", "--host", HOST, "--port", str(port),
-        "--max-model-len", str(spec.max_model_len), "--max-num-seqs", str(spec.max_num_seqs),
+        "emulate", "--host", HOST, "--port", str(port), *spec.engine_flags(),
         "--latency-scale", f"{o.latency_scale:g}", "--seed", str(o.seed),
     )  # fmt: skip
     if o.frozen_time is not None:
@@ -146,7 +142,8 @@ def pool_argv(o: StackOptions, spec: PoolSpec, port: int) -> list[str]:
 
 
 def router_argv(o: StackOptions, port: int, state_file: Path, metrics_port: int = 0) -> list[str]:
-    """``budget-router serve`` for one replica: pool sizes, framing and state file match the stack."""
+    """``budget-router serve`` for one replica: pool shape (from the same ``FleetShape`` as the pools'
+    flags), framing and state file match the stack; ``router_flags`` come last and win."""
     tracing = ("--telemetry-traces", "true", "--telemetry-otlp-endpoint", f"{o.otlp[0]}:{o.otlp[1]}") if o.otlp else ()
     return _cli(
         "serve",
@@ -155,10 +152,7 @@ def router_argv(o: StackOptions, port: int, state_file: Path, metrics_port: int 
         "--calibration-state-file", str(state_file),
         "--calibration-save-interval-s", f"{o.save_interval_s:g}",
         "--telemetry-metrics-port", str(metrics_port),
-        "--routing-short-context", str(o.short.max_model_len),
-        "--routing-long-context", str(o.long.max_model_len),
-        "--spillover-short-capacity", str(o.short.max_num_seqs),
-        "--spillover-long-capacity", str(o.long.max_num_seqs),
+        *FleetShape(o.short, o.long).router_flags(),
         *EMULATOR_FRAMING,
         *tracing,
         *(("--live-load-envoy-admin", f"{HOST}:{o.admin_port}") if o.live_load else ()),
