@@ -1,5 +1,8 @@
 """``budget-router up``: the embedded stack, interactive or driving a replay to a report.
 
+``--engine vllm`` runs real vLLM servers as the pools (installed and built on first use, see
+``extproc.engines``) instead of the emulator; everything else is the same.
+
 Without ``--replay`` it starts the stack, prints the endpoint and a curl example and runs until
 Ctrl-C or SIGTERM. With ``--replay`` it sends the workload through Envoy, draws a progress bar, stops
 the stack (so Envoy and the routers flush their logs and state) and prints the report. Either way
@@ -23,10 +26,11 @@ from urllib.parse import urlsplit
 import orjson
 
 from extproc.addresses import Endpoint, parse_endpoint
+from extproc.commands.fleet_args import add_fleet_arguments, engine_fleet, fleet_shape
 from extproc.config import TelemetryConfig
 from extproc.gateway.envoy_config import SERVED_POOL_HEADER
 from extproc.router_factory import build_router
-from extproc.stack.replay import MODEL, PlannedRequest, Replayer, plan
+from extproc.stack.replay import PlannedRequest, Replayer, plan
 from extproc.stack.replay_progress import Progress
 from extproc.stack.replay_report import build_report, render, save_png, true_ratios
 from extproc.stack.router_view import CalibrationTimeline, read_decisions
@@ -52,11 +56,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     d.add_argument("--timeout", type=float, default=600.0, help="per-request timeout in seconds")
     d.add_argument("--png", type=Path, help="write a PNG of the learned ratios converging")
     d.add_argument("--json", type=Path, help="write the report, every request and the ratio timeline as JSON")
+    add_fleet_arguments(parser)
     s = parser.add_argument_group("stack")
     s.add_argument(
         "--latency-scale", type=float, default=0.25,
-        help="emulator time scale: 1 = its Llama-3-8B-class model, whose short pool saturates near 18 req/s of "
-        "azure-conv; the default 0.25 keeps the demo rate below saturation; 0 = instant",
+        help="emulator time scale (--engine emulator): 1 = its Llama-3-8B-class model, whose short pool "
+        "saturates near 18 req/s of azure-conv; the default 0.25 keeps the demo rate below saturation; 0 = instant",
     )  # fmt: skip
     s.add_argument("--router-replicas", type=int, default=1, help="router processes behind Envoy (0 = none)")
     s.add_argument("--fail-closed", action="store_true", help="Envoy answers 503 when the router fails")
@@ -117,7 +122,11 @@ def stack_options(args: argparse.Namespace) -> StackOptions:
         raise ValueError(f"--metrics-port must be within 0..65535, got {args.metrics_port}")
     # The replay reads the router's own decision lines for the report.
     flags = ["--telemetry-json-logs", "true", "--telemetry-log-decisions", "true", *args.router_flag]
+    short, long = fleet_shape(args, args.engine)
     return StackOptions(
+        short=short,
+        long=long,
+        engines=engine_fleet(args) if args.engine == "vllm" else None,
         run_dir=args.run_dir,
         router_replicas=args.router_replicas,
         live_load=args.live_load,
@@ -177,13 +186,14 @@ def interactive(stack: Stack) -> int:
 
 
 def banner(stack: Stack) -> str:
-    body = orjson.dumps({"model": MODEL, "max_tokens": 32, "messages": [{"role": "user", "content": "Hello!"}]})
+    body = orjson.dumps({"model": stack.model, "max_tokens": 32, "messages": [{"role": "user", "content": "Hello!"}]})
     return "\n".join(
         [
             f"Envoy (OpenAI API):   {stack.url}/v1/chat/completions",
             f"Envoy admin:          {stack.admin_url}",
             f"short pool (direct):  {stack.pool_url('short')}  max-model-len {stack.options.short.max_model_len}",
             f"long pool (direct):   {stack.pool_url('long')}  max-model-len {stack.options.long.max_model_len}",
+            *engine_lines(stack),
             *observability_lines(stack),
             f"router calibration:   {stack.state_file}",
             f"logs:                 {stack.run_dir}",
@@ -195,6 +205,17 @@ def banner(stack: Stack) -> str:
             f"A replay instead: {DEMO_HINT}",
         ]
     )
+
+
+def engine_lines(stack: Stack) -> list[str]:
+    """What serves the pools, when it is real vLLM (the model's directory, and the runtime)."""
+    engines = stack.options.engines
+    if engines is None:
+        return []
+    return [
+        f"pools run vLLM:       {engines.label}",
+        f"model:                {engines.model} (as {engines.served_name})",
+    ]
 
 
 def observability_lines(stack: Stack) -> list[str]:
@@ -220,7 +241,7 @@ async def replay_main(args: argparse.Namespace, stack: Stack, spec: Any) -> int:
         requests = await asyncio.to_thread(build_workload, spec)
         if not requests:
             raise ValueError("the workload is empty (check --duration / --requests)")
-        planned = await asyncio.to_thread(plan, requests, args.stream_share, spec.seed)
+        planned = await asyncio.to_thread(plan, requests, args.stream_share, spec.seed, model=stack.model)
         await starting
         metrics = "".join(f"; metrics {url}" for url in stack.metrics_urls())
         traces = f"; traces to {stack.options.otlp[0]}:{stack.options.otlp[1]}" if stack.options.otlp else ""
