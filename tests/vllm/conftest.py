@@ -52,6 +52,12 @@ def _teller(config: pytest.Config) -> Callable[[str], None]:
 
 
 @pytest.fixture(scope="session")
+def vllm_say(request: pytest.FixtureRequest) -> Callable[[str], None]:
+    """Print a line on the terminal from a test (figures a run reports, progress of slow steps)."""
+    return _teller(request.config)
+
+
+@pytest.fixture(scope="session")
 def vllm_fleet(request: pytest.FixtureRequest) -> EngineFleet:
     """The engines to run, installed and built first if this machine has neither yet."""
     reason = why_not()

@@ -8,7 +8,7 @@ from __future__ import annotations
 import http.client
 import json
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -90,19 +90,20 @@ class EngineClient:
         return int(next(m for m in models if m["id"] == self.model)["max_model_len"])
 
 
-def exact_chat(client: EngineClient, make_text: Any, tokens: int, lo: int = 1, hi: int | None = None) -> str:
+def exact_chat(client: EngineClient, make_text: Callable[[int, int], str], tokens: int, seeds: int = 8) -> str:
     """A one-message chat text whose engine count is exactly ``tokens`` (template included), found by
-    bisection over ``make_text(n)`` (a text of about n tokens that grows with n). The count is the
-    engine's ``/tokenize``, never an estimate; raises if no n lands exactly (a count that skips)."""
-    hi = hi or tokens * 2
-    while lo <= hi:
-        mid = (lo + hi) // 2
-        text = make_text(mid)
-        got = client.chat_count(text)
-        if got == tokens:
-            return text
-        lo, hi = (mid + 1, hi) if got < tokens else (lo, mid - 1)
-    raise AssertionError(f"no text of exactly {tokens} tokens (nearest sizes skip it)")
+    bisection over ``make_text(n, seed)`` (a text of about n tokens that grows with n). The count is the
+    engine's ``/tokenize``, never an estimate; where one seed's sizes skip the target, the next is tried."""
+    for seed in range(seeds):
+        lo, hi = 1, tokens * 2
+        while lo <= hi:
+            mid = (lo + hi) // 2
+            text = make_text(mid, seed)
+            got = client.chat_count(text)
+            if got == tokens:
+                return text
+            lo, hi = (mid + 1, hi) if got < tokens else (lo, mid - 1)
+    raise AssertionError(f"no text of exactly {tokens} tokens in {seeds} seeds")
 
 
 def decisions(stack: Stack, request_ids: Iterable[str], timeout_s: float = 20.0) -> dict[str, dict[str, Any]]:
