@@ -213,6 +213,14 @@ class _Launch:
     slow: bool = False  # say how long the wait has been, every PROGRESS_EVERY_S
 
 
+def _gist(line: str, width: int = 110) -> str:
+    """A log line without its prefix (``(APIServer pid=1) INFO 12-08 01:27:30 [file.py:195] ``)."""
+    line = line.strip()
+    if "] " in line[:100]:
+        line = line.split("] ", 1)[1]
+    return (line[:width] + " ...") if len(line) > width else (line or "(no output yet)")
+
+
 def announcing(
     probe: Callable[[], bool], proc: ManagedProcess, say: Callable[[str], None], every_s: float = PROGRESS_EVERY_S
 ) -> Callable[[], bool]:
@@ -228,8 +236,7 @@ def announcing(
         now = time.monotonic()
         if now >= due:
             due = now + every_s
-            last = (proc.log_tail(1).strip() or "(no output yet)")[-140:]
-            say(f"{proc.name}: starting, {now - started:.0f} s ... {last}")
+            say(f"{proc.name}: starting, {now - started:.0f} s ... {_gist(proc.log_tail(1))}")
         return False
 
     return probe_and_tell

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -23,7 +24,12 @@ from extproc.engines.support import cpu_engine_unsupported
 from extproc.stack.stack import CPU_ENGINE_FLEET, Stack, StackOptions
 from tests.vllm.engine_client import EngineClient
 
+HERE = Path(__file__).resolve().parent
 SHORT, LONG = CPU_ENGINE_FLEET
+# The first test here also pays the session's setup: on a new machine an install (~3 min), a model build
+# and two engine starts (each bounded by the stack's own 900 s wait, and loudly). The suite-wide 300 s
+# per test would cut that off; every other test keeps its own bound.
+SETUP_BUDGET_S = 1800
 DECISION_LOG = ("--telemetry-json-logs", "true", "--telemetry-log-decisions", "true")
 # Every response is learned from (no sampling), so a test can count what the router learned.
 LEARN_ALL = ("--calibration-converged-sample-rate", "1.0")
@@ -38,6 +44,15 @@ def why_not() -> str | None:
         return None
     reason = cpu_engine_unsupported()
     return f"{reason} (and no other vLLM is configured)" if reason else None
+
+
+@pytest.hookimpl(trylast=True)  # after -k/-m deselection: the first test that will really run
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    ours = [item for item in items if item.path.is_relative_to(HERE)]
+    if ours:
+        own = ours[0].get_closest_marker("timeout")
+        bound = own.args[0] if own and own.args else config.getini("timeout")
+        ours[0].add_marker(pytest.mark.timeout(SETUP_BUDGET_S + float(bound)), append=False)
 
 
 def _teller(config: pytest.Config) -> Callable[[str], None]:
