@@ -228,6 +228,11 @@ class CategoriesConfig:
     cjk_share: float = opt(_CAT.cjk_share, "Share of CJK code points (of letters) above which text is CJK.")
     mixed_share: float = opt(_CAT.mixed_share, "CJK share above which (but below cjk_share) text is mixed.")
     code_score: float = opt(_CAT.code_score, "Density of code punctuation/keywords above which text is code.")
+    odd_share: float = opt(
+        _CAT.odd_share,
+        "Share of upper-case letters and digits above which nearly spaceless text is odd (random ids, base64, "
+        "hex, digit runs): its own category, prior 1.0 bytes/token.",
+    )
 
 
 @dataclass(frozen=True)
@@ -442,6 +447,7 @@ def validate(cfg: Config) -> Config:
         (0.0 <= cat.cjk_share <= 1.0, "categories.cjk_share must be in [0, 1]"),
         (0.0 <= cat.mixed_share <= cat.cjk_share, "categories.mixed_share must be in [0, categories.cjk_share]"),
         (cat.code_score >= 0, "categories.code_score must be >= 0"),
+        (0.0 < cat.odd_share <= 1.0, "categories.odd_share must be in (0, 1]"),
         (0 <= t.metrics_port <= 65535, f"telemetry.metrics_port: {t.metrics_port} is not in 0..65535 (0 = off)"),
         (t.log_level.upper() in LOG_LEVELS, f"telemetry.log_level: {t.log_level!r} is not one of {LOG_LEVELS}"),
         (t.capture_content_max_bytes >= 64, "telemetry.capture_content_max_bytes must be >= 64"),

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
-from extproc.algorithm.budget import BudgetParams, Estimate, attribute, estimate
+from extproc.algorithm.budget import BudgetParams, Estimate, attribute, estimate, framing_tokens
 from extproc.algorithm.calibration import CalibrationParams, Calibrator, Observation
 from extproc.algorithm.categories import Categorizer, CategoryParams
 from extproc.algorithm.dispatch import LONG, SHORT, UNPARSEABLE, Decision, DispatchPolicy, decide
@@ -26,6 +26,7 @@ from extproc.algorithm.exact_band import ExactBand, serialize
 from extproc.algorithm.features import text_features
 from extproc.algorithm.linear_estimator import MESSAGES, REQUEST, TOOLS, EstimatorParams, LinearEstimator
 from extproc.algorithm.pressure import CapacityParams, InFlightPressure, PressureSource
+from extproc.algorithm.prompt_memory import PromptMemory
 from extproc.algorithm.request_shape import RequestShape, shape_from_body
 
 Clock = Callable[[], float]
@@ -67,13 +68,18 @@ class Ticket:
 class Outcome:
     """What came back for a ticket. ``prompt_tokens`` is the backend's count (``usage`` or the figure
     in a context-length 400); None when the request ended without one. ``lower_bound``: the backend
-    stopped counting ("at least N input tokens"), so the count may only widen the safety margin.
-    ``status`` is the response's HTTP status, 0 when unknown (the simulator's completions)."""
+    stopped counting ("at least N input tokens"): a floor for this prompt only, never a sample.
+    ``status`` is the response's HTTP status, 0 when unknown (the simulator's completions).
+    ``trusted``: the caller knows this count is the engine's own answer to a request the estimate
+    misplaced (the long pool's usage after the net resent it, or the usage of an answer the short
+    context cut): never rejected as an outlier (the fit, not the engine, was wrong about that text),
+    and remembered for that prompt. Only the hard bytes/token bounds still apply."""
 
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     status: int = 0
     lower_bound: bool = False
+    trusted: bool = False
 
 
 NO_OUTCOME = Outcome()
@@ -119,6 +125,7 @@ class BudgetRouter:
         )
         self.clock = clock
         self.rng = rng or random.Random()
+        self.memory = PromptMemory(params.prompt_memory)
 
     def shape(self, endpoint: str, body: Any) -> RequestShape:
         """Read a parsed request body with this router's categories; raises ``ShapeError``."""
@@ -134,14 +141,23 @@ class BudgetRouter:
         sampling): what ``route`` decides, for callers that only want to look."""
         est = self.estimate(shape)
         decision = decide(est.total, self.policy, short_pressure, long_pressure, est.output_defaulted)
-        if self.linear is None or shape.known_prompt_tokens is not None or not shape.texts:
-            return est, decision
-        out, pol = est.output_tokens, self.policy
-        low, high = est.prompt_tokens / SCREEN_FACTOR + out, est.prompt_tokens * SCREEN_FACTOR + out
-        if not (low <= pol.b_short < high or low <= pol.short_context < high or low <= pol.long_context < high):
-            return est, decision  # no threshold inside the screen: no estimate in it decides otherwise
-        est = self._estimate_linear(shape, est)
-        return est, decide(est.total, self.policy, short_pressure, long_pressure, est.output_defaulted)
+        if self.linear is not None and shape.known_prompt_tokens is None and shape.texts:
+            out, pol = est.output_tokens, self.policy
+            low, high = est.prompt_tokens / SCREEN_FACTOR + out, est.prompt_tokens * SCREEN_FACTOR + out
+            # no threshold inside the screen: no estimate in it decides otherwise
+            if low <= pol.b_short < high or low <= pol.short_context < high or low <= pol.long_context < high:
+                est = self._estimate_linear(shape, est)
+                decision = decide(est.total, self.policy, short_pressure, long_pressure, est.output_defaulted)
+        if (
+            decision.pool == SHORT
+            and shape.known_prompt_tokens is None
+            and self.memory.worth_looking(est.prompt_tokens)
+        ):
+            found = self.memory.lookup(shape)
+            if found is not None and found.tokens > est.prompt_tokens:  # what the engine said of this prompt
+                est = replace(est, prompt_tokens=found.tokens, total=found.tokens + est.output_tokens)
+                decision = decide(est.total, self.policy, short_pressure, long_pressure, est.output_defaulted)
+        return est, decision
 
     def linear_category(self, shape: RequestShape) -> str:
         """The v2 bucket of a request: the structured category when tool JSON outweighs the text.
@@ -180,6 +196,10 @@ class BudgetRouter:
             if counted is not None:
                 w = self.linear.bucket(shape.model, category).weights
                 guess = w[MESSAGES] * x[MESSAGES] + w[TOOLS] * x[TOOLS] + w[REQUEST] * x[REQUEST]
+                # The fit's framing weights may have absorbed per-tool cost into its byte weights (tool
+                # JSON is bytes too) and read ~0: until the template residual is learned, the
+                # configured framing is the floor (16 tools of a real template cost ~100 tokens).
+                guess = max(guess, float(framing_tokens(shape, self.budget)))
                 key = self.linear.model_key(shape.model)
                 prompt = self.exact.routed(
                     key, category, counted, shape.messages, shape.tool_items, guess, self.linear.z
@@ -244,8 +264,9 @@ class BudgetRouter:
             self.pressure.release(ticket.pool, self.clock() - ticket.started_at)
         if outcome.prompt_tokens is None or ticket.shape is None or not self.wants(ticket, outcome.status):
             return None
-        learn = self.learn_bound if outcome.lower_bound else self.learn
-        return learn(ticket.shape, outcome.prompt_tokens, ticket.estimate)
+        if outcome.lower_bound:
+            return self.learn_bound(ticket.shape, outcome.prompt_tokens, ticket.estimate)
+        return self.learn(ticket.shape, outcome.prompt_tokens, ticket.estimate, trusted=outcome.trusted)
 
     def _observes(self, shape: RequestShape) -> bool:
         """Every response until the category converged, then a ``converged_sample_rate`` share;
@@ -257,13 +278,17 @@ class BudgetRouter:
             return True
         return self.rng.random() < rate
 
-    def learn(self, shape: RequestShape, prompt_tokens: int, routed: Estimate | None = None) -> Learned:
+    def learn(
+        self, shape: RequestShape, prompt_tokens: int, routed: Estimate | None = None, trusted: bool = False
+    ) -> Learned:
         """Feed one observed ``usage.prompt_tokens`` back; ``routed`` is the estimate made at request time.
+        ``trusted`` (see ``Outcome``): the engine's count of a misplaced request, never an outlier, and
+        remembered for this prompt.
 
         ``finish`` calls this for the outcomes the policy observes; offline tools that measure the
         estimator on every request (``decide`` then ``learn``) call it directly."""
         category, nbytes, tokens, est = self._attributed(shape, prompt_tokens, routed)
-        observation = self.calibrator.observe(category, nbytes, tokens)
+        observation = self.calibrator.observe(category, nbytes, tokens, trusted)
         # A batch /v1/completions request (learn_text_bytes set) is routed by its longest prompt while its
         # usage counts every prompt: the linear model's features describe the longest one only, so only
         # the ratio estimator (which pairs the usage with all the bytes) learns from a batch.
@@ -277,17 +302,31 @@ class BudgetRouter:
             x = routed.features if routed is not None and routed.features is not None else self._vector(shape)[0]
             text_tokens = prompt_tokens - shape.images * self.budget.image_tokens
             category = self.linear_category(shape)
-            observation = self.linear.observe(shape.model, category, x, text_tokens)
+            total = (prompt_tokens + routed.output_tokens) if routed is not None else None
+            observation = self.linear.observe(
+                shape.model, category, x, text_tokens, trusted, total_share=_share(total, self.policy.b_short)
+            )
             if self.exact is not None and routed is not None and routed.counted is not None:
                 key = self.linear.model_key(shape.model)
                 self.exact.learn(key, category, routed.counted, text_tokens, shape.messages, shape.tool_items)
+        if trusted and observation is Observation.ACCEPTED and shape.known_prompt_tokens is None:
+            self.memory.remember(shape, prompt_tokens, True, est)
         return Learned(category, observation, est, _error_pct(observation, est, prompt_tokens))
 
     def learn_bound(self, shape: RequestShape, min_prompt_tokens: int, routed: Estimate | None = None) -> Learned:
-        """Feed back a lower bound on the prompt tokens: it may widen the ratio estimator's margin, never
-        narrow it (``Calibrator.observe_bound``); the linear model learns from exact counts only."""
-        category, nbytes, tokens, est = self._attributed(shape, min_prompt_tokens, routed)
-        observation = self.calibrator.observe_bound(category, nbytes, tokens)
+        """Feed back a lower bound on the prompt tokens ("at least N input tokens"): a floor for this
+        prompt (``PromptMemory``), never a sample of its category. Far below what the bytes could
+        hold, it is a broken count and ignored (the hard bounds, as for samples)."""
+        category, _, _, est = self._attributed(shape, min_prompt_tokens, routed)
+        most = (shape.text_bytes + shape.structured_bytes) / self.calibrator.params.min_ratio
+        most += shape.images * self.budget.image_tokens + framing_tokens(shape, self.budget)
+        if not (shape.text_bytes + shape.structured_bytes > 0 and min_prompt_tokens > 0):
+            observation = Observation.INVALID
+        elif min_prompt_tokens > most:
+            observation = Observation.OUT_OF_BOUNDS  # more tokens than the bytes can hold: not a real floor
+        else:
+            observation = Observation.ACCEPTED
+            self.memory.remember(shape, min_prompt_tokens, False, est)
         return Learned(category, observation, est, _error_pct(observation, est, min_prompt_tokens))
 
     def _attributed(
@@ -298,6 +337,10 @@ class BudgetRouter:
         category, nbytes, tokens = attribute(shape, prompt_tokens, means, self.budget)
         est = routed.prompt_tokens if routed is not None else self.estimate(shape).prompt_tokens
         return category, nbytes, tokens, est
+
+
+def _share(total: int | None, b_short: int) -> float | None:
+    return None if total is None or b_short <= 0 else total / b_short
 
 
 def _error_pct(observation: Observation, estimated: int, prompt_tokens: int) -> float | None:

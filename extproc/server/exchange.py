@@ -309,7 +309,10 @@ class Exchange:
         if prompt is None or not self._reading or self._finished or self.ticket is None or self._decided is None:
             return
         self._finished = True
-        outcome = Outcome(prompt, completion, self._status, lower_bound)
+        # The net moved it: the long pool's count of a prompt the estimate sent short is the engine's
+        # own answer to a misplaced request, the best sample there is (``Outcome.trusted``).
+        trusted = self.ticket.pool != self.ticket.decision.pool and self._status < 400 and not lower_bound
+        outcome = Outcome(prompt, completion, self._status, lower_bound, trusted)
         learned = self.rt.router.finish(self.ticket, outcome)
         self._observed = Observed(self._decided, source, outcome, learned)
         self.rt.observer.observed(self._observed)

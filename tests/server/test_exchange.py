@@ -215,23 +215,32 @@ def test_a_streamed_retry_is_read_only_with_its_usage_chunk():
     assert ex.record.prompt_tokens == 71
 
 
-def test_a_lower_bound_widens_the_margin_and_never_narrows_it():
+def test_a_lower_bound_is_a_floor_for_that_prompt_and_leaves_the_category_alone():
     rt = runtime_sampling(0.0)
     before = rt.router.calibrator.ratio("prose")
     ex, _, _ = route(rt, chat(max_tokens=10))  # 300 bytes of prose
     ex.handle(response_headers(status=400))
     bound = overflow_body(0).replace(b"has 0 input", b"has at least 150 input")
     ex.handle(response_body(bound))
-    assert ex.record.usage_source == "overflow_400_bound"
-    after = rt.router.calibrator.ratio("prose")
-    assert after < before
-    assert rt.router.estimate(ex.ticket.shape).prompt_tokens >= 150  # routing now counts at least the bound
-    assert rt.router.calibrator.state("prose").samples == 500  # a bound is not a sample
+    assert ex.record.usage_source == "overflow_400_bound" and ex.record.observation == "accepted"
+    assert rt.router.calibrator.ratio("prose") == before  # not a category-wide sample
+    assert rt.router.calibrator.state("prose").samples == 500
+    assert rt.router.decide(ex.ticket.shape)[0].prompt_tokens >= 150  # this prompt now counts at least the bound
     ex, _, _ = route(rt, chat(max_tokens=10))
     ex.handle(response_headers(status=400))
-    ex.handle(response_body(bound.replace(b"least 150", b"least 2")))  # a loose bound changes nothing
-    assert rt.router.calibrator.ratio("prose") == after
+    ex.handle(response_body(bound.replace(b"least 150", b"least 2")))  # a looser floor lowers nothing
+    assert rt.router.decide(ex.ticket.shape)[0].prompt_tokens >= 150
 
+
+def test_the_long_pools_count_after_a_net_retry_is_trusted():
+    rt = runtime_sampling(0.0)
+    ex, _, _ = route(rt, chat(max_tokens=10))
+    ex.handle(response_headers(status=200, extra={"x-budget-attempts": "2"}))
+    ex.handle(response_body(b'{"usage":{"prompt_tokens":400,"completion_tokens":3}}'))  # 6x the estimate
+    assert ex.record.observation == "accepted"
+    assert rt.router.decide(ex.ticket.shape)[0].prompt_tokens >= 400  # remembered for this prompt
+    other = rt.router.shape("chat", {"model": "m", "messages": [{"role": "user", "content": "hullo " * 50}]})
+    assert rt.router.decide(other)[0].prompt_tokens < 400  # and for no other
 
 def test_converged_categories_are_sampled_and_unsampled_ones_leased():
     rt = runtime_sampling(0.0)
