@@ -10,6 +10,7 @@ other vLLM is configured, or when ``BUDGET_ROUTER_SKIP_VLLM=1`` asks for a quick
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -56,12 +57,17 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 def _teller(config: pytest.Config) -> Callable[[str], None]:
-    """Lines on the terminal even while pytest captures output: a first start takes minutes."""
+    """Lines on the terminal as they happen, even while pytest captures output (a first start takes
+    minutes and must not look hung, in CI's log too)."""
     reporter = config.pluginmanager.get_plugin("terminalreporter")
+    capture = config.pluginmanager.get_plugin("capturemanager")
 
     def tell(line: str) -> None:
-        if reporter is not None:
+        if reporter is None:
+            return
+        with capture.global_and_fixture_disabled() if capture is not None else contextlib.nullcontext():
             reporter.write_line(f"[vllm] {line}")
+            reporter.flush()
 
     return tell
 
