@@ -14,12 +14,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import math
 import os
-import types
 import typing
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +28,10 @@ from extproc.algorithm.dispatch import NO_OUTPUT_LIMIT_POLICIES
 from extproc.algorithm.exact_band import ExactBandParams
 from extproc.algorithm.linear_estimator import ESTIMATOR_KINDS, EstimatorParams
 from extproc.envoy_names import LONG_CLUSTER, SHORT_CLUSTER
+from extproc.options import ENV_PREFIX, ConfigError, add_flags, given, group, opt, specs
+from extproc.options import coerce as _coerce
+from extproc.options import describe as describe_options
 
-ENV_PREFIX = "BUDGET_ROUTER_"
 MIB = 1024 * 1024
 # The name the docs and the shipped Envoy configs give the optional decision-reason header
 # (``routing.reason_header``); Envoy strips a client's copy whether or not the router sends it.
@@ -45,15 +45,6 @@ _BUDGET, _POLICY, _CAL, _CAT, _CAP, _EST, _EXACT = (
     EstimatorParams(),
     ExactBandParams(),
 )
-
-
-def opt(default: Any, doc: str, metavar: str | None = None) -> Any:
-    """A config field with its documentation attached (rendered by ``budget-router config --doc`` and
-    ``--help``); ``metavar`` names the value's shape in ``--help`` when the type alone does not."""
-    metadata = {"doc": doc, "metavar": metavar}
-    if isinstance(default, list | dict):
-        return field(default_factory=lambda: default.copy(), metadata=metadata)
-    return field(default=default, metadata=metadata)
 
 
 def _default_state_file() -> str:
@@ -189,7 +180,10 @@ class CalibrationConfig:
         [f"{name}={ratio}" for name, ratio in _CAL.priors],
         "Per-category cold start (category=bytes/token); others use cold_start.",
     )
-    state_file: str = opt(_default_state_file(), "Where learned ratios persist ('' disables).", "PATH")
+    state_file: str = opt(
+        _default_state_file(), "Where learned ratios persist ('' disables).", "PATH",
+        shown="$XDG_STATE_HOME/budget-router/calibration.json",
+    )  # fmt: skip
     save_interval_s: float = opt(30.0, "How often the state file is written (and merged with peers).")
 
 
@@ -218,6 +212,18 @@ class EstimatorConfig:
     )
     exact_slack_tokens: int = opt(
         _EXACT.slack_tokens, "Tokens added to an exact count for template details not yet learned."
+    )
+    engine_counts: bool = opt(
+        False,
+        "linear: ask the chosen pool's engine (vLLM POST /tokenize) for the exact prompt count of requests "
+        "whose uncertainty band holds B_short; endpoints come from live_load (static or Envoy discovery). "
+        "On by default in 'up --engine vllm'.",
+    )
+    engine_count_timeout_s: float = opt(
+        0.02, "Deadline of one engine count; a slower engine's request is routed by the estimate (counted)."
+    )
+    engine_count_max_in_flight: int = opt(
+        16, "Engine counts in flight at once; more band requests are routed by the estimate (counted as busy)."
     )
 
 
@@ -255,14 +261,14 @@ class TelemetryConfig:
 
 @dataclass(frozen=True)
 class Config:
-    server: ServerConfig = field(default_factory=ServerConfig)
-    routing: RoutingConfig = field(default_factory=RoutingConfig)
-    spillover: SpilloverConfig = field(default_factory=SpilloverConfig)
-    live_load: LiveLoadConfig = field(default_factory=LiveLoadConfig)
-    calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
-    estimator: EstimatorConfig = field(default_factory=EstimatorConfig)
-    categories: CategoriesConfig = field(default_factory=CategoriesConfig)
-    telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
+    server: ServerConfig = group(ServerConfig, prefix="server")
+    routing: RoutingConfig = group(RoutingConfig, prefix="routing")
+    spillover: SpilloverConfig = group(SpilloverConfig, prefix="spillover")
+    live_load: LiveLoadConfig = group(LiveLoadConfig, prefix="live_load")
+    calibration: CalibrationConfig = group(CalibrationConfig, prefix="calibration")
+    estimator: EstimatorConfig = group(EstimatorConfig, prefix="estimator")
+    categories: CategoriesConfig = group(CategoriesConfig, prefix="categories")
+    telemetry: TelemetryConfig = group(TelemetryConfig, prefix="telemetry")
 
 
 def with_options(cfg: Config, **sections: Mapping[str, Any]) -> Config:
@@ -275,54 +281,8 @@ def with_options(cfg: Config, **sections: Mapping[str, Any]) -> Config:
     )
 
 
-class ConfigError(ValueError):
-    """Settings that cannot be used; each line of ``errors`` names its option."""
-
-    def __init__(self, *errors: str) -> None:
-        self.errors = list(errors)
-        super().__init__("\n".join(self.errors))
-
-
 def _sections() -> list[tuple[str, type]]:
     return [(f.name, typing.get_type_hints(Config)[f.name]) for f in dataclasses.fields(Config)]
-
-
-def _coerce(tp: Any, value: Any, where: str) -> Any:
-    origin = typing.get_origin(tp)
-    try:
-        if tp is bool:
-            if isinstance(value, bool):
-                return value
-            s = str(value).strip().lower()
-            if s in {"1", "true", "yes", "on"}:
-                return True
-            if s in {"0", "false", "no", "off"}:
-                return False
-            raise ValueError(value)
-        if tp is int:
-            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-                raise ValueError(value)
-            return int(value)
-        if tp is float:
-            if isinstance(value, bool):
-                raise ValueError(value)
-            f = float(value)
-            if not math.isfinite(f):
-                raise ValueError(value)
-            return f
-        if tp is str:
-            if isinstance(value, list | dict):
-                raise TypeError(value)
-            return str(value)
-        if origin is list or isinstance(tp, types.GenericAlias):
-            if isinstance(value, str):
-                return [v.strip() for v in value.split(",") if v.strip()]
-            if not isinstance(value, list):
-                raise TypeError(value)
-            return [str(v) for v in value]
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{where}: cannot use {value!r} as {getattr(tp, '__name__', tp)}") from exc
-    return value
 
 
 def _apply(cfg: Config, values: Mapping[str, Mapping[str, Any]], source: str, errors: list[str]) -> None:
@@ -459,6 +419,11 @@ def validate(cfg: Config) -> Config:
         (e.sample_bytes >= 64, "estimator.sample_bytes must be >= 64"),
         (e.exact_slack_tokens >= 0, "estimator.exact_slack_tokens must be >= 0"),
         (not e.exact_band or e.kind == "linear", "estimator.exact_band needs estimator.kind: linear"),
+        (not e.engine_counts or e.kind == "linear", "estimator.engine_counts needs estimator.kind: linear"),
+        (not e.engine_counts or cfg.live_load.enabled, "estimator.engine_counts needs the engines' addresses: "
+         "set live_load.short_endpoints/long_endpoints or live_load.envoy_admin"),
+        (e.engine_count_timeout_s > 0, "estimator.engine_count_timeout_s must be > 0"),
+        (e.engine_count_max_in_flight >= 1, "estimator.engine_count_max_in_flight must be >= 1"),
     ]  # fmt: skip
     errors = raised + [msg for ok, msg in checks if not ok]
     if errors:
@@ -527,68 +492,9 @@ def load_config(
     return cfg
 
 
-def _flag(sname: str, fname: str) -> str:
-    return f"--{sname}-{fname}".replace("_", "-")
-
-
-def _env(sname: str, fname: str) -> str:
-    return f"{ENV_PREFIX}{sname.upper()}_{fname.upper()}"
-
-
-def _default(sname: str, f: dataclasses.Field[Any]) -> Any:
-    if sname == "calibration" and f.name == "state_file":
-        return "$XDG_STATE_HOME/budget-router/calibration.json"
-    if f.default is not dataclasses.MISSING:
-        return f.default
-    assert f.default_factory is not dataclasses.MISSING, f"{sname}.{f.name} has no default"
-    return f.default_factory()
-
-
-def _metavar(f: dataclasses.Field[Any], tp: Any) -> str:
-    """How a value looks, for ``--help``: declared, or from the name's unit suffix and the type."""
-    if f.metadata.get("metavar"):
-        return f.metadata["metavar"]
-    if f.name.endswith("_s"):
-        return "SECONDS"
-    if f.name.endswith("_bytes"):
-        return "BYTES"
-    if f.name.endswith("port"):
-        return "PORT"
-    if tp is int:
-        return "N"
-    if tp is float:
-        return "X"
-    if tp is str:
-        return "TEXT"
-    return "A,B,..."  # a list: comma-separated
-
-
-class _Switch(argparse.Action):
-    """``--x`` / ``--no-x`` for a boolean option; ``--x true|false`` (the older form) still works."""
-
-    def __init__(self, option_strings: list[str], dest: str, **kwargs: Any) -> None:
-        strings = [s for o in option_strings for s in (o, "--no-" + o[2:])]
-        super().__init__(strings, dest, nargs="?", metavar="BOOL", **kwargs)
-
-    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
-                 option_string: str | None = None) -> None:  # fmt: skip
-        if option_string is not None and option_string.startswith("--no-"):
-            if values is not None:
-                parser.error(f"{option_string} takes no value")
-            values = False
-        setattr(namespace, self.dest, True if values is None else values)  # a string: coerced (and named) later
-
-
-class _HelpFormatter(argparse.HelpFormatter):
-    def _format_action_invocation(self, action: argparse.Action) -> str:
-        if isinstance(action, _Switch):
-            return ", ".join(action.option_strings)
-        return super()._format_action_invocation(action)
-
-
 def add_config_flags(parser: argparse.ArgumentParser) -> None:
-    """One ``--section-key`` flag per option; unset flags leave lower-precedence sources alone."""
-    parser.formatter_class = _HelpFormatter
+    """``--config FILE`` and one ``--section-key`` flag per option; unset flags leave lower-precedence
+    sources alone."""
     parser.add_argument(
         "--config",
         "-c",
@@ -596,42 +502,19 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
         default=os.environ.get(ENV_PREFIX + "CONFIG"),
         help=f"YAML file with the options below, by section (env: {ENV_PREFIX}CONFIG)",
     )
-    for sname, stype in _sections():
-        group = parser.add_argument_group(sname)
-        hints = typing.get_type_hints(stype)
-        for f in dataclasses.fields(stype):
-            doc = f.metadata["doc"].replace("%", "%%")
-            default = str(_default(sname, f)).replace("%", "%%")
-            help_text = f"{doc} (default: {default}; env: {_env(sname, f.name)})"
-            dest = f"cfg__{sname}__{f.name}"
-            if hints[f.name] is bool:
-                group.add_argument(_flag(sname, f.name), dest=dest, action=_Switch, default=None, help=help_text)
-            else:
-                metavar = _metavar(f, hints[f.name])
-                group.add_argument(_flag(sname, f.name), dest=dest, default=None, metavar=metavar, help=help_text)
+    add_flags(parser, specs(Config))
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
     overrides: dict[str, dict[str, Any]] = {}
-    for key, val in vars(args).items():
-        if key.startswith("cfg__") and val is not None:
-            _, sname, fname = key.split("__", 2)
-            overrides.setdefault(sname, {})[fname] = val
+    for (sname, fname), val in given(args, specs(Config)).items():
+        overrides.setdefault(sname, {})[fname] = val
     return load_config(getattr(args, "config", None), overrides=overrides)
 
 
 def describe() -> str:
     """Markdown table of every option with its flag, env var and default (kept in the README)."""
-    rows = ["| option | flag / env | default | meaning |", "|---|---|---|---|"]
-    for sname, stype in _sections():
-        hints = typing.get_type_hints(stype)
-        for f in dataclasses.fields(stype):
-            flag = _flag(sname, f.name)
-            if hints[f.name] is bool:
-                flag = f"{flag}` / `--no-{flag[2:]}"
-            env = _env(sname, f.name)
-            rows.append(f"| `{sname}.{f.name}` | `{flag}` / `{env}` | `{_default(sname, f)}` | {f.metadata['doc']} |")
-    return "\n".join(rows)
+    return describe_options(specs(Config))
 
 
 def to_dict(cfg: Config) -> dict[str, Any]:

@@ -26,7 +26,7 @@ LAYERS: list[set[str]] = [
     {"server"},
     {"router_factory"},
     {"config"},
-    {"addresses", "envoy_names"},
+    {"addresses", "envoy_names", "options"},
     {"algorithm"},
     {"extproc"},
 ]

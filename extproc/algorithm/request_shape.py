@@ -48,7 +48,11 @@ class RequestShape:
     stream: bool = False
     client_include_usage: bool = False
     model: str | None = None
-    known_prompt_tokens: int | None = None  # /v1/completions with token ids: exact
+    known_prompt_tokens: int | None = None  # /v1/completions with token ids: exact (the longest prompt's)
+    # Sequences the engine runs for the request: prompts of a batch times ``n`` completions of each.
+    # Each is its own sequence with the full output limit; ``usage`` sums them all.
+    prompts: int = 1
+    choices: int = 1
     # References into the parsed body (nothing copied): the v2 estimator counts character classes of
     # ``texts``, the exact band serialises ``structured`` (tool definitions, calls, other parts) only
     # when it fires.
@@ -208,6 +212,38 @@ def _tool_definitions(body: Mapping[str, Any]) -> tuple[int, int]:
     return 0, 0
 
 
+def choices(body: Mapping[str, Any], key: str) -> int:
+    """``n``: completions per prompt. A value vLLM would reject counts as 1: the request keeps its
+    route and the engine's own 400 reaches the client."""
+    value = body.get(key) if key else None
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        return 1
+    return value
+
+
+def _token_ids(value: Any) -> bool:
+    """A non-empty list of token ids (integers, not booleans)."""
+    return isinstance(value, list) and bool(value) and all(type(t) is int for t in value)
+
+
+def completion_prompts(prompt: Any) -> tuple[list[str], list[int]]:
+    """The prompts of a /v1/completions request: (texts, token counts of token-id prompts); exactly
+    one of the two is non-empty. vLLM takes a string, a list of strings, a list of token ids or a
+    list of such lists; anything else raises ShapeError."""
+    if isinstance(prompt, str):
+        return [prompt], []
+    if isinstance(prompt, list) and prompt:
+        if all(isinstance(p, str) for p in prompt):
+            return list(prompt), []
+        if _token_ids(prompt):
+            return [], [len(prompt)]
+        if all(_token_ids(p) for p in prompt):
+            return [], [len(p) for p in prompt]
+    raise ShapeError("bad_prompt", "prompt must be a string, a list of strings, token ids or lists of token ids")
+
+
 def _model(body: Mapping[str, Any]) -> str | None:
     model = body.get("model")
     return model if isinstance(model, str) else None
@@ -244,6 +280,7 @@ def _templated_shape(
         model=_model(body),
         texts=tuple(texts),
         structured=tuple(sink),
+        choices=choices(body, endpoints.REGISTRY[endpoint].choices_key),
     )
 
 
@@ -265,19 +302,14 @@ def shape_from_body(endpoint: str, body: Any, categorizer: Categorizer) -> Reque
         parts = (*_chat_parts(body.get("messages"), sink), len(body["messages"]))
         return _templated_shape(CHAT, body, categorizer, parts, out, include_usage, sink)
     if api is endpoints.COMPLETIONS:
-        prompt = body.get("prompt")
-        known = learn_bytes = None
-        if isinstance(prompt, str):
-            text = prompt
-        elif isinstance(prompt, list) and prompt and all(isinstance(p, str) for p in prompt):
-            sizes = [_nbytes(p) for p in prompt]
-            longest = max(range(len(prompt)), key=sizes.__getitem__)
-            text = prompt[longest]  # each prompt is its own sequence: the longest decides
-            learn_bytes = sum(sizes) if len(prompt) > 1 else None
-        elif isinstance(prompt, list) and prompt and all(isinstance(t, int) for t in prompt):
-            text, known = "", len(prompt)
-        else:
-            raise ShapeError("bad_prompt", "prompt must be a string, a list of strings or of token ids")
+        texts, id_counts = completion_prompts(body.get("prompt"))
+        known = max(id_counts) if id_counts else None  # each prompt is its own sequence: the longest decides
+        learn_bytes = None
+        text = ""
+        if texts:
+            sizes = [_nbytes(p) for p in texts]
+            text = texts[max(range(len(texts)), key=sizes.__getitem__)]
+            learn_bytes = sum(sizes) if len(texts) > 1 else None
         return RequestShape(
             endpoint=COMPLETIONS,
             category=categorizer.classify(text),
@@ -287,6 +319,8 @@ def shape_from_body(endpoint: str, body: Any, categorizer: Categorizer) -> Reque
             client_include_usage=include_usage,
             model=model,
             known_prompt_tokens=known,
+            prompts=len(texts) or len(id_counts),
+            choices=choices(body, api.choices_key),
             texts=(text,) if text else (),
             learn_text_bytes=learn_bytes,
         )

@@ -17,7 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
-from extproc.algorithm.budget import BudgetParams, Estimate, attribute, estimate, framing_tokens
+from extproc.algorithm import endpoints
+from extproc.algorithm.budget import BudgetParams, Estimate, attribute, estimate, framing_tokens, output_limit
 from extproc.algorithm.calibration import CalibrationParams, Calibrator, Observation
 from extproc.algorithm.categories import Categorizer, CategoryParams
 from extproc.algorithm.dispatch import LONG, SHORT, UNPARSEABLE, Decision, DispatchPolicy, decide
@@ -28,6 +29,7 @@ from extproc.algorithm.linear_estimator import MESSAGES, REQUEST, TOOLS, Estimat
 from extproc.algorithm.pressure import CapacityParams, InFlightPressure, PressureSource
 from extproc.algorithm.prompt_memory import PromptMemory
 from extproc.algorithm.request_shape import RequestShape, shape_from_body
+from extproc.algorithm.truncation import context_truncated, near_context
 
 Clock = Callable[[], float]
 # The v1 estimate screens v2: when the decision is the same at half and at twice the v1 prompt
@@ -47,6 +49,8 @@ class Ticket:
     net moved to the long pool), and only then does ``finish`` learn from it. ``shape`` and
     ``estimate`` are None for a request the caller could not read (routed long with the caller's
     reason). ``served_pool`` is set by ``moved`` when Envoy's net resent the request to another pool.
+    ``must_read``: a short-pool answer near the boundary, observed whatever sampling drew, because it
+    may come back cut by the short context (``extproc.algorithm.truncation``); ``observe`` is then True.
     """
 
     decision: Decision
@@ -57,6 +61,7 @@ class Ticket:
     short_pressure: float = 0.0  # the pool pressures the decision used (1.0 = at capacity)
     long_pressure: float = 0.0
     served_pool: str = ""
+    must_read: bool = False
 
     @property
     def pool(self) -> str:
@@ -73,13 +78,16 @@ class Outcome:
     ``trusted``: the caller knows this count is the engine's own answer to a request the estimate
     misplaced (the long pool's usage after the net resent it, or the usage of an answer the short
     context cut): never rejected as an outlier (the fit, not the engine, was wrong about that text),
-    and remembered for that prompt. Only the hard bytes/token bounds still apply."""
+    and remembered for that prompt. Only the hard bytes/token bounds still apply.
+    ``length_stop``: some sequence of the answer finished with ``"length"`` (a Responses answer
+    ``incomplete`` for ``max_output_tokens``)."""
 
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     status: int = 0
     lower_bound: bool = False
     trusted: bool = False
+    length_stop: bool = False
 
 
 NO_OUTCOME = Outcome()
@@ -135,29 +143,60 @@ class BudgetRouter:
         return estimate(shape, self.calibrator.ratio, self.budget)
 
     def decide(
-        self, shape: RequestShape, short_pressure: float = 0.0, long_pressure: float = 0.0
+        self,
+        shape: RequestShape,
+        short_pressure: float = 0.0,
+        long_pressure: float = 0.0,
+        estimate: Estimate | None = None,
     ) -> tuple[Estimate, Decision]:
         """Estimate and pool choice at the given pressures, with no side effect (no counting, no
-        sampling): what ``route`` decides, for callers that only want to look."""
+        sampling): what ``route`` decides, for callers that only want to look. ``estimate``: one made
+        already (``estimate_request``, or ``with_engine_count``), used as it is."""
+        est = self.estimate_request(shape) if estimate is None else estimate
+        return est, decide(est.total, self.policy, short_pressure, long_pressure, est.output_defaulted)
+
+    def estimate_request(self, shape: RequestShape, exact: bool = True) -> Estimate:
+        """The estimate routing uses: v1, refined by v2 where a threshold lies within the screen.
+        ``exact`` False skips the offline exact band (the caller asks the engine first)."""
         est = self.estimate(shape)
-        decision = decide(est.total, self.policy, short_pressure, long_pressure, est.output_defaulted)
-        if self.linear is not None and shape.known_prompt_tokens is None and shape.texts:
-            out, pol = est.output_tokens, self.policy
-            low, high = est.prompt_tokens / SCREEN_FACTOR + out, est.prompt_tokens * SCREEN_FACTOR + out
-            # no threshold inside the screen: no estimate in it decides otherwise
-            if low <= pol.b_short < high or low <= pol.short_context < high or low <= pol.long_context < high:
-                est = self._estimate_linear(shape, est)
-                decision = decide(est.total, self.policy, short_pressure, long_pressure, est.output_defaulted)
-        if (
-            decision.pool == SHORT
-            and shape.known_prompt_tokens is None
-            and self.memory.worth_looking(est.prompt_tokens)
-        ):
-            found = self.memory.lookup(shape)
-            if found is not None and found.tokens > est.prompt_tokens:  # what the engine said of this prompt
-                est = replace(est, prompt_tokens=found.tokens, total=found.tokens + est.output_tokens)
-                decision = decide(est.total, self.policy, short_pressure, long_pressure, est.output_defaulted)
-        return est, decision
+        if self.linear is None or shape.known_prompt_tokens is not None or not shape.texts:
+            return self._remembered(shape, est)
+        out, pol = est.output_tokens, self.policy
+        low, high = est.prompt_tokens / SCREEN_FACTOR + out, est.prompt_tokens * SCREEN_FACTOR + out
+        # no threshold inside the screen: no estimate in it decides otherwise
+        if low <= pol.b_short < high or low <= pol.short_context < high or low <= pol.long_context < high:
+            est = self._estimate_linear(shape, est, exact)
+        return self._remembered(shape, est)
+
+    def _remembered(self, shape: RequestShape, est: Estimate) -> Estimate:
+        """``est`` raised to what the engine said of this very prompt before, where that decides."""
+        if shape.known_prompt_tokens is not None or not self.memory.worth_looking(est.prompt_tokens):
+            return est
+        if decide(est.total, self.policy, output_defaulted=est.output_defaulted).pool != SHORT:
+            return est
+        found = self.memory.lookup(shape)
+        if found is not None and found.tokens > est.prompt_tokens:  # what the engine said of this prompt
+            est = replace(est, prompt_tokens=found.tokens, total=found.tokens + est.output_tokens)
+        return est
+
+    def engine_count_pool(self, shape: RequestShape, est: Estimate) -> str | None:
+        """The pool whose engine should count this prompt exactly, or None when no count is wanted.
+
+        Wanted where the estimate's uncertainty band holds ``B_short`` (no estimate in the band can
+        tell the side; a few per cent of traffic) and the engine's ``/tokenize`` takes the request as
+        it is: its API is one ``/tokenize`` renders, and no image part (the engine would have to fetch
+        and process it). The pool is the one the estimate chose: it serves the same model, and the
+        answer spreads with the traffic."""
+        api = endpoints.named(shape.endpoint)
+        if not est.in_band or est.engine_counted is not None or api is None or not api.tokenize or shape.images:
+            return None
+        return decide(est.total, self.policy, output_defaulted=est.output_defaulted).pool
+
+    def with_engine_count(self, shape: RequestShape, est: Estimate, count: int) -> Estimate:
+        """``est`` with the engine's own count of the prompt (chat template, tools and special tokens
+        included): exact, so no margin is added. The features stay for learning from the answer."""
+        prompt = count + shape.images * self.budget.image_tokens
+        return replace(est, prompt_tokens=prompt, total=prompt + est.output_tokens, engine_counted=count)
 
     def linear_category(self, shape: RequestShape) -> str:
         """The v2 bucket of a request: the structured category when tool JSON outweighs the text.
@@ -181,7 +220,7 @@ class BudgetRouter:
         messages = shape.messages if templated(shape.endpoint) else 0
         return self.linear.vector(features, shape.structured_bytes, messages, shape.tool_items), structured
 
-    def _estimate_linear(self, shape: RequestShape, v1: Estimate) -> Estimate:
+    def _estimate_linear(self, shape: RequestShape, v1: Estimate, exact: bool = True) -> Estimate:
         assert self.linear is not None
         x, structured = self._vector(shape)
         category = self.linear_category(shape)
@@ -191,7 +230,7 @@ class BudgetRouter:
         prompt, counted = lin.routed + images, None
         b_short = self.policy.b_short
         in_band = lin.low + images + out <= b_short < lin.high + images + out
-        if self.exact is not None and in_band and structured is not None:
+        if exact and self.exact is not None and in_band and structured is not None:
             counted = self.exact.count(shape.model, shape.texts, structured)
             if counted is not None:
                 w = self.linear.bucket(shape.model, category).weights
@@ -206,14 +245,18 @@ class BudgetRouter:
                 )
                 prompt += images
         ratio = shape.text_bytes / max(1.0, lin.point) if shape.text_bytes else v1.ratio
-        return Estimate(prompt, out, prompt + out, ratio, v1.output_defaulted, tuple(x), counted)
+        band = in_band and structured is not None and counted is None
+        return Estimate(prompt, out, prompt + out, ratio, v1.output_defaulted, tuple(x), counted, in_band=band)
 
-    def route(self, shape: RequestShape | None, unreadable: str = UNPARSEABLE) -> Ticket:
+    def route(
+        self, shape: RequestShape | None, unreadable: str = UNPARSEABLE, estimate: Estimate | None = None
+    ) -> Ticket:
         """Decide the pool for one request and count it against that pool.
 
         ``shape`` None is a request the caller could not read: it takes the safe (long) route with
         reason ``unreadable`` and is never observed. Every ticket must reach ``finish`` once, when
         the request ends (for an unobserved ticket it learns only from what ``wants`` asked for).
+        ``estimate``: the request's estimate when the caller made it already (an engine count).
         """
         now = self.clock()
         if shape is None:
@@ -221,13 +264,39 @@ class BudgetRouter:
             return Ticket(Decision(LONG, unreadable), False, now)
         p = self.pressure
         short_pressure, long_pressure = p.pressure(SHORT), p.pressure(LONG)
-        est, decision = self.decide(shape, short_pressure, long_pressure)
-        observe = self._observes(shape)
+        est, decision = self.decide(shape, short_pressure, long_pressure, estimate)
+        sampled = self._observes(shape)  # drawn first: must_read leaves the sampling sequence as it was
+        must_read = self.must_read(shape, est, decision.pool)
+        observe = sampled or must_read
         if observe:
             p.acquire(decision.pool)
         else:
             p.lease(decision.pool)
-        return Ticket(decision, observe, now, shape, est, short_pressure, long_pressure)
+        return Ticket(decision, observe, now, shape, est, short_pressure, long_pressure, must_read=must_read)
+
+    def must_read(self, shape: RequestShape, est: Estimate, pool: str) -> bool:
+        """Whether the answer must be read whatever sampling says: a short-pool answer near the short
+        context may come back cut (token-id prompts are exact: theirs cannot, unless misconfigured)."""
+        if pool != SHORT or shape.known_prompt_tokens is not None:
+            return False
+        return near_context(est.prompt_tokens, est.output_tokens, self.policy.short_context)
+
+    def truncated(self, ticket: Ticket, outcome: Outcome) -> bool:
+        """Whether the pool that answered cut the answer at the end of its context (pure: the answer's
+        ``usage`` against the pool's context and the request's output limit). On the short pool that
+        is a truncation caused by routing; on the long pool the request did not fit any pool."""
+        shape, est = ticket.shape, ticket.estimate
+        prompt, completion = outcome.prompt_tokens, outcome.completion_tokens
+        if shape is None or est is None or prompt is None or completion is None or outcome.lower_bound:
+            return False
+        if outcome.status >= 400:
+            return False
+        context = self.policy.short_context if ticket.pool == SHORT else self.policy.long_context
+        longest = est.prompt_tokens if shape.prompts > 1 else None
+        sequences = shape.prompts * shape.choices
+        return context_truncated(
+            prompt, completion, context, output_limit(shape), sequences, longest, outcome.length_stop
+        )
 
     def moved(self, ticket: Ticket, pool: str) -> Ticket:
         """Envoy's net resent the request to ``pool`` (the short pool rejected or dropped it): an

@@ -1,97 +1,107 @@
-"""The fleet-shape and engine flags that ``up`` and ``engine command`` share, and what they resolve to.
+"""The fleet-shape and engine options that ``up`` and ``engine`` share, and what they resolve to.
 
-One place turns them into the two ``PoolSpec``s and (for ``--engine vllm``) the ``EngineFleet``; the
-stack derives the router's contexts, ``B_short`` and capacities from those same specs, so the router
-can never be told a fleet other than the one that runs.
+One place turns them into the two ``PoolSpec``s and (for real vLLM) the request for an
+``EngineFleet``; the stack derives the router's contexts, ``B_short`` and capacities from those same
+specs, so the router can never be told a fleet other than the one that runs. Resolving the request
+(installing the engine, building the model: minutes the first time) is left to the command's ``run``,
+never done while options are read.
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from extproc.engines.launch import DEFAULT_KV_CACHE_GIB, EngineFleet
 from extproc.engines.runtime import prepare_fleet
 from extproc.engines.settings import CACHE_ENV_DOC, EngineSettings
+from extproc.options import ConfigError, above, at_least, default_of, opt
 from extproc.stack.stack import CPU_ENGINE_FLEET, EMULATOR_FLEET, PoolSpec
 
 ENGINES = ("emulator", "vllm")
+# The options that only real engines read (the fleet's shape applies to the emulator too).
+ENGINE_ONLY = ("engine_model", "engine_kv_cache_gib", "engine_flag", "engine_startup_timeout")
 FLEETS = {"emulator": EMULATOR_FLEET, "vllm": CPU_ENGINE_FLEET}
+_EM, _CPU = EMULATOR_FLEET, CPU_ENGINE_FLEET
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
+def _pool_default(i: int, what: str) -> str:
+    return f"{getattr(_CPU[i], what)} with vLLM, {getattr(_EM[i], what)} emulated"
 
 
-def add_fleet_arguments(parser: argparse.ArgumentParser, engine_choice: bool = True) -> None:
-    g = parser.add_argument_group("pools and engines")
-    if engine_choice:
-        g.add_argument(
-            "--engine", choices=ENGINES, default="emulator",
-            help="what serves the pools: the emulator (a second to start) or real vLLM (the CPU build, installed "
-            "into the engine cache on first use; a GPU host's own vLLM where importable or configured)",
-        )  # fmt: skip
-    em, cpu = EMULATOR_FLEET, CPU_ENGINE_FLEET
-    for pool, i in (("short", 0), ("long", 1)):
-        g.add_argument(
-            f"--{pool}-max-model-len", type=_positive_int, metavar="TOKENS", default=None,
-            help=f"{pool} pool's context (default {em[i].max_model_len} emulated, {cpu[i].max_model_len} vLLM)",
-        )  # fmt: skip
-        g.add_argument(
-            f"--{pool}-max-num-seqs", type=_positive_int, metavar="N", default=None,
-            help=f"{pool} pool's sequence limit (default {em[i].max_num_seqs} emulated, {cpu[i].max_num_seqs} vLLM)",
-        )  # fmt: skip
-    g.add_argument(
-        "--engine-model", metavar="PATH_OR_NAME", default="",
-        help="vLLM: the model to serve (default: the tiny Llama-3 model, built once into the engine cache)",
+@dataclass(frozen=True)
+class EngineRequest:
+    """Real vLLM as the options ask for it, before anything is installed."""
+
+    model: str
+    kv_cache_gib: float
+    extra_flags: tuple[str, ...]
+    startup_timeout_s: float
+
+
+@dataclass(frozen=True)
+class FleetOptions:
+    short_max_model_len: int | None = opt(
+        None, "Short pool's context.", "TOKENS", check=at_least(1), shown=_pool_default(0, "max_model_len"),
+        example=4096,
     )  # fmt: skip
-    g.add_argument(
-        "--engine-kv-cache-gib", type=float, metavar="GIB", default=DEFAULT_KV_CACHE_GIB,
-        help="vLLM CPU: KV cache per server (VLLM_CPU_KVCACHE_SPACE)",
-    )  # fmt: skip
-    g.add_argument(
-        "--engine-flag", action="append", default=[], metavar="FLAG",
-        help="extra vLLM server flag for both pools, e.g. --engine-flag=--max-num-batched-tokens=4096 (repeatable)",
-    )  # fmt: skip
-    g.add_argument(
-        "--engine-startup-timeout", type=float, metavar="SECONDS", default=EngineFleet.startup_timeout_s,
-        help=f"vLLM: how long a server may take to become healthy. Engine cache: {CACHE_ENV_DOC}",
-    )  # fmt: skip
-
-
-def fleet_shape(args: argparse.Namespace, engine: str) -> tuple[PoolSpec, PoolSpec]:
-    """The two pools: the engine's defaults with the flags given applied."""
-    defaults = FLEETS[engine]
-    short, long = (
-        PoolSpec(
-            d.name,
-            getattr(args, f"{d.name}_max_model_len") or d.max_model_len,
-            getattr(args, f"{d.name}_max_num_seqs") or d.max_num_seqs,
-        )
-        for d in defaults
+    short_max_num_seqs: int | None = opt(
+        None, "Short pool's sequence limit.", "N", check=at_least(1), shown=_pool_default(0, "max_num_seqs")
     )
-    if short.max_model_len > long.max_model_len:
-        raise ValueError(
-            f"--short-max-model-len ({short.max_model_len}) must be <= --long-max-model-len ({long.max_model_len})"
+    long_max_model_len: int | None = opt(
+        None, "Long pool's context.", "TOKENS", check=at_least(1), shown=_pool_default(1, "max_model_len"),
+        example=131072,
+    )  # fmt: skip
+    long_max_num_seqs: int | None = opt(
+        None, "Long pool's sequence limit.", "N", check=at_least(1), shown=_pool_default(1, "max_num_seqs")
+    )
+    engine_model: str = opt(
+        "", "vLLM: the model to serve.", "PATH_OR_NAME", shown="the tiny Llama-3 model, built into the engine cache",
+        example="meta-llama/Llama-3.1-8B-Instruct",
+    )  # fmt: skip
+    engine_kv_cache_gib: float = opt(
+        DEFAULT_KV_CACHE_GIB, "vLLM CPU: KV cache per server (VLLM_CPU_KVCACHE_SPACE).", "GIB", check=above(0)
+    )
+    engine_flag: tuple[str, ...] = opt(
+        (), "Extra vLLM server flag for both pools, e.g. --engine-flag=--max-num-batched-tokens=4096.", "FLAG",
+        parse=str, repeat=True, env=False, example="--max-num-batched-tokens=4096",
+    )  # fmt: skip
+    engine_startup_timeout: float = opt(
+        default_of(EngineFleet, "startup_timeout_s"),
+        f"vLLM: how long a server may take to become healthy. Engine cache: {CACHE_ENV_DOC}.", "SECONDS",
+        check=above(0),
+    )  # fmt: skip
+
+    def shape(self, engine: str) -> tuple[PoolSpec, PoolSpec]:
+        """The two pools: the engine's defaults with the options given applied."""
+        short, long = (
+            PoolSpec(
+                d.name,
+                getattr(self, f"{d.name}_max_model_len") or d.max_model_len,
+                getattr(self, f"{d.name}_max_num_seqs") or d.max_num_seqs,
+            )
+            for d in FLEETS[engine]
         )
-    return short, long
+        if short.max_model_len > long.max_model_len:
+            raise ConfigError(
+                f"--short-max-model-len ({short.max_model_len}) must be <= --long-max-model-len ({long.max_model_len})"
+            )
+        return short, long
+
+    def request(self) -> EngineRequest:
+        return EngineRequest(
+            self.engine_model, self.engine_kv_cache_gib, self.engine_flag, self.engine_startup_timeout
+        )
 
 
 def _say(line: str) -> None:
     print(f"budget-router: {line}", file=sys.stderr, flush=True)
 
 
-def engine_fleet(args: argparse.Namespace, say: Callable[[str], None] = _say) -> EngineFleet:
-    """Install and build what is missing, then the fleet of real engines the flags describe."""
-    if not args.engine_kv_cache_gib > 0:
-        raise ValueError(f"--engine-kv-cache-gib must be > 0, got {args.engine_kv_cache_gib}")
-    if not args.engine_startup_timeout > 0:
-        raise ValueError(f"--engine-startup-timeout must be > 0, got {args.engine_startup_timeout}")
+def engine_fleet(request: EngineRequest, say: Callable[[str], None] = _say) -> EngineFleet:
+    """Install and build what is missing, then the fleet of real engines the request describes."""
     return prepare_fleet(
-        EngineSettings.from_env(), say, model=args.engine_model, kv_cache_gib=args.engine_kv_cache_gib,
-        extra_flags=tuple(args.engine_flag), startup_timeout_s=args.engine_startup_timeout,
+        EngineSettings.from_env(), say, model=request.model, kv_cache_gib=request.kv_cache_gib,
+        extra_flags=request.extra_flags, startup_timeout_s=request.startup_timeout_s,
     )  # fmt: skip

@@ -19,6 +19,7 @@ from typing import Any
 
 from extproc.algorithm.pressure import LivePressure
 from extproc.config import Config, ConfigError, add_config_flags, config_from_args
+from extproc.server.engine_count import EngineCounter
 from extproc.server.exchange import RouterRuntime
 from extproc.server.pool_load import build_scraper
 from extproc.server.service import RouterServer
@@ -50,6 +51,12 @@ async def serve(
     if scraper is not None:
         await scraper.start()
         rt.scraper = scraper  # telemetry reads its counters
+    counter = None
+    if cfg.estimator.engine_counts and scraper is not None:  # validated: engine counts need live_load
+        e = cfg.estimator
+        counter = EngineCounter(scraper.live_engines, e.engine_count_timeout_s, e.engine_count_max_in_flight)
+        await counter.start()
+        rt.counter = counter
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):  # before the ready line: a supervisor may signal at once
@@ -69,6 +76,8 @@ async def serve(
     await server.stop(cfg.server.grace_period_s)
     if scraper is not None:
         await scraper.stop()
+    if counter is not None:
+        await counter.stop()
     await store.sync_async(rt.router.calibrator, rt.router.linear)
     if telemetry_shutdown is not None:
         telemetry_shutdown()

@@ -19,18 +19,19 @@ from __future__ import annotations
 import itertools
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from extproc.algorithm import BudgetRouter, Outcome, ShapeError, Ticket, endpoints
+from extproc.algorithm import BudgetRouter, Estimate, Outcome, RequestShape, ShapeError, Ticket, endpoints
 from extproc.algorithm.dispatch import NO_BODY, SHORT, UNPARSEABLE
 from extproc.algorithm.pressure import LOCAL, LivePressure
 from extproc.algorithm.request_shape import SHAPE_ERROR_REASONS
 from extproc.config import Config
 from extproc.server import envoy_wire as em
+from extproc.server.engine_count import tokenize_payload
 from extproc.server.events import (
     REQUEST_ID_HEADER,
     Decided,
@@ -46,6 +47,7 @@ from extproc.server.sse import SseUsageScanner
 from extproc.server.usage import json_response, usage_counts
 
 if TYPE_CHECKING:
+    from extproc.server.engine_count import CountResult, EngineCounter
     from extproc.server.pool_load import PoolLoadScraper
 
 __all__ = [
@@ -72,6 +74,7 @@ class RouterRuntime:
     router: BudgetRouter
     observer: ExchangeObserver = field(default_factory=ExchangeObserver)
     scraper: PoolLoadScraper | None = None  # set by serve when live_load is configured
+    counter: EngineCounter | None = None  # set by serve when estimator.engine_counts is on
 
     @classmethod
     def from_config(cls, cfg: Config, observer: ExchangeObserver | None = None) -> RouterRuntime:
@@ -105,6 +108,23 @@ def inject_include_usage(raw: bytes, body: dict[str, Any]) -> bytes | None:
     return orjson.dumps(new)
 
 
+@dataclass(frozen=True, slots=True)
+class CountWanted:
+    """The exchange waits for an engine count: ``pool``'s engine, asked with ``payload``."""
+
+    pool: str
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class _Pending:
+    raw: bytes
+    body: dict[str, Any]
+    shape: RequestShape
+    estimate: Estimate
+    endpoint: str
+
+
 class Exchange:
     def __init__(self, rt: RouterRuntime, metadata: Sequence[tuple[str, str]] = ()) -> None:
         self.rt = rt
@@ -129,6 +149,11 @@ class Exchange:
         self._json_parts: list[bytes] = []
         self._json_size = 0
         self._closed = False
+        # Set by on_request_body when the router wants the engine's count first: the caller awaits
+        # it (``EngineCounter.count``) and hands it to ``counted`` for the request body's answer.
+        self.count_wanted: CountWanted | None = None
+        self._pending: _Pending | None = None
+        self._count: CountResult | None = None
 
     @property
     def record(self) -> ExchangeRecord:
@@ -147,7 +172,9 @@ class Exchange:
         )
 
     # -- dispatch ------------------------------------------------------------------------------
-    def handle(self, req: em.ProcessingRequest) -> em.ProcessingResponse:
+    def handle(self, req: em.ProcessingRequest) -> em.ProcessingResponse | None:
+        """The answer to one ext_proc message; None only for a request body whose engine count is
+        wanted first (``count_wanted``): the answer then comes from ``counted``."""
         t0 = time.perf_counter()
         kind, payload = em.decode(req)
         if isinstance(payload, em.Headers):
@@ -178,20 +205,40 @@ class Exchange:
             self.done = True  # not an LLM request: its response has nothing to teach
         return em.request_headers_response(em.common(set_headers, remove, clear_route_cache=True))
 
-    def on_request_body(self, msg: em.Body) -> em.ProcessingResponse:
+    def on_request_body(self, msg: em.Body) -> em.ProcessingResponse | None:
         raw = msg.data
         self._body_bytes = len(raw)
         if self.rt.cfg.telemetry.capture_content:
             self._request_body = raw
         new_body = self._route_body(raw)
+        if self.count_wanted is not None:
+            return None
+        return self._request_body_response(new_body)
+
+    def counted(self, result: CountResult) -> em.ProcessingResponse:
+        """The engine count (or why there is none) is in: route with it and answer the request body."""
+        pending, self._pending, self.count_wanted = self._pending, None, None
+        assert pending is not None, "counted() without a wanted count"
+        t0 = time.perf_counter()
+        self._count = result
+        est = None  # no count: route as without counts (the offline exact band may count it)
+        if result.count is not None:
+            est = self.rt.router.with_engine_count(pending.shape, pending.estimate, result.count)
+        new_body = self._route_shape(pending.raw, pending.body, pending.shape, pending.endpoint, est)
+        resp = self._request_body_response(new_body)
+        self._phases["request_body"] = self._phases.get("request_body", 0.0) + time.perf_counter() - t0
+        return resp
+
+    def _request_body_response(self, new_body: bytes | None) -> em.ProcessingResponse:
         set_headers = self._routing_headers()
         if new_body is not None:
             set_headers["content-length"] = str(len(new_body))
         return em.request_body_response(em.common(set_headers, body=new_body, clear_route_cache=True))
 
     def _route_body(self, raw: bytes) -> bytes | None:
-        """Decide the pool; returns a replacement body when we changed it, else None."""
-        scfg, rcfg = self.rt.cfg.server, self.rt.cfg.routing
+        """Decide the pool (or want an engine count first); returns a replacement body when we changed
+        it, else None."""
+        scfg = self.rt.cfg.server
         endpoint = endpoint_of(self._method, self._path)
         if endpoint is None:
             self._route_unreadable(UNPARSEABLE, "unknown_endpoint")
@@ -212,7 +259,25 @@ class Exchange:
         except ShapeError as exc:
             self._route_unreadable(UNPARSEABLE, exc.reason)
             return None
-        ticket = self.ticket = self.rt.router.route(shape)
+        est = None
+        if self.rt.counter is not None:  # the engine counts the few requests no estimate can place
+            est = self.rt.router.estimate_request(shape, exact=False)
+            pool = self.rt.router.engine_count_pool(shape, est)
+            payload = tokenize_payload(shape, body) if pool is not None else None
+            if pool is not None and payload is not None:
+                self.count_wanted = CountWanted(pool, payload)
+                self._pending = _Pending(raw, body, shape, est, endpoint)
+                return None
+            est = None if est.in_band else est  # in the band but not countable: the exact band may count it
+        return self._route_shape(raw, body, shape, endpoint, est)
+
+    def _route_shape(
+        self, raw: bytes, body: dict[str, Any], shape: RequestShape, endpoint: str, est: Estimate | None
+    ) -> bytes | None:
+        """Route a readable request (with the estimate made already, if any); returns a replacement
+        body when we changed it, else None."""
+        rcfg = self.rt.cfg.routing
+        ticket = self.ticket = self.rt.router.route(shape, estimate=est)
         self._reading = ticket.observe  # an unobserved ticket still shows its status, see on_response_headers
         new_body = None
         if ticket.observe and shape.stream and not shape.client_include_usage and rcfg.inject_include_usage:
@@ -229,7 +294,9 @@ class Exchange:
         key, method, path, nbytes, body = self._key, self._method, self._path, self._body_bytes, self._request_body
         pressure = self.rt.router.pressure
         source = "" if ticket.shape is None else pressure.source[SHORT] if isinstance(pressure, LivePressure) else LOCAL
-        self._decided = Decided(key, method, path, endpoint, detail, nbytes, injected, body, source, ticket)
+        count = self._count
+        counted = ("", 0.0) if count is None else (count.outcome, count.seconds)
+        self._decided = Decided(key, method, path, endpoint, detail, nbytes, injected, body, source, ticket, *counted)
         self.rt.observer.decided(self._decided)
 
     def _routing_headers(self) -> dict[str, str]:
@@ -273,7 +340,7 @@ class Exchange:
                 tail = self._sse.finish()
                 out = (out or b"") + tail if out is not None or tail else None
                 self._response_model = self._sse.model
-                self._observe_usage(*usage_counts(self._sse.usage), "sse")
+                self._observe_usage(*usage_counts(self._sse.usage), length_stop=self._sse.length_stop, source="sse")
             if out is not None and out == msg.data:
                 out = None
             return em.response_body_response(out)
@@ -297,24 +364,32 @@ class Exchange:
             scanner.feed(body)
             scanner.finish()
             self._response_model = scanner.model
-            self._observe_usage(*usage_counts(scanner.usage), "sse")
+            self._observe_usage(*usage_counts(scanner.usage), length_stop=scanner.length_stop, source="sse")
         else:
-            prompt, completion, self._response_model = json_response(body)
-            self._observe_usage(prompt, completion, "json")
+            prompt, completion, self._response_model, stopped = json_response(body)
+            self._observe_usage(prompt, completion, length_stop=stopped, source="json")
 
     def _observe_usage(
-        self, prompt: int | None, completion: int | None, source: str, lower_bound: bool = False
+        self,
+        prompt: int | None,
+        completion: int | None,
+        source: str,
+        lower_bound: bool = False,
+        length_stop: bool = False,
     ) -> None:
-        """The response's usage is in: the ticket is finished with it (once; later copies are ignored)."""
+        """The response's usage is in: the ticket is finished with it (once; later copies are ignored),
+        and the router says whether the pool cut the answer at its context."""
         if prompt is None or not self._reading or self._finished or self.ticket is None or self._decided is None:
             return
         self._finished = True
-        # The net moved it: the long pool's count of a prompt the estimate sent short is the engine's
-        # own answer to a misplaced request, the best sample there is (``Outcome.trusted``).
-        trusted = self.ticket.pool != self.ticket.decision.pool and self._status < 400 and not lower_bound
-        outcome = Outcome(prompt, completion, self._status, lower_bound, trusted)
+        outcome = Outcome(prompt, completion, self._status, lower_bound, length_stop=length_stop)
+        truncated = self.rt.router.truncated(self.ticket, outcome)
+        # The engine's own count of a request the estimate misplaced is the best sample there is
+        # (``Outcome.trusted``): the long pool's after the net moved it, or a short answer the context cut.
+        moved = self.ticket.pool != self.ticket.decision.pool and self._status < 400 and not lower_bound
+        outcome = replace(outcome, trusted=moved or truncated)
         learned = self.rt.router.finish(self.ticket, outcome)
-        self._observed = Observed(self._decided, source, outcome, learned)
+        self._observed = Observed(self._decided, source, outcome, learned, truncated)
         self.rt.observer.observed(self._observed)
 
     def trace_and_request_id(self) -> tuple[str, str]:

@@ -39,6 +39,8 @@ class ExternalProcessor(epg.ExternalProcessorServicer):
                     break
                 try:
                     resp = ex.handle(req)
+                    if resp is None:  # the router wants the engine's count first (bounded wait)
+                        resp = await self._counted(ex)
                 except Exception as exc:
                     await self._fail(ex, em.phase_of(req), exc, context)  # raises: the stream ends
                     raise
@@ -52,6 +54,11 @@ class ExternalProcessor(epg.ExternalProcessorServicer):
             self.active -= 1
             if self.active == 0:
                 self._idle.set()
+
+    async def _counted(self, ex: Exchange) -> em.ProcessingResponse:
+        wanted, counter = ex.count_wanted, self.rt.counter
+        assert wanted is not None and counter is not None, "an exchange wants a count only with a counter"
+        return ex.counted(await counter.count(wanted.pool, wanted.payload))
 
     async def _fail(
         self,

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import functools
 import os
@@ -260,6 +261,7 @@ class Stack:
         if opts.live_load and not opts.admin_port:  # the routers discover the pools through Envoy's admin
             opts = dataclasses.replace(opts, admin_port=free_port())
         self.options = opts
+        self._made_run_dir = not opts.run_dir
         self.run_dir = Path(opts.run_dir) if opts.run_dir else Path(tempfile.mkdtemp(prefix="budget-router-up-"))
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.state_file = Path(opts.state_file) if opts.state_file else self.run_dir / "calibration.json"
@@ -492,16 +494,49 @@ class Stack:
 
     def stop(self) -> None:
         """Envoy, then routers (they drain and save calibration), then pools; idempotent and safe to
-        call from another thread while ``start()`` runs. A stopped stack cannot be started again."""
+        call from another thread while ``start()`` runs. A stopped stack cannot be started again.
+
+        A second Ctrl-C (or SIGTERM) while stopping must not leave a child holding its port: the stop
+        goes on, every child still running is SIGKILLed at once instead of drained, and only then
+        is the interrupt passed on. A run dir this stack made and nothing was written to is removed."""
         with self._lock:
             self._closing = True
+        interrupt: BaseException | None = None
+        steps: list[Callable[[], object]] = []
         if self.supervisor is not None:
-            self.supervisor.stop()
+            steps.append(self.supervisor.stop)
         if self.envoy is not None:
-            self.envoy.stop(5.0)
+            steps.append(functools.partial(self.envoy.stop, 5.0))
         for proc in reversed(self._spawned):  # routers were spawned after the pools
-            proc.stop(self.options.router_grace_s + 5.0)
+            steps.append(functools.partial(proc.stop, self.options.router_grace_s + 5.0))
+        for step in steps:
+            if interrupt is not None:
+                break
+            try:
+                step()
+            except KeyboardInterrupt as exc:  # a second Ctrl-C: no more draining
+                interrupt = exc
+        if interrupt is not None:
+            self._kill_all()
         self.started = False
+        self._remove_empty_run_dir()
+        if interrupt is not None:
+            raise interrupt
+
+    def _kill_all(self) -> None:
+        """SIGKILL every child's process group; further interrupts are held until all are sent."""
+        for proc in [p for p in (self.envoy, *self._spawned) if p is not None]:
+            while True:
+                try:
+                    proc.kill()
+                    break
+                except KeyboardInterrupt:
+                    continue  # a third Ctrl-C: the kill is instant, finish it
+
+    def _remove_empty_run_dir(self) -> None:
+        if self._made_run_dir:
+            with contextlib.suppress(OSError):  # not empty (logs worth keeping) or already gone
+                self.run_dir.rmdir()
 
     def _watched(self) -> list[Watched]:
         """Every child, its readiness probe and what a client sees while it is down."""

@@ -347,3 +347,53 @@ def test_linear_estimator_routes_near_the_boundary_and_learns_from_usage():
     ex.handle(response_body(b'{"choices":[],"usage":{"prompt_tokens":5800,"completion_tokens":10}}'))
     bucket = rt.router.linear.bucket("m", ex.record.category)
     assert bucket.samples == 1
+
+
+# ---- truncation by the short context (vLLM 0.32 clamps instead of refusing) --------------------------
+def clamped_runtime() -> RouterRuntime:
+    """A converged router that reads no sampled answer (rate 0) and a 2048-token short pool."""
+    overrides = {
+        "calibration": {"state_file": "", "converged_sample_rate": 0.0},
+        "routing": {"b_short": 2048, "short_context": 2048},
+        "estimator": {"kind": "ratio"},
+    }
+    rt = RouterRuntime.from_config(load_config(env={}, overrides=overrides))
+    rt.router.calibrator.load({"prose": {"mean": 4.0, "dev": 0.05, "samples": 500}})
+    return rt
+
+
+CLAMPED_CHOICE = {"index": 0, "message": {"role": "assistant", "content": "x"}, "finish_reason": "length"}
+
+
+def test_a_near_boundary_short_answer_is_read_although_unsampled_and_its_cut_counted():
+    rt = clamped_runtime()
+    ex, _, _ = route(rt, chat("word " * 1200, max_tokens=400))  # ~1500 estimated: short, near the context
+    assert ex.record.pool == "short" and ex.record.must_read and ex.record.observed
+    r = ex.handle(response_headers(status=200))
+    assert not r.HasField("mode_override") and not ex.done  # BUFFERED: its usage is wanted
+    answer = {"choices": [CLAMPED_CHOICE], "usage": {"prompt_tokens": 1900, "completion_tokens": 148}}
+    ex.handle(response_body(orjson.dumps(answer)))
+    assert ex.record.context_truncated and ex.record.prompt_tokens == 1900  # the exact size, learned
+    assert ex.record.observation == "accepted" and rt.router.calibrator.state("prose").samples == 501
+
+
+def test_a_streamed_cut_is_seen_in_the_finish_chunk_with_the_injected_usage():
+    rt = clamped_runtime()
+    ex, _, b = route(rt, chat("word " * 1200, max_tokens=400, stream=True))
+    assert b.request_body.response.HasField("body_mutation")  # include_usage injected: it must be read
+    ex.handle(response_headers(content_type="text/event-stream"))
+    finish = {"choices": [{"index": 0, "delta": {}, "finish_reason": "length"}]}
+    usage = {"choices": [], "usage": {"prompt_tokens": 1700, "completion_tokens": 60}}  # short of 2048
+    stream = b"data: " + orjson.dumps(finish) + b"\n\ndata: " + orjson.dumps(usage) + b"\n\ndata: [DONE]\n\n"
+    ex.handle(response_body(stream))
+    # 1700 + 60 is below the 2048 the router believes, but "length" before max_tokens is the context's.
+    assert ex.record.context_truncated and ex.record.usage_source == "sse"
+
+
+def test_an_answer_that_got_all_it_asked_for_is_not_a_truncation():
+    rt = clamped_runtime()
+    ex, _, _ = route(rt, chat("word " * 1200, max_tokens=400))
+    ex.handle(response_headers(status=200))
+    answer = {"choices": [CLAMPED_CHOICE], "usage": {"prompt_tokens": 1500, "completion_tokens": 400}}
+    ex.handle(response_body(orjson.dumps(answer)))
+    assert not ex.record.context_truncated and ex.record.usage_source == "json"

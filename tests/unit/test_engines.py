@@ -4,13 +4,12 @@ fleet shape that both the pools and the router are derived from."""
 
 from __future__ import annotations
 
-import argparse
 import threading
 from pathlib import Path
 
 import pytest
 
-from extproc.commands.fleet_args import add_fleet_arguments, fleet_shape
+from extproc.commands.fleet_args import FleetOptions
 from extproc.engines.cache import COMPLETE, build_once, cache_root, is_built, recipe_key
 from extproc.engines.launch import EngineFleet, EngineServer, split_cpus
 from extproc.engines.runtime import prepare_fleet, resolve_model, resolve_runtime
@@ -147,19 +146,24 @@ def test_engine_fleet_rejects_nonsense() -> None:
         EngineFleet(("x",), "/m", kv_cache_gib=0)
 
 
-def _fleet_args(*argv: str) -> argparse.Namespace:
-    parser = argparse.ArgumentParser()
-    add_fleet_arguments(parser)
-    return parser.parse_args(argv)
-
-
-def test_fleet_shape_defaults_per_engine_and_flags_win() -> None:
-    assert fleet_shape(_fleet_args(), "emulator") == EMULATOR_FLEET
-    assert fleet_shape(_fleet_args(), "vllm") == CPU_ENGINE_FLEET
-    short, long = fleet_shape(_fleet_args("--short-max-model-len", "4096", "--long-max-num-seqs", "3"), "vllm")
+def test_fleet_shape_defaults_per_engine_and_options_win() -> None:
+    assert FleetOptions().shape("emulator") == EMULATOR_FLEET
+    assert FleetOptions().shape("vllm") == CPU_ENGINE_FLEET
+    short, long = FleetOptions(short_max_model_len=4096, long_max_num_seqs=3).shape("vllm")
     assert (short.max_model_len, short.max_num_seqs, long.max_model_len, long.max_num_seqs) == (4096, 32, 16384, 3)
     with pytest.raises(ValueError, match="--short-max-model-len"):
-        fleet_shape(_fleet_args("--short-max-model-len", "32768"), "vllm")
+        FleetOptions(short_max_model_len=32768).shape("vllm")
+
+
+def test_up_resolves_real_engines_only_when_it_runs() -> None:
+    """Reading ``up --engine vllm``'s options installs nothing: the request is resolved by ``run``."""
+    from extproc.cli import build_parser
+    from extproc.commands import up
+
+    args = build_parser("up").parse_args(["up", "--engine", "vllm", "--engine-kv-cache-gib", "2"])
+    r = up.prepare(up.OPTIONS.from_args(args, env={}))
+    assert r.stack.engines is None and r.engine is not None and r.engine.kv_cache_gib == 2
+    assert (r.stack.short, r.stack.long) == CPU_ENGINE_FLEET
 
 
 def test_the_router_is_told_the_fleet_the_pools_run() -> None:
