@@ -23,7 +23,7 @@ LAYERS: list[set[str]] = [
     {"commands"},
     {"stack", "planner"},
     {"deploy"},
-    {"telemetry", "gateway", "emulator", "workload"},
+    {"telemetry", "gateway", "emulator", "workload", "engines"},
     {"server"},
     {"router_factory"},
     {"config"},
