@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import os
+import re
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -61,10 +63,17 @@ class ServerConfig:
         32 * MIB, "gRPC max send/receive message size. Must exceed Envoy's buffered body limit."
     )
     max_request_body_bytes: int = opt(
-        16 * MIB, "Largest request body the router parses; larger bodies go long (reason body_too_large)."
+        4 * MIB,
+        "Largest request body the router reads; larger bodies go long unread (reason unparseable, detail "
+        "body_too_large). Reading costs ~1-2 ms of router CPU per MiB; raise it for big inline images.",
     )
     max_response_buffer_bytes: int = opt(
         4 * MIB, "Cap on a buffered JSON response or a pending SSE line kept for usage parsing."
+    )
+    max_held_body_bytes: int = opt(
+        256 * MIB,
+        "Request and buffered response bytes all exchanges may hold at once; beyond it a request goes long "
+        "unread (reason too_complex, detail body_budget) and a response is not read.",
     )
     grace_period_s: float = opt(25.0, "On SIGTERM: NOT_SERVING, then wait this long for streams to drain.")
     workers: int = opt(1, "Router processes sharing the listen port (SO_REUSEPORT).")
@@ -185,6 +194,13 @@ class CalibrationConfig:
         shown="$XDG_STATE_HOME/budget-router/calibration.json",
     )  # fmt: skip
     save_interval_s: float = opt(30.0, "How often the state file is written (and merged with peers).")
+    instance_id: str = opt(
+        "",
+        "This router's entry in the state file; '' = <hostname>:<port> (stable across restarts and container "
+        "restarts; workers add /w<N>).",
+        "ID",
+        example="router-a",
+    )
 
 
 @dataclass(frozen=True)
@@ -348,6 +364,24 @@ def listen_port(address: str) -> int | None:
 
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+KNOWN_CATEGORIES = CategoryParams().enabled  # every category the detector can name
+_HEADER_TOKEN = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+")  # an HTTP header name (RFC 9110 token)
+_HEADER_VALUE = re.compile(r"[\x21-\x7e]+")  # a header value the router sets: visible ASCII, no spaces
+
+
+def _header_checks(r: RoutingConfig) -> list[tuple[bool, str]]:
+    """The routing header's name and values go into Envoy's route match and into every request:
+    a CR/LF, a space or an empty value would be a broken header or a route that never matches."""
+    return [
+        (bool(_HEADER_TOKEN.fullmatch(r.header_name)),
+         f"routing.header_name: {r.header_name!r} is not an HTTP header name (letters, digits, -, no spaces or CR/LF)"),
+        (not r.reason_header or bool(_HEADER_TOKEN.fullmatch(r.reason_header)),
+         f"routing.reason_header: {r.reason_header!r} is not an HTTP header name"),
+        (bool(_HEADER_VALUE.fullmatch(r.short_value)),
+         f"routing.short_value: {r.short_value!r} must be a non-empty header value of visible ASCII"),
+        (bool(_HEADER_VALUE.fullmatch(r.long_value)),
+         f"routing.long_value: {r.long_value!r} must be a non-empty header value of visible ASCII"),
+    ]  # fmt: skip
 
 
 def validate(cfg: Config) -> Config:
@@ -368,6 +402,8 @@ def validate(cfg: Config) -> Config:
         (sv.max_message_bytes >= MIB, "server.max_message_bytes must be >= 1 MiB"),
         (sv.max_request_body_bytes > 0, "server.max_request_body_bytes must be > 0"),
         (sv.max_response_buffer_bytes > 0, "server.max_response_buffer_bytes must be > 0"),
+        (sv.max_held_body_bytes >= sv.max_request_body_bytes,
+         "server.max_held_body_bytes must be >= server.max_request_body_bytes (one body must fit)"),
         (sv.grace_period_s >= 0, "server.grace_period_s must be >= 0"),
         (sv.workers >= 1, "server.workers must be >= 1"),
         (
@@ -375,7 +411,6 @@ def validate(cfg: Config) -> Config:
             "server.workers > 1 needs a fixed port in server.listen (the workers share it)",
         ),
         (sv.event_loop in ("auto", "uvloop", "asyncio"), "server.event_loop must be auto, uvloop or asyncio"),
-        (bool(r.header_name.strip()), "routing.header_name must not be empty"),
         (r.short_value != r.long_value, "routing.short_value and long_value must differ"),
         (r.b_short > 0, "routing.b_short must be > 0"),
         (r.short_context > 0, "routing.short_context must be > 0"),
@@ -402,6 +437,15 @@ def validate(cfg: Config) -> Config:
         (all(c.min_ratio <= v <= c.max_ratio for v in priors.values()), "calibration.priors out of bounds"
          " (each must be within [min_ratio, max_ratio])"),
         (c.save_interval_s > 0, "calibration.save_interval_s must be > 0"),
+        (len(c.instance_id) <= 200 and c.instance_id.isprintable() and "\t" not in c.instance_id,
+         "calibration.instance_id must be printable text of at most 200 characters"),
+        *_header_checks(r),
+        (set(cat.enabled) <= set(KNOWN_CATEGORIES),
+         f"categories.enabled: unknown {sorted(set(cat.enabled) - set(KNOWN_CATEGORIES))}; known: "
+         f"{', '.join(KNOWN_CATEGORIES)}"),
+        (set(priors) <= set(KNOWN_CATEGORIES),
+         f"calibration.priors: unknown categories {sorted(set(priors) - set(KNOWN_CATEGORIES))}; known: "
+         f"{', '.join(KNOWN_CATEGORIES)}"),
         (bool(cat.enabled), "categories.enabled must name at least one category"),
         (cat.default in cat.enabled, "categories.default must be enabled"),
         (0.0 <= cat.cjk_share <= 1.0, "categories.cjk_share must be in [0, 1]"),
@@ -463,7 +507,7 @@ def load_config(
     errors: list[str] = []
     if path:
         try:
-            data = yaml.safe_load(Path(path).read_text()) or {}
+            data = yaml.load(Path(path).read_text(), Loader=_UniqueKeyLoader) or {}
         except OSError as exc:
             raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
         except yaml.YAMLError as exc:
@@ -480,6 +524,12 @@ def load_config(
             if rest.startswith(sname + "_"):
                 env_values.setdefault(sname, {})[rest[len(sname) + 1 :]] = val
                 break
+        else:
+            # Not a section of ours: another tool's variable, or a typo that would be ignored
+            # silently (BUDGET_ROUTER_ROUTIN_B_SHORT). A near miss of a real option is an error.
+            close = difflib.get_close_matches(key, _env_names(), n=1, cutoff=0.85)
+            if close:
+                errors.append(f"environment: unknown variable {key}; did you mean {close[0]}?")
     _apply(cfg, env_values, "environment", errors)
     if overrides:
         _apply(cfg, overrides, "command line", errors)
@@ -490,6 +540,30 @@ def load_config(
     if errors:
         raise ConfigError(*errors)
     return cfg
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping (PyYAML keeps the last one
+    silently: a setting that looks set in the file would be another)."""
+
+
+def _unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r}", key_node.start_mark
+            )
+        seen.add(key)
+    return loader.construct_mapping(node, deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
+
+
+def _env_names() -> list[str]:
+    return [spec.env for spec in specs(Config) if spec.env]
 
 
 def add_config_flags(parser: argparse.ArgumentParser) -> None:

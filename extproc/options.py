@@ -457,4 +457,4 @@ def command_env_prefix(command: str) -> str:
 
 # The commands whose options also come from the environment, each under its own prefix
 # (``command_env_prefix``): variables the router's own loader must leave alone.
-COMMAND_SCOPES = ("up", "plan", "emulate", "envoy-config")
+COMMAND_SCOPES = ("up", "plan", "emulate", "envoy-config", "engine", "deploy-config", "docker-watchdog")

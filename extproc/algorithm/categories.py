@@ -40,12 +40,18 @@ class CategoryParams:
     odd_share: float = 0.2  # share of upper-case letters and digits above which spaceless text is odd
 
 
+ODD_MIN_BYTES = 64
+
+
 def odd_text(raw: bytes, share: float) -> bool:
     """Whether ``raw`` (a sample of a prompt) is odd text: upper-case letters and digits make up at least
     ``share`` of it with spaces under 8 % (random identifiers, base64, hex, UUIDs, digit runs), or digits
-    alone make up 40 % of it (numbers separated by spaces)."""
+    alone make up 40 % of it (numbers separated by spaces).
+
+    Samples shorter than ``ODD_MIN_BYTES`` are never odd: a few characters ("1909 The A") cannot tell a
+    year in prose from a digit run, and a prompt that short is far from any threshold whatever its ratio."""
     n = len(raw)
-    if n == 0:
+    if n < ODD_MIN_BYTES:
         return False
     dense = len(raw.translate(None, _NOT_UPPER_OR_DIGIT))
     if dense < share * n:

@@ -28,8 +28,11 @@ within a few samples (the same forgetting).
 Defences (as in v1): until ``calibration.min_samples`` a bucket may only be more conservative than its prior;
 samples whose bytes/token lies outside ``[min_ratio, max_ratio]`` are rejected, so are far outliers
 once warmed up; every estimate is clamped to the bytes/token bounds, so a backend lying in ``usage``
-cannot move routing outside them. Buckets are keyed by the request's ``model``; past ``max_models``
-names, new ones share a default bucket, so the state stays bounded whatever clients send.
+cannot move routing outside them. Buckets are keyed by the request's ``model``, and only traffic a
+pool really served shapes them: a model gets its own slot when a pool's ``usage`` for it is learned
+(until then, and for names that are not model names, it reads the shared bucket), at most
+``max_models`` slots, the least recently used given up for a new one. A client sending bogus names
+(which every pool answers 404) can neither take slots nor get them persisted.
 """
 
 from __future__ import annotations
@@ -37,7 +40,8 @@ from __future__ import annotations
 import bisect
 import math
 import operator
-from collections import deque
+import re
+from collections import OrderedDict, deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from statistics import NormalDist
@@ -57,7 +61,10 @@ AGREEMENT = 3
 RECENCY = 0.99  # per-sample decay of a recent error's weight in the routing margin (half-life ~70 samples)
 SHARE_GRID = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.25, 1.5, 2.0)  # ŷ / B_short
 FAR_WEIGHT = 0.05  # the weight in the routing margin of an error far from the threshold (see ``closeness``)
-DEFAULT_MODEL = "*"  # bucket for requests without a model, and for models past ``max_models``
+DEFAULT_MODEL = "*"  # bucket for requests without a model (or its own slot), and for names that are not model names
+MAX_MODEL_NAME = 128  # longer "model" strings are not names a pool serves
+# What served-model names look like (Hugging Face ids, aliases, LoRA names, ``org/model:tag@rev``).
+_MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@+=-]*")
 FEATURES = (*TEXT_FEATURES, "structured_bytes", "messages", "tools", "request")
 STRUCTURED, MESSAGES, TOOLS, REQUEST = range(N_TEXT, N_TEXT + 4)
 N_FEATURES = len(FEATURES)
@@ -194,7 +201,8 @@ class LinearEstimator:
         self.budget = budget or BudgetParams()
         self._priors = dict(self.calibration.priors)
         self._buckets: dict[tuple[str, str], Bucket] = {}
-        self._models: set[str] = set()
+        self._models: OrderedDict[str, None] = OrderedDict()  # models with their own slot, least recent first
+        self.reclaimed = 0  # slots given up (least recently used) for a newer model
         p = self.params
         # band half-width in σ: the Laplace quantile (heavier tails than normal; real errors have them)
         self.z = max(NormalDist().inv_cdf(1.0 - p.band_prob), math.log(0.5 / p.band_prob) / math.sqrt(2.0))
@@ -203,14 +211,33 @@ class LinearEstimator:
 
     # -- buckets -------------------------------------------------------------------------------------
     def model_key(self, model: str | None) -> str:
-        if not model:
+        """The slot a request's model reads: its own once a pool's usage gave it one, else the shared
+        bucket. Reading counts as use (the least recently used slot is the one reclaimed)."""
+        if model and model in self._models:
+            self._models.move_to_end(model)
+            return model
+        return DEFAULT_MODEL
+
+    def claim(self, model: str | None) -> str:
+        """The slot to learn a pool's usage for ``model`` in: its own, made now if needed (reclaiming
+        the least recently used slot when all ``max_models`` are taken). A name that is not a model
+        name (too long, control characters, spaces) learns in the shared bucket."""
+        if not model or len(model) > MAX_MODEL_NAME or not _MODEL_NAME.fullmatch(model):
             return DEFAULT_MODEL
         if model in self._models:
+            self._models.move_to_end(model)
             return model
         if len(self._models) >= self.params.max_models:
-            return DEFAULT_MODEL
-        self._models.add(model)
+            old, _ = self._models.popitem(last=False)
+            for key in [k for k in self._buckets if k[0] == old]:
+                del self._buckets[key]
+            self.reclaimed += 1
+        self._models[model] = None
         return model
+
+    def models(self) -> list[str]:
+        """The models with their own slot, least recently used first."""
+        return list(self._models)
 
     def prior_ratio(self, category: str) -> float:
         return self._priors.get(category, self.calibration.cold_start)
@@ -228,8 +255,9 @@ class LinearEstimator:
         w[REQUEST] = b.framing_per_request
         return w
 
-    def bucket(self, model: str | None, category: str) -> Bucket:
-        key = (self.model_key(model), category)
+    def bucket(self, model: str | None, category: str, learning: bool = False) -> Bucket:
+        """The bucket a request reads (``learning``: the one a pool's usage teaches, see ``claim``)."""
+        key = (self.claim(model) if learning else self.model_key(model), category)
         found = self._buckets.get(key)
         if found is None:
             found = self._buckets[key] = Bucket(self.prior_weights(category), self.params.prior_weight)
@@ -363,7 +391,7 @@ class LinearEstimator:
         lo, hi = self.bounds(nbytes, x)
         if not lo <= tokens <= hi:
             return Observation.OUT_OF_BOUNDS
-        bucket = self.bucket(model, category)
+        bucket = self.bucket(model, category, learning=True)
         point = bucket.predict(x)
         rel = (tokens - point) / point if point > 0 else 0.0
         warm = bucket.samples >= self.calibration.min_samples
@@ -388,7 +416,8 @@ class LinearEstimator:
 
     # -- state ---------------------------------------------------------------------------------------
     def snapshot(self) -> dict[str, dict[str, Any]]:
-        """JSON-ready state: per bucket the weights, error statistics and the fit's sufficient statistics."""
+        """JSON-ready state: per bucket the weights, error statistics and the fit's sufficient statistics.
+        Only buckets that learned something: nothing a client sent without a pool's answer is kept."""
         return {
             f"{model}\t{category}": {
                 "features": list(FEATURES),
@@ -403,6 +432,7 @@ class LinearEstimator:
                 "b": list(b.b),
             }
             for (model, category), b in self._buckets.items()
+            if b.samples > 0
         }
 
     def load(self, data: Mapping[str, Any]) -> int:
@@ -433,8 +463,8 @@ class LinearEstimator:
                 continue
             if not math.isfinite(err_mean) or not all(math.isfinite(v) for v in recent):
                 continue
-            if model != DEFAULT_MODEL and self.model_key(model) != model:
-                continue
+            if samples == 0 or (model != DEFAULT_MODEL and self.claim(model) != model):
+                continue  # nothing learned, or a name no pool serves (an older release kept those)
             bucket = self.bucket(model, category)
             bucket.weights = tuple(weights)
             bucket.a, bucket.b, bucket.samples = a, b, samples

@@ -98,7 +98,11 @@ class EnvoyConfigOptions:
         None, "gRPC message limit towards the router.", shown=f"the router's server.max_message_bytes, "
         f"{_COMPOSE.grpc_max_message_bytes}", example=str(64 * MIB),
     )  # fmt: skip
-    message_timeout_s: float = opt(_COMPOSE.message_timeout_s, "Longest wait for the router's answer to a message.")
+    message_timeout_s: float = opt(
+        _COMPOSE.message_timeout_s,
+        "Envoy's wait for each router answer before it fails open (or closed): what a hung router costs a "
+        "request; the router answers in ~1-2 ms.",
+    )
     route_timeout_s: float = opt(_COMPOSE.route_timeout_s, "Longest a request may take upstream (0 = none).")
     access_log: str | None = opt(
         _COMPOSE.access_log_path, "Access log path ('none': no access log).", "PATH|none", example="/tmp/access.log"

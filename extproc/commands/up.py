@@ -1,5 +1,8 @@
 """``budget-router up``: the embedded stack, interactive or driving a replay to a report.
 
+``--engine vllm`` runs real vLLM servers as the pools (installed and built on first use, see
+``extproc.engines``) instead of the emulator; everything else is the same.
+
 Without ``--replay`` it starts the stack, prints the endpoint and a curl example and runs until
 Ctrl-C or SIGTERM. With ``--replay`` it sends the workload through Envoy, draws a progress bar, stops
 the stack (so Envoy and the routers flush their logs and state) and prints the report. Either way
@@ -24,6 +27,7 @@ from urllib.parse import urlsplit
 import orjson
 
 from extproc.addresses import Endpoint, parse_endpoint
+from extproc.commands.fleet_args import ENGINE_ONLY, ENGINES, EngineRequest, FleetOptions, engine_fleet
 from extproc.config import TelemetryConfig
 from extproc.gateway.envoy_config import SERVED_POOL_HEADER
 from extproc.options import (
@@ -40,7 +44,7 @@ from extproc.options import (
     within,
 )
 from extproc.router_factory import build_router
-from extproc.stack.replay import MODEL, PlannedRequest, Replayer, plan
+from extproc.stack.replay import PlannedRequest, Replayer, plan
 from extproc.stack.replay_progress import Progress
 from extproc.stack.replay_report import build_report, render, save_png, true_ratios
 from extproc.stack.router_view import CalibrationTimeline, read_decisions
@@ -73,9 +77,16 @@ class UpOptions:
     timeout: float = opt(600.0, "Replay client: per-request timeout.", "SECONDS", check=above(0))
     png: Path | None = opt(None, "Write a PNG of the learned ratios converging (with --replay).")
     json: Path | None = opt(None, "Write the report, every request and the ratio timeline as JSON (with --replay).")
+    engine: str = opt(
+        "emulator", "What serves the pools: the emulator (a second to start) or real vLLM (the CPU build, installed "
+        "into the engine cache on first use; a GPU host's own vLLM where importable or configured).",
+        choices=ENGINES,
+    )  # fmt: skip
+    fleet: FleetOptions = group(FleetOptions, title="pools and engines")
     latency_scale: float = opt(
-        0.25, "Emulator time scale: 1 = its Llama-3-8B-class model, whose short pool saturates near 18 req/s of "
-        "azure-conv; 0.25 keeps the demo rate below saturation; 0 = instant.", check=at_least(0),
+        0.25, "Emulator time scale (--engine emulator): 1 = its Llama-3-8B-class model, whose short pool "
+        "saturates near 18 req/s of azure-conv; 0.25 keeps the demo rate below saturation; 0 = instant.",
+        check=at_least(0),
     )  # fmt: skip
     router_replicas: int = opt(
         default_of(StackOptions, "router_replicas"), "Router processes behind Envoy (0 = none).", check=at_least(0)
@@ -113,6 +124,10 @@ class UpOptions:
             idle = non_defaults(self, [(name,) for name in _REPLAY_ONLY])
             if idle:
                 raise ConfigError(f"{', '.join(idle)}: only with a replay (give --replay TRACE, e.g. {DEMO_HINT})")
+        if self.engine != "vllm":
+            idle = non_defaults(self, [("fleet", name) for name in ENGINE_ONLY])
+            if idle:
+                raise ConfigError(f"{', '.join(idle)}: only with real engines (give --engine vllm)")
 
 
 _REPLAY_ONLY = ("workload", "concurrency", "stream_share", "timeout", "png", "json")
@@ -131,7 +146,8 @@ class ReplayClient:
 class UpRun:
     """What ``up`` runs: the stack and, for a replay, the workload, the client and the report files."""
 
-    stack: StackOptions
+    stack: StackOptions  # engines still to resolve (install, build) when ``engine`` is set
+    engine: EngineRequest | None
     spec: WorkloadSpec | None
     client: ReplayClient
     png: Path | None
@@ -142,7 +158,10 @@ def prepare(o: UpOptions) -> UpRun:
     spec = o.workload.spec(o.replay) if o.replay else None
     if spec is not None and spec.count is None and spec.duration_s is None and spec.rate is not None:
         raise ConfigError("--rate needs --duration or --requests (a Poisson replay is otherwise endless)")
-    return UpRun(stack_options(o), spec, ReplayClient(o.concurrency, o.stream_share, o.timeout), o.png, o.json)
+    engine = o.fleet.request() if o.engine == "vllm" else None
+    return UpRun(
+        stack_options(o), engine, spec, ReplayClient(o.concurrency, o.stream_share, o.timeout), o.png, o.json
+    )
 
 
 def otlp_collector(flag: str | None, env: dict[str, str] | os._Environ[str]) -> Endpoint | None:
@@ -169,7 +188,10 @@ def otlp_collector(flag: str | None, env: dict[str, str] | os._Environ[str]) -> 
 def stack_options(o: UpOptions) -> StackOptions:
     # The replay reads the router's own decision lines for the report.
     flags = ["--telemetry-json-logs", "true", "--telemetry-log-decisions", "true", *o.router_flag]
+    short, long = o.fleet.shape(o.engine)
     return StackOptions(
+        short=short,
+        long=long,
         run_dir=o.run_dir,
         router_replicas=o.router_replicas,
         live_load=o.live_load,
@@ -203,6 +225,8 @@ def _terminate_on_sigterm() -> None:
 
 def run(args: argparse.Namespace) -> int:
     r = prepare(OPTIONS.from_args(args))
+    if r.engine is not None:  # the slow part (install, model build) happens here, with progress lines
+        r = dataclasses.replace(r, stack=dataclasses.replace(r.stack, engines=engine_fleet(r.engine)))
     _terminate_on_sigterm()
     if r.spec is not None:
         return asyncio.run(replay_main(r, r.spec))
@@ -225,13 +249,14 @@ def interactive(stack: Stack) -> int:
 
 
 def banner(stack: Stack) -> str:
-    body = orjson.dumps({"model": MODEL, "max_tokens": 32, "messages": [{"role": "user", "content": "Hello!"}]})
+    body = orjson.dumps({"model": stack.model, "max_tokens": 32, "messages": [{"role": "user", "content": "Hello!"}]})
     return "\n".join(
         [
             f"Envoy (OpenAI API):   {stack.url}/v1/chat/completions",
             f"Envoy admin:          {stack.admin_url}",
             f"short pool (direct):  {stack.pool_url('short')}  max-model-len {stack.options.short.max_model_len}",
             f"long pool (direct):   {stack.pool_url('long')}  max-model-len {stack.options.long.max_model_len}",
+            *engine_lines(stack),
             *observability_lines(stack),
             f"router calibration:   {stack.state_file}",
             f"logs:                 {stack.run_dir}",
@@ -243,6 +268,17 @@ def banner(stack: Stack) -> str:
             f"A replay instead: {DEMO_HINT}",
         ]
     )
+
+
+def engine_lines(stack: Stack) -> list[str]:
+    """What serves the pools, when it is real vLLM (the model's directory, and the runtime)."""
+    engines = stack.options.engines
+    if engines is None:
+        return []
+    return [
+        f"pools run vLLM:       {engines.label}",
+        f"model:                {engines.model} (as {engines.served_name})",
+    ]
 
 
 def observability_lines(stack: Stack) -> list[str]:
@@ -271,7 +307,7 @@ async def replay_main(r: UpRun, spec: WorkloadSpec) -> int:
     print(f"starting Envoy, router and two pools (logs in {stack.run_dir}) ...", file=sys.stderr, flush=True)
     try:
         starting = asyncio.create_task(asyncio.to_thread(stack.start))
-        planned = await asyncio.to_thread(plan, requests, r.client.stream_share, spec.seed)
+        planned = await asyncio.to_thread(plan, requests, r.client.stream_share, spec.seed, model=stack.model)
         await starting
         metrics = "".join(f"; metrics {url}" for url in stack.metrics_urls())
         traces = f"; traces to {stack.options.otlp[0]}:{stack.options.otlp[1]}" if stack.options.otlp else ""

@@ -26,11 +26,12 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from extproc.algorithm import BudgetRouter, Estimate, Outcome, RequestShape, ShapeError, Ticket, endpoints
-from extproc.algorithm.dispatch import NO_BODY, SHORT, UNPARSEABLE
+from extproc.algorithm.dispatch import NO_BODY, SHORT, TOO_COMPLEX, UNPARSEABLE
 from extproc.algorithm.pressure import LOCAL, LivePressure
-from extproc.algorithm.request_shape import SHAPE_ERROR_REASONS
+from extproc.algorithm.request_shape import SHAPE_ERROR_REASONS, TOO_COMPLEX_DETAILS, TooComplex, check_structure
 from extproc.config import Config
 from extproc.server import envoy_wire as em
+from extproc.server.body_budget import BODY_BUDGET, BodyBudget
 from extproc.server.engine_count import tokenize_payload
 from extproc.server.events import (
     REQUEST_ID_HEADER,
@@ -52,6 +53,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "NO_BODY",
+    "TOO_COMPLEX",
+    "TOO_COMPLEX_REASONS",
     "UNPARSEABLE",
     "UNPARSEABLE_DETAILS",
     "USAGE_SOURCES",
@@ -64,6 +67,7 @@ _keys = itertools.count(1)
 # Known up front, so every metric series exists from 0 (tests check the code uses no others).
 UNPARSEABLE_DETAILS = ("unknown_endpoint", "body_too_large", "encoded_body", "invalid_json", *SHAPE_ERROR_REASONS)
 USAGE_SOURCES = ("json", "sse", "overflow_400", "overflow_400_bound")
+TOO_COMPLEX_REASONS = (*TOO_COMPLEX_DETAILS, BODY_BUDGET)  # the too_complex details
 
 
 @dataclass
@@ -75,6 +79,11 @@ class RouterRuntime:
     observer: ExchangeObserver = field(default_factory=ExchangeObserver)
     scraper: PoolLoadScraper | None = None  # set by serve when live_load is configured
     counter: EngineCounter | None = None  # set by serve when estimator.engine_counts is on
+    bodies: BodyBudget = field(default_factory=lambda: BodyBudget(0))  # sized from cfg in __post_init__
+
+    def __post_init__(self) -> None:
+        if not self.bodies.limit_bytes:
+            self.bodies = BodyBudget(self.cfg.server.max_held_body_bytes)
 
     @classmethod
     def from_config(cls, cfg: Config, observer: ExchangeObserver | None = None) -> RouterRuntime:
@@ -87,6 +96,12 @@ def endpoint_of(method: str, path: str) -> str | None:
     """The routed API's name (``extproc.algorithm.endpoints``), or None: not parsed, goes long."""
     api = endpoints.by_path(method, path)
     return None if api is None else api.name
+
+
+def _declared_length(headers: dict[str, str]) -> int:
+    """The request's content-length, 0 when absent or not a number (the body itself then tells)."""
+    value = headers.get("content-length", "")
+    return int(value) if value.isascii() and value.isdigit() else 0
 
 
 def inject_include_usage(raw: bytes, body: dict[str, Any]) -> bytes | None:
@@ -148,6 +163,7 @@ class Exchange:
         self._sse: SseUsageScanner | None = None
         self._json_parts: list[bytes] = []
         self._json_size = 0
+        self._held = 0  # bytes of this exchange's bodies counted in the runtime's BodyBudget
         self._closed = False
         # Set by on_request_body when the router wants the engine's count first: the caller awaits
         # it (``EngineCounter.count``) and hands it to ``counted`` for the request body's answer.
@@ -203,9 +219,21 @@ class Exchange:
             self._route_unreadable(NO_BODY, "request has no body")
             set_headers.update(self._routing_headers())
             self.done = True  # not an LLM request: its response has nothing to teach
+        elif _declared_length(h) > self.rt.cfg.server.max_request_body_bytes:
+            # Too big to read, and its content-length says so: decide now and ask Envoy not to send
+            # the body at all (an empty mode override: request and response bodies NONE), so a flood
+            # of huge bodies costs the router a headers message each, not their bytes.
+            self._body_bytes = _declared_length(h)
+            self._route_unreadable(UNPARSEABLE, "body_too_large")
+            set_headers.update(self._routing_headers())
+            return em.request_headers_response(
+                em.common(set_headers, remove, clear_route_cache=True), skip_bodies=True
+            )
         return em.request_headers_response(em.common(set_headers, remove, clear_route_cache=True))
 
     def on_request_body(self, msg: em.Body) -> em.ProcessingResponse | None:
+        if self.ticket is not None:  # decided at the headers (an Envoy that ignored the override)
+            return em.request_body_response()
         raw = msg.data
         self._body_bytes = len(raw)
         if self.rt.cfg.telemetry.capture_content:
@@ -249,15 +277,22 @@ class Exchange:
         if self._headers.get("content-encoding", "identity").lower() not in ("identity", ""):
             self._route_unreadable(UNPARSEABLE, "encoded_body")
             return None
+        if not self._hold(len(raw)):
+            self._route_unreadable(TOO_COMPLEX, BODY_BUDGET)
+            return None
         try:
+            check_structure(raw)  # before parsing: a body of 500,000 tiny objects is slow to parse at all
             body = orjson.loads(raw)
         except orjson.JSONDecodeError:
             self._route_unreadable(UNPARSEABLE, "invalid_json")
             return None
+        except TooComplex as exc:
+            self._route_unreadable(TOO_COMPLEX, exc.reason)
+            return None
         try:
             shape = self.rt.router.shape(endpoint, body)
         except ShapeError as exc:
-            self._route_unreadable(UNPARSEABLE, exc.reason)
+            self._route_unreadable(TOO_COMPLEX if isinstance(exc, TooComplex) else UNPARSEABLE, exc.reason)
             return None
         est = None
         if self.rt.counter is not None:  # the engine counts the few requests no estimate can place
@@ -345,7 +380,7 @@ class Exchange:
                 out = None
             return em.response_body_response(out)
         # Buffered JSON (or an SSE body Envoy did not let us switch to STREAMED).
-        if self._json_size <= self.rt.cfg.server.max_response_buffer_bytes:
+        if self._json_size <= self.rt.cfg.server.max_response_buffer_bytes and self._hold(len(msg.data)):
             self._json_parts.append(msg.data)
             self._json_size += len(msg.data)
         if msg.end_of_stream:
@@ -392,6 +427,13 @@ class Exchange:
         self._observed = Observed(self._decided, source, outcome, learned, truncated)
         self.rt.observer.observed(self._observed)
 
+    def _hold(self, nbytes: int) -> bool:
+        """Count ``nbytes`` more of this exchange's bodies against the process-wide budget."""
+        if not self.rt.bodies.take(nbytes):
+            return False
+        self._held += nbytes
+        return True
+
     def trace_and_request_id(self) -> tuple[str, str]:
         """What names this exchange in Envoy's logs and traces, for the router's own error lines."""
         trace_id = (
@@ -403,6 +445,8 @@ class Exchange:
         if self._closed:
             return
         self._closed = True
+        self.rt.bodies.give(self._held)
+        self._held = 0
         if not self._finished and self.ticket is not None:  # ended without usage (client gone, none read)
             self._finished = True
             self.rt.router.finish(self.ticket)

@@ -47,6 +47,9 @@ class ExternalProcessor(epg.ExternalProcessorServicer):
                 await context.write(resp)
                 if ex.done:  # clean close: Envoy proceeds without consulting us (ext_proc protocol)
                     break
+                # The next message may be minutes away (a generation): the stream must not keep this
+                # one's body (or our rewrite of it) alive meanwhile; the exchange's budget counts the rest.
+                del req, resp
         except asyncio.CancelledError:
             pass  # Envoy reset the stream (client gone): nothing to answer
         finally:

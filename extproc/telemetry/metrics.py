@@ -28,12 +28,13 @@ from extproc.algorithm.dispatch import (
     SHORT,
     SPILLOVER,
     THRESHOLD,
+    TOO_COMPLEX,
     UNPARSEABLE,
 )
 from extproc.algorithm.pressure import InFlightPressure
 from extproc.algorithm.request_shape import ENDPOINTS
 from extproc.server.events import Decided, ExchangeRecord, Observed
-from extproc.server.exchange import UNPARSEABLE_DETAILS, USAGE_SOURCES
+from extproc.server.exchange import TOO_COMPLEX_REASONS, UNPARSEABLE_DETAILS, USAGE_SOURCES
 from extproc.telemetry import names as n
 from extproc.telemetry.histograms import HistogramSet
 
@@ -48,7 +49,7 @@ _PARSED = [(SHORT, THRESHOLD)] + [
     (LONG, r) for r in (THRESHOLD, CAPACITY, OVER_LONG_CONTEXT, SPILLOVER, NO_OUTPUT_LIMIT)
 ]
 DECISIONS = [(pool, reason, e) for e in ENDPOINTS for pool, reason in _PARSED] + [
-    (LONG, reason, n.OTHER_ENDPOINT) for reason in (UNPARSEABLE, NO_BODY)
+    (LONG, reason, n.OTHER_ENDPOINT) for reason in (UNPARSEABLE, NO_BODY, TOO_COMPLEX)
 ]
 Attrs = dict[str, str]
 
@@ -118,6 +119,14 @@ class DecisionMetrics:
             "Requests routed long because the body could not be read.",
             "detail",
             known=[(d,) for d in UNPARSEABLE_DETAILS],
+        )
+        self.too_complex = _Tally(
+            meter,
+            n.M_TOO_COMPLEX,
+            "{request}",
+            "Requests routed long unread: reading them would cost more than one request's bound.",
+            "detail",
+            known=[(d,) for d in TOO_COMPLEX_REASONS],
         )
         self.no_max_tokens = _Tally(
             meter,
@@ -272,6 +281,8 @@ class DecisionMetrics:
             self.spillovers.add()
         if record.reason == UNPARSEABLE:
             self.unparseable.add(record.detail)
+        elif record.reason == TOO_COMPLEX:
+            self.too_complex.add(record.detail)
         elif record.endpoint:
             if record.output_defaulted:
                 self.no_max_tokens.add(record.endpoint)

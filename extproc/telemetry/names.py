@@ -62,6 +62,7 @@ ENGINE_COUNT = PREFIX + "engine_count"
 M_REQUESTS = "budget_router.requests"  # budget_router_requests_total{pool,reason,endpoint}
 M_SPILLOVERS = "budget_router.spillovers"  # budget_router_spillovers_total
 M_UNPARSEABLE = "budget_router.unparseable"  # budget_router_unparseable_total{detail}
+M_TOO_COMPLEX = "budget_router.too_complex"  # budget_router_too_complex_total{detail}: routed long unread
 M_NO_MAX_TOKENS = "budget_router.requests_without_max_tokens"  # ..._total{endpoint}
 M_USAGE = "budget_router.usage.observations"  # budget_router_usage_observations_total{source}
 M_REJECTED = "budget_router.usage.rejected"  # budget_router_usage_rejected_total{cause}

@@ -94,6 +94,13 @@ def test_the_detector_takes_any_bytes(raw):
     assert odd_text(raw, 0.2) in (True, False)
 
 
+def test_a_few_characters_are_never_odd():
+    # found by test_prose_of_real_words_is_never_odd: a year and two capitals are 60 % digits/capitals
+    assert Categorizer().classify("1909 The A") != "odd"
+    assert not odd_text(b"1909 2010 2020", 0.2)
+    assert odd_text(b"1909 2010 2020 " * 8, 0.2)
+
+
 def test_random_identifiers_hex_and_uuids_are_odd_and_the_corpus_is_not():
     rng = _random.Random(0)
     alnum = "".join(rng.choice("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789") for _ in range(3000))

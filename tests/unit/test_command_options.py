@@ -25,7 +25,8 @@ from extproc.options import Command, Spec, _optional_of, specs
 # value different from that option's declared example.
 BASE: dict[str, list[str]] = {
     "plan": ["--trace", "azure-code", "--jobs", "1"],
-    "up": ["--replay", "azure-code", "--requests", "100"],  # the replay's options need a replay
+    # the replay's options need a replay, the engine's real engines (reading options installs nothing)
+    "up": ["--replay", "azure-code", "--requests", "100", "--engine", "vllm"],
 }
 ROUTER_YAML = "routing:\n  header_name: x-from-file\n  b_short: 2048\n"
 # The router's options that take free text: a value its validation accepts (the serve case below).
