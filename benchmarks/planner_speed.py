@@ -51,11 +51,14 @@ def run_case(trace: str, rate: float, requests: int, sweep: str | None, jobs: in
         data = json.loads((out / "plan.json").read_text())
     comp = data["comparisons"][data["primary"]]
     best = comp["best_b_short"]
-    saving = "no pick"
-    if best is not None:
-        v = next(v for v in comp["verdicts"] if v["b_short"] == best)
+    sized = [v for v in comp["verdicts"] if v["saving"] is not None]
+    saving = "no threshold sized"
+    if sized:  # the pick, else the best saving there was (a split that does not pay is an answer too)
+        v = next((v for v in sized if v["b_short"] == best), max(sized, key=lambda v: v["saving"]["mean"]))
         s = v["saving"]
-        saving = f"{100 * s['mean']:.1f} % ({100 * s['min']:.1f}..{100 * s['max']:.1f}) at B_short={best}"
+        saving = f"{100 * s['mean']:.1f} % ({100 * s['min']:.1f}..{100 * s['max']:.1f}) at B_short={v['b_short']}"
+        if best is None:
+            saving += " (no pick)"
     sims = sum(
         t["dual"]["simulations"] for r in data["replicates"] for ts in r["thresholds"].values() for t in ts
     ) + sum(h["simulations"] for r in data["replicates"] for h in r["homogeneous"].values())
