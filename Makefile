@@ -3,7 +3,7 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: venv demo demo-azure test lint bench clean envoy-config
+.PHONY: venv demo demo-vllm demo-azure engine test lint bench clean envoy-config
 
 $(BIN)/budget-router: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -24,6 +24,18 @@ demo: venv
 	mkdir -p out
 	$(BIN)/budget-router up --replay synthetic --rate 20 --duration 60 --max-output-tokens 512 \
 	  --png out/ratio-convergence.png --json out/demo-report.json
+
+# The same workload replayed on two real vLLM servers (the CPU build: short 2048, long 16384 tokens), at a
+# rate two cores can serve. The first run installs the engine (~3 min, 2.5 GB) and builds the tiny model
+# into the engine cache; each run then waits for vLLM to start (1-4 min on 2 cores).
+demo-vllm: venv
+	mkdir -p out
+	$(BIN)/budget-router up --engine vllm --replay synthetic --rate 1 --duration 60 --max-output-tokens 128 \
+	  --png out/ratio-convergence-vllm.png --json out/demo-vllm-report.json
+
+# Install the real engine and build its model now (make test and demo-vllm would do it on first use).
+engine: venv
+	$(BIN)/budget-router engine prepare
 
 # The real Azure 2023 conversation trace (CC-BY), re-timed at 20 req/s: 99.99 % fits the short pool.
 demo-azure: venv

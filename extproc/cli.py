@@ -16,13 +16,14 @@ from extproc import __version__
 COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("extproc.commands.serve", "run the ext_proc gRPC server Envoy talks to"),
     "emulate": ("extproc.commands.emulate", "run a vLLM-compatible emulator (no GPU needed)"),
-    "up": ("extproc.commands.up", "start the embedded stack: Envoy + router + two emulator pools"),
+    "up": ("extproc.commands.up", "start the embedded stack: Envoy + router + two pools (emulated or real vLLM)"),
     "plan": ("extproc.commands.plan", "size a dual-pool fleet from a trace (simulator + cost model)"),
     "envoy-config": ("extproc.commands.envoy_config", "render the Envoy config for given ports"),
     "config": ("extproc.commands.config", "print the effective configuration or the options table"),
+    "engine": ("extproc.commands.engine", "install real vLLM engines and the tiny model, or print their command"),
 }
 # The pyproject extra each subcommand needs beyond the lean core (which is all `serve` needs).
-EXTRAS: dict[str, str] = {"emulate": "emulator", "up": "stack", "plan": "planner"}
+EXTRAS: dict[str, str] = {"emulate": "emulator", "up": "stack", "plan": "planner", "engine": "stack"}
 
 
 def _missing_extra(command: str, exc: ModuleNotFoundError) -> int:

@@ -22,7 +22,7 @@ LAYERS: list[set[str]] = [
     {"cli"},
     {"commands"},
     {"stack", "planner"},
-    {"telemetry", "gateway", "emulator", "workload"},
+    {"telemetry", "gateway", "emulator", "workload", "engines"},
     {"server"},
     {"router_factory"},
     {"config"},

@@ -54,16 +54,16 @@ class Outcome:
 
 
 def plan(
-    requests: Sequence[TraceRequest], stream_share: float, seed: int, id_prefix: str = "replay"
+    requests: Sequence[TraceRequest], stream_share: float, seed: int, id_prefix: str = "replay", model: str = MODEL
 ) -> list[PlannedRequest]:
-    """One body per trace request; deterministic for a seed."""
+    """One body per trace request, naming the ``model`` the pools serve; deterministic for a seed."""
     rng = np.random.default_rng(seed)
     template = emulator_template_tokens()
     streams = rng.random(len(requests)) < stream_share
     seeds = rng.integers(0, 2**31, size=len(requests))
     out: list[PlannedRequest] = []
     for i, (req, stream, s) in enumerate(zip(requests, streams, seeds, strict=True)):
-        doc = request_body(req, model=MODEL, seed=int(s), stream=bool(stream))
+        doc = request_body(req, model=model, seed=int(s), stream=bool(stream))
         text = doc["messages"][-1]["content"]
         out.append(
             PlannedRequest(

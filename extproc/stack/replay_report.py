@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from extproc.stack.replay import Outcome
+from extproc.stack.replay import Outcome, emulator_template_tokens
 from extproc.stack.router_view import RatioPoint
 
 POOLS = ("short", "long")
@@ -99,15 +99,20 @@ def estimate_errors(outcomes: Sequence[Outcome], decisions: Mapping[str, Mapping
 
 
 def true_ratios(outcomes: Sequence[Outcome], decisions: Mapping[str, Mapping[str, Any]]) -> dict[str, float]:
-    """Bytes per content token of what was sent, grouped by the category the *router* put it in (the
-    emulator's count is the same BPE the prompts were cut with, so the tokens are exact)."""
+    """Bytes per content token of what was sent, grouped by the category the *router* put it in. The
+    tokens are the pools' own count (``usage.prompt_tokens`` less the one-message template) wherever a
+    usage was read, else the count the prompt was cut to: the same for the emulator, whose BPE cut them,
+    and the truth for a real engine whose vocabulary is another (Llama-3's, not cl100k)."""
     nbytes: Counter[str] = Counter()
     ntokens: Counter[str] = Counter()
+    template = emulator_template_tokens()
     for o in outcomes:
         d = decisions.get(o.request.request_id)
         category = str(d["category"]) if d and d.get("category") else o.request.category
+        actual, source = actual_prompt_tokens(o, d or {})
         nbytes[category] += o.request.text_bytes
-        ntokens[category] += o.request.prompt_tokens
+        measured = source != "constructed" and actual > template
+        ntokens[category] += actual - template if measured else o.request.prompt_tokens
     return {k: nbytes[k] / ntokens[k] for k in sorted(nbytes) if ntokens[k]}
 
 
@@ -201,7 +206,7 @@ def render(report: Mapping[str, Any]) -> str:
             f"{_f(e['worst_under'], '+.1f'):>8}"
         )
     after = f"after_{CONVERGED_AFTER}"
-    lines += ["", "Learned bytes/token c* (mean) vs the emulator's true bytes/token"]
+    lines += ["", "Learned bytes/token c* (mean) vs the pools' true bytes/token"]
     lines.append(
         f"{'category':<12}{'true':>7}{'first':>16}{f'after {CONVERGED_AFTER}':>16}{'final':>16}"
         f"{'samples':>9}{'mean err':>10}"

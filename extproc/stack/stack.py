@@ -1,10 +1,13 @@
-"""The embedded stack: real Envoy, the router and two emulated vLLM pools on 127.0.0.1.
+"""The embedded stack: real Envoy, the router and two vLLM pools on 127.0.0.1 (emulated, or real vLLM).
 
 ``Stack`` is what ``budget-router up`` runs and what the end-to-end tests start. It picks free ports,
 renders the Envoy config from the same renderer as the compose stack (``extproc.gateway.envoy_config``), waits
 until every process is healthy *and* Envoy's own health checks see every upstream, and stops everything
 in dependency order (Envoy first so no new traffic arrives, then the routers, which drain and save
 calibration, then the pools). Logs, the Envoy config and the calibration state live in one run dir.
+The pools are the emulator by default (a second to start); with ``engines`` set they are real vLLM
+servers (``extproc.engines``: minutes to start the first time, and the wait says so as it goes). Either
+way the router is told the fleet's shape from the same ``PoolSpec``s the pools are started with.
 With ``supervise`` on (what ``up`` runs) a child that exits is restarted on its old port with backoff
 (``extproc.stack.supervisor``) and only ``stop()`` ends the stack.
 """
@@ -28,6 +31,8 @@ from types import TracebackType
 
 import extproc
 from extproc.config import Config, add_config_flags, config_from_args
+from extproc.emulator.engine_args import EmulatorConfig
+from extproc.engines.launch import EngineFleet, EngineServer
 from extproc.gateway.envoy_config import (
     LONG_CLUSTER,
     ROUTER_CLUSTER,
@@ -44,9 +49,11 @@ from extproc.stack.supervisor import Backoff, Supervisor, Watched
 
 HOST = "127.0.0.1"
 # The emulator's chat template (Llama-3 style) adds 5 tokens per request and 4 + the role's token per
-# message; the router is told the same so that its learned ratio is the text's own bytes/token.
+# message, as the real engines' Llama-3 template does; the router is told the same so that its learned
+# ratio is the text's own bytes/token.
 EMULATOR_FRAMING = ("--routing-framing-per-request", "5", "--routing-framing-per-message", "5")
 PORT_ATTEMPTS = 3
+PROGRESS_EVERY_S = 15.0  # a slow start (real vLLM) says how long it has waited, this often
 
 
 class StackStopped(RuntimeError):
@@ -60,6 +67,14 @@ class PoolSpec:
     max_num_seqs: int
 
 
+# The fleet shapes: each pool's context and sequence limit. The router's contexts, B_short (= the short
+# context) and spillover capacities are derived from the same specs (``router_argv``).
+EMULATOR_FLEET = (PoolSpec("short", 8192, 128), PoolSpec("long", 65536, 16))
+# Real vLLM on a CPU: contexts two cores prefill in seconds (a 16K prompt takes 5-8 s), a KV cache of
+# 1 GiB per server, and 4x the sequences on the short pool, the split the product exists for.
+CPU_ENGINE_FLEET = (PoolSpec("short", 2048, 32), PoolSpec("long", 16384, 8))
+
+
 @dataclass
 class StackOptions:
     """Everything a demo or a test may want to vary; defaults are the demo's."""
@@ -70,8 +85,12 @@ class StackOptions:
     router_flags: Sequence[str] = ()  # extra `budget-router serve` flags (last one wins)
     live_load: bool = False  # routers scrape the pools' /metrics, found through Envoy's admin /clusters
     emulator_flags: Sequence[str] = ()  # extra `budget-router emulate` flags for both pools
-    short: PoolSpec = PoolSpec("short", 8192, 128)
-    long: PoolSpec = PoolSpec("long", 65536, 16)
+    engines: EngineFleet | None = None  # real vLLM servers as the pools instead of the emulator
+    # Pools already running on these loopback ports ({"short": p, "long": q}): not started, watched or
+    # stopped by this stack (a test puts fresh routers in front of engines that took minutes to start).
+    pool_ports: dict[str, int] | None = None
+    short: PoolSpec = EMULATOR_FLEET[0]
+    long: PoolSpec = EMULATOR_FLEET[1]
     latency_scale: float = 1.0
     seed: int = 0
     frozen_time: int | None = None
@@ -151,6 +170,7 @@ def router_argv(o: StackOptions, port: int, state_file: Path, metrics_port: int 
         "--calibration-save-interval-s", f"{o.save_interval_s:g}",
         "--telemetry-metrics-port", str(metrics_port),
         "--routing-short-context", str(o.short.max_model_len),
+        "--routing-b-short", str(o.short.max_model_len),
         "--routing-long-context", str(o.long.max_model_len),
         "--spillover-short-capacity", str(o.short.max_num_seqs),
         "--spillover-long-capacity", str(o.long.max_num_seqs),
@@ -189,6 +209,38 @@ class _Launch:
     probe_for: Callable[[int], bool]
     what: str
     pool: str = ""
+    env_for: Callable[[], dict[str, str]] = child_env
+    timeout_s: float | None = None  # None: the stack's startup_timeout_s
+    slow: bool = False  # say how long the wait has been, every PROGRESS_EVERY_S
+
+
+def _gist(line: str, width: int = 110) -> str:
+    """A log line without its prefix (``(APIServer pid=1) INFO 12-08 01:27:30 [file.py:195] ``)."""
+    line = line.strip()
+    if "] " in line[:100]:
+        line = line.split("] ", 1)[1]
+    return (line[:width] + " ...") if len(line) > width else (line or "(no output yet)")
+
+
+def announcing(
+    probe: Callable[[], bool], proc: ManagedProcess, say: Callable[[str], None], every_s: float = PROGRESS_EVERY_S
+) -> Callable[[], bool]:
+    """``probe``, plus a console line every ``every_s`` while it still says no: the elapsed time and the
+    process's latest log line, so a start of minutes is visibly progressing (or visibly stuck)."""
+    started = time.monotonic()
+    due = started + every_s
+
+    def probe_and_tell() -> bool:
+        nonlocal due
+        if probe():
+            return True
+        now = time.monotonic()
+        if now >= due:
+            due = now + every_s
+            say(f"{proc.name}: starting, {now - started:.0f} s ... {_gist(proc.log_tail(1))}")
+        return False
+
+    return probe_and_tell
 
 
 def _http_health(port: int) -> bool:
@@ -249,8 +301,14 @@ class Stack:
         return [f"http://{host}:{p}/metrics" for p in self.router_metrics_ports if p]
 
     def pool_url(self, pool: str) -> str:
-        """A pool's emulator directly (bypassing Envoy), e.g. for byte-for-byte comparisons."""
+        """A pool's server directly (bypassing Envoy), e.g. for byte-for-byte comparisons."""
         return f"http://{HOST}:{self.pool_ports[pool]}"
+
+    @property
+    def model(self) -> str:
+        """The model name the pools serve (what a request's ``model`` must say)."""
+        engines = self.options.engines
+        return engines.served_name if engines else EmulatorConfig().model
 
     @property
     def processes(self) -> list[ManagedProcess]:
@@ -259,6 +317,20 @@ class Stack:
     # -- argv --------------------------------------------------------------------------------------
     def _pool_argv(self, spec: PoolSpec, port: int) -> list[str]:
         return pool_argv(self.options, spec, port)
+
+    def _engine(self, spec: PoolSpec) -> EngineServer:
+        engines = self.options.engines
+        assert engines is not None
+        return engines.pool(0 if spec.name == "short" else 1, spec.max_model_len, spec.max_num_seqs)
+
+    def _engine_argv(self, spec: PoolSpec, port: int) -> list[str]:
+        return self._engine(spec).argv(HOST, port)
+
+    def _engine_env(self, spec: PoolSpec) -> dict[str, str]:
+        name = f"pool-{spec.name}"
+        for path in EngineServer.dirs(self.run_dir, name):
+            path.mkdir(parents=True, exist_ok=True)
+        return self._engine(spec).env(self.run_dir, name)
 
     def _router_argv(self, index: int, port: int) -> list[str]:
         return router_argv(self.options, port, self.state_file, self.router_metrics_ports[index])
@@ -285,18 +357,27 @@ class Stack:
         return EnvoyLayout(**fields)  # type: ignore[arg-type]
 
     # -- lifecycle ---------------------------------------------------------------------------------
+    def _pool_launch(self, spec: PoolSpec) -> _Launch:
+        engines = self.options.engines
+        if engines is None:
+            return _Launch(
+                f"pool-{spec.name}", functools.partial(self._pool_argv, spec), _http_health, "healthy on /health",
+                spec.name,
+            )  # fmt: skip
+        return _Launch(
+            f"pool-{spec.name}",
+            functools.partial(self._engine_argv, spec),
+            _http_health,
+            "healthy on /health (vLLM)",
+            spec.name,
+            env_for=functools.partial(self._engine_env, spec),
+            timeout_s=engines.startup_timeout_s,
+            slow=True,
+        )
+
     def _specs(self) -> list[_Launch]:
         o = self.options
-        specs = [
-            _Launch(
-                f"pool-{spec.name}",
-                functools.partial(self._pool_argv, spec),
-                _http_health,
-                "healthy on /health",
-                spec.name,
-            )
-            for spec in (o.short, o.long)
-        ]
+        specs = [] if o.pool_ports else [self._pool_launch(spec) for spec in (o.short, o.long)]
         specs += [
             _Launch(
                 f"router-{i}",
@@ -321,20 +402,25 @@ class Stack:
 
     def _spawn(self, spec: _Launch, port: int) -> ManagedProcess:
         return self._start_process(
-            ManagedProcess(spec.name, spec.argv_for(port), self.run_dir / f"{spec.name}.log", child_env())
+            ManagedProcess(spec.name, spec.argv_for(port), self.run_dir / f"{spec.name}.log", spec.env_for())
         )
 
     def _start_backends(self) -> None:
         """Pools and routers start together (each pays a second of imports), then each is awaited; one
         that dies early most likely lost the race for its just-released port and gets fresh ones."""
-        timeout = self.options.startup_timeout_s
         cfg = self._router_config
+        if self.options.pool_ports:
+            self.pool_ports = {pool: self.options.pool_ports[pool] for pool in ("short", "long")}
         self.router_metrics_ports = metrics_ports(self.options, cfg.telemetry.metrics_host, cfg.server.workers)
         started = [(spec, port, self._spawn(spec, port)) for spec in self._specs() for port in [free_port()]]
+        if self.options.engines is not None and not self.options.pool_ports:
+            self.say(f"starting two vLLM servers ({self.options.engines.label}); the first start takes minutes")
         for spec, port, proc in started:
+            timeout = spec.timeout_s or self.options.startup_timeout_s
             for attempt in range(PORT_ATTEMPTS):
+                probe = functools.partial(spec.probe_for, port)
                 try:
-                    proc.wait_until(functools.partial(spec.probe_for, port), timeout, spec.what)
+                    proc.wait_until(announcing(probe, proc, self.say) if spec.slow else probe, timeout, spec.what)
                     break
                 except ProcessFailed as exc:
                     proc.stop(1.0)
