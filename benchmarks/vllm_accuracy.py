@@ -19,6 +19,7 @@ request (the decision line's ``engine_count_ms``) is the added latency, P50 / P9
 
     python benchmarks/vllm_accuracy.py                       # B_short 2048, 3 seeds x 60 requests
     python benchmarks/vllm_accuracy.py --b-short 2048 8192 --seeds 5 --requests 80
+    python benchmarks/vllm_accuracy.py --engine-count-timeout 1.0 --latency   # a loaded machine; + latency
 
 The engines come from ``extproc.engines`` (installed and built once, cached in
 ``BUDGET_ROUTER_ENGINE_CACHE``); they start once per ``--b-short`` value and every run reuses them.
@@ -30,6 +31,7 @@ import argparse
 import asyncio
 import itertools
 import statistics
+import subprocess
 import sys
 import time
 from collections import Counter
@@ -318,6 +320,10 @@ def main(argv: list[str] | None = None) -> int:
         "--engine-count-timeout", type=float, default=None, metavar="SECONDS",
         help="the router's engine-count deadline (default: the router's own)",
     )  # fmt: skip
+    ap.add_argument(
+        "--latency", action="store_true",
+        help="then run benchmarks/engine_count_latency.py against the idle long engine (real vLLM /tokenize)",
+    )  # fmt: skip
     ap.add_argument("--run-dir", type=Path, default=Path("/tmp") / f"vllm-accuracy-{time.strftime('%H%M%S')}")
     args = ap.parse_args(argv)
     fleet = prepare_fleet(EngineSettings.from_env(), lambda line: print(f"[vllm] {line}", file=sys.stderr))
@@ -327,6 +333,12 @@ def main(argv: list[str] | None = None) -> int:
         opts = StackOptions(run_dir=args.run_dir / f"engines-{b_short}", engines=fleet, short=short, long=long_spec)
         with Stack(opts, say=lambda line: print(f"[stack] {line}", file=sys.stderr)) as engines_stack:
             report(b_short, asyncio.run(bench(engines_stack, args, b_short)))
+            if args.latency:  # the long engine: it counts prompts of any size the latency benchmark sends
+                url, model = engines_stack.pool_url("long"), engines_stack.model
+                latency = ROOT / "benchmarks" / "engine_count_latency.py"
+                print(f"\nengine-count latency against real vLLM ({url}):", flush=True)
+                argv = [sys.executable, str(latency), "--url", url, "--model", model, "--rounds", "3"]
+                subprocess.run(argv, check=False)
     return 0
 
 
