@@ -267,7 +267,7 @@ def quantile(values: Sequence[float], q: float) -> float:
 def report(b_short: int, scores: dict[str, list[Score]]) -> None:
     print(f"\nB_short {b_short}: median [min-max] over {len(next(iter(scores.values())))} seeds (percent)")
     print(f"{'estimator':16} {'truncated':>16} {'rejected':>16} {'wasteful/fits':>16} errors  router-cut  "
-          f"counts-cut  spilled  mismatch")  # fmt: skip
+          f"answer-cut  spilled  mismatch")  # fmt: skip
     for name, runs in scores.items():
         cells = [spread([s.pct(w) for s in runs]) for w in ("truncated", "rejected", "wasteful_of_fits")]
         print(
