@@ -41,7 +41,9 @@ MODES = {"default": "0.1", "full": "1.0"}  # converged_sample_rate: as shipped o
 
 def _headers(pairs: dict[str, str], eos: bool) -> ep.HttpHeaders:
     return ep.HttpHeaders(
-        headers=base_pb2.HeaderMap(headers=[base_pb2.HeaderValue(key=k, raw_value=v.encode()) for k, v in pairs.items()]),
+        headers=base_pb2.HeaderMap(
+            headers=[base_pb2.HeaderValue(key=k, raw_value=v.encode()) for k, v in pairs.items()]
+        ),
         end_of_stream=eos,
     )
 
@@ -82,7 +84,8 @@ def runtime(rate: str, state: Path) -> RouterRuntime:
     parser = argparse.ArgumentParser()
     add_config_flags(parser)
     flags = ["--calibration-state-file", str(state), "--calibration-converged-sample-rate", rate,
-             "--telemetry-metrics-port", "0", "--telemetry-log-level", "WARNING", "--spillover-enabled", "false"]  # fmt: skip
+             "--telemetry-metrics-port", "0", "--telemetry-log-level", "WARNING",
+             "--spillover-enabled", "false"]  # fmt: skip
     cfg = config_from_args(parser.parse_args(flags))
     observer, _ = build_observer(cfg)
     rt = RouterRuntime.from_config(cfg, observer)
@@ -126,7 +129,9 @@ def main() -> None:
     body = orjson.dumps({"model": "bench", "max_tokens": 16, "messages": [{"role": "user", "content": text}]})
     msgs = envoy_messages(body, max(1, int(len(body) / 4.2)))
     phases = ("request_headers", "request_body", "response_headers", "response_body", "close")
-    print(f"{len(body)} B chat body; thread CPU ms per 1,000 exchanges, best of {args.rounds} rounds of {args.exchanges}")
+    print(
+        f"{len(body)} B chat body; thread CPU ms per 1,000 exchanges, best of {args.rounds} rounds of {args.exchanges}"
+    )
     print(f"{'mode':>8} " + " ".join(f"{p:>16}" for p in phases) + f" {'total':>8}")
     for mode in [m.strip() for m in args.modes.split(",") if m.strip()]:
         with tempfile.TemporaryDirectory() as tmp:

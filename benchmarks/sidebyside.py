@@ -34,7 +34,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import e2e_overhead as e2e  # noqa: E402 - this file's sibling, run as a script
+import e2e_overhead as e2e
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ("none", "noop")  # tree-independent variants: measured once per repeat
@@ -189,7 +189,9 @@ def report(results: Results, args: argparse.Namespace, names: dict[str, str]) ->
     reps = range(args.repeats)
     summary: dict = {}
     for size in args.size_list:
-        print(f"\n{size} bodies: median [min-max] over {args.repeats} repeats; B/A per repeat, then its median [min-max]")
+        print(
+            f"\n{size} bodies: median [min-max] over {args.repeats} repeats; B/A per repeat, then its median [min-max]"
+        )
         print(f"{'variant':>16} {'figure':>28} {'A ' + names['A']:>24} {'B ' + names['B']:>24} {'B/A':>22}")
         per_tree = {t: metrics_for(results, t, size, args.rate_list, args) for t in ("A", "B")}
         for ma, mb in zip(per_tree["A"], per_tree["B"], strict=True):

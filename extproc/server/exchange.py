@@ -6,10 +6,12 @@ service. Rules it keeps:
 - anything we cannot read is routed long (the safe pool) with reason ``unparseable``, never failed;
 - bodies are only sent back when changed (include_usage injection, usage-chunk stripping);
 - the routing policy is the router's: each request is one ``BudgetRouter.route`` call (a
-  ``Ticket``) and one ``finish`` call with what came back. The response status is always seen (one
-  small message, with the attempt count of Envoy's net); the body is only read when the router
-  ``wants`` it (``extproc.server.outcome``): otherwise the stream is closed cleanly right after the
-  response headers ("the data plane proceeds without consulting the server");
+  ``Ticket``) and one ``finish`` call with what came back. The response status (one small message,
+  with the attempt count of Envoy's net) is seen when the router ``follows`` the ticket: every
+  observed one, and the others that might fail for their size; the rest end at the decision (the
+  stream is closed cleanly after the request body: "the data plane proceeds without consulting the
+  server", two messages, the cheapest flow). The body is only read when the router ``wants`` it
+  (``extproc.server.outcome``), else the stream is closed right after the response headers;
 - observers get frozen events (``Decided``, ``Observed``, ``ExchangeRecord``); the exchange never
   reads them back.
 """
@@ -230,7 +232,10 @@ class Exchange:
         pressure = self.rt.router.pressure
         source = "" if ticket.shape is None else pressure.source[SHORT] if isinstance(pressure, LivePressure) else LOCAL
         self._decided = Decided(key, method, path, endpoint, detail, nbytes, injected, body, source, ticket)
-        self.rt.observer.decided(self._decided)
+        observer = self.rt.observer
+        observer.decided(self._decided)
+        if not (self.rt.router.follows(ticket) or self.rt.cfg.server.follow_every_status):
+            self.done = not observer.follows_response(self._decided)  # nothing more to learn or record
 
     def _routing_headers(self) -> dict[str, str]:
         cfg = self.rt.cfg.routing
