@@ -170,7 +170,8 @@ class Exchange:
         observer = self.rt.observer
         rec = ExchangeRecord(self._key, self._method, self._path)
         observer.started(rec, h, self.metadata)
-        set_headers = dict(observer.upstream_headers(rec))
+        upstream = observer.upstream_headers(rec)  # per request (a trace header) or nothing
+        set_headers = dict(upstream)
         if cfg.force_identity_encoding:
             set_headers["accept-encoding"] = "identity"
         remove = [cfg.header_name] + ([cfg.reason_header] if cfg.reason_header else [])
@@ -178,6 +179,8 @@ class Exchange:
             self._route_unreadable(NO_BODY, "request has no body")
             set_headers.update(self._routing_headers())
             self.done = True  # not an LLM request: its response has nothing to teach
+        if not upstream:  # config and decision only: one of a few answers
+            return em.shared("request_headers", tuple(set_headers.items()), tuple(remove), clear_route_cache=True)
         return em.request_headers_response(em.common(set_headers, remove, clear_route_cache=True))
 
     def on_request_body(self, msg: em.Body) -> em.ProcessingResponse:
@@ -187,8 +190,9 @@ class Exchange:
             self._request_body = raw
         new_body = self._route_body(raw)
         set_headers = self._routing_headers()
-        if new_body is not None:
-            set_headers["content-length"] = str(len(new_body))
+        if new_body is None:
+            return em.shared("request_body", tuple(set_headers.items()), clear_route_cache=True)
+        set_headers["content-length"] = str(len(new_body))
         return em.request_body_response(em.common(set_headers, body=new_body, clear_route_cache=True))
 
     def _route_body(self, raw: bytes) -> bytes | None:
@@ -264,12 +268,12 @@ class Exchange:
         read = what_to_read(view, wanted, usage_in_stream)
         if view.sse and (read is Read.SSE or strip):
             self._sse = SseUsageScanner(self.rt.cfg.server.max_response_buffer_bytes, strip_usage_only=strip)
-            remove = ["content-length"] if "content-length" in h else []
-            return em.response_headers_response(em.common(remove=remove), em.STREAMED)
+            remove = ("content-length",) if "content-length" in h else ()
+            return em.shared("response_headers", remove=remove, response_body_mode=em.STREAMED)
         if read is Read.JSON:
-            return em.response_headers_response()  # stay BUFFERED: usage or the error's count is in the body
+            return em.shared("response_headers")  # stay BUFFERED: usage or the error's count is in the body
         self.done = True  # nothing more to learn: close cleanly, Envoy proceeds without us
-        return em.response_headers_response(response_body_mode=em.NONE)
+        return em.shared("response_headers", response_body_mode=em.NONE)
 
     def on_response_body(self, msg: em.Body) -> em.ProcessingResponse:
         if self._sse is not None:
@@ -281,14 +285,14 @@ class Exchange:
                 self._observe_usage(*usage_counts(self._sse.usage), "sse")
             if out is not None and out == msg.data:
                 out = None
-            return em.response_body_response(out)
+            return em.response_body_response(out) if out is not None else em.shared("response_body")
         # Buffered JSON (or an SSE body Envoy did not let us switch to STREAMED).
         if self._json_size <= self.rt.cfg.server.max_response_buffer_bytes:
             self._json_parts.append(msg.data)
             self._json_size += len(msg.data)
         if msg.end_of_stream:
             self._observe_json(b"".join(self._json_parts))
-        return em.response_body_response()
+        return em.shared("response_body")
 
     def _observe_json(self, body: bytes) -> None:
         if self._status >= 400:

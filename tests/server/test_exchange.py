@@ -5,7 +5,9 @@ import pytest
 
 from extproc.config import load_config
 from extproc.emulator.responses import Envelope, ResponseEvents, ResponseHead, responses_usage
+from extproc.server import envoy_wire as em
 from extproc.server.envoy_wire import NONE, STREAMED
+from extproc.server.events import ExchangeObserver
 from extproc.server.exchange import Exchange, RouterRuntime, inject_include_usage
 from tests.envoy_play import request_body, request_headers, response_body, response_headers, set_headers
 
@@ -360,3 +362,31 @@ def test_linear_estimator_routes_near_the_boundary_and_learns_from_usage():
     ex.handle(response_body(b'{"choices":[],"usage":{"prompt_tokens":5800,"completion_tokens":10}}'))
     bucket = rt.router.linear.bucket("m", ex.record.category)
     assert bucket.samples == 1
+
+
+def test_constant_answers_are_built_once_and_shared_between_exchanges(rt):
+    """The routing decision's answer is one of a few: built once, identical to a freshly built one."""
+    first, _, b1 = route(rt, chat(max_tokens=10))
+    second, _, b2 = route(rt, chat("other words " * 20, max_tokens=10))
+    assert b1 is b2 and first.record.pool == second.record.pool == "short"
+    built = em.request_body_response(em.common(first._routing_headers(), clear_route_cache=True))
+    assert b1.SerializeToString(deterministic=True) == built.SerializeToString(deterministic=True)
+    _, _, long_answer = route(rt, chat(max_tokens=9000))
+    assert (
+        long_answer is not b1
+        and set_headers(long_answer.request_body.response.header_mutation)["x-budget-pool"] == "long"
+    )
+    ex, _, _ = route(rt, chat(stream=True, max_tokens=10))  # include_usage injected: a body of its own
+    assert ex.record.include_usage_injected
+
+
+def test_a_per_request_header_is_never_shared():
+    class Tracing(ExchangeObserver):
+        def upstream_headers(self, record):
+            return {"traceparent": f"00-{record.key:032x}-{1:016x}-01"}
+
+    rt = RouterRuntime.from_config(load_config(env={}, overrides={"calibration": {"state_file": ""}}), Tracing())
+    _, h1, _ = route(rt, chat(max_tokens=10))
+    _, h2, _ = route(rt, chat(max_tokens=10))
+    first, second = (set_headers(h.request_headers.response.header_mutation)["traceparent"] for h in (h1, h2))
+    assert first != second
