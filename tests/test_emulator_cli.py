@@ -92,3 +92,21 @@ def test_busy_port_is_a_clear_error(capsys: pytest.CaptureFixture[str], monkeypa
         s.listen()
         rc, err = run_in_process(["--port", str(s.getsockname()[1])], capsys, monkeypatch)
     assert rc == 1 and "cannot listen" in err
+
+
+def test_vllm_behaviour_defaults_to_032_and_takes_its_old_name(capsys: pytest.CaptureFixture[str]) -> None:
+    import argparse
+
+    from extproc.commands.emulate import add_arguments, config_from_args
+    from extproc.emulator.errors import DEFAULT_VLLM_BEHAVIOUR
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    assert config_from_args(parser.parse_args([])).vllm_behaviour == DEFAULT_VLLM_BEHAVIOUR == "v0.32"
+    assert config_from_args(parser.parse_args(["--vllm-behaviour", "legacy"])).vllm_behaviour == "legacy"
+    assert config_from_args(parser.parse_args(["--context-error-style", "v0.18"])).vllm_behaviour == "v0.18"
+    parser.print_help()
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--vllm-behaviour {v0.32,v0.18,v0.16,v0.11,legacy,requested}" in text and "(default: v0.32)" in text
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--vllm-behaviour", "0.5"])

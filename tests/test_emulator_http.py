@@ -78,6 +78,7 @@ async def test_non_streaming_chat_body_and_real_token_counts(start: Start, http:
         "total_tokens": prompt + 7,
         "completion_tokens": 7,
         "prompt_tokens_details": None,
+        "completion_tokens_details": None,
     }
 
 
@@ -144,8 +145,14 @@ async def test_models_health_metrics_and_unknown_routes(start: Start, http: aioh
         assert resp.status == 405
     await post(http, f"{emu.url}/v1/chat/completions", {"messages": USER, "max_tokens": 3})
     metrics = await scrape(http, emu)
-    for name in ("num_requests_running", "num_requests_waiting", "kv_cache_usage_perc", "num_preemptions_total"):
+    for name in ("num_requests_running", "num_requests_waiting", "kv_cache_usage_perc", "num_preemptions_total",
+                 "num_requests_waiting_by_reason"):  # fmt: skip
         assert f"vllm:{name}" in metrics
+    async with http.get(f"{emu.url}/metrics") as resp:
+        page = await resp.text()
+    assert 'vllm:num_requests_running{engine="0",model_name="m-short"} 0.0' in page  # vLLM 0.32's labels
+    for reason in ("capacity", "deferred"):
+        assert f'vllm:num_requests_waiting_by_reason{{engine="0",model_name="m-short",reason="{reason}"}}' in page
     assert metrics["vllm:request_success_total"] == 1 and metrics["vllm:generation_tokens_total"] == 3
     assert metrics["vllm:prompt_tokens_total"] == expected_chat_prompt(USER)
 
@@ -168,7 +175,7 @@ async def test_models_health_metrics_and_unknown_routes(start: Start, http: aioh
 async def test_context_overflow_400(
     start: Start, http: aiohttp.ClientSession, style: str, shape: str, message: str
 ) -> None:
-    emu = await start(context_error_style=style, error_shape=shape)
+    emu = await start(vllm_behaviour=style, error_shape=shape)
     p = expected_chat_prompt(USER)
     status, raw, _ = await post(
         http, f"{emu.url}/v1/chat/completions", {"messages": USER, "max_completion_tokens": 1020}
@@ -179,6 +186,135 @@ async def test_context_overflow_400(
     assert orjson.loads(raw) == ({"object": "error", **info} if shape == "flat" else {"error": info})
     fits = {"messages": USER, "max_tokens": 1024 - p}
     assert (await post(http, f"{emu.url}/v1/chat/completions", fits))[0] == 200
+
+
+# ---- vLLM 0.32 (the default): the output is cut at the context; only a prompt alone over it is refused ----
+async def test_prompt_plus_max_tokens_over_the_context_is_served_and_cut_there(
+    start: Start, http: aiohttp.ClientSession
+) -> None:
+    emu = await start()
+    p = expected_chat_prompt(USER)
+    status, raw, _ = await post(http, emu.url + CHAT_URL, {"messages": USER, "max_completion_tokens": 1020})
+    assert status == 200
+    body = orjson.loads(raw)
+    assert body["usage"]["completion_tokens"] == 1024 - p and body["choices"][0]["finish_reason"] == "length"
+    stream = {"messages": USER, "max_tokens": 1010, "stream": True, "stream_options": {"include_usage": True}}
+    status, raw, _ = await post(http, emu.url + CHAT_URL, stream)
+    events = sse_events(raw)
+    assert status == 200 and events[-1]["usage"]["completion_tokens"] == 1024 - p
+    assert [e["choices"][0]["finish_reason"] for e in events[1:-1]][-1] == "length"
+    _, raw, _ = await post(http, f"{emu.url}/v1/completions", {"prompt": [7] * 1000, "max_tokens": 50})
+    assert orjson.loads(raw)["usage"] == {"prompt_tokens": 1000, "total_tokens": 1024, "completion_tokens": 24,
+                                          "prompt_tokens_details": None,
+                                          "completion_tokens_details": None}  # fmt: skip
+
+
+async def test_a_cut_response_is_incomplete_and_its_stream_still_ends_completed(
+    start: Start, http: aiohttp.ClientSession
+) -> None:
+    emu = await start()
+    body = {"input": "What is BPE?", "max_output_tokens": 1020}
+    out = orjson.loads((await post(http, f"{emu.url}/v1/responses", body))[1])
+    p = expected_responses_prompt(None, "What is BPE?")
+    assert (out["status"], out["incomplete_details"]) == ("incomplete", {"reason": "max_output_tokens"})
+    assert out["usage"]["output_tokens"] == 1024 - p and out["max_output_tokens"] == 1020
+    _, raw, _ = await post(http, f"{emu.url}/v1/responses", {**body, "stream": True})
+    last = orjson.loads(raw.split(b"\n\n")[-2].split(b"\n")[1].removeprefix(b"data: "))
+    assert last["type"] == "response.completed" and last["response"]["status"] == "incomplete"
+
+
+@pytest.mark.parametrize("endpoint", ["chat", "completions", "responses", "batch"])
+@pytest.mark.parametrize("max_tokens", [None, 8])
+async def test_a_prompt_alone_over_the_context_gets_at_least_l_plus_1(
+    start: Start, http: aiohttp.ClientSession, endpoint: str, max_tokens: int | None
+) -> None:
+    """Text is tokenized with truncation at L + 1, so vLLM 0.32 never says the real count."""
+    emu = await start()
+    long = "hello " * 1500
+    limit = {} if max_tokens is None else {"max_output_tokens" if endpoint == "responses" else "max_tokens": max_tokens}
+    path, body = {
+        "chat": (CHAT_URL, {"messages": [{"role": "user", "content": long}]}),
+        "completions": ("/v1/completions", {"prompt": long}),
+        "responses": ("/v1/responses", {"input": long}),
+        "batch": ("/v1/completions", {"prompt": ["short", long, "short"]}),
+    }[endpoint]
+    status, raw, _ = await post(http, emu.url + path, {**body, **limit})
+    assert status == 400
+    assert orjson.loads(raw) == {"error": {
+        "message": "This model's maximum context length is 1024 tokens. However, your prompt contains at least 1025 "
+        "input tokens, which exceeds this limit even without any output tokens. Please reduce the length of the "
+        "input prompt. (parameter=input_tokens, value=1025)",
+        "type": "BadRequestError", "param": "input_tokens", "code": 400}}  # fmt: skip
+
+
+async def test_a_prompt_of_exactly_the_context_leaves_max_tokens_zero(
+    start: Start, http: aiohttp.ClientSession
+) -> None:
+    emu = await start()
+    for body in ({"prompt": [7] * 1024}, {"prompt": [7] * 1024, "max_tokens": 5}, {"prompt": [7] * 1023}):
+        status, raw, _ = await post(http, f"{emu.url}/v1/completions", body)
+        if len(body["prompt"]) == 1023:
+            assert status == 200 and orjson.loads(raw)["usage"]["completion_tokens"] == 1
+            continue
+        assert status == 400
+        assert orjson.loads(raw) == {"error": {
+            "message": "max_tokens must be at least 1, got 0. (parameter=max_tokens, value=0)",
+            "type": "BadRequestError", "param": "max_tokens", "code": 400}}  # fmt: skip
+    status, raw, _ = await post(http, f"{emu.url}/v1/completions", {"prompt": [7] * 1025, "max_tokens": 5})
+    assert "your prompt contains at least 1025 input tokens" in orjson.loads(raw)["error"]["message"]  # ids: L+1 too
+    status, raw, _ = await post(http, f"{emu.url}/v1/completions", {"prompt": [7] * 1100, "max_tokens": 5})
+    assert "your prompt contains 1100 input tokens, which" in orjson.loads(raw)["error"]["message"]  # exact past it
+
+
+async def test_an_output_limit_over_the_context_is_refused_naming_its_field(
+    start: Start, http: aiohttp.ClientSession
+) -> None:
+    emu = await start()
+    cases = [(CHAT_URL, {"messages": USER, "max_completion_tokens": 2000}, "max_completion_tokens"),
+             (CHAT_URL, {"messages": USER, "max_tokens": 2000}, "max_tokens"),
+             ("/v1/responses", {"input": "hi", "max_output_tokens": 2000}, "max_output_tokens")]  # fmt: skip
+    for path, body, param in cases:
+        status, raw, _ = await post(http, emu.url + path, body)
+        assert status == 400
+        message = (f"{param}=2000 cannot be greater than max_model_len=1024. Please request fewer output tokens. "
+                   f"(parameter={param}, value=2000)")  # fmt: skip
+        assert orjson.loads(raw)["error"] == {"message": message, "type": "BadRequestError", "param": param,
+                                              "code": 400}  # fmt: skip
+    # max_completion_tokens wins over max_tokens whenever it is set, 0 included.
+    both = {"messages": USER, "max_completion_tokens": 0, "max_tokens": 5}
+    status, raw, _ = await post(http, emu.url + CHAT_URL, both)
+    assert status == 400 and "max_tokens must be at least 1, got 0." in orjson.loads(raw)["error"]["message"]
+
+
+async def test_legacy_behaviour_still_refuses_prompt_plus_max_tokens(start: Start, http: aiohttp.ClientSession) -> None:
+    emu = await start(vllm_behaviour="v0.18")
+    status, raw, _ = await post(http, emu.url + CHAT_URL, {"messages": USER, "max_tokens": 1020})
+    assert status == 400 and "you requested 1020 output tokens" in orjson.loads(raw)["error"]["message"]
+    async with http.get(f"{emu.url}/version") as resp:
+        assert (await resp.json()) == {"version": "0.18.0+emulated"}
+
+
+async def test_tokenize_counts_what_usage_reports(start: Start, http: aiohttp.ClientSession) -> None:
+    emu = await start(model="m", max_model_len=2048)
+    messages = [{"role": "system", "content": "Be brief."}, *USER]
+    _, raw, _ = await post(http, emu.url + CHAT_URL, {"messages": messages, "max_tokens": 1})
+    usage = orjson.loads(raw)["usage"]["prompt_tokens"]
+    status, raw, _ = await post(http, f"{emu.url}/tokenize", {"model": "m", "messages": messages})
+    out = orjson.loads(raw)
+    assert status == 200 and list(out) == ["count", "max_model_len", "tokens", "token_strs"]
+    assert (out["count"], out["max_model_len"], len(out["tokens"]), out["token_strs"]) == (usage, 2048, usage, None)
+    assert set(ENC.encode_ordinary(USER[0]["content"])) <= set(out["tokens"])  # the text's own ids
+    no_prompt = {"messages": messages, "add_generation_prompt": False}
+    assert orjson.loads((await post(http, f"{emu.url}/tokenize", no_prompt))[1])["count"] == usage - 4  # BOS stays
+    out = orjson.loads((await post(http, f"{emu.url}/tokenize", {"prompt": "Once upon a time"}))[1])
+    assert out["tokens"][1:] == ENC.encode_ordinary("Once upon a time") and out["count"] == 5  # BOS + 4
+    bare = {"prompt": "Once upon a time", "add_special_tokens": False}
+    assert orjson.loads((await post(http, f"{emu.url}/tokenize", bare))[1])["count"] == 4
+    long = orjson.loads((await post(http, f"{emu.url}/tokenize", {"prompt": "hello " * 3000}))[1])
+    # No context check: a client asks what an over-long prompt costs.
+    assert long["count"] == 1 + len(ENC.encode_ordinary("hello " * 3000)) > 2048
+    assert (await post(http, f"{emu.url}/tokenize", {"model": "other", "prompt": "x"}))[0] == 404
+    assert (await post(http, f"{emu.url}/tokenize", {"prompt": 5}))[0] == 400
 
 
 BAD = [
@@ -243,6 +379,7 @@ async def test_slots_cap_and_waiting_queue_show_in_metrics(start: Start, http: a
     while not all(t.done() for t in tasks):
         m = await scrape(http, emu)
         seen.add((m["vllm:num_requests_running"], m["vllm:num_requests_waiting"]))
+        assert m["vllm:num_requests_waiting_by_reason"] == m["vllm:num_requests_waiting"]  # all for capacity
         await asyncio.sleep(0.02)
     assert all(r[0] == 200 for r in await asyncio.gather(*tasks))
     assert (2.0, 3.0) in seen and max(r for r, _ in seen) <= 2
@@ -399,7 +536,7 @@ async def test_renderer_era_context_errors_over_http(
     start: Start, http: aiohttp.ClientSession, style: str, body: dict, message: str, param: str
 ) -> None:
     """vLLM >= 0.16: text is tokenized only up to max input + 1, so the count is a lower bound."""
-    emu = await start(context_error_style=style)
+    emu = await start(vllm_behaviour=style)
     status, raw, _ = await post(http, emu.url + CHAT_URL, body)
     assert status == 400
     assert orjson.loads(raw) == {"error": {"message": message, "type": "BadRequestError", "param": param,
@@ -409,7 +546,7 @@ async def test_renderer_era_context_errors_over_http(
 async def test_token_id_prompts_get_an_exact_count_in_the_newest_wording(
     start: Start, http: aiohttp.ClientSession
 ) -> None:
-    emu = await start(context_error_style="v0.18")
+    emu = await start(vllm_behaviour="v0.18")
     status, raw, _ = await post(http, f"{emu.url}/v1/completions", {"prompt": list(range(100)), "max_tokens": 1000})
     assert status == 400
     assert "your prompt contains 100 input tokens, for a total of 1100 tokens." in orjson.loads(raw)["error"]["message"]
@@ -439,7 +576,7 @@ async def test_n_choices_count_the_prompt_once_and_every_completion(start: Start
     assert [c["index"] for c in body["choices"]] == [0, 1, 2]
     assert len({c["message"]["content"] for c in body["choices"]}) == 3  # independent samples
     assert body["usage"] == {"prompt_tokens": p, "total_tokens": p + 15, "completion_tokens": 15,
-                             "prompt_tokens_details": None}  # fmt: skip
+                             "prompt_tokens_details": None, "completion_tokens_details": None}  # fmt: skip
     stream = {"messages": USER, "max_tokens": 4, "n": 2, "stream": True, "stream_options": {"include_usage": True}}
     _, raw, _ = await post(http, emu.url + CHAT_URL, stream)
     *chunks, usage = sse_events(raw)
@@ -457,8 +594,9 @@ async def test_n_choices_count_the_prompt_once_and_every_completion(start: Start
 
 # ---- POST /v1/responses --------------------------------------------------------------------------
 def expected_responses_prompt(instructions: str | None, user: str) -> int:
+    """The chat count plus the tokenizer's own BOS: vLLM tokenizes Responses with special tokens on."""
     msgs = ([{"role": "system", "content": instructions}] if instructions else []) + [{"role": "user", "content": user}]
-    return expected_chat_prompt(msgs)
+    return expected_chat_prompt(msgs) + 1
 
 
 async def test_responses_json(start: Start, http: aiohttp.ClientSession) -> None:
@@ -470,8 +608,12 @@ async def test_responses_json(start: Start, http: aiohttp.ClientSession) -> None
     out = orjson.loads(raw)
     p = expected_responses_prompt("Be brief.", "What is BPE?")
     assert out["object"] == "response" and out["id"].startswith("resp_") and out["created_at"] == FROZEN
-    assert out["usage"] == {"input_tokens": p, "input_tokens_details": {"cached_tokens": 0}, "output_tokens": 6,
-                            "output_tokens_details": {"reasoning_tokens": 0}, "total_tokens": p + 6}  # fmt: skip
+    assert out["usage"] == {
+        "input_tokens": p, "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0,
+                                                    "input_tokens_per_turn": [], "cached_tokens_per_turn": []},
+        "output_tokens": 6, "output_tokens_details": {"reasoning_tokens": 0, "tool_output_tokens": 0,
+                                                      "output_tokens_per_turn": [], "tool_output_tokens_per_turn": []},
+        "total_tokens": p + 6}  # fmt: skip
     assert (out["status"], out["incomplete_details"]) == ("incomplete", {"reason": "max_output_tokens"})
     assert (out["instructions"], out["max_output_tokens"]) == ("Be brief.", 6)
     (message,) = out["output"]
@@ -509,12 +651,40 @@ async def test_responses_stream_events_end_with_usage_in_response_completed(
     assert (final["usage"]["input_tokens"], final["usage"]["output_tokens"]) == (p, 3)
     text = "".join(e["delta"] for e in events if e["type"] == "response.output_text.delta")
     assert final["output"][0]["content"][0]["text"] == text
-    status, raw, _ = await post(http, f"{emu.url}/v1/responses", {"input": "x", "n": 2})
-    assert status == 400
+    status, raw, _ = await post(http, f"{emu.url}/v1/responses", {"input": "x", "n": 2, "max_output_tokens": 2})
+    assert status == 200 and len(orjson.loads(raw)["output"]) == 1  # vLLM 0.32 accepts n and answers one output
+
+
+async def test_continuous_usage_stats_put_the_usage_so_far_on_every_chunk(
+    start: Start, http: aiohttp.ClientSession
+) -> None:
+    emu = await start()
+    options = {"include_usage": True, "continuous_usage_stats": True}
+    p = expected_chat_prompt(USER)
+    _, raw, _ = await post(http, emu.url + CHAT_URL, {"messages": USER, "max_tokens": 3, "stream": True,
+                                                      "stream_options": options})  # fmt: skip
+    events = sse_events(raw)
+    assert [e["usage"]["completion_tokens"] for e in events] == [0, 1, 2, 3, 3]  # role chunk first, then the total
+    assert events[1]["usage"] == {"prompt_tokens": p, "total_tokens": p + 1, "completion_tokens": 1,
+                                  "completion_tokens_details": None}  # fmt: skip
+    _, raw, _ = await post(http, f"{emu.url}/v1/completions", {"prompt": "a b", "max_tokens": 2, "stream": True,
+                                                                "stream_options": options})  # fmt: skip
+    assert [sorted(e["usage"]) for e in sse_events(raw)] == [["completion_tokens", "prompt_tokens", "total_tokens"]] * 3
+
+
+async def test_validation_errors_are_fastapis_as_vllm_renders_them(start: Start, http: aiohttp.ClientSession) -> None:
+    emu = await start()
+    _, raw, _ = await post(http, emu.url + CHAT_URL, {"max_tokens": 4})
+    assert orjson.loads(raw) == {"error": {
+        "message": "1 validation error:\n  {'type': 'missing', 'loc': 'body.messages', 'msg': 'Field required'}",
+        "type": "Bad Request", "param": "body.messages", "code": 400}}  # fmt: skip
+    _, raw, _ = await post(http, emu.url + CHAT_URL, b"{not json")
+    err = orjson.loads(raw)["error"]
+    assert (err["type"], err["param"]) == ("Bad Request", "body.1") and "'type': 'json_invalid'" in err["message"]
 
 
 async def test_responses_context_error_names_output_tokens(start: Start, http: aiohttp.ClientSession) -> None:
-    emu = await start(context_error_style="v0.18")
+    emu = await start(vllm_behaviour="v0.18")
     status, raw, _ = await post(http, f"{emu.url}/v1/responses", {"input": "hello", "max_output_tokens": 1020})
     assert status == 400 and "you requested 1020 output tokens" in orjson.loads(raw)["error"]["message"]
 

@@ -16,7 +16,7 @@ import typing
 from typing import Any
 
 from extproc.emulator.engine_args import STREAM_QUIRKS, USAGE_LIES, EmulatorConfig, FaultConfig
-from extproc.emulator.errors import CONTEXT_STYLES, ERROR_SHAPES
+from extproc.emulator.errors import ERROR_SHAPES, VLLM_BEHAVIOURS
 from extproc.emulator.models import PROFILE_CHOICES
 from extproc.emulator.tokens import ENCODINGS
 
@@ -24,7 +24,8 @@ HELP: dict[str, str] = {
     "host": "address to bind",
     "port": "port to bind (0 = any free port; the chosen one is printed)",
     "model": "served model name (also accepted as --served-model-name)",
-    "max_model_len": "context window: prompt + max_tokens beyond it gets vLLM's 400",
+    "max_model_len": "context window: the output is cut at it (v0.32) or prompt + max_tokens beyond it gets "
+    "vLLM's 400 (older --vllm-behaviour)",
     "max_num_seqs": "most sequences running at once; the rest wait in a FIFO queue",
     "encoding": "BPE used for token counts (llama3 and qwen3 need the emulator extra: quicktok-v1)",
     "model_profile": "tokenizer + chat-template overhead: none (the flags as set), auto (by --model name: "
@@ -44,9 +45,11 @@ HELP: dict[str, str] = {
     "decode_ms_per_1k_kv_tokens": "extra decode-step time per 1000 tokens held in the KV cache, ms",
     "seed": "seed of the generated text and of fault draws",
     "frozen_time": "fixed 'created' timestamp (byte-for-byte comparable bodies)",
-    "context_error_style": "wording of the context-length 400, by vLLM version: v0.18 (today's: 'at least N input "
-    "tokens', input characters), v0.16 ('You passed N input tokens/characters'), v0.11, legacy (<= 0.9), or "
-    "'requested' (SGLang)",
+    "vllm_behaviour": "which vLLM to behave like over the context: v0.32 (today's: prompt + max_tokens over it is "
+    "served, output cut at the context; a prompt alone over it gets 'at least L+1 input tokens') or an older one "
+    "that refuses prompt + max_tokens over it with its 400: v0.18 ('at least N input tokens', input characters), "
+    "v0.16 ('You passed N input tokens/characters'), v0.11 (exact counts), legacy (<= 0.9), 'requested' "
+    "(SGLang); also accepted as --context-error-style",
     "max_chars_per_token": "vLLM's pre-tokenization check refuses prompts longer than max input tokens x this",
     "error_shape": "error body: nested {'error': {...}} (current vLLM) or flat {'object': 'error', ...}",
     "request_log_size": "requests remembered for GET /admin/requests",
@@ -62,12 +65,14 @@ HELP: dict[str, str] = {
 CHOICES: dict[str, tuple[str, ...]] = {
     "encoding": ENCODINGS,
     "model_profile": PROFILE_CHOICES,
-    "context_error_style": CONTEXT_STYLES,
+    "vllm_behaviour": VLLM_BEHAVIOURS,
     "error_shape": ERROR_SHAPES,
     "usage_lie": USAGE_LIES,
     "stream_quirk": STREAM_QUIRKS,
 }
 SKIP = {"faults", "admin"}
+# Other names a flag answers to: vLLM's own (--served-model-name), and the name a flag had before.
+ALIASES: dict[str, tuple[str, ...]] = {"model": ("--served-model-name",), "vllm_behaviour": ("--context-error-style",)}
 
 
 def _scalar_type(annotation: Any) -> type:
@@ -84,7 +89,7 @@ def _add_fields(parser: argparse.ArgumentParser, cls: type, prefix: str) -> None
             continue
         flag = "--" + prefix + f.name.replace("_", "-")
         default = f.default if f.default is not dataclasses.MISSING else None
-        names = [flag, "--served-model-name"] if f.name == "model" else [flag]
+        names = [flag, *ALIASES.get(f.name, ())]
         help_key = f"{f.name}_fault" if prefix and f.name == "error_shape" else f.name
         parser.add_argument(
             *names,

@@ -6,7 +6,7 @@ import math
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
-from extproc.emulator.errors import CONTEXT_STYLES, ERROR_SHAPES, MAX_CHARS_PER_TOKEN
+from extproc.emulator.errors import DEFAULT_VLLM_BEHAVIOUR, ERROR_SHAPES, MAX_CHARS_PER_TOKEN, VLLM_BEHAVIOURS
 from extproc.emulator.models import NONE, resolve_profile
 from extproc.emulator.tokens import ENCODINGS, check_available
 
@@ -91,7 +91,10 @@ class EmulatorConfig:
     decode_ms_per_1k_kv_tokens: float = 0.02  # attention over the batch's KV slows it too
     seed: int = 0
     frozen_time: int | None = None  # fixed "created" for byte-for-byte comparisons
-    context_error_style: str = "v0.18"
+    # Which vLLM generation to behave like where they differ: today's (v0.32: output cut at the context,
+    # only a prompt alone over it refused) or an older one (prompt + max_tokens over it refused, in that
+    # version's wording); see errors.py.
+    vllm_behaviour: str = DEFAULT_VLLM_BEHAVIOUR
     max_chars_per_token: int = MAX_CHARS_PER_TOKEN  # vLLM's pre-tokenization check: input chars per token
     error_shape: str = "nested"
     request_log_size: int = 256
@@ -132,9 +135,9 @@ class EmulatorConfig:
         if self.encoding not in ENCODINGS:
             raise ValueError(f"encoding must be one of {', '.join(ENCODINGS)}, got {self.encoding!r}")
         check_available(self.effective().encoding)
-        if self.context_error_style not in CONTEXT_STYLES:
+        if self.vllm_behaviour not in VLLM_BEHAVIOURS:
             raise ValueError(
-                f"context_error_style must be one of {', '.join(CONTEXT_STYLES)}, got {self.context_error_style!r}"
+                f"vllm_behaviour must be one of {', '.join(VLLM_BEHAVIOURS)}, got {self.vllm_behaviour!r}"
             )
         if self.error_shape not in ERROR_SHAPES:
             raise ValueError(f"error_shape must be one of {', '.join(ERROR_SHAPES)}, got {self.error_shape!r}")

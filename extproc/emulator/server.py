@@ -15,7 +15,7 @@ from extproc.emulator import stream_faults
 from extproc.emulator.admin import Faults, RequestLog
 from extproc.emulator.engine import Engine, Sequence, State
 from extproc.emulator.engine_args import EmulatorConfig
-from extproc.emulator.errors import ApiError, error_body
+from extproc.emulator.errors import VERSIONS, ApiError, error_body
 from extproc.emulator.prometheus import metrics_registry, render
 from extproc.emulator.protocol import (
     CHAT,
@@ -41,9 +41,11 @@ from extproc.emulator.responses import (
     models_body,
     response_body,
     responses_usage,
+    running_usage,
     usage_chunk,
 )
 from extproc.emulator.text import TextSource, request_digest
+from extproc.emulator.tokenize import tokenize
 from extproc.emulator.tokens import TokenCounter
 
 SSE_CONTENT_TYPE = "text/event-stream; charset=utf-8"
@@ -69,6 +71,7 @@ class Emulator:
         self.log = RequestLog(cfg.request_log_size)
         self.registry = metrics_registry(self.engine, cfg.model)
         self.closing = False
+        self.fingerprint = f"vllm-{VERSIONS[cfg.vllm_behaviour]}-emulated"
 
     def now(self) -> int:
         return self.cfg.frozen_time if self.cfg.frozen_time is not None else int(time.time())
@@ -81,6 +84,7 @@ class Emulator:
         r.add_post("/v1/completions", self._completions)
         r.add_post("/v1/responses", self._responses)
         r.add_get("/v1/models", self._models)
+        r.add_post("/tokenize", self._tokenize)
         r.add_get("/health", self._health)
         r.add_get("/ping", self._health)
         r.add_get("/version", self._version)
@@ -112,10 +116,13 @@ class Emulator:
         return web.Response(status=503 if self.closing else 200)
 
     async def _version(self, _: web.Request) -> web.Response:
-        return _json(b'{"version":"0.11.0+emulated"}')
+        return _json(orjson.dumps({"version": VERSIONS[self.cfg.vllm_behaviour] + "+emulated"}))
 
     async def _models(self, _: web.Request) -> web.Response:
         return _json(models_body(self.cfg.model, self.now(), self.cfg.max_model_len))
+
+    async def _tokenize(self, request: web.Request) -> web.Response:
+        return _json(tokenize(parse_json_object(await request.read()), self.cfg, self.bpe))
 
     async def _metrics(self, _: web.Request) -> web.Response:
         return web.Response(body=render(self.registry), headers={"content-type": CONTENT_TYPE_PLAIN_0_0_4})
@@ -167,7 +174,10 @@ class Emulator:
                 raise ApiError(503, "The server is shutting down.")
             plan = gen.sequences()
             digests = [request_digest(self.cfg.seed, kind, raw, j) for j in range(len(plan))]
-            env = Envelope(id=ID_PREFIX[kind] + digests[0].hex()[:32], created=self.now(), model=self.cfg.model)
+            env = Envelope(
+                id=ID_PREFIX[kind] + digests[0].hex()[:32], created=self.now(), model=self.cfg.model,
+                fingerprint=self.fingerprint,
+            )  # fmt: skip
             texts = [self.text.tokens(d, out.tokens) for d, (_, out) in zip(digests, plan, strict=True)]
             seqs = [self.engine.submit(prompt, out.tokens, out.finish_reason) for prompt, out in plan]
             try:
@@ -222,23 +232,29 @@ class Emulator:
         cut = stream_faults.cut_after(quirk, sum(seq.target for seq in seqs))
         events = ResponseEvents(self._response_head(gen, env, body)) if gen.kind == RESPONSES else None
         sent = [0] * len(seqs)
+        prompts = [prompt for prompt, _ in gen.sequences()]
+        chat = gen.kind == CHAT
+        running = (lambda i, done: running_usage(prompts[i], done, chat)) if gen.continuous_usage else None
         try:
             if events is not None:
                 await _write(response, quirk, events.start())
+            if chat:  # every choice's role chunk first, as vLLM sends them on its first iteration
+                start = b"".join(chat_role_chunk(env, i, running and running(i, 0)) for i in range(len(seqs)))
+                await _write(response, quirk, start)
             async for index, generated in _merged_progress(seqs):
                 out = bytearray()
-                if gen.kind == CHAT and sent[index] == 0:
-                    out += chat_role_chunk(env, index)
                 seq = seqs[index]
                 for k in range(sent[index], generated):
                     finish = seq.finish_reason if k == seq.target - 1 else None
                     tok = texts[index][k]
+                    usage = running and running(index, k + 1)
+                    last = not gen.include_usage
                     if events is not None:
                         out += events.delta(tok)
-                    elif gen.kind == CHAT:
-                        out += chat_token_chunk(env, tok, finish, index)
+                    elif chat:
+                        out += chat_token_chunk(env, tok, finish, index, usage, last)
                     else:
-                        out += completion_chunk(env, index, tok, finish)
+                        out += completion_chunk(env, index, tok, finish, usage, last)
                 sent[index] = generated
                 await _write(response, quirk, bytes(out))
                 if cut is not None and sum(sent) >= cut:

