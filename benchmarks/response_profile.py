@@ -33,6 +33,7 @@ from extproc.config import add_config_flags, config_from_args
 from extproc.envoy_names import ATTEMPT_COUNT_HEADER
 from extproc.server.exchange import Exchange, RouterRuntime
 from extproc.server.state_store import StateStore
+from extproc.stack.probes import free_port
 from extproc.telemetry import TelemetryObserver, build_observer
 from extproc.workload.corpus import corpus_text
 
@@ -77,14 +78,14 @@ def envoy_messages(body: bytes, prompt_tokens: int) -> list[tuple[str, bytes]]:
     return [(str(m.WhichOneof("request")), m.SerializeToString()) for m in msgs]
 
 
-def runtime(rate: str, state: Path) -> RouterRuntime:
+def runtime(rate: str, state: Path, metrics_port: int = 0) -> RouterRuntime:
     """The runtime ``serve`` builds for the e2e benchmark's router flags (converged state seeded)."""
     seed = {"updated": time.time(), "categories": {"prose": {"mean": 4.2, "dev": 0.1, "samples": 1000}}}
     state.write_bytes(orjson.dumps({"version": 1, "replicas": {"seed": seed}}))
     parser = argparse.ArgumentParser()
     add_config_flags(parser)
     flags = ["--calibration-state-file", str(state), "--calibration-converged-sample-rate", rate,
-             "--telemetry-metrics-port", "0", "--telemetry-log-level", "WARNING",
+             "--telemetry-metrics-port", str(metrics_port), "--telemetry-log-level", "WARNING",
              "--spillover-enabled", "false"]  # fmt: skip
     cfg = config_from_args(parser.parse_args(flags))
     observer, _ = build_observer(cfg)
@@ -123,6 +124,9 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5, help="rounds; the best is printed (default 5)")
     ap.add_argument("--size", type=int, default=4096, help="request body bytes of prose (default 4096)")
     ap.add_argument("--profile", type=int, default=0, metavar="N", help="also print cProfile's top N functions")
+    ap.add_argument(
+        "--metrics", action="store_true", help="Prometheus metrics on (as shipped; the e2e bench has them off)"
+    )
     args = ap.parse_args()
     text = corpus_text("prose")
     text = (text * (args.size // len(text.encode()) + 1))[: max(1, args.size - 120)]
@@ -135,7 +139,7 @@ def main() -> None:
     print(f"{'mode':>8} " + " ".join(f"{p:>16}" for p in phases) + f" {'total':>8}")
     for mode in [m.strip() for m in args.modes.split(",") if m.strip()]:
         with tempfile.TemporaryDirectory() as tmp:
-            rt = runtime(MODES[mode], Path(tmp) / "state.json")
+            rt = runtime(MODES[mode], Path(tmp) / "state.json", free_port() if args.metrics else 0)
             replay(rt, msgs, 500)  # warm-up: first allocations, bucket creation, margins
             best: dict[str, float] = {}
             for _ in range(args.rounds):
