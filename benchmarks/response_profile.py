@@ -5,39 +5,44 @@ telemetry as shipped) with the messages Envoy sends, serialised: each message is
 and each answer serialised as grpc.aio does, so protobuf work is counted; the gRPC transport is
 not (``e2e_overhead.py --variants noop`` measures that floor). For each mode, thread CPU per 1,000
 exchanges in each phase (request headers, request body, response headers, response body, close:
-``finish`` and the observers' end), best of ``--rounds``; ``--profile`` adds cProfile's top
-functions by own time, which names what costs what (the fit, the margin bookkeeping, telemetry).
+``finish`` and the observers' end), best of ``--rounds``; a phase the router ended the stream
+before is not sent, as Envoy would not send it. ``--profile N`` adds cProfile's top functions by
+own time, which names what costs what (the fit, the margin bookkeeping, telemetry).
+
+``--against REV`` replays the same messages through an older commit's ``Exchange`` too (unpacked
+with ``git archive``, run in a child process with this interpreter), alternating the two checkouts
+round by round: thread CPU is far less disturbed by a busy machine than latency or throughput, so
+this is the steadiest side-by-side figure of the router's own work.
 
     python benchmarks/response_profile.py                       # default and full, 4 KB prose
     python benchmarks/response_profile.py --modes full --profile 25
+    python benchmarks/response_profile.py --against 61b8f9b --rounds 7
 """
 
 from __future__ import annotations
 
 import argparse
 import cProfile
+import json
+import os
 import pstats
+import statistics
+import subprocess
 import sys
 import tempfile
 import time
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
 import orjson
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from envoy.config.core.v3 import base_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
 
-from extproc.config import add_config_flags, config_from_args
-from extproc.envoy_names import ATTEMPT_COUNT_HEADER
-from extproc.server.exchange import Exchange, RouterRuntime
-from extproc.server.state_store import StateStore
-from extproc.stack.probes import free_port
-from extproc.telemetry import TelemetryObserver, build_observer
-from extproc.workload.corpus import corpus_text
-
+ROOT = Path(__file__).resolve().parents[1]
 MODES = {"default": "0.1", "full": "1.0"}  # converged_sample_rate: as shipped once converged / learning every answer
+PHASES = ("request_headers", "request_body", "response_headers", "response_body", "close")
+ATTEMPTS_HEADER = "x-budget-attempts"  # extproc.envoy_names.ATTEMPT_COUNT_HEADER (older checkouts lack the module)
 
 
 def _headers(pairs: dict[str, str], eos: bool) -> ep.HttpHeaders:
@@ -47,6 +52,14 @@ def _headers(pairs: dict[str, str], eos: bool) -> ep.HttpHeaders:
         ),
         end_of_stream=eos,
     )
+
+
+def chat_body(size: int) -> bytes:
+    from extproc.workload.corpus import corpus_text
+
+    text = corpus_text("prose")
+    text = (text * (size // len(text.encode()) + 1))[: max(1, size - 120)]
+    return orjson.dumps({"model": "bench", "max_tokens": 16, "messages": [{"role": "user", "content": text}]})
 
 
 def envoy_messages(body: bytes, prompt_tokens: int) -> list[tuple[str, bytes]]:
@@ -67,7 +80,7 @@ def envoy_messages(body: bytes, prompt_tokens: int) -> list[tuple[str, bytes]]:
     resp = {
         ":status": "200", "content-type": "application/json", "content-length": str(len(answer)),
         "date": "Tue, 24 Nov 2026 01:00:00 GMT", "server": "envoy", "x-envoy-upstream-service-time": "1",
-        ATTEMPT_COUNT_HEADER: "1",
+        ATTEMPTS_HEADER: "1",
     }  # fmt: skip
     msgs = [
         ep.ProcessingRequest(request_headers=_headers(req, False)),
@@ -78,8 +91,19 @@ def envoy_messages(body: bytes, prompt_tokens: int) -> list[tuple[str, bytes]]:
     return [(str(m.WhichOneof("request")), m.SerializeToString()) for m in msgs]
 
 
-def runtime(rate: str, state: Path, metrics_port: int = 0) -> RouterRuntime:
-    """The runtime ``serve`` builds for the e2e benchmark's router flags (converged state seeded)."""
+def runtime(rate: str, state: Path, metrics_port: int = 0) -> Any:
+    """The runtime ``serve`` builds for the e2e benchmark's router flags (converged state seeded), from
+    whichever checkout is imported: the modules moved over the project's history."""
+    from extproc.config import add_config_flags, config_from_args
+    from extproc.telemetry import TelemetryObserver, build_observer
+
+    try:
+        from extproc.server.exchange import RouterRuntime
+        from extproc.server.state_store import StateStore
+    except ImportError:  # before the server/ sub-package
+        from extproc.exchange import RouterRuntime  # type: ignore[no-redef]
+        from extproc.state_store import StateStore  # type: ignore[no-redef]
+
     seed = {"updated": time.time(), "categories": {"prose": {"mean": 4.2, "dev": 0.1, "samples": 1000}}}
     state.write_bytes(orjson.dumps({"version": 1, "replicas": {"seed": seed}}))
     parser = argparse.ArgumentParser()
@@ -88,33 +112,95 @@ def runtime(rate: str, state: Path, metrics_port: int = 0) -> RouterRuntime:
              "--telemetry-metrics-port", str(metrics_port), "--telemetry-log-level", "WARNING",
              "--spillover-enabled", "false"]  # fmt: skip
     cfg = config_from_args(parser.parse_args(flags))
-    observer, _ = build_observer(cfg)
+    built = build_observer(cfg)
+    observer = built[0] if isinstance(built, tuple) else built
     rt = RouterRuntime.from_config(cfg, observer)
     store = StateStore(cfg.calibration.state_file)
     if isinstance(observer, TelemetryObserver):
         observer.attach(rt, store)
-    store.load_into(rt.router.calibrator, rt.router.linear)
+    linear = getattr(rt.router, "linear", None)
+    store.load_into(rt.router.calibrator, *([linear] if linear is not None else []))
     return rt
 
 
-def replay(rt: RouterRuntime, msgs: list[tuple[str, bytes]], n: int) -> dict[str, float]:
+def _exchange_class() -> Any:
+    try:
+        from extproc.server.exchange import Exchange
+    except ImportError:
+        from extproc.exchange import Exchange  # type: ignore[no-redef]
+    return Exchange
+
+
+def replay(rt: Any, msgs: list[tuple[str, bytes]], n: int) -> dict[str, float]:
     """Thread CPU seconds per phase over ``n`` exchanges; a phase Envoy would not send (the router
-    closed the stream) is not sent."""
+    closed the stream, or asked for no response body) is not sent."""
+    exchange = _exchange_class()
     spent: dict[str, float] = defaultdict(float)
     clock = time.thread_time
     parse = ep.ProcessingRequest.FromString
     for _ in range(n):
-        ex = Exchange(rt)
+        ex = exchange(rt)
         for phase, raw in msgs:
             t0 = clock()
-            ex.handle(parse(raw)).SerializeToString()
+            resp = ex.handle(parse(raw))
+            resp.SerializeToString()
             spent[phase] += clock() - t0
-            if ex.done:
+            # an older router closed after the response headers by asking for no body (mode_override)
+            no_body = phase == "response_headers" and resp.HasField("mode_override")
+            if ex.done or (no_body and resp.mode_override.response_body_mode == 0):
                 break
         t0 = clock()
         ex.close()
         spent["close"] += clock() - t0
     return spent
+
+
+def measure(mode: str, msgs: list[tuple[str, bytes]], rounds: int, n: int, metrics: bool) -> dict[str, float]:
+    """Best round's µs per exchange by phase (the round least disturbed by other load)."""
+    from extproc.stack.probes import free_port
+
+    with tempfile.TemporaryDirectory() as tmp:
+        rt = runtime(MODES[mode], Path(tmp) / "state.json", free_port() if metrics else 0)
+        replay(rt, msgs, 500)  # warm-up: first allocations, bucket creation, margins
+        best: dict[str, float] = {}
+        for _ in range(rounds):
+            spent = replay(rt, msgs, n)
+            if not best or sum(spent.values()) < sum(best.values()):
+                best = spent
+    return {p: best.get(p, 0.0) / n * 1e6 for p in PHASES}
+
+
+def row(label: str, per: dict[str, float]) -> str:
+    return f"{label:>12} " + " ".join(f"{per[p]:16.1f}" for p in PHASES) + f" {sum(per.values()):8.1f}"
+
+
+def side_by_side(args: argparse.Namespace, modes: list[str]) -> None:
+    """Alternate this checkout and ``--against`` round by round, each in a child process."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from sidebyside import unpack  # the same unpacking as the e2e side-by-side
+
+    with tempfile.TemporaryDirectory(prefix="response-profile-") as tmp:
+        short, subject = unpack(args.against, Path(tmp) / "tree-A")
+        trees = {"A": Path(tmp) / "tree-A", "B": ROOT}
+        print(f"A = {short} ({subject}); B = working tree ({ROOT})")
+        print(f"{len(chat_body(args.size))} B chat body; µs per exchange (thread CPU), each checkout's best of "
+              f"{args.rounds} rounds of {args.exchanges}, checkouts alternated")  # fmt: skip
+        for mode in modes:
+            runs: dict[str, list[dict[str, float]]] = {"A": [], "B": []}
+            for rep in range(args.rounds):
+                for tree in ("A", "B") if rep % 2 == 0 else ("B", "A"):
+                    argv = [sys.executable, "-P", __file__, "--child", "--modes", mode, "--rounds", "1",
+                            "--exchanges", str(args.exchanges), "--size", str(args.size)]  # fmt: skip
+                    env = dict(os.environ, PYTHONPATH=str(trees[tree]))
+                    out = subprocess.run(argv, capture_output=True, text=True, env=env, check=True).stdout
+                    runs[tree].append(json.loads(out.splitlines()[-1]))
+            print(f"\n{mode}: {'':>5}" + " ".join(f"{p:>16}" for p in PHASES) + f" {'total':>8}")
+            best = {t: min(r, key=lambda d: sum(d.values())) for t, r in runs.items()}
+            for tree in ("A", "B"):
+                print(row(f"{tree} best", best[tree]))
+            ratios = [sum(b.values()) / sum(a.values()) for a, b in zip(runs["A"], runs["B"], strict=True)]
+            print(f"  B/A of the totals, round by round: median {statistics.median(ratios):.2f} "
+                  f"[{min(ratios):.2f}-{max(ratios):.2f}]")  # fmt: skip
 
 
 def main() -> None:
@@ -127,28 +213,30 @@ def main() -> None:
     ap.add_argument(
         "--metrics", action="store_true", help="Prometheus metrics on (as shipped; the e2e bench has them off)"
     )
+    ap.add_argument("--against", metavar="REV", help="also replay through this older commit, alternated")
+    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
-    text = corpus_text("prose")
-    text = (text * (args.size // len(text.encode()) + 1))[: max(1, args.size - 120)]
-    body = orjson.dumps({"model": "bench", "max_tokens": 16, "messages": [{"role": "user", "content": text}]})
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    if any(m not in MODES for m in modes):
+        ap.error(f"--modes: choose from {', '.join(MODES)}")
+    if not args.child:
+        sys.path.insert(0, str(ROOT))  # this checkout (a child gets its checkout from PYTHONPATH)
+    if args.against:
+        side_by_side(args, modes)
+        return
+    body = chat_body(args.size)
     msgs = envoy_messages(body, max(1, int(len(body) / 4.2)))
-    phases = ("request_headers", "request_body", "response_headers", "response_body", "close")
-    print(
-        f"{len(body)} B chat body; thread CPU ms per 1,000 exchanges, best of {args.rounds} rounds of {args.exchanges}"
-    )
-    print(f"{'mode':>8} " + " ".join(f"{p:>16}" for p in phases) + f" {'total':>8}")
-    for mode in [m.strip() for m in args.modes.split(",") if m.strip()]:
-        with tempfile.TemporaryDirectory() as tmp:
-            rt = runtime(MODES[mode], Path(tmp) / "state.json", free_port() if args.metrics else 0)
-            replay(rt, msgs, 500)  # warm-up: first allocations, bucket creation, margins
-            best: dict[str, float] = {}
-            for _ in range(args.rounds):
-                spent = replay(rt, msgs, args.exchanges)
-                if not best or sum(spent.values()) < sum(best.values()):
-                    best = spent
-            per_k = {p: best.get(p, 0.0) / args.exchanges * 1e6 for p in phases}
-            print(f"{mode:>8} " + " ".join(f"{per_k[p]:16.1f}" for p in phases) + f" {sum(per_k.values()):8.1f}")
-            if args.profile:
+    if args.child:
+        print(json.dumps(measure(modes[0], msgs, args.rounds, args.exchanges, args.metrics)))
+        return
+    print(f"{len(body)} B chat body; µs per exchange (thread CPU), best of {args.rounds} rounds of {args.exchanges}")
+    print(f"{'mode':>12} " + " ".join(f"{p:>16}" for p in PHASES) + f" {'total':>8}")
+    for mode in modes:
+        print(row(mode, measure(mode, msgs, args.rounds, args.exchanges, args.metrics)))
+        if args.profile:
+            with tempfile.TemporaryDirectory() as tmp:
+                rt = runtime(MODES[mode], Path(tmp) / "state.json")
+                replay(rt, msgs, 500)
                 prof = cProfile.Profile()
                 prof.runcall(replay, rt, msgs, args.exchanges)
                 pstats.Stats(prof).sort_stats("tottime").print_stats(args.profile)

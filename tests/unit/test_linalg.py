@@ -45,3 +45,16 @@ def test_a_matrix_that_is_not_positive_definite_has_no_solution() -> None:
     assert solve_spd([1.0, 2.0, 2.0, 1.0], [1.0, 1.0]) is None  # eigenvalues 3 and -1
     assert solve_spd([0.0], [1.0]) is None
     assert solve_spd([4.0, 2.0, 2.0, 3.0], [2.0, 1.0]) == pytest.approx([0.5, 0.0])
+
+
+def test_the_update_keeps_a_symmetric_and_matches_the_full_product() -> None:
+    rng = random.Random(7)
+    n = 6
+    a, b = [0.0] * (n * n), [0.0] * n
+    for _ in range(30):
+        x = [rng.uniform(-3, 3) if rng.random() < 0.6 else 0.0 for _ in range(n)]
+        y = rng.uniform(0, 100)
+        expected = [0.9 * a[i * n + j] + x[i] * x[j] for i in range(n) for j in range(n)]
+        expected_b = [0.9 * b[i] + x[i] * y for i in range(n)]
+        decay_add_outer(a, b, x, y, 0.9)
+        assert a == expected and b == expected_b  # bit for bit: one triangle mirrored, zero rows decayed
