@@ -199,7 +199,9 @@ def report(results: Results, args: argparse.Namespace, names: dict[str, str]) ->
             va = [v for v in map(ma.get, reps) if v is not None]
             vb = [v for v in map(mb.get, reps) if v is not None]
             pairs = [(a, b) for a, b in zip(map(ma.get, reps), map(mb.get, reps), strict=True) if a and b]
-            ratios = [b / a for a, b in pairs if not shared and a > 0 and b > 0 and not ma.label.startswith("+P")]
+            # a difference (added latency, a phase as one variant minus another) has no meaningful ratio
+            difference = ma.label.startswith("+P") or "-" in ma.variant
+            ratios = [b / a for a, b in pairs if not shared and not difference and a > 0 and b > 0]
             print(f"{ma.variant:>16} {ma.label:>28} {spread(va):>24} {'(same)' if shared else spread(vb):>24}"
                   f" {spread(ratios):>22}")  # fmt: skip
             summary[f"{size} {ma.variant} {ma.label}"] = {"A": va, "B": vb, "B/A": ratios}
