@@ -12,16 +12,14 @@ ARG EXTRA_CA_DIR=deploy/ca-certificates
 ARG PIP_INDEX_URL=
 ARG PIP_EXTRA_INDEX_URL=
 ARG EXTRAS=
+# deploy/compose-up removes dangling images with this label after a failed build.
+LABEL io.budget-router.image=app
 
-# Extra CAs join the system bundle before pip runs; pip and Python then use that bundle.
+# Extra CAs join the system bundle before pip runs; pip and Python then use that bundle. A build that
+# still fails with CERTIFICATE_VERIFY_FAILED needs the proxy's CA in deploy/ca-certificates/.
 COPY ${EXTRA_CA_DIR}/ /usr/local/share/ca-certificates/budget-router-extra/
-RUN set -eu; \
-    bundle=/etc/ssl/certs/ca-certificates.crt; \
-    if ls /usr/local/share/ca-certificates/budget-router-extra/*.crt >/dev/null 2>&1; then \
-      if command -v update-ca-certificates >/dev/null; then update-ca-certificates; \
-      else cat /usr/local/share/ca-certificates/budget-router-extra/*.crt >> "$bundle"; fi; \
-    fi; \
-    test -s "$bundle" || { echo "base image lacks $bundle (install ca-certificates)" >&2; exit 1; }
+COPY deploy/trust-extra-cas.sh /usr/local/bin/
+RUN trust-extra-cas.sh /usr/local/share/ca-certificates/budget-router-extra
 ENV PIP_CERT=/etc/ssl/certs/ca-certificates.crt \
     SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt \
     REQUESTS_CA_BUNDLE=/etc/ssl/certs/ca-certificates.crt \

@@ -3,7 +3,7 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: venv demo demo-azure test lint bench clean envoy-config
+.PHONY: venv demo demo-azure test lint bench clean envoy-config deploy-config
 
 $(BIN)/budget-router: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -53,3 +53,7 @@ clean:
 envoy-config: venv
 	$(BIN)/budget-router envoy-config --out envoy/envoy.yaml
 	$(BIN)/budget-router envoy-config --snippets envoy/snippets
+
+# docker-compose.yml and deploy/kubernetes/, from the fleet shape in extproc/deploy/.
+deploy-config: venv
+	$(BIN)/budget-router deploy-config

@@ -20,6 +20,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "plan": ("extproc.commands.plan", "size a dual-pool fleet from a trace (simulator + cost model)"),
     "envoy-config": ("extproc.commands.envoy_config", "render the Envoy config for given ports"),
     "config": ("extproc.commands.config", "print the effective configuration or the options table"),
+    "deploy-config": ("extproc.commands.deploy_config", "render docker-compose.yml and the Kubernetes manifests"),
+    "docker-watchdog": ("extproc.commands.docker_watchdog", "restart compose services docker kill or a hang left dead"),
 }
 # The pyproject extra each subcommand needs beyond the lean core (which is all `serve` needs).
 EXTRAS: dict[str, str] = {"emulate": "emulator", "up": "stack", "plan": "planner"}

@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import math
+import difflib
 import os
-import types
+import re
 import typing
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +30,10 @@ from extproc.algorithm.dispatch import NO_OUTPUT_LIMIT_POLICIES
 from extproc.algorithm.exact_band import ExactBandParams
 from extproc.algorithm.linear_estimator import ESTIMATOR_KINDS, EstimatorParams
 from extproc.envoy_names import LONG_CLUSTER, SHORT_CLUSTER
+from extproc.options import ENV_PREFIX, ConfigError, add_flags, given, group, opt, specs
+from extproc.options import coerce as _coerce
+from extproc.options import describe as describe_options
 
-ENV_PREFIX = "BUDGET_ROUTER_"
 MIB = 1024 * 1024
 # The name the docs and the shipped Envoy configs give the optional decision-reason header
 # (``routing.reason_header``); Envoy strips a client's copy whether or not the router sends it.
@@ -45,15 +47,6 @@ _BUDGET, _POLICY, _CAL, _CAT, _CAP, _EST, _EXACT = (
     EstimatorParams(),
     ExactBandParams(),
 )
-
-
-def opt(default: Any, doc: str, metavar: str | None = None) -> Any:
-    """A config field with its documentation attached (rendered by ``budget-router config --doc`` and
-    ``--help``); ``metavar`` names the value's shape in ``--help`` when the type alone does not."""
-    metadata = {"doc": doc, "metavar": metavar}
-    if isinstance(default, list | dict):
-        return field(default_factory=lambda: default.copy(), metadata=metadata)
-    return field(default=default, metadata=metadata)
 
 
 def _default_state_file() -> str:
@@ -70,10 +63,17 @@ class ServerConfig:
         32 * MIB, "gRPC max send/receive message size. Must exceed Envoy's buffered body limit."
     )
     max_request_body_bytes: int = opt(
-        16 * MIB, "Largest request body the router parses; larger bodies go long (reason body_too_large)."
+        4 * MIB,
+        "Largest request body the router reads; larger bodies go long unread (reason unparseable, detail "
+        "body_too_large). Reading costs ~1-2 ms of router CPU per MiB; raise it for big inline images.",
     )
     max_response_buffer_bytes: int = opt(
         4 * MIB, "Cap on a buffered JSON response or a pending SSE line kept for usage parsing."
+    )
+    max_held_body_bytes: int = opt(
+        256 * MIB,
+        "Request and buffered response bytes all exchanges may hold at once; beyond it a request goes long "
+        "unread (reason too_complex, detail body_budget) and a response is not read.",
     )
     grace_period_s: float = opt(25.0, "On SIGTERM: NOT_SERVING, then wait this long for streams to drain.")
     workers: int = opt(1, "Router processes sharing the listen port (SO_REUSEPORT).")
@@ -194,8 +194,18 @@ class CalibrationConfig:
         [f"{name}={ratio}" for name, ratio in _CAL.priors],
         "Per-category cold start (category=bytes/token); others use cold_start.",
     )
-    state_file: str = opt(_default_state_file(), "Where learned ratios persist ('' disables).", "PATH")
+    state_file: str = opt(
+        _default_state_file(), "Where learned ratios persist ('' disables).", "PATH",
+        shown="$XDG_STATE_HOME/budget-router/calibration.json",
+    )  # fmt: skip
     save_interval_s: float = opt(30.0, "How often the state file is written (and merged with peers).")
+    instance_id: str = opt(
+        "",
+        "This router's entry in the state file; '' = <hostname>:<port> (stable across restarts and container "
+        "restarts; workers add /w<N>).",
+        "ID",
+        example="router-a",
+    )
 
 
 @dataclass(frozen=True)
@@ -224,6 +234,18 @@ class EstimatorConfig:
     exact_slack_tokens: int = opt(
         _EXACT.slack_tokens, "Tokens added to an exact count for template details not yet learned."
     )
+    engine_counts: bool = opt(
+        False,
+        "linear: ask the chosen pool's engine (vLLM POST /tokenize) for the exact prompt count of requests "
+        "whose uncertainty band holds B_short; endpoints come from live_load (static or Envoy discovery). "
+        "On by default in 'up --engine vllm'.",
+    )
+    engine_count_timeout_s: float = opt(
+        0.02, "Deadline of one engine count; a slower engine's request is routed by the estimate (counted)."
+    )
+    engine_count_max_in_flight: int = opt(
+        16, "Engine counts in flight at once; more band requests are routed by the estimate (counted as busy)."
+    )
 
 
 @dataclass(frozen=True)
@@ -233,6 +255,11 @@ class CategoriesConfig:
     cjk_share: float = opt(_CAT.cjk_share, "Share of CJK code points (of letters) above which text is CJK.")
     mixed_share: float = opt(_CAT.mixed_share, "CJK share above which (but below cjk_share) text is mixed.")
     code_score: float = opt(_CAT.code_score, "Density of code punctuation/keywords above which text is code.")
+    odd_share: float = opt(
+        _CAT.odd_share,
+        "Share of upper-case letters and digits above which nearly spaceless text is odd (random ids, base64, "
+        "hex, digit runs): its own category, prior 1.0 bytes/token.",
+    )
 
 
 @dataclass(frozen=True)
@@ -255,14 +282,14 @@ class TelemetryConfig:
 
 @dataclass(frozen=True)
 class Config:
-    server: ServerConfig = field(default_factory=ServerConfig)
-    routing: RoutingConfig = field(default_factory=RoutingConfig)
-    spillover: SpilloverConfig = field(default_factory=SpilloverConfig)
-    live_load: LiveLoadConfig = field(default_factory=LiveLoadConfig)
-    calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
-    estimator: EstimatorConfig = field(default_factory=EstimatorConfig)
-    categories: CategoriesConfig = field(default_factory=CategoriesConfig)
-    telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
+    server: ServerConfig = group(ServerConfig, prefix="server")
+    routing: RoutingConfig = group(RoutingConfig, prefix="routing")
+    spillover: SpilloverConfig = group(SpilloverConfig, prefix="spillover")
+    live_load: LiveLoadConfig = group(LiveLoadConfig, prefix="live_load")
+    calibration: CalibrationConfig = group(CalibrationConfig, prefix="calibration")
+    estimator: EstimatorConfig = group(EstimatorConfig, prefix="estimator")
+    categories: CategoriesConfig = group(CategoriesConfig, prefix="categories")
+    telemetry: TelemetryConfig = group(TelemetryConfig, prefix="telemetry")
 
 
 def with_options(cfg: Config, **sections: Mapping[str, Any]) -> Config:
@@ -275,54 +302,8 @@ def with_options(cfg: Config, **sections: Mapping[str, Any]) -> Config:
     )
 
 
-class ConfigError(ValueError):
-    """Settings that cannot be used; each line of ``errors`` names its option."""
-
-    def __init__(self, *errors: str) -> None:
-        self.errors = list(errors)
-        super().__init__("\n".join(self.errors))
-
-
 def _sections() -> list[tuple[str, type]]:
     return [(f.name, typing.get_type_hints(Config)[f.name]) for f in dataclasses.fields(Config)]
-
-
-def _coerce(tp: Any, value: Any, where: str) -> Any:
-    origin = typing.get_origin(tp)
-    try:
-        if tp is bool:
-            if isinstance(value, bool):
-                return value
-            s = str(value).strip().lower()
-            if s in {"1", "true", "yes", "on"}:
-                return True
-            if s in {"0", "false", "no", "off"}:
-                return False
-            raise ValueError(value)
-        if tp is int:
-            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-                raise ValueError(value)
-            return int(value)
-        if tp is float:
-            if isinstance(value, bool):
-                raise ValueError(value)
-            f = float(value)
-            if not math.isfinite(f):
-                raise ValueError(value)
-            return f
-        if tp is str:
-            if isinstance(value, list | dict):
-                raise TypeError(value)
-            return str(value)
-        if origin is list or isinstance(tp, types.GenericAlias):
-            if isinstance(value, str):
-                return [v.strip() for v in value.split(",") if v.strip()]
-            if not isinstance(value, list):
-                raise TypeError(value)
-            return [str(v) for v in value]
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{where}: cannot use {value!r} as {getattr(tp, '__name__', tp)}") from exc
-    return value
 
 
 def _apply(cfg: Config, values: Mapping[str, Mapping[str, Any]], source: str, errors: list[str]) -> None:
@@ -388,6 +369,24 @@ def listen_port(address: str) -> int | None:
 
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+KNOWN_CATEGORIES = CategoryParams().enabled  # every category the detector can name
+_HEADER_TOKEN = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+")  # an HTTP header name (RFC 9110 token)
+_HEADER_VALUE = re.compile(r"[\x21-\x7e]+")  # a header value the router sets: visible ASCII, no spaces
+
+
+def _header_checks(r: RoutingConfig) -> list[tuple[bool, str]]:
+    """The routing header's name and values go into Envoy's route match and into every request:
+    a CR/LF, a space or an empty value would be a broken header or a route that never matches."""
+    return [
+        (bool(_HEADER_TOKEN.fullmatch(r.header_name)),
+         f"routing.header_name: {r.header_name!r} is not an HTTP header name (letters, digits, -, no spaces or CR/LF)"),
+        (not r.reason_header or bool(_HEADER_TOKEN.fullmatch(r.reason_header)),
+         f"routing.reason_header: {r.reason_header!r} is not an HTTP header name"),
+        (bool(_HEADER_VALUE.fullmatch(r.short_value)),
+         f"routing.short_value: {r.short_value!r} must be a non-empty header value of visible ASCII"),
+        (bool(_HEADER_VALUE.fullmatch(r.long_value)),
+         f"routing.long_value: {r.long_value!r} must be a non-empty header value of visible ASCII"),
+    ]  # fmt: skip
 
 
 def validate(cfg: Config) -> Config:
@@ -408,6 +407,8 @@ def validate(cfg: Config) -> Config:
         (sv.max_message_bytes >= MIB, "server.max_message_bytes must be >= 1 MiB"),
         (sv.max_request_body_bytes > 0, "server.max_request_body_bytes must be > 0"),
         (sv.max_response_buffer_bytes > 0, "server.max_response_buffer_bytes must be > 0"),
+        (sv.max_held_body_bytes >= sv.max_request_body_bytes,
+         "server.max_held_body_bytes must be >= server.max_request_body_bytes (one body must fit)"),
         (sv.grace_period_s >= 0, "server.grace_period_s must be >= 0"),
         (sv.workers >= 1, "server.workers must be >= 1"),
         (
@@ -415,7 +416,6 @@ def validate(cfg: Config) -> Config:
             "server.workers > 1 needs a fixed port in server.listen (the workers share it)",
         ),
         (sv.event_loop in ("auto", "uvloop", "asyncio"), "server.event_loop must be auto, uvloop or asyncio"),
-        (bool(r.header_name.strip()), "routing.header_name must not be empty"),
         (r.short_value != r.long_value, "routing.short_value and long_value must differ"),
         (r.b_short > 0, "routing.b_short must be > 0"),
         (r.short_context > 0, "routing.short_context must be > 0"),
@@ -442,11 +442,21 @@ def validate(cfg: Config) -> Config:
         (all(c.min_ratio <= v <= c.max_ratio for v in priors.values()), "calibration.priors out of bounds"
          " (each must be within [min_ratio, max_ratio])"),
         (c.save_interval_s > 0, "calibration.save_interval_s must be > 0"),
+        (len(c.instance_id) <= 200 and c.instance_id.isprintable() and "\t" not in c.instance_id,
+         "calibration.instance_id must be printable text of at most 200 characters"),
+        *_header_checks(r),
+        (set(cat.enabled) <= set(KNOWN_CATEGORIES),
+         f"categories.enabled: unknown {sorted(set(cat.enabled) - set(KNOWN_CATEGORIES))}; known: "
+         f"{', '.join(KNOWN_CATEGORIES)}"),
+        (set(priors) <= set(KNOWN_CATEGORIES),
+         f"calibration.priors: unknown categories {sorted(set(priors) - set(KNOWN_CATEGORIES))}; known: "
+         f"{', '.join(KNOWN_CATEGORIES)}"),
         (bool(cat.enabled), "categories.enabled must name at least one category"),
         (cat.default in cat.enabled, "categories.default must be enabled"),
         (0.0 <= cat.cjk_share <= 1.0, "categories.cjk_share must be in [0, 1]"),
         (0.0 <= cat.mixed_share <= cat.cjk_share, "categories.mixed_share must be in [0, categories.cjk_share]"),
         (cat.code_score >= 0, "categories.code_score must be >= 0"),
+        (0.0 < cat.odd_share <= 1.0, "categories.odd_share must be in (0, 1]"),
         (0 <= t.metrics_port <= 65535, f"telemetry.metrics_port: {t.metrics_port} is not in 0..65535 (0 = off)"),
         (t.log_level.upper() in LOG_LEVELS, f"telemetry.log_level: {t.log_level!r} is not one of {LOG_LEVELS}"),
         (t.capture_content_max_bytes >= 64, "telemetry.capture_content_max_bytes must be >= 64"),
@@ -458,6 +468,11 @@ def validate(cfg: Config) -> Config:
         (e.sample_bytes >= 64, "estimator.sample_bytes must be >= 64"),
         (e.exact_slack_tokens >= 0, "estimator.exact_slack_tokens must be >= 0"),
         (not e.exact_band or e.kind == "linear", "estimator.exact_band needs estimator.kind: linear"),
+        (not e.engine_counts or e.kind == "linear", "estimator.engine_counts needs estimator.kind: linear"),
+        (not e.engine_counts or cfg.live_load.enabled, "estimator.engine_counts needs the engines' addresses: "
+         "set live_load.short_endpoints/long_endpoints or live_load.envoy_admin"),
+        (e.engine_count_timeout_s > 0, "estimator.engine_count_timeout_s must be > 0"),
+        (e.engine_count_max_in_flight >= 1, "estimator.engine_count_max_in_flight must be >= 1"),
     ]  # fmt: skip
     errors = raised + [msg for ok, msg in checks if not ok]
     if errors:
@@ -497,7 +512,7 @@ def load_config(
     errors: list[str] = []
     if path:
         try:
-            data = yaml.safe_load(Path(path).read_text()) or {}
+            data = yaml.load(Path(path).read_text(), Loader=_UniqueKeyLoader) or {}
         except OSError as exc:
             raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
         except yaml.YAMLError as exc:
@@ -514,6 +529,12 @@ def load_config(
             if rest.startswith(sname + "_"):
                 env_values.setdefault(sname, {})[rest[len(sname) + 1 :]] = val
                 break
+        else:
+            # Not a section of ours: another tool's variable, or a typo that would be ignored
+            # silently (BUDGET_ROUTER_ROUTIN_B_SHORT). A near miss of a real option is an error.
+            close = difflib.get_close_matches(key, _env_names(), n=1, cutoff=0.85)
+            if close:
+                errors.append(f"environment: unknown variable {key}; did you mean {close[0]}?")
     _apply(cfg, env_values, "environment", errors)
     if overrides:
         _apply(cfg, overrides, "command line", errors)
@@ -526,68 +547,33 @@ def load_config(
     return cfg
 
 
-def _flag(sname: str, fname: str) -> str:
-    return f"--{sname}-{fname}".replace("_", "-")
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping (PyYAML keeps the last one
+    silently: a setting that looks set in the file would be another)."""
 
 
-def _env(sname: str, fname: str) -> str:
-    return f"{ENV_PREFIX}{sname.upper()}_{fname.upper()}"
+def _unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r}", key_node.start_mark
+            )
+        seen.add(key)
+    return loader.construct_mapping(node, deep)
 
 
-def _default(sname: str, f: dataclasses.Field[Any]) -> Any:
-    if sname == "calibration" and f.name == "state_file":
-        return "$XDG_STATE_HOME/budget-router/calibration.json"
-    if f.default is not dataclasses.MISSING:
-        return f.default
-    assert f.default_factory is not dataclasses.MISSING, f"{sname}.{f.name} has no default"
-    return f.default_factory()
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
 
 
-def _metavar(f: dataclasses.Field[Any], tp: Any) -> str:
-    """How a value looks, for ``--help``: declared, or from the name's unit suffix and the type."""
-    if f.metadata.get("metavar"):
-        return f.metadata["metavar"]
-    if f.name.endswith("_s"):
-        return "SECONDS"
-    if f.name.endswith("_bytes"):
-        return "BYTES"
-    if f.name.endswith("port"):
-        return "PORT"
-    if tp is int:
-        return "N"
-    if tp is float:
-        return "X"
-    if tp is str:
-        return "TEXT"
-    return "A,B,..."  # a list: comma-separated
-
-
-class _Switch(argparse.Action):
-    """``--x`` / ``--no-x`` for a boolean option; ``--x true|false`` (the older form) still works."""
-
-    def __init__(self, option_strings: list[str], dest: str, **kwargs: Any) -> None:
-        strings = [s for o in option_strings for s in (o, "--no-" + o[2:])]
-        super().__init__(strings, dest, nargs="?", metavar="BOOL", **kwargs)
-
-    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
-                 option_string: str | None = None) -> None:  # fmt: skip
-        if option_string is not None and option_string.startswith("--no-"):
-            if values is not None:
-                parser.error(f"{option_string} takes no value")
-            values = False
-        setattr(namespace, self.dest, True if values is None else values)  # a string: coerced (and named) later
-
-
-class _HelpFormatter(argparse.HelpFormatter):
-    def _format_action_invocation(self, action: argparse.Action) -> str:
-        if isinstance(action, _Switch):
-            return ", ".join(action.option_strings)
-        return super()._format_action_invocation(action)
+def _env_names() -> list[str]:
+    return [spec.env for spec in specs(Config) if spec.env]
 
 
 def add_config_flags(parser: argparse.ArgumentParser) -> None:
-    """One ``--section-key`` flag per option; unset flags leave lower-precedence sources alone."""
-    parser.formatter_class = _HelpFormatter
+    """``--config FILE`` and one ``--section-key`` flag per option; unset flags leave lower-precedence
+    sources alone."""
     parser.add_argument(
         "--config",
         "-c",
@@ -595,42 +581,19 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
         default=os.environ.get(ENV_PREFIX + "CONFIG"),
         help=f"YAML file with the options below, by section (env: {ENV_PREFIX}CONFIG)",
     )
-    for sname, stype in _sections():
-        group = parser.add_argument_group(sname)
-        hints = typing.get_type_hints(stype)
-        for f in dataclasses.fields(stype):
-            doc = f.metadata["doc"].replace("%", "%%")
-            default = str(_default(sname, f)).replace("%", "%%")
-            help_text = f"{doc} (default: {default}; env: {_env(sname, f.name)})"
-            dest = f"cfg__{sname}__{f.name}"
-            if hints[f.name] is bool:
-                group.add_argument(_flag(sname, f.name), dest=dest, action=_Switch, default=None, help=help_text)
-            else:
-                metavar = _metavar(f, hints[f.name])
-                group.add_argument(_flag(sname, f.name), dest=dest, default=None, metavar=metavar, help=help_text)
+    add_flags(parser, specs(Config))
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
     overrides: dict[str, dict[str, Any]] = {}
-    for key, val in vars(args).items():
-        if key.startswith("cfg__") and val is not None:
-            _, sname, fname = key.split("__", 2)
-            overrides.setdefault(sname, {})[fname] = val
+    for (sname, fname), val in given(args, specs(Config)).items():
+        overrides.setdefault(sname, {})[fname] = val
     return load_config(getattr(args, "config", None), overrides=overrides)
 
 
 def describe() -> str:
     """Markdown table of every option with its flag, env var and default (kept in the README)."""
-    rows = ["| option | flag / env | default | meaning |", "|---|---|---|---|"]
-    for sname, stype in _sections():
-        hints = typing.get_type_hints(stype)
-        for f in dataclasses.fields(stype):
-            flag = _flag(sname, f.name)
-            if hints[f.name] is bool:
-                flag = f"{flag}` / `--no-{flag[2:]}"
-            env = _env(sname, f.name)
-            rows.append(f"| `{sname}.{f.name}` | `{flag}` / `{env}` | `{_default(sname, f)}` | {f.metadata['doc']} |")
-    return "\n".join(rows)
+    return describe_options(specs(Config))
 
 
 def to_dict(cfg: Config) -> dict[str, Any]:

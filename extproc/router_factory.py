@@ -89,7 +89,14 @@ def build_router(
         estimator=_same_named(
             EstimatorParams,
             cfg.estimator,
-            internal=["band_prob", "boundary_window", "cold_margin", "margin_min_tokens", "prior_weight"],
+            internal=[
+                "band_prob",
+                "boundary_window",
+                "cold_margin",
+                "margin_min_tokens",
+                "prior_weight",
+                "prompt_memory",
+            ],
             forgetting=cfg.calibration.beta,
         ),
         exact=build_exact_band(cfg),

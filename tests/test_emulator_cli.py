@@ -9,6 +9,7 @@ import subprocess
 import sys
 import urllib.request
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -75,8 +76,8 @@ def run_in_process(
         (["--max-num-seqs", "0"], "max_num_seqs must be >= 1"),
         (["--max-model-len", "4096", "--kv-cache-tokens", "100"], "cannot hold one sequence"),
         (["--fault-error-rate", "1.5"], "error_rate must be within"),
-        (["--encoding", "gpt2"], "invalid choice"),
-        (["--latency-scale", "fast"], "invalid float value"),
+        (["--encoding", "gpt2"], "--encoding: 'gpt2' is not one of"),
+        (["--latency-scale", "fast"], "--latency-scale: cannot use 'fast' as float"),
     ],
 )
 def test_bad_values_exit_non_zero_with_a_message(
@@ -97,16 +98,21 @@ def test_busy_port_is_a_clear_error(capsys: pytest.CaptureFixture[str], monkeypa
 def test_vllm_behaviour_defaults_to_032_and_takes_its_old_name(capsys: pytest.CaptureFixture[str]) -> None:
     import argparse
 
-    from extproc.commands.emulate import add_arguments, config_from_args
+    from extproc.commands.emulate import OPTIONS
     from extproc.emulator.errors import DEFAULT_VLLM_BEHAVIOUR
+    from extproc.options import ConfigError
 
     parser = argparse.ArgumentParser()
-    add_arguments(parser)
-    assert config_from_args(parser.parse_args([])).vllm_behaviour == DEFAULT_VLLM_BEHAVIOUR == "v0.32"
-    assert config_from_args(parser.parse_args(["--vllm-behaviour", "legacy"])).vllm_behaviour == "legacy"
-    assert config_from_args(parser.parse_args(["--context-error-style", "v0.18"])).vllm_behaviour == "v0.18"
+    OPTIONS.add_arguments(parser)
+
+    def config_from(argv: list[str]) -> Any:
+        return OPTIONS.from_args(parser.parse_args(argv), env={})
+
+    assert config_from([]).vllm_behaviour == DEFAULT_VLLM_BEHAVIOUR == "v0.32"
+    assert config_from(["--vllm-behaviour", "legacy"]).vllm_behaviour == "legacy"
+    assert config_from(["--context-error-style", "v0.18"]).vllm_behaviour == "v0.18"
     parser.print_help()
     text = " ".join(capsys.readouterr().out.split())
-    assert "--vllm-behaviour {v0.32,v0.18,v0.16,v0.11,legacy,requested}" in text and "(default: v0.32)" in text
-    with pytest.raises(SystemExit):
-        parser.parse_args(["--vllm-behaviour", "0.5"])
+    assert "--vllm-behaviour {v0.32,v0.18,v0.16,v0.11,legacy,requested}" in text and "(default: v0.32;" in text
+    with pytest.raises(ConfigError, match=r"--vllm-behaviour: '0\.5' is not one of"):
+        config_from(["--vllm-behaviour", "0.5"])

@@ -29,9 +29,9 @@ async def start() -> AsyncIterator[Start]:
     started: list[RunningEmulator] = []
 
     async def _start(**overrides: Any) -> RunningEmulator:
-        cfg = EmulatorConfig(port=0, latency_scale=0, frozen_time=FROZEN, max_model_len=1024, max_num_seqs=8)
-        for key, value in overrides.items():
-            setattr(cfg, key, value)
+        defaults: dict[str, Any] = {"port": 0, "latency_scale": 0, "frozen_time": FROZEN, "max_model_len": 1024,
+                                    "max_num_seqs": 8}  # fmt: skip
+        cfg = EmulatorConfig(**{**defaults, **overrides})
         emu = await start_emulator(cfg)
         started.append(emu)
         return emu

@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from extproc.algorithm.budget import IMAGE_TOKENS
 from extproc.emulator.engine import Engine, State
 from extproc.emulator.engine_args import EmulatorConfig, FaultConfig
 from extproc.emulator.errors import ApiError, PromptSize, context_length_error
@@ -84,7 +85,7 @@ def test_parts_tools_and_tool_calls_are_counted() -> None:
     }
     want = (
         5
-        + (4 + bpe("user") + bpe("look:") + 576)
+        + (4 + bpe("user") + bpe("look:") + IMAGE_TOKENS)
         + (4 + bpe("assistant") + bpe(orjson.dumps(calls).decode()))
         + (4 + bpe("tool") + bpe("c1") + bpe("sunny"))
         + bpe(orjson.dumps(tools).decode())

@@ -150,6 +150,10 @@ def test_ext_proc_modes_and_fail_modes() -> None:
     }
     assert cfg["allow_mode_override"] is True
     assert {m["response_body_mode"] for m in cfg["allowed_override_modes"]} == {"STREAMED", "NONE"}
+    # A hung router costs each request at most the message timeout, then Envoy proceeds (long pool).
+    assert cfg["message_timeout"] == "0.5s" == f"{ec.MESSAGE_TIMEOUT_S:g}s"
+    [router] = [c for c in ec.clusters(ec.compose_layout()) if c["name"] == ec.ROUTER_CLUSTER]
+    assert router["health_checks"][0]["timeout"] == f"{ec.ROUTER_HEALTH_TIMEOUT_S:g}s"
     closed = _hcm(ec.EnvoyLayout(failure_mode_allow=False, with_response_processing=False))
     cfg = _ext_proc(closed)["typed_config"]
     assert cfg["failure_mode_allow"] is False and "allow_mode_override" not in cfg
@@ -577,6 +581,8 @@ def test_gateway_api_example_parses_and_defaults_to_long() -> None:
     ext = docs["EnvoyExtensionPolicy"]["spec"]["extProc"][0]
     assert ext["failOpen"] is True and ext["processingMode"]["allowModeOverride"] is True
     assert ext["processingMode"]["request"]["body"] == "Buffered"
+    # One value for every shipped config: the Gateway API spelling of MESSAGE_TIMEOUT_S.
+    assert ext["messageTimeout"] == f"{ec.MESSAGE_TIMEOUT_S * 1000:g}ms"
 
 
 @contextlib.contextmanager

@@ -22,11 +22,12 @@ LAYERS: list[set[str]] = [
     {"cli"},
     {"commands"},
     {"stack", "planner"},
+    {"deploy"},
     {"telemetry", "gateway", "emulator", "workload"},
     {"server"},
     {"router_factory"},
     {"config"},
-    {"addresses", "envoy_names"},
+    {"addresses", "envoy_names", "options"},
     {"algorithm"},
     {"extproc"},
 ]

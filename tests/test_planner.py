@@ -312,18 +312,14 @@ def test_cli_defaults_are_the_settings_defaults() -> None:
     """One source for every default (issue 21 found the SLO defaults written twice)."""
     import argparse
 
-    from extproc.commands.plan import add_arguments
+    from extproc.commands.plan import OPTIONS, add_arguments, prepare
 
     parser = argparse.ArgumentParser()
     add_arguments(parser)
-    args = parser.parse_args(["--trace", "azure-conv"])
-    slo, settings = Slo(), quick()
-    defaults = PlanSettings(settings.profile, 1.0)
-    assert (args.slo_ttft_p99, args.slo_tpot_p99, args.slo_itl_p99, args.util_cap) == (
-        slo.ttft_p99_s, slo.tpot_p99_s, slo.itl_p99_s, slo.util_cap)
-    assert (args.balancer, args.chunks, args.max_seqs, args.warmup, args.max_reject, args.max_instances,
-            args.screen_requests) == (defaults.balancer, defaults.chunks, defaults.max_seqs, defaults.warmup,
-                                      defaults.max_reject, defaults.max_instances, defaults.screen_requests)
+    run = prepare(OPTIONS.from_args(parser.parse_args(["--trace", "azure-conv", "--jobs", "1"]), env={}))
+    defaults = PlanSettings(run.settings.profile, run.settings.rate)
+    assert run.settings == dataclasses.replace(defaults, config=run.settings.config)
+    assert run.settings.slo == Slo()
 
 
 # --- like for like, binding limits, honest uncertainty ----------------------------------------------

@@ -20,9 +20,11 @@ import pytest
 
 from extproc.cli import main
 from extproc.commands.up import OTLP_ENV, otlp_collector
+from extproc.stack.probes import free_port, http_get, http_ok
 from extproc.stack.process import ManagedProcess
 from extproc.stack.stack import StackOptions, metrics_ports, router_argv
 from extproc.stack.supervisor import Backoff, Supervisor, Watched, exit_reason
+from tests.waiting import until
 
 SLEEPER = [sys.executable, "-c", "import time; time.sleep(60)"]
 CRASHER = [sys.executable, "-c", "raise SystemExit(3)"]
@@ -156,6 +158,49 @@ def test_reap_kills_what_a_dead_parent_left_in_its_group(tmp_path: Path, procs: 
     while _group_alive(pgid):
         assert time.monotonic() < deadline, "the orphaned child survived reap()"
         time.sleep(0.05)
+
+
+def test_a_hung_child_is_killed_and_restarted(tmp_path: Path, procs: list[ManagedProcess]) -> None:
+    """SIGSTOP: the process never exits, only its probe tells. It is killed after ``hang_after_s``
+    without an answer, restarted on its port, and announced once it answers again."""
+    port = free_port()
+    server = [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"]
+    child = _proc(tmp_path, procs, "pool-short", server)
+    url = f"http://127.0.0.1:{port}/"
+    until(lambda: http_ok(url), "the child serving", timeout_s=20)
+    say = Lines()
+    probes: list[float] = []
+
+    def probe() -> bool:
+        probes.append(time.monotonic())
+        return http_get(url, timeout_s=0.3)[0] == 200
+
+    sup = Supervisor(
+        [Watched(child, probe)], ManagedProcess.start, say, Backoff(first_s=0.1), interval_s=0.02,
+        hang_after_s=1.0, probe_interval_s=0.1,
+    )  # fmt: skip
+    sup.start()
+    try:
+        first_pid = child.pid
+        assert first_pid is not None
+        # A serving child is never taken for a hung one: probed for longer than hang_after_s, still there.
+        until(lambda: probes and probes[-1] - probes[0] > 1.5, "probes spanning 1.5 s", timeout_s=20)
+        assert sup.restarts == 0 and child.pid == first_pid and not say.lines
+        os.kill(first_pid, signal.SIGSTOP)
+        hung = say.wait("stopped answering")
+        assert hung.startswith(f"pool-short (pid {first_pid}) stopped answering its health probe for 1.")
+        assert "killed it; restarting in 0.1 s" in hung
+        say.wait("serving again", timeout_s=20)
+        assert child.alive and child.pid != first_pid and http_ok(url)
+    finally:
+        sup.stop()
+
+
+def test_hang_detection_needs_a_probe_interval_below_the_limit() -> None:
+    with pytest.raises(ValueError, match="hang_after_s"):
+        Supervisor([], ManagedProcess.start, print, hang_after_s=0.5, probe_interval_s=0.5)
+    with pytest.raises(ValueError, match="hang_after_s"):
+        StackOptions(hang_after_s=0.5)
 
 
 def _group_alive(pgid: int) -> bool:

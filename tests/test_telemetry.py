@@ -514,6 +514,49 @@ def test_net_retries_are_counted_by_outcome_and_the_span_names_both_pools(rig):
     assert span.attributes[n.GEN_AI_INPUT_TOKENS] == 70  # learned from the long pool's answer
 
 
+def test_a_truncation_by_the_short_context_is_counted_on_the_span_and_in_the_decision_line():
+    records: list[logging.LogRecord] = []
+    logger = logging.getLogger("test.truncation")
+    handler = _Collect(records)
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    rig = make_rig(decisions=DecisionLog(json_lines=True, logger=logger))
+    m = rig.points()
+    assert by_attrs(m[n.M_TRUNCATIONS])[(("category", "prose"), ("pool", "short"))] == 0  # from the start
+    choice = {"index": 0, "finish_reason": "length", "message": {"content": "x"}}
+    cut = orjson.dumps({"choices": [choice], "usage": {"prompt_tokens": 8000, "completion_tokens": 192}})
+    try:
+        run(rig.rt, chat(max_tokens=500), (200, "application/json", cut))  # 8000 + 192 = 8192 < 8000 + 500
+        run(rig.rt, chat(max_tokens=500), (200, "application/json", usage_json(80, 500)))
+    finally:
+        logger.removeHandler(handler)
+    assert by_attrs(rig.points()[n.M_TRUNCATIONS])[(("category", "prose"), ("pool", "short"))] == 1
+    spans = rig.finished_spans()
+    assert spans[0].attributes[n.CONTEXT_TRUNCATED] is True and n.CONTEXT_TRUNCATED not in spans[1].attributes
+    lines = [r.fields for r in records]  # type: ignore[attr-defined]
+    assert [line["context_truncated"] for line in lines] == [True, False]
+
+
+def test_engine_counts_are_exported_by_outcome_from_zero(rig):
+    from extproc.server.engine_count import OUTCOMES, EngineCounter
+
+    assert n.M_ENGINE_COUNTS not in rig.points()  # off: no series
+    rig.rt.counter = EngineCounter(lambda _pool: [], 0.02, 4)
+    rig.rt.counter.outcomes["timeout"] += 2
+    counts = by_attrs(rig.points()[n.M_ENGINE_COUNTS])
+    assert counts == {(("outcome", o),): 2 if o == "timeout" else 0 for o in OUTCOMES}
+
+
+class _Collect(logging.Handler):
+    def __init__(self, into: list[logging.LogRecord]) -> None:
+        super().__init__()
+        self.into = into
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.into.append(record)
+
+
 def test_state_file_problems_are_counted_from_zero(rig, tmp_path):
     from extproc.server.state_store import StateStore
 
@@ -641,7 +684,7 @@ def test_captured_content_is_capped_with_a_marker_and_stays_valid_json():
 
     rig = make_rig(capture_content=True)
     rig.observer.spans.content_max_bytes = 4096
-    big = "x" * (5 * 1024 * 1024)
+    big = "x" * (3 * 1024 * 1024)  # within server.max_request_body_bytes
     messages = [
         {"role": "system", "content": "be brief"},
         {"role": "user", "content": big},

@@ -3,7 +3,6 @@ endpoint, and the OTLP trace export into a real OTLP/gRPC receiver."""
 
 from __future__ import annotations
 
-import logging
 import socket
 import threading
 import time
@@ -169,15 +168,16 @@ def test_worker_index_offsets_the_metrics_port():
         shutdown()
 
 
-def test_busy_metrics_port_is_reported_not_fatal(caplog):
+def test_busy_metrics_port_is_refused_naming_the_option():
+    """Before: only logged, and the router ran without the metrics an operator asked for."""
+    from extproc.config import ConfigError
+
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        with caplog.at_level(logging.ERROR, "budget_router.telemetry"):
-            observer, shutdown = build_observer(cfg_with(metrics_port=port), env={})
-    assert type(observer) is ExchangeObserver and shutdown is None
-    assert any(f"127.0.0.1:{port} unavailable" in r.getMessage() for r in caplog.records)
+        with pytest.raises(ConfigError, match=rf"telemetry\.metrics_port: cannot serve metrics on 127\.0\.0\.1:{port}"):
+            build_observer(cfg_with(metrics_port=port), env={})
 
 
 def test_spans_are_exported_over_otlp_with_service_name():

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from extproc.workload.cli_args import add_workload_arguments, workload_spec_from_args
+from extproc.workload.cli_args import WorkloadOptions
 from extproc.workload.corpus import corpus_text, get_encoding
 from extproc.workload.prompts import chat_body, completion_body, count_tokens, prompt_text, request_body
 from extproc.workload.spec import build_workload
@@ -67,12 +67,15 @@ def test_chat_and_completion_bodies():
 
 
 def test_request_body_from_a_workload():
+    from extproc.commands.up import OPTIONS
+
     parser = argparse.ArgumentParser()
-    add_workload_arguments(parser, trace_flag="--replay")
+    OPTIONS.add_arguments(parser)
     args = parser.parse_args(
         ["--replay", "azure-conv", "--rate", "50", "--count", "5", "--category-mix", "cjk=1", "--workload-seed", "3"]
     )
-    requests = build_workload(workload_spec_from_args(args))
+    workload: WorkloadOptions = OPTIONS.from_args(args, env={}).workload
+    requests = build_workload(workload.spec("azure-conv"))
     assert len(requests) == 5 and {r.category for r in requests} == {"cjk"}
     body = request_body(requests[0], model="m", seed=0, api="completions")
     assert count_tokens(body["prompt"]) == requests[0].prompt_tokens

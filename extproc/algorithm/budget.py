@@ -13,10 +13,20 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from extproc.algorithm.endpoints import templated
+from extproc.algorithm.endpoints import default_max_tokens, templated
 from extproc.algorithm.request_shape import RequestShape
 
 Ratios = Callable[[str], float]
+
+# Prompt tokens of one image part: the one default the router's budget and the emulator share.
+# A fixed cost must bound what the engine spends on the largest image, or an image can make a
+# request overflow the short context. The served family is Llama; its vision models in vLLM are
+# Llama 4's, whose processor cuts an image into at most 16 tiles of 336 px plus a global tile, each
+# 144 tokens after pixel shuffle, with one separator per tile and start/image/end markers:
+# 16 * (144 + 1) + 144 + 3 = 2467 tokens for the largest image (a small one costs 147). Fixed-size
+# encoders cost less (LLaVA-1.5: 576); dynamic ones more (Qwen2-VL up to max_pixels / 784):
+# operators set ``routing.image_tokens`` for the model they serve.
+IMAGE_TOKENS = 16 * (144 + 1) + 144 + 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,7 +35,7 @@ class BudgetParams:
     framing_per_request: int = 3
     framing_per_message: int = 4
     framing_per_tool: int = 8
-    image_tokens: int = 2048
+    image_tokens: int = IMAGE_TOKENS
     structured_category: str = "structured"
 
 
@@ -40,6 +50,10 @@ class Estimate:
     # exact token count when the exact band fired.
     features: tuple[float, ...] | None = None
     counted: int | None = None
+    # The v2 uncertainty band holds B_short and nothing counted the prompt: an exact count would pay.
+    in_band: bool = False
+    # The engine's own count of the prompt (vLLM's /tokenize), when the router asked for it.
+    engine_counted: int | None = None
 
 
 def framing_tokens(shape: RequestShape, p: BudgetParams) -> int:
@@ -57,9 +71,17 @@ def estimate(shape: RequestShape, ratios: Ratios, p: BudgetParams) -> Estimate:
         prompt = math.ceil(shape.text_bytes / ratio) + framing_tokens(shape, p) + shape.images * p.image_tokens
         if shape.structured_bytes:
             prompt += math.ceil(shape.structured_bytes / ratios(p.structured_category))
-    defaulted = shape.output_tokens is None
-    out = p.default_output_tokens if shape.output_tokens is None else shape.output_tokens
+    limit = output_limit(shape)
+    defaulted = limit is None
+    out = p.default_output_tokens if limit is None else limit
     return Estimate(prompt, out, prompt + out, ratio, defaulted)
+
+
+def output_limit(shape: RequestShape) -> int | None:
+    """The most output tokens each sequence of the request may get, as vLLM computes it: the
+    request's own limit, else its API's default (16 for /v1/completions); None where the answer may
+    run to the end of the context."""
+    return shape.output_tokens if shape.output_tokens is not None else default_max_tokens(shape.endpoint)
 
 
 def attribute(shape: RequestShape, prompt_tokens: int, means: Ratios, p: BudgetParams) -> tuple[str, int, float]:

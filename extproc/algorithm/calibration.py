@@ -10,12 +10,16 @@ the cold start stays the ratio of unseen categories and the gate below, and the 
 (measured against the cold start) keeps σ̂, hence the safety margin, wide while samples are few.
 
 Safety: c* is what routing uses, and smaller means more tokens (safer). Each category starts from
-its prior (4.0, the paper's cold start, except CJK 1.5 and mixed 2.5: CJK tokenises at 1.3-3.8
-B/token depending on the tokenizer, so 4.0 would undercount it up to 3x and overflow the short
-pool on the first requests). Until ``min_samples`` observations a category may only become *more*
-conservative than its prior, observations
-outside [min_ratio, max_ratio] are rejected (a backend lying in usage cannot push the ratio out),
-and once warmed up, far outliers are rejected too.
+its prior (4.0, the paper's cold start, except CJK 1.5, mixed 2.5 and odd 1.0: CJK tokenises at
+1.3-3.8 B/token depending on the tokenizer, so 4.0 would undercount it up to 3x and overflow the
+short pool on the first requests; odd text, random identifiers and digit runs, at 1.0-1.8). Until
+``min_samples`` observations a category may only become *more* conservative than its prior,
+observations outside [min_ratio, max_ratio] are rejected (a backend lying in usage cannot push the
+ratio out), and once warmed up, far outliers are rejected too, except a *trusted* observation (the
+engine's count of a request the estimate misplaced, marked by the caller): far from the mean, it
+says the category does not describe that text, not that the engine lies, so it is learned with
+bounded influence (clipped to the outlier bound): one such sample cannot move the category far, many
+that agree can.
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ class CalibrationParams:
     # Share of a converged category's responses still observed (1.0 = all; lower saves CPU).
     converged_sample_rate: float = 0.1
     # Per-category cold starts (category, bytes/token) that replace ``cold_start``; see README.
-    priors: tuple[tuple[str, float], ...] = (("cjk", 1.5), ("mixed", 2.5))
+    priors: tuple[tuple[str, float], ...] = (("cjk", 1.5), ("mixed", 2.5), ("odd", 1.0))
 
 
 class Observation(enum.Enum):
@@ -94,7 +98,7 @@ class Calibrator:
     def converged(self, category: str) -> bool:
         return self.state(category).samples >= self.params.converged_samples
 
-    def observe(self, category: str, nbytes: float, tokens: float) -> Observation:
+    def observe(self, category: str, nbytes: float, tokens: float, trusted: bool = False) -> Observation:
         if not (nbytes > 0 and tokens > 0):
             return Observation.INVALID
         p, st = self.params, self.state(category)
@@ -102,29 +106,17 @@ class Calibrator:
         if not p.min_ratio <= c_obs <= p.max_ratio:
             return Observation.OUT_OF_BOUNDS
         deviation = abs(c_obs - st.mean)
-        if st.samples >= p.min_samples and deviation > max(p.outlier_factor * st.mean, 4.0 * st.dev):
-            return Observation.OUTLIER
+        limit = max(p.outlier_factor * st.mean, 4.0 * st.dev)
+        if st.samples >= p.min_samples and deviation > limit:
+            if not trusted:
+                return Observation.OUTLIER
+            c_obs = st.mean + math.copysign(limit, c_obs - st.mean)  # bounded influence
+            deviation = limit
         w = max(1.0 - p.beta, 1.0 / (st.samples + 1))
         st.mean = min(max(st.mean + w * (c_obs - st.mean), p.min_ratio), p.max_ratio)
         st.dev += w * (deviation - st.dev)
         st.samples += 1
         self._ratio_cache.pop(category, None)
-        return Observation.ACCEPTED
-
-    def observe_bound(self, category: str, nbytes: float, min_tokens: float) -> Observation:
-        """A lower bound on the tokens (a backend that stopped counting): the true ratio is at most
-        ``nbytes / min_tokens``. If routing used a larger ratio, the margin widens until c* meets the
-        bound; the mean, the sample count and a margin already wide enough are left alone, so a bound
-        can only make routing safer, never bolder."""
-        if not (nbytes > 0 and min_tokens > 0):
-            return Observation.INVALID
-        p, st = self.params, self.state(category)
-        bound = nbytes / min_tokens
-        if not p.min_ratio <= bound <= p.max_ratio:
-            return Observation.OUT_OF_BOUNDS
-        if self.ratio(category) > bound and p.gamma > 0:
-            st.dev = min(max(st.dev, (st.mean - bound) / p.gamma), p.max_ratio)
-            self._ratio_cache.pop(category, None)
         return Observation.ACCEPTED
 
     def snapshot(self) -> dict[str, dict[str, float]]:

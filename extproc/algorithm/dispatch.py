@@ -25,6 +25,7 @@ SPILLOVER = "spillover"  # short pool over pressure, request fits the long pool
 NO_OUTPUT_LIMIT = "no_output_limit"  # the request sets no output limit and policy sends those long
 UNPARSEABLE = "unparseable"  # the caller could not read the request: the safe (long) route
 NO_BODY = "no_body"  # a request without a body (nothing to estimate): the safe route
+TOO_COMPLEX = "too_complex"  # reading the body would cost more than a request's budget: the safe route, unread
 
 RESERVE = "reserve"  # no_output_limit policies: route by the default reserve, or always long
 NO_OUTPUT_LIMIT_POLICIES = (RESERVE, LONG)

@@ -28,6 +28,15 @@ class Endpoint:
     # Responses API always closes with ``response.completed``, usage included.
     usage_on_request: bool
     operation: str  # gen_ai.operation.name (a Responses call is a chat operation)
+    # The output limit vLLM applies when the request sets none: None lets the answer run to the end of
+    # the context (chat, Responses); /v1/completions stops at 16 tokens (vLLM's and OpenAI's default).
+    default_max_tokens: int | None = None
+    # The field asking for several completions of one prompt (each a sequence of its own, each
+    # allowed the full output limit), or "" when the API has none.
+    choices_key: str = ""
+    # vLLM's POST /tokenize takes this API's prompt (chat messages, or a completion prompt) and
+    # renders it as the endpoint would; it has no form for a Responses input.
+    tokenize: bool = False
 
 
 CHAT = Endpoint(
@@ -37,6 +46,8 @@ CHAT = Endpoint(
     templated=True,
     usage_on_request=True,
     operation="chat",
+    choices_key="n",
+    tokenize=True,
 )
 COMPLETIONS = Endpoint(
     name="completions",
@@ -45,6 +56,9 @@ COMPLETIONS = Endpoint(
     templated=False,
     usage_on_request=True,
     operation="text_completion",
+    default_max_tokens=16,
+    choices_key="n",
+    tokenize=True,
 )
 RESPONSES = Endpoint(
     name="responses",
@@ -74,6 +88,13 @@ def by_path(method: str, path: str) -> Endpoint | None:
 
 def named(name: str) -> Endpoint | None:
     return REGISTRY.get(name)
+
+
+def default_max_tokens(name: str) -> int | None:
+    """The output limit the engine applies to a request of this API that sets none (None: the rest of
+    the context, also for unknown names)."""
+    endpoint = REGISTRY.get(name)
+    return None if endpoint is None else endpoint.default_max_tokens
 
 
 def templated(name: str) -> bool:

@@ -26,6 +26,20 @@ SHAPE_ERROR_REASONS = (
 )  # fmt: skip
 ENDPOINTS = endpoints.NAMES
 
+# Bounded work per request: whatever a client sends, reading it costs the router a bounded amount of
+# CPU (one request once held the only event loop for 1.8 s). Past a limit a request is too complex
+# to read: it takes the safe route (long) unread, named by which limit it hit. Real requests stay far
+# below: a 500-message agent conversation with 128 tools has ~2,000 pieces and ~8,000 JSON values,
+# and a prompt with 10,000 brace bytes or 100,000 commas is over 100 KB of dense text, which no 8K
+# short pool holds anyway. The raw counts come first (one C pass, ~0.3 ms per MiB), because parsing
+# itself is what a body of 500,000 tiny objects makes slow.
+MAX_JSON_CONTAINERS = 10_000  # '{' and '[' bytes in the raw body (counted before it is parsed)
+MAX_JSON_SEPARATORS = 100_000  # ',' bytes in the raw body
+MAX_PIECES = 4_096  # messages, content parts, Responses items, tool definitions, tool calls, prompts
+MAX_JSON_VALUES = 20_000  # values walked to size the structured parts (tool schemas, calls, other parts)
+TOO_COMPLEX_DETAILS = ("too_many_containers", "too_many_separators", "too_many_pieces", "too_many_values")
+_NOT_STRUCTURAL = bytes(b for b in range(256) if b not in b"{[,")
+
 
 class ShapeError(ValueError):
     """The body is not a request we can estimate; ``reason`` is a short metric-friendly label."""
@@ -33,6 +47,39 @@ class ShapeError(ValueError):
     def __init__(self, reason: str, detail: str) -> None:
         super().__init__(detail)
         self.reason = reason
+
+
+class TooComplex(ShapeError):
+    """The body exceeds a bound on the work of reading it; ``reason`` names the bound
+    (``TOO_COMPLEX_DETAILS``). The caller routes it long unread (``dispatch.TOO_COMPLEX``)."""
+
+
+def check_structure(raw: bytes) -> None:
+    """Raise ``TooComplex`` for a body that would be costly to parse at all (before ``orjson.loads``):
+    too many container or separator bytes. Braces and commas inside strings count too, so the
+    limits are set where even text-only bodies are far over any short pool."""
+    marks = raw.translate(None, _NOT_STRUCTURAL)
+    if len(marks) <= MAX_JSON_CONTAINERS:
+        return  # within both limits
+    if marks.count(b"{") + marks.count(b"[") > MAX_JSON_CONTAINERS:
+        raise TooComplex("too_many_containers", f"more than {MAX_JSON_CONTAINERS} '{{' and '[' in the body")
+    if marks.count(b",") > MAX_JSON_SEPARATORS:
+        raise TooComplex("too_many_separators", f"more than {MAX_JSON_SEPARATORS} ',' in the body")
+
+
+class _Work:
+    """What is left of one request's reading budget (pieces and structured values)."""
+
+    __slots__ = ("pieces", "values")
+
+    def __init__(self) -> None:
+        self.pieces = MAX_PIECES
+        self.values = MAX_JSON_VALUES
+
+    def take(self, pieces: int) -> None:
+        self.pieces -= pieces
+        if self.pieces < 0:
+            raise TooComplex("too_many_pieces", f"more than {MAX_PIECES} messages, parts, items and tools")
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,7 +95,11 @@ class RequestShape:
     stream: bool = False
     client_include_usage: bool = False
     model: str | None = None
-    known_prompt_tokens: int | None = None  # /v1/completions with token ids: exact
+    known_prompt_tokens: int | None = None  # /v1/completions with token ids: exact (the longest prompt's)
+    # Sequences the engine runs for the request: prompts of a batch times ``n`` completions of each.
+    # Each is its own sequence with the full output limit; ``usage`` sums them all.
+    prompts: int = 1
+    choices: int = 1
     # References into the parsed body (nothing copied): the v2 estimator counts character classes of
     # ``texts``, the exact band serialises ``structured`` (tool definitions, calls, other parts) only
     # when it fires.
@@ -63,15 +114,43 @@ def _nbytes(s: str) -> int:
     return len(s) if s.isascii() else len(s.encode("utf-8", "surrogatepass"))
 
 
-def _json_len(value: Any) -> int:
-    """Approximate serialized size of a structured value without serializing it twice."""
-    if isinstance(value, str):
-        return _nbytes(value) + 2
-    if isinstance(value, Mapping):
-        return 2 + sum(_nbytes(str(k)) + 3 + _json_len(v) + 1 for k, v in value.items())
-    if isinstance(value, list | tuple):
-        return 2 + sum(_json_len(v) + 1 for v in value)
-    return len(str(value))
+def _json_len(value: Any, work: _Work) -> int:
+    """Approximate serialized size of a structured value without serializing it twice.
+
+    Iterative, never recursive (a client's nesting must not reach Python's recursion limit: orjson
+    accepts 1,024 levels), and each value walked spends ``work``: past ``MAX_JSON_VALUES`` the
+    request is too complex to size. Containers are expanded in place; strings and scalars (what
+    orjson produces) are sized where they are found, without a trip through the stack."""
+    total = 0
+    left = work.values  # the value itself is counted as an item of a one-item container
+    stack: list[Any] = [[value]]
+    total -= 3  # ... whose brackets and comma are not part of the value
+    while stack:
+        v = stack.pop()
+        kind = type(v)
+        if kind is dict or (kind is not list and isinstance(v, Mapping)):
+            total += 2
+            items: Any = v.values()
+            for k in v:
+                total += (len(k) if type(k) is str and k.isascii() else _nbytes(str(k))) + 4  # quotes, colon, comma
+        elif kind is list or kind is tuple:
+            total += 2 + len(v)  # brackets and commas
+            items = v
+        else:
+            items = (v,)
+        left -= len(items)
+        if left < 0:
+            raise TooComplex("too_many_values", f"more than {MAX_JSON_VALUES} JSON values in structured parts")
+        for item in items:
+            kind = type(item)
+            if kind is str:
+                total += (len(item) if item.isascii() else _nbytes(item)) + 2
+            elif kind is dict or kind is list or kind is tuple or isinstance(item, Mapping):
+                stack.append(item)
+            else:
+                total += len(str(item))
+    work.values = left
+    return total
 
 
 _TRUE = frozenset({"1", "true", "t", "yes", "y", "on"})
@@ -121,7 +200,7 @@ _IMAGE_PARTS = frozenset({"image_url", "input_image", "image"})
 
 
 def _content(
-    content: Any, texts: list[str], text_types: frozenset[str], reason: str, sink: list[Any]
+    content: Any, texts: list[str], text_types: frozenset[str], reason: str, sink: list[Any], work: _Work
 ) -> tuple[int, int]:
     """Add a message's text to ``texts`` and its structured parts to ``sink``; return (structured
     bytes, images) of its other parts."""
@@ -132,6 +211,7 @@ def _content(
         return 0, 0
     if not isinstance(content, list):
         raise ShapeError(reason, "message content must be a string, a list of parts or null")
+    work.take(len(content))
     structured = images = 0
     for part in content:
         if not isinstance(part, Mapping):
@@ -142,30 +222,32 @@ def _content(
         elif kind in _IMAGE_PARTS:
             images += 1
         else:
-            structured += _json_len(part)
+            structured += _json_len(part, work)
             sink.append(part)
     return structured, images
 
 
-def _chat_parts(messages: Any, sink: list[Any]) -> tuple[list[str], int, int, int]:
+def _chat_parts(messages: Any, sink: list[Any], work: _Work) -> tuple[list[str], int, int, int]:
     if not isinstance(messages, list) or not messages:
         raise ShapeError("bad_messages", "messages must be a non-empty list")
+    work.take(len(messages))
     texts: list[str] = []
     structured = images = tools = 0
     for msg in messages:
         if not isinstance(msg, Mapping):
             raise ShapeError("bad_messages", "each message must be an object")
-        part_bytes, part_images = _content(msg.get("content"), texts, _CHAT_TEXT_PARTS, "bad_messages", sink)
+        part_bytes, part_images = _content(msg.get("content"), texts, _CHAT_TEXT_PARTS, "bad_messages", sink, work)
         structured, images = structured + part_bytes, images + part_images
         calls = msg.get("tool_calls")
         if isinstance(calls, list):
+            work.take(len(calls))
             tools += len(calls)
-            structured += _json_len(calls)
+            structured += _json_len(calls, work)
             sink.append(calls)
     return texts, structured, images, tools
 
 
-def _response_parts(body: Mapping[str, Any], sink: list[Any]) -> tuple[list[str], int, int, int, int]:
+def _response_parts(body: Mapping[str, Any], sink: list[Any], work: _Work) -> tuple[list[str], int, int, int, int]:
     """Text, structured bytes, images, tool items and messages of a Responses API request.
 
     ``instructions`` is a system message; ``input`` a string (one user message) or a list of items:
@@ -185,27 +267,61 @@ def _response_parts(body: Mapping[str, Any], sink: list[Any]) -> tuple[list[str]
         return [*texts, items], 0, 0, 0, messages + 1
     if not isinstance(items, list) or not items:
         raise ShapeError("bad_input", "input must be a string or a non-empty list of items")
+    work.take(len(items))
     for item in items:
         if not isinstance(item, Mapping):
             raise ShapeError("bad_input", "each input item must be an object")
         kind = item.get("type", "message")
         if kind != "message":
             tools += kind in ("function_call", "function_call_output")
-            structured += _json_len(item)
+            structured += _json_len(item, work)
             sink.append(item)
             continue
         messages += 1
-        part_bytes, part_images = _content(item.get("content"), texts, _RESPONSE_TEXT_PARTS, "bad_input", sink)
+        part_bytes, part_images = _content(item.get("content"), texts, _RESPONSE_TEXT_PARTS, "bad_input", sink, work)
         structured, images = structured + part_bytes, images + part_images
     return texts, structured, images, tools, messages
 
 
-def _tool_definitions(body: Mapping[str, Any]) -> tuple[int, int]:
+def _tool_definitions(body: Mapping[str, Any], work: _Work) -> tuple[int, int]:
     """(count, structured bytes) of the ``tools`` list."""
     tool_defs = body.get("tools")
     if isinstance(tool_defs, list):
-        return len(tool_defs), _json_len(tool_defs)
+        work.take(len(tool_defs))
+        return len(tool_defs), _json_len(tool_defs, work)
     return 0, 0
+
+
+def choices(body: Mapping[str, Any], key: str) -> int:
+    """``n``: completions per prompt. A value vLLM would reject counts as 1: the request keeps its
+    route and the engine's own 400 reaches the client."""
+    value = body.get(key) if key else None
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        return 1
+    return value
+
+
+def _token_ids(value: Any) -> bool:
+    """A non-empty list of token ids (integers, not booleans)."""
+    return isinstance(value, list) and bool(value) and all(type(t) is int for t in value)
+
+
+def completion_prompts(prompt: Any) -> tuple[list[str], list[int]]:
+    """The prompts of a /v1/completions request: (texts, token counts of token-id prompts); exactly
+    one of the two is non-empty. vLLM takes a string, a list of strings, a list of token ids or a
+    list of such lists; anything else raises ShapeError."""
+    if isinstance(prompt, str):
+        return [prompt], []
+    if isinstance(prompt, list) and prompt:
+        if all(isinstance(p, str) for p in prompt):
+            return list(prompt), []
+        if _token_ids(prompt):
+            return [], [len(prompt)]
+        if all(_token_ids(p) for p in prompt):
+            return [], [len(p) for p in prompt]
+    raise ShapeError("bad_prompt", "prompt must be a string, a list of strings, token ids or lists of token ids")
 
 
 def _model(body: Mapping[str, Any]) -> str | None:
@@ -221,10 +337,11 @@ def _templated_shape(
     out: int | None,
     include_usage: bool,
     sink: list[Any],
+    work: _Work,
 ) -> RequestShape:
     """Chat and Responses requests: message text, structured parts and tools through a chat template."""
     texts, structured, images, tools, messages = parts
-    n_defs, def_bytes = _tool_definitions(body)
+    n_defs, def_bytes = _tool_definitions(body, work)
     structured += def_bytes
     if n_defs:
         sink.append(body["tools"])
@@ -244,6 +361,7 @@ def _templated_shape(
         model=_model(body),
         texts=tuple(texts),
         structured=tuple(sink),
+        choices=choices(body, endpoints.REGISTRY[endpoint].choices_key),
     )
 
 
@@ -257,27 +375,25 @@ def shape_from_body(endpoint: str, body: Any, categorizer: Categorizer) -> Reque
     # An API whose streams always carry usage (Responses) needs nothing asked for.
     include_usage = client_asked_for_usage(body.get("stream_options")) if api.usage_on_request else True
     sink: list[Any] = []
+    work = _Work()
     if api is endpoints.RESPONSES:
-        return _templated_shape(RESPONSES, body, categorizer, _response_parts(body, sink), out, include_usage, sink)
+        parts = _response_parts(body, sink, work)
+        return _templated_shape(RESPONSES, body, categorizer, parts, out, include_usage, sink, work)
     stream = body.get("stream") is True
     model = _model(body)
     if api is endpoints.CHAT:
-        parts = (*_chat_parts(body.get("messages"), sink), len(body["messages"]))
-        return _templated_shape(CHAT, body, categorizer, parts, out, include_usage, sink)
+        parts = (*_chat_parts(body.get("messages"), sink, work), len(body["messages"]))
+        return _templated_shape(CHAT, body, categorizer, parts, out, include_usage, sink, work)
     if api is endpoints.COMPLETIONS:
-        prompt = body.get("prompt")
-        known = learn_bytes = None
-        if isinstance(prompt, str):
-            text = prompt
-        elif isinstance(prompt, list) and prompt and all(isinstance(p, str) for p in prompt):
-            sizes = [_nbytes(p) for p in prompt]
-            longest = max(range(len(prompt)), key=sizes.__getitem__)
-            text = prompt[longest]  # each prompt is its own sequence: the longest decides
-            learn_bytes = sum(sizes) if len(prompt) > 1 else None
-        elif isinstance(prompt, list) and prompt and all(isinstance(t, int) for t in prompt):
-            text, known = "", len(prompt)
-        else:
-            raise ShapeError("bad_prompt", "prompt must be a string, a list of strings or of token ids")
+        texts, id_counts = completion_prompts(body.get("prompt"))
+        work.take(len(texts) + len(id_counts))  # each prompt is sized (or its token ids counted)
+        known = max(id_counts) if id_counts else None  # each prompt is its own sequence: the longest decides
+        learn_bytes = None
+        text = ""
+        if texts:
+            sizes = [_nbytes(p) for p in texts]
+            text = texts[max(range(len(texts)), key=sizes.__getitem__)]
+            learn_bytes = sum(sizes) if len(texts) > 1 else None
         return RequestShape(
             endpoint=COMPLETIONS,
             category=categorizer.classify(text),
@@ -287,6 +403,8 @@ def shape_from_body(endpoint: str, body: Any, categorizer: Categorizer) -> Reque
             client_include_usage=include_usage,
             model=model,
             known_prompt_tokens=known,
+            prompts=len(texts) or len(id_counts),
+            choices=choices(body, api.choices_key),
             texts=(text,) if text else (),
             learn_text_bytes=learn_bytes,
         )

@@ -18,7 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
-from extproc.algorithm.budget import BudgetParams, Estimate, attribute, estimate, framing_tokens
+from extproc.algorithm import endpoints
+from extproc.algorithm.budget import BudgetParams, Estimate, attribute, estimate, framing_tokens, output_limit
 from extproc.algorithm.calibration import CalibrationParams, Calibrator, Observation
 from extproc.algorithm.categories import Categorizer, CategoryParams
 from extproc.algorithm.dispatch import LONG, SHORT, UNPARSEABLE, Decision, DispatchPolicy, decide
@@ -27,7 +28,9 @@ from extproc.algorithm.exact_band import ExactBand, serialize
 from extproc.algorithm.features import text_features
 from extproc.algorithm.linear_estimator import MESSAGES, REQUEST, TOOLS, EstimatorParams, LinearEstimator
 from extproc.algorithm.pressure import CapacityParams, InFlightPressure, PressureSource
+from extproc.algorithm.prompt_memory import PromptMemory
 from extproc.algorithm.request_shape import RequestShape, shape_from_body
+from extproc.algorithm.truncation import context_truncated, near_context
 
 Clock = Callable[[], float]
 # The v1 estimate screens v2: when the decision is the same at half and at twice the v1 prompt
@@ -47,6 +50,8 @@ class Ticket:
     net moved to the long pool), and only then does ``finish`` learn from it. ``shape`` and
     ``estimate`` are None for a request the caller could not read (routed long with the caller's
     reason). ``served_pool`` is set by ``moved`` when Envoy's net resent the request to another pool.
+    ``must_read``: a short-pool answer near the boundary, observed whatever sampling drew, because it
+    may come back cut by the short context (``extproc.algorithm.truncation``); ``observe`` is then True.
     """
 
     decision: Decision
@@ -57,6 +62,7 @@ class Ticket:
     short_pressure: float = 0.0  # the pool pressures the decision used (1.0 = at capacity)
     long_pressure: float = 0.0
     served_pool: str = ""
+    must_read: bool = False
 
     @property
     def pool(self) -> str:
@@ -68,13 +74,21 @@ class Ticket:
 class Outcome:
     """What came back for a ticket. ``prompt_tokens`` is the backend's count (``usage`` or the figure
     in a context-length 400); None when the request ended without one. ``lower_bound``: the backend
-    stopped counting ("at least N input tokens"), so the count may only widen the safety margin.
-    ``status`` is the response's HTTP status, 0 when unknown (the simulator's completions)."""
+    stopped counting ("at least N input tokens"): a floor for this prompt only, never a sample.
+    ``status`` is the response's HTTP status, 0 when unknown (the simulator's completions).
+    ``trusted``: the caller knows this count is the engine's own answer to a request the estimate
+    misplaced (the long pool's usage after the net resent it, or the usage of an answer the short
+    context cut): never rejected as an outlier (the fit, not the engine, was wrong about that text),
+    and remembered for that prompt. Only the hard bytes/token bounds still apply.
+    ``length_stop``: some sequence of the answer finished with ``"length"`` (a Responses answer
+    ``incomplete`` for ``max_output_tokens``)."""
 
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     status: int = 0
     lower_bound: bool = False
+    trusted: bool = False
+    length_stop: bool = False
 
 
 NO_OUTCOME = Outcome()
@@ -120,6 +134,7 @@ class BudgetRouter:
         )
         self.clock = clock
         self.rng = rng or random.Random()
+        self.memory = PromptMemory(params.prompt_memory)
 
     def shape(self, endpoint: str, body: Any) -> RequestShape:
         """Read a parsed request body with this router's categories; raises ``ShapeError``."""
@@ -129,20 +144,60 @@ class BudgetRouter:
         return estimate(shape, self.calibrator.ratio, self.budget)
 
     def decide(
-        self, shape: RequestShape, short_pressure: float = 0.0, long_pressure: float = 0.0
+        self,
+        shape: RequestShape,
+        short_pressure: float = 0.0,
+        long_pressure: float = 0.0,
+        estimate: Estimate | None = None,
     ) -> tuple[Estimate, Decision]:
         """Estimate and pool choice at the given pressures, with no side effect (no counting, no
-        sampling): what ``route`` decides, for callers that only want to look."""
+        sampling): what ``route`` decides, for callers that only want to look. ``estimate``: one made
+        already (``estimate_request``, or ``with_engine_count``), used as it is."""
+        est = self.estimate_request(shape) if estimate is None else estimate
+        return est, decide(est.total, self.policy, short_pressure, long_pressure, est.output_defaulted)
+
+    def estimate_request(self, shape: RequestShape, exact: bool = True) -> Estimate:
+        """The estimate routing uses: v1, refined by v2 where a threshold lies within the screen.
+        ``exact`` False skips the offline exact band (the caller asks the engine first)."""
         est = self.estimate(shape)
-        decision = decide(est.total, self.policy, short_pressure, long_pressure, est.output_defaulted)
         if self.linear is None or shape.known_prompt_tokens is not None or not shape.texts:
-            return est, decision
+            return self._remembered(shape, est)
         out, pol = est.output_tokens, self.policy
         low, high = est.prompt_tokens / SCREEN_FACTOR + out, est.prompt_tokens * SCREEN_FACTOR + out
-        if not (low <= pol.b_short < high or low <= pol.short_context < high or low <= pol.long_context < high):
-            return est, decision  # no threshold inside the screen: no estimate in it decides otherwise
-        est = self._estimate_linear(shape, est)
-        return est, decide(est.total, self.policy, short_pressure, long_pressure, est.output_defaulted)
+        # no threshold inside the screen: no estimate in it decides otherwise
+        if low <= pol.b_short < high or low <= pol.short_context < high or low <= pol.long_context < high:
+            est = self._estimate_linear(shape, est, exact)
+        return self._remembered(shape, est)
+
+    def _remembered(self, shape: RequestShape, est: Estimate) -> Estimate:
+        """``est`` raised to what the engine said of this very prompt before, where that decides."""
+        if shape.known_prompt_tokens is not None or not self.memory.worth_looking(est.prompt_tokens):
+            return est
+        if decide(est.total, self.policy, output_defaulted=est.output_defaulted).pool != SHORT:
+            return est
+        found = self.memory.lookup(shape)
+        if found is not None and found.tokens > est.prompt_tokens:  # what the engine said of this prompt
+            est = replace(est, prompt_tokens=found.tokens, total=found.tokens + est.output_tokens)
+        return est
+
+    def engine_count_pool(self, shape: RequestShape, est: Estimate) -> str | None:
+        """The pool whose engine should count this prompt exactly, or None when no count is wanted.
+
+        Wanted where the estimate's uncertainty band holds ``B_short`` (no estimate in the band can
+        tell the side; a few per cent of traffic) and the engine's ``/tokenize`` takes the request as
+        it is: its API is one ``/tokenize`` renders, and no image part (the engine would have to fetch
+        and process it). The pool is the one the estimate chose: it serves the same model, and the
+        answer spreads with the traffic."""
+        api = endpoints.named(shape.endpoint)
+        if not est.in_band or est.engine_counted is not None or api is None or not api.tokenize or shape.images:
+            return None
+        return decide(est.total, self.policy, output_defaulted=est.output_defaulted).pool
+
+    def with_engine_count(self, shape: RequestShape, est: Estimate, count: int) -> Estimate:
+        """``est`` with the engine's own count of the prompt (chat template, tools and special tokens
+        included): exact, so no margin is added. The features stay for learning from the answer."""
+        prompt = count + shape.images * self.budget.image_tokens
+        return replace(est, prompt_tokens=prompt, total=prompt + est.output_tokens, engine_counted=count)
 
     def linear_category(self, shape: RequestShape) -> str:
         """The v2 bucket of a request: the structured category when tool JSON outweighs the text.
@@ -166,7 +221,7 @@ class BudgetRouter:
         messages = shape.messages if templated(shape.endpoint) else 0
         return self.linear.vector(features, shape.structured_bytes, messages, shape.tool_items), structured
 
-    def _estimate_linear(self, shape: RequestShape, v1: Estimate) -> Estimate:
+    def _estimate_linear(self, shape: RequestShape, v1: Estimate, exact: bool = True) -> Estimate:
         assert self.linear is not None
         x, structured = self._vector(shape)
         category = self.linear_category(shape)
@@ -176,25 +231,33 @@ class BudgetRouter:
         prompt, counted = lin.routed + images, None
         b_short = self.policy.b_short
         in_band = lin.low + images + out <= b_short < lin.high + images + out
-        if self.exact is not None and in_band and structured is not None:
+        if exact and self.exact is not None and in_band and structured is not None:
             counted = self.exact.count(shape.model, shape.texts, structured)
             if counted is not None:
                 w = self.linear.bucket(shape.model, category).weights
                 guess = w[MESSAGES] * x[MESSAGES] + w[TOOLS] * x[TOOLS] + w[REQUEST] * x[REQUEST]
+                # The fit's framing weights may have absorbed per-tool cost into its byte weights (tool
+                # JSON is bytes too) and read ~0: until the template residual is learned, the
+                # configured framing is the floor (16 tools of a real template cost ~100 tokens).
+                guess = max(guess, float(framing_tokens(shape, self.budget)))
                 key = self.linear.model_key(shape.model)
                 prompt = self.exact.routed(
                     key, category, counted, shape.messages, shape.tool_items, guess, self.linear.z
                 )
                 prompt += images
         ratio = shape.text_bytes / max(1.0, lin.point) if shape.text_bytes else v1.ratio
-        return Estimate(prompt, out, prompt + out, ratio, v1.output_defaulted, tuple(x), counted)
+        band = in_band and structured is not None and counted is None
+        return Estimate(prompt, out, prompt + out, ratio, v1.output_defaulted, tuple(x), counted, in_band=band)
 
-    def route(self, shape: RequestShape | None, unreadable: str = UNPARSEABLE) -> Ticket:
+    def route(
+        self, shape: RequestShape | None, unreadable: str = UNPARSEABLE, estimate: Estimate | None = None
+    ) -> Ticket:
         """Decide the pool for one request and count it against that pool.
 
         ``shape`` None is a request the caller could not read: it takes the safe (long) route with
         reason ``unreadable`` and is never observed. Every ticket must reach ``finish`` once, when
         the request ends (for an unobserved ticket it learns only from what ``wants`` asked for).
+        ``estimate``: the request's estimate when the caller made it already (an engine count).
         """
         now = self.clock()
         if shape is None:
@@ -202,13 +265,39 @@ class BudgetRouter:
             return Ticket(Decision(LONG, unreadable), False, now)
         p = self.pressure
         short_pressure, long_pressure = p.pressure(SHORT), p.pressure(LONG)
-        est, decision = self.decide(shape, short_pressure, long_pressure)
-        observe = self._observes(shape)
+        est, decision = self.decide(shape, short_pressure, long_pressure, estimate)
+        sampled = self._observes(shape)  # drawn first: must_read leaves the sampling sequence as it was
+        must_read = self.must_read(shape, est, decision.pool)
+        observe = sampled or must_read
         if observe:
             p.acquire(decision.pool)
         else:
             p.lease(decision.pool)
-        return Ticket(decision, observe, now, shape, est, short_pressure, long_pressure)
+        return Ticket(decision, observe, now, shape, est, short_pressure, long_pressure, must_read=must_read)
+
+    def must_read(self, shape: RequestShape, est: Estimate, pool: str) -> bool:
+        """Whether the answer must be read whatever sampling says: a short-pool answer near the short
+        context may come back cut (token-id prompts are exact: theirs cannot, unless misconfigured)."""
+        if pool != SHORT or shape.known_prompt_tokens is not None:
+            return False
+        return near_context(est.prompt_tokens, est.output_tokens, self.policy.short_context)
+
+    def truncated(self, ticket: Ticket, outcome: Outcome) -> bool:
+        """Whether the pool that answered cut the answer at the end of its context (pure: the answer's
+        ``usage`` against the pool's context and the request's output limit). On the short pool that
+        is a truncation caused by routing; on the long pool the request did not fit any pool."""
+        shape, est = ticket.shape, ticket.estimate
+        prompt, completion = outcome.prompt_tokens, outcome.completion_tokens
+        if shape is None or est is None or prompt is None or completion is None or outcome.lower_bound:
+            return False
+        if outcome.status >= 400:
+            return False
+        context = self.policy.short_context if ticket.pool == SHORT else self.policy.long_context
+        longest = est.prompt_tokens if shape.prompts > 1 else None
+        sequences = shape.prompts * shape.choices
+        return context_truncated(
+            prompt, completion, context, output_limit(shape), sequences, longest, outcome.length_stop
+        )
 
     def moved(self, ticket: Ticket, pool: str) -> Ticket:
         """Envoy's net resent the request to ``pool`` (the short pool rejected or dropped it): an
@@ -251,7 +340,7 @@ class BudgetRouter:
         if shape is None:
             return False
         context = self.policy.short_context if ticket.decision.pool == SHORT else self.policy.long_context
-        return self._prompt_ceiling(shape) + (shape.output_tokens or 0) > context
+        return self._prompt_ceiling(shape) + (output_limit(shape) or 0) > context
 
     def _prompt_ceiling(self, shape: RequestShape) -> int:
         """The most prompt tokens a request can have that an observation would still accept."""
@@ -272,8 +361,9 @@ class BudgetRouter:
             self.pressure.release(ticket.pool, self.clock() - ticket.started_at)
         if outcome.prompt_tokens is None or ticket.shape is None or not self.wants(ticket, outcome.status):
             return None
-        learn = self.learn_bound if outcome.lower_bound else self.learn
-        return learn(ticket.shape, outcome.prompt_tokens, ticket.estimate)
+        if outcome.lower_bound:
+            return self.learn_bound(ticket.shape, outcome.prompt_tokens, ticket.estimate)
+        return self.learn(ticket.shape, outcome.prompt_tokens, ticket.estimate, trusted=outcome.trusted)
 
     def _observes(self, shape: RequestShape) -> bool:
         """Every response until the category converged, then a ``converged_sample_rate`` share;
@@ -285,13 +375,17 @@ class BudgetRouter:
             return True
         return self.rng.random() < rate
 
-    def learn(self, shape: RequestShape, prompt_tokens: int, routed: Estimate | None = None) -> Learned:
+    def learn(
+        self, shape: RequestShape, prompt_tokens: int, routed: Estimate | None = None, trusted: bool = False
+    ) -> Learned:
         """Feed one observed ``usage.prompt_tokens`` back; ``routed`` is the estimate made at request time.
+        ``trusted`` (see ``Outcome``): the engine's count of a misplaced request, never an outlier, and
+        remembered for this prompt.
 
         ``finish`` calls this for the outcomes the policy observes; offline tools that measure the
         estimator on every request (``decide`` then ``learn``) call it directly."""
         category, nbytes, tokens, est = self._attributed(shape, prompt_tokens, routed)
-        observation = self.calibrator.observe(category, nbytes, tokens)
+        observation = self.calibrator.observe(category, nbytes, tokens, trusted)
         # A batch /v1/completions request (learn_text_bytes set) is routed by its longest prompt while its
         # usage counts every prompt: the linear model's features describe the longest one only, so only
         # the ratio estimator (which pairs the usage with all the bytes) learns from a batch.
@@ -305,17 +399,31 @@ class BudgetRouter:
             x = routed.features if routed is not None and routed.features is not None else self._vector(shape)[0]
             text_tokens = prompt_tokens - shape.images * self.budget.image_tokens
             category = self.linear_category(shape)
-            observation = self.linear.observe(shape.model, category, x, text_tokens)
+            total = (prompt_tokens + routed.output_tokens) if routed is not None else None
+            observation = self.linear.observe(
+                shape.model, category, x, text_tokens, trusted, total_share=_share(total, self.policy.b_short)
+            )
             if self.exact is not None and routed is not None and routed.counted is not None:
                 key = self.linear.model_key(shape.model)
                 self.exact.learn(key, category, routed.counted, text_tokens, shape.messages, shape.tool_items)
+        if trusted and observation is Observation.ACCEPTED and shape.known_prompt_tokens is None:
+            self.memory.remember(shape, prompt_tokens, True, est)
         return Learned(category, observation, est, _error_pct(observation, est, prompt_tokens))
 
     def learn_bound(self, shape: RequestShape, min_prompt_tokens: int, routed: Estimate | None = None) -> Learned:
-        """Feed back a lower bound on the prompt tokens: it may widen the ratio estimator's margin, never
-        narrow it (``Calibrator.observe_bound``); the linear model learns from exact counts only."""
-        category, nbytes, tokens, est = self._attributed(shape, min_prompt_tokens, routed)
-        observation = self.calibrator.observe_bound(category, nbytes, tokens)
+        """Feed back a lower bound on the prompt tokens ("at least N input tokens"): a floor for this
+        prompt (``PromptMemory``), never a sample of its category. Far below what the bytes could
+        hold, it is a broken count and ignored (the hard bounds, as for samples)."""
+        category, _, _, est = self._attributed(shape, min_prompt_tokens, routed)
+        most = (shape.text_bytes + shape.structured_bytes) / self.calibrator.params.min_ratio
+        most += shape.images * self.budget.image_tokens + framing_tokens(shape, self.budget)
+        if not (shape.text_bytes + shape.structured_bytes > 0 and min_prompt_tokens > 0):
+            observation = Observation.INVALID
+        elif min_prompt_tokens > most:
+            observation = Observation.OUT_OF_BOUNDS  # more tokens than the bytes can hold: not a real floor
+        else:
+            observation = Observation.ACCEPTED
+            self.memory.remember(shape, min_prompt_tokens, False, est)
         return Learned(category, observation, est, _error_pct(observation, est, min_prompt_tokens))
 
     def _attributed(
@@ -326,6 +434,10 @@ class BudgetRouter:
         category, nbytes, tokens = attribute(shape, prompt_tokens, means, self.budget)
         est = routed.prompt_tokens if routed is not None else self.estimate(shape).prompt_tokens
         return category, nbytes, tokens, est
+
+
+def _share(total: int | None, b_short: int) -> float | None:
+    return None if total is None or b_short <= 0 else total / b_short
 
 
 def _error_pct(observation: Observation, estimated: int, prompt_tokens: int) -> float | None:

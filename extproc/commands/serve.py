@@ -14,16 +14,18 @@ import gc
 import logging
 import multiprocessing
 import signal
+import socket
 import sys
 from collections.abc import Coroutine
 from typing import Any
 
 from extproc.algorithm.pressure import LivePressure
 from extproc.config import Config, ConfigError, add_config_flags, config_from_args
+from extproc.server.engine_count import EngineCounter
 from extproc.server.exchange import RouterRuntime
 from extproc.server.pool_load import build_scraper
 from extproc.server.service import RouterServer
-from extproc.server.state_store import StateStore, periodic_sync
+from extproc.server.state_store import StateStore, instance_id, periodic_sync
 
 log = logging.getLogger("budget_router")
 
@@ -40,18 +42,32 @@ async def serve(
 
     observer, telemetry_shutdown = build_observer(cfg, worker=worker)
     rt = RouterRuntime.from_config(cfg, observer)
-    store = StateStore(cfg.calibration.state_file, live_window_s=3 * cfg.calibration.save_interval_s)
+    try:
+        server = RouterServer(rt)  # binds: the port is part of this instance's identity in the state file
+    except (OSError, RuntimeError) as exc:  # grpc's "Failed to bind" is a RuntimeError
+        if telemetry_shutdown is not None:
+            telemetry_shutdown()
+        reason = f"cannot listen on {cfg.server.listen}: in use by another process, or not an address of this host"
+        raise ConfigError(f"server.listen: {reason} ({str(exc).split(';')[0]})") from None
+    c = cfg.calibration
+    rid = instance_id(c.instance_id, cfg.server.listen, server.port, worker, cfg.server.workers)
+    store = StateStore(c.state_file, rid, live_window_s=3 * c.save_interval_s)
     if isinstance(observer, TelemetryObserver):
         observer.attach(rt, store)  # gauges read the calibrator, in-flight counts and the state file's tallies
     peers = store.load_into(rt.router.calibrator, rt.router.linear)
     freeze_startup_objects()
-    server = RouterServer(rt)
     await server.start()
     pressure = rt.router.pressure
     scraper = build_scraper(pressure, cfg.live_load) if isinstance(pressure, LivePressure) else None
     if scraper is not None:
         await scraper.start()
         rt.scraper = scraper  # telemetry reads its counters
+    counter = None
+    if cfg.estimator.engine_counts and scraper is not None:  # validated: engine counts need live_load
+        e = cfg.estimator
+        counter = EngineCounter(scraper.live_engines, e.engine_count_timeout_s, e.engine_count_max_in_flight)
+        await counter.start()
+        rt.counter = counter
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):  # before the ready line: a supervisor may signal at once
@@ -71,6 +87,8 @@ async def serve(
     await server.stop(cfg.server.grace_period_s)
     if scraper is not None:
         await scraper.stop()
+    if counter is not None:
+        await counter.stop()
     await store.sync_async(rt.router.calibrator, rt.router.linear)
     if telemetry_shutdown is not None:
         telemetry_shutdown()
@@ -110,11 +128,35 @@ def _worker(cfg: Config, index: int) -> None:
     sys.exit(run_loop(cfg, serve(cfg, worker=index)))
 
 
+def refuse_a_held_port(listen: str) -> None:
+    """Workers share their port with SO_REUSEPORT, which would just as well let them join another
+    router already on it (two routers with different settings splitting one port's traffic). A
+    socket without SO_REUSEPORT cannot bind a port anyone listens on: bound once here, before the
+    workers exist, it tells. A single router binds without SO_REUSEPORT and finds out by itself."""
+    if listen.startswith("unix:"):
+        return
+    host, _, port = listen.rpartition(":")
+    try:
+        infos = socket.getaddrinfo(host.strip("[]") or None, int(port), type=socket.SOCK_STREAM)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"server.listen: cannot resolve {listen!r}: {exc}") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a port in TIME_WAIT is free
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            raise ConfigError(
+                f"server.listen: {listen} is held by another process (another router?): {exc.strerror}"
+            ) from None
+
+
 def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     logging.basicConfig(level=cfg.telemetry.log_level.upper(), stream=sys.stderr)
     if cfg.server.workers == 1:
         return run_loop(cfg, serve(cfg))
+    refuse_a_held_port(cfg.server.listen)
     ctx = multiprocessing.get_context("spawn")
     procs = [ctx.Process(target=_worker, args=(cfg, i), name=f"router-{i}") for i in range(cfg.server.workers)]
     for p in procs:

@@ -16,6 +16,7 @@ import os
 import signal
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -25,14 +26,27 @@ import orjson
 from extproc.addresses import Endpoint, parse_endpoint
 from extproc.config import TelemetryConfig
 from extproc.gateway.envoy_config import SERVED_POOL_HEADER
+from extproc.options import (
+    Command,
+    ConfigError,
+    above,
+    at_least,
+    command_env_prefix,
+    default_of,
+    group,
+    non_defaults,
+    opt,
+    port_number,
+    within,
+)
 from extproc.router_factory import build_router
 from extproc.stack.replay import MODEL, PlannedRequest, Replayer, plan
 from extproc.stack.replay_progress import Progress
 from extproc.stack.replay_report import build_report, render, save_png, true_ratios
 from extproc.stack.router_view import CalibrationTimeline, read_decisions
 from extproc.stack.stack import Stack, StackOptions, router_config
-from extproc.workload.cli_args import add_workload_arguments, mix_arg, positive_int, workload_spec_from_args
-from extproc.workload.spec import build_workload
+from extproc.workload.cli_args import TRACE_HELP, WorkloadOptions
+from extproc.workload.spec import WorkloadSpec, build_workload
 
 TRACE_ALIASES = {"synthetic": "synthetic-heavy-tail"}
 DEMO_HINT = "budget-router up --replay azure-conv --rate 20 --duration 60"
@@ -40,51 +54,95 @@ OTLP_ENV = "OTEL_EXPORTER_OTLP_ENDPOINT"
 OTLP_GRPC_PORT = 4317
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_workload_arguments(parser, trace_flag="--replay")
-    w = parser.add_argument_group("workload (short spellings)")
-    w.add_argument("--requests", dest="count", type=positive_int, default=argparse.SUPPRESS, help="= --count")
-    w.add_argument("--mix", dest="category_mix", type=mix_arg, default=argparse.SUPPRESS, help="= --category-mix")
-    w.add_argument("--seed", dest="workload_seed", type=int, default=argparse.SUPPRESS, help="= --workload-seed")
-    d = parser.add_argument_group("replay client")
-    d.add_argument("--concurrency", type=positive_int, default=512, help="client cap on requests in flight")
-    d.add_argument("--stream-share", type=float, default=0.5, help="share of requests sent with stream=true")
-    d.add_argument("--timeout", type=float, default=600.0, help="per-request timeout in seconds")
-    d.add_argument("--png", type=Path, help="write a PNG of the learned ratios converging")
-    d.add_argument("--json", type=Path, help="write the report, every request and the ratio timeline as JSON")
-    s = parser.add_argument_group("stack")
-    s.add_argument(
-        "--latency-scale", type=float, default=0.25,
-        help="emulator time scale: 1 = its Llama-3-8B-class model, whose short pool saturates near 18 req/s of "
-        "azure-conv; the default 0.25 keeps the demo rate below saturation; 0 = instant",
+def _trace(text: str) -> str:
+    return TRACE_ALIASES.get(text, text)
+
+
+@dataclass(frozen=True)
+class UpOptions:
+    """Every option of ``budget-router up``; the stack's own defaults come from ``StackOptions`` where
+    the demo does not need its own (``latency_scale``: a demo rate below saturation)."""
+
+    replay: str | None = opt(
+        None, f"Send this workload through the stack and print the report: {TRACE_HELP} (synthetic = "
+        "synthetic-heavy-tail).", "TRACE", parse=_trace, shown="none: serve until Ctrl-C", example="azure-conv",
     )  # fmt: skip
-    s.add_argument("--router-replicas", type=int, default=1, help="router processes behind Envoy (0 = none)")
-    s.add_argument("--fail-closed", action="store_true", help="Envoy answers 503 when the router fails")
-    s.add_argument(
-        "--live-load", action="store_true",
-        help="routers spill on the pools' own /metrics (found through Envoy's admin) instead of their own counts",
+    workload: WorkloadOptions = group(WorkloadOptions, title="workload (with --replay)")
+    concurrency: int = opt(512, "Replay client: cap on requests in flight.", check=at_least(1))
+    stream_share: float = opt(0.5, "Replay client: share of requests sent with stream=true.", check=within(0, 1))
+    timeout: float = opt(600.0, "Replay client: per-request timeout.", "SECONDS", check=above(0))
+    png: Path | None = opt(None, "Write a PNG of the learned ratios converging (with --replay).")
+    json: Path | None = opt(None, "Write the report, every request and the ratio timeline as JSON (with --replay).")
+    latency_scale: float = opt(
+        0.25, "Emulator time scale: 1 = its Llama-3-8B-class model, whose short pool saturates near 18 req/s of "
+        "azure-conv; 0.25 keeps the demo rate below saturation; 0 = instant.", check=at_least(0),
     )  # fmt: skip
-    s.add_argument(
-        "--router-flag", action="append", default=[], metavar="FLAG",
-        help="extra `budget-router serve` flag, e.g. --router-flag=--routing-b-short=4096 (repeatable)",
+    router_replicas: int = opt(
+        default_of(StackOptions, "router_replicas"), "Router processes behind Envoy (0 = none).", check=at_least(0)
+    )
+    fail_closed: bool = opt(not default_of(StackOptions, "fail_open"), "Envoy answers 503 when the router fails.")
+    live_load: bool = opt(
+        default_of(StackOptions, "live_load"),
+        "Routers spill on the pools' own /metrics (found through Envoy's admin) instead of their own counts.",
+    )
+    router_flag: tuple[str, ...] = opt(
+        tuple(default_of(StackOptions, "router_flags")), "Extra `budget-router serve` flag, e.g. "
+        "--router-flag=--routing-b-short=4096 (the routers also read BUDGET_ROUTER_<SECTION>_<KEY> themselves).",
+        "FLAG", parse=str, repeat=True, env=False, example="--routing-b-short=4096",
     )  # fmt: skip
-    s.add_argument("--port", type=int, default=0, help="Envoy listener port (0 = a free one)")
-    s.add_argument("--admin-port", type=int, default=0, help="Envoy admin port (0 = a free one)")
-    s.add_argument("--state-file", type=Path, help="router calibration state (default: in the run dir)")
-    s.add_argument("--run-dir", type=Path, help="logs, envoy.yaml and state (default: a new temp dir)")
-    o = parser.add_argument_group("observability")
-    o.add_argument(
-        "--metrics-port", type=int, default=TelemetryConfig().metrics_port,
-        help="routers' Prometheus port (replicas take the next ones; a free port where taken; 0 = off)",
+    port: int = opt(
+        default_of(StackOptions, "listen_port"), "Envoy listener port (0 = a free one).", check=port_number()
+    )
+    admin_port: int = opt(
+        default_of(StackOptions, "admin_port"), "Envoy admin port (0 = a free one).", check=port_number()
+    )
+    state_file: Path | None = opt(None, "Router calibration state.", shown="in the run dir")
+    run_dir: Path | None = opt(None, "Logs, envoy.yaml and state.", "DIR", shown="a new temp dir")
+    metrics_port: int = opt(
+        TelemetryConfig().metrics_port, "Routers' Prometheus port (replicas take the next ones; a free port where "
+        "taken; 0 = off).", check=port_number(),
     )  # fmt: skip
-    o.add_argument(
-        "--otlp", metavar="HOST:PORT",
-        help=f"OTLP/gRPC collector: tracing on in Envoy and the routers (default: ${OTLP_ENV}, else off)",
+    otlp: str | None = opt(
+        None, "OTLP/gRPC collector: tracing on in Envoy and the routers.", "HOST:PORT",
+        shown=f"${OTLP_ENV}, else off", example="127.0.0.1:4317",
     )  # fmt: skip
-    o.add_argument(
-        "--served-pool-header", action="store_true",
-        help=f"Envoy adds {SERVED_POOL_HEADER}: <pool> to every response (for debugging clients)",
-    )  # fmt: skip
+    served_pool_header: bool = opt(False, f"Envoy adds {SERVED_POOL_HEADER}: <pool> to every response (for debugging).")
+
+    def __post_init__(self) -> None:
+        if self.replay is None:
+            idle = non_defaults(self, [(name,) for name in _REPLAY_ONLY])
+            if idle:
+                raise ConfigError(f"{', '.join(idle)}: only with a replay (give --replay TRACE, e.g. {DEMO_HINT})")
+
+
+_REPLAY_ONLY = ("workload", "concurrency", "stream_share", "timeout", "png", "json")
+OPTIONS = Command(UpOptions, command_env_prefix("up"))
+add_arguments = OPTIONS.add_arguments
+
+
+@dataclass(frozen=True)
+class ReplayClient:
+    concurrency: int
+    stream_share: float
+    timeout_s: float
+
+
+@dataclass(frozen=True)
+class UpRun:
+    """What ``up`` runs: the stack and, for a replay, the workload, the client and the report files."""
+
+    stack: StackOptions
+    spec: WorkloadSpec | None
+    client: ReplayClient
+    png: Path | None
+    json: Path | None
+
+
+def prepare(o: UpOptions) -> UpRun:
+    spec = o.workload.spec(o.replay) if o.replay else None
+    if spec is not None and spec.count is None and spec.duration_s is None and spec.rate is not None:
+        raise ConfigError("--rate needs --duration or --requests (a Poisson replay is otherwise endless)")
+    return UpRun(stack_options(o), spec, ReplayClient(o.concurrency, o.stream_share, o.timeout), o.png, o.json)
 
 
 def otlp_collector(flag: str | None, env: dict[str, str] | os._Environ[str]) -> Endpoint | None:
@@ -108,29 +166,23 @@ def otlp_collector(flag: str | None, env: dict[str, str] | os._Environ[str]) -> 
         raise ValueError(f"{source}: {exc}") from exc
 
 
-def stack_options(args: argparse.Namespace) -> StackOptions:
-    if not 0.0 <= args.stream_share <= 1.0:
-        raise ValueError(f"--stream-share must be within [0, 1], got {args.stream_share}")
-    if args.latency_scale < 0:
-        raise ValueError(f"--latency-scale must be >= 0, got {args.latency_scale}")
-    if not 0 <= args.metrics_port <= 65535:
-        raise ValueError(f"--metrics-port must be within 0..65535, got {args.metrics_port}")
+def stack_options(o: UpOptions) -> StackOptions:
     # The replay reads the router's own decision lines for the report.
-    flags = ["--telemetry-json-logs", "true", "--telemetry-log-decisions", "true", *args.router_flag]
+    flags = ["--telemetry-json-logs", "true", "--telemetry-log-decisions", "true", *o.router_flag]
     return StackOptions(
-        run_dir=args.run_dir,
-        router_replicas=args.router_replicas,
-        live_load=args.live_load,
-        fail_open=not args.fail_closed,
+        run_dir=o.run_dir,
+        router_replicas=o.router_replicas,
+        live_load=o.live_load,
+        fail_open=not o.fail_closed,
         router_flags=tuple(flags),
-        latency_scale=args.latency_scale,
-        listen_port=args.port,
-        admin_port=args.admin_port,
-        state_file=args.state_file,
+        latency_scale=o.latency_scale,
+        listen_port=o.port,
+        admin_port=o.admin_port,
+        state_file=o.state_file,
         supervise=True,
-        metrics_port=args.metrics_port,
-        otlp=otlp_collector(args.otlp, os.environ),
-        layout_overrides={"served_pool_header": SERVED_POOL_HEADER} if args.served_pool_header else {},
+        metrics_port=o.metrics_port,
+        otlp=otlp_collector(o.otlp, os.environ),
+        layout_overrides={"served_pool_header": SERVED_POOL_HEADER} if o.served_pool_header else {},
     )
 
 
@@ -150,15 +202,11 @@ def _terminate_on_sigterm() -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    opts = stack_options(args)
+    r = prepare(OPTIONS.from_args(args))
     _terminate_on_sigterm()
-    if args.workload_trace:
-        args.workload_trace = TRACE_ALIASES.get(args.workload_trace, args.workload_trace)
-        spec = workload_spec_from_args(args)
-        if spec.count is None and spec.duration_s is None and spec.rate is not None:
-            raise ValueError("--rate needs --duration or --requests (a Poisson replay is otherwise endless)")
-        return asyncio.run(replay_main(args, Stack(opts), spec))
-    return interactive(Stack(opts))
+    if r.spec is not None:
+        return asyncio.run(replay_main(r, r.spec))
+    return interactive(Stack(r.stack))
 
 
 def interactive(stack: Stack) -> int:
@@ -210,17 +258,20 @@ def observability_lines(stack: Stack) -> list[str]:
     return lines
 
 
-async def replay_main(args: argparse.Namespace, stack: Stack, spec: Any) -> int:
+async def replay_main(r: UpRun, spec: WorkloadSpec) -> int:
     main = asyncio.current_task()
     if main is not None:  # SIGTERM cancels like Ctrl-C does under asyncio.run: one cleanup path
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main.cancel)
+    # The workload first (a second or so): a bad trace or an empty workload is an error before any
+    # process starts or any run dir is made. Writing its prompts takes longer and overlaps the start.
+    requests = await asyncio.to_thread(build_workload, spec)
+    if not requests:
+        raise ValueError("the workload is empty (check --duration / --requests)")
+    stack = Stack(r.stack)
     print(f"starting Envoy, router and two pools (logs in {stack.run_dir}) ...", file=sys.stderr, flush=True)
     try:
         starting = asyncio.create_task(asyncio.to_thread(stack.start))
-        requests = await asyncio.to_thread(build_workload, spec)
-        if not requests:
-            raise ValueError("the workload is empty (check --duration / --requests)")
-        planned = await asyncio.to_thread(plan, requests, args.stream_share, spec.seed)
+        planned = await asyncio.to_thread(plan, requests, r.client.stream_share, spec.seed)
         await starting
         metrics = "".join(f"; metrics {url}" for url in stack.metrics_urls())
         traces = f"; traces to {stack.options.otlp[0]}:{stack.options.otlp[1]}" if stack.options.otlp else ""
@@ -229,16 +280,16 @@ async def replay_main(args: argparse.Namespace, stack: Stack, spec: Any) -> int:
             file=sys.stderr,
             flush=True,
         )
-        return await _replay_and_report(args, stack, spec, planned)
+        return await _replay_and_report(r, stack, spec, planned)
     finally:
         # Not via to_thread: a second Ctrl-C must not abandon the cleanup half way.
         stack.stop()
 
 
-async def _replay_and_report(args: argparse.Namespace, stack: Stack, spec: Any, planned: list[PlannedRequest]) -> int:
+async def _replay_and_report(r: UpRun, stack: Stack, spec: WorkloadSpec, planned: list[PlannedRequest]) -> int:
     params = build_router(router_config(stack.options)).calibrator.params
     timeline = CalibrationTimeline(stack.state_file, params)
-    replayer = Replayer(stack.url, planned, args.concurrency, args.timeout)
+    replayer = Replayer(stack.url, planned, r.client.concurrency, r.client.timeout_s)
     horizon = planned[-1].arrival_s
     progress = Progress(replayer, horizon)
     replayer.on_done = progress.count
@@ -261,6 +312,7 @@ async def _replay_and_report(args: argparse.Namespace, stack: Stack, spec: Any, 
         await asyncio.gather(*helpers, return_exceptions=True)
         progress.draw(final=True)
     wall = time.monotonic() - started
+    offered_s = offered_window(horizon, replayer.elapsed(), interrupted)
     await asyncio.to_thread(stack.stop)  # Envoy flushes its access log; routers save their final state
     timeline.poll(replayer.elapsed())
     stack.access_log.poll()
@@ -275,9 +327,9 @@ async def _replay_and_report(args: argparse.Namespace, stack: Stack, spec: Any, 
         "short_context": stack.options.short.max_model_len,
         "need_long": sum(p.expected_usage + p.output_tokens > stack.options.short.max_model_len for p in planned),
         "sent": replayer.sent,
-        "replay_s": max(horizon, 1e-9),
+        "replay_s": offered_s,
         "wall_s": wall,
-        "stream_share": args.stream_share,
+        "stream_share": r.client.stream_share,
         "seed": spec.seed,
         "mix": str(spec.mix),
         "latency_scale": stack.options.latency_scale,
@@ -286,14 +338,22 @@ async def _replay_and_report(args: argparse.Namespace, stack: Stack, spec: Any, 
     }
     report = build_report(run_info, outcomes, pools, decisions, timeline.points)
     print(render(report), flush=True)
-    if args.png:
-        save_png(timeline.points, true_ratios(outcomes, decisions), args.png)
-        print(f"ratio convergence plot: {args.png}")
-    if args.json:
+    if r.png:
+        save_png(timeline.points, true_ratios(outcomes, decisions), r.png)
+        print(f"ratio convergence plot: {r.png}")
+    if r.json:
         dump = _dump(report, outcomes, pools, decisions, timeline)
-        args.json.write_bytes(orjson.dumps(dump, option=orjson.OPT_INDENT_2))
-        print(f"JSON report: {args.json}")
+        r.json.write_bytes(orjson.dumps(dump, option=orjson.OPT_INDENT_2))
+        print(f"JSON report: {r.json}")
     return 130 if interrupted else 0
+
+
+def offered_window(horizon_s: float, elapsed_s: float, interrupted: bool) -> float:
+    """The span over which requests were offered, for the report's req/s: the planned horizon, or
+    the time the replay ran when it was interrupted before its horizon (the offered rate of a replay
+    stopped after 5 s of a 60 s plan is what was sent in those 5 s)."""
+    span = min(horizon_s, elapsed_s) if interrupted else horizon_s
+    return max(span, 1e-9)
 
 
 def _dump(report: dict[str, Any], outcomes, pools, decisions, timeline: CalibrationTimeline) -> dict[str, Any]:

@@ -185,12 +185,23 @@ class Engine:
                 self.finished[seq.finish_reason] += 1
             seq.changed.set()
 
+    def begin_step(self) -> tuple[float, list[Sequence]]:
+        """One iteration's decisions: admissions, KV for the next token (preempting where it runs out),
+        and how long the iteration takes. The caller lets that time pass (the event loop here, a virtual
+        clock in tests/test_scheduler_agreement.py, which holds the planner's scheduler to this one) and
+        then calls ``end_step`` with the sequences that advance."""
+        prefill = self._admit()
+        advancing = self._grow()
+        return self._step_seconds(prefill, len(advancing)), advancing
+
+    def end_step(self, advancing: list[Sequence]) -> None:
+        self._emit(advancing)
+
     async def _loop(self) -> None:
         while True:
             if not self.waiting and not self.running:
                 self._wake.clear()
                 await self._wake.wait()
-            prefill = self._admit()
-            advancing = self._grow()
-            await asyncio.sleep(self._step_seconds(prefill, len(advancing)))
-            self._emit(advancing)
+            seconds, advancing = self.begin_step()
+            await asyncio.sleep(seconds)
+            self.end_step(advancing)

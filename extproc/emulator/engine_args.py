@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
+from extproc.algorithm.budget import IMAGE_TOKENS
 from extproc.emulator.errors import DEFAULT_VLLM_BEHAVIOUR, ERROR_SHAPES, MAX_CHARS_PER_TOKEN, VLLM_BEHAVIOURS
-from extproc.emulator.models import NONE, resolve_profile
+from extproc.emulator.models import NONE, PROFILE_CHOICES, resolve_profile
 from extproc.emulator.tokens import ENCODINGS, check_available
+from extproc.options import group, opt
 
 USAGE_LIES = ("none", "zero", "huge", "random")
 # How a stream may deviate from vLLM's clean framing (see stream_faults.py).
@@ -16,16 +18,21 @@ STREAM_QUIRKS = ("none", "crlf", "comments", "byte_split", "bad_json", "no_usage
 HUGE_USAGE = 10**9
 
 
-@dataclass
+@dataclass(frozen=True)
 class FaultConfig:
     """Misbehaviour on demand, for hardening tests; changeable at runtime via ``POST /admin/faults``."""
 
-    error_rate: float = 0.0  # share of /v1 requests answered with error_status instead of served
-    error_status: int = 503
-    error_shape: str = "nested"  # body shape of injected errors
-    extra_latency_ms: float = 0.0  # added before a request enters the engine (not scaled)
-    usage_lie: str = "none"  # what usage.prompt_tokens says: none (truth), zero, huge (10^9), random
-    stream_quirk: str = "none"  # one of STREAM_QUIRKS
+    error_rate: float = opt(0.0, "Share of /v1 requests answered with --fault-error-status instead of served.")
+    error_status: int = opt(503, "HTTP status of injected errors.", "STATUS")
+    error_shape: str = opt("nested", "Body shape of injected errors.", choices=ERROR_SHAPES)
+    extra_latency_ms: float = opt(0.0, "Delay added to every request before it is scheduled, ms (not scaled).")
+    usage_lie: str = opt(
+        "none", "What usage.prompt_tokens reports: none (truth), zero, huge (10^9), random.", choices=USAGE_LIES
+    )
+    stream_quirk: str = opt(
+        "none", "SSE deviation: crlf line ends, ': keep-alive' comments, one byte per write, an invalid JSON "
+        "event, no usage chunk, or a connection cut after half the tokens.", choices=STREAM_QUIRKS,
+    )  # fmt: skip
 
     def validate(self) -> None:
         if not 0.0 <= self.error_rate <= 1.0:
@@ -59,48 +66,78 @@ class FaultConfig:
         return out
 
 
-@dataclass
+@dataclass(frozen=True)
 class EmulatorConfig:
-    """Everything that shapes the emulator's answers; defaults model a Llama-3-8B-class server."""
+    """Everything that shapes the emulator's answers; defaults model a Llama-3-8B-class server. Each
+    field is also a ``budget-router emulate`` flag (``extproc.options``)."""
 
-    host: str = "127.0.0.1"
-    port: int = 8000  # 0 = let the OS pick (tests)
-    model: str = "emulated/llama-3-8b-instruct"
-    max_model_len: int = 8192
-    max_num_seqs: int = 128
-    encoding: str = "cl100k_base"
-    # none: encoding and template_* below as set; auto: chosen by the model name; or a profile name
-    # (llama3, qwen3, gpt-4o, gpt-4), which then replaces encoding, template_* and bos_tokens.
-    model_profile: str = NONE
-    # KV cache capacity in tokens; None = max_model_len * max_num_seqs / 2 (at least max_model_len).
-    kv_cache_tokens: int | None = None
-    block_size: int = 16
+    host: str = opt("127.0.0.1", "Address to bind.", "HOST", example="0.0.0.0")
+    port: int = opt(8000, "Port to bind (0 = any free port; the chosen one is printed).")
+    model: str = opt(
+        "emulated/llama-3-8b-instruct", "Served model name.", "NAME", aliases=("--served-model-name",), example="m"
+    )
+    max_model_len: int = opt(
+        8192, "Context window: the output is cut at it (v0.32) or prompt + max_tokens beyond it gets vLLM's 400 "
+        "(older --vllm-behaviour).",
+    )  # fmt: skip
+    max_num_seqs: int = opt(128, "Most sequences running at once; the rest wait in a FIFO queue.")
+    encoding: str = opt(
+        "cl100k_base", "BPE used for token counts (llama3 and qwen3 need the emulator extra: quicktok-v1).",
+        choices=ENCODINGS,
+    )  # fmt: skip
+    model_profile: str = opt(
+        NONE, "Tokenizer + chat-template overhead: none (the flags as set), auto (by --model name: llama* -> "
+        "llama3, qwen* -> qwen3, gpt-4o*/o1/o3 -> o200k, gpt-4*/gpt-3.5* -> cl100k) or a profile name, which then "
+        "replaces encoding, template_* and bos_tokens.", choices=PROFILE_CHOICES,
+    )  # fmt: skip
+    kv_cache_tokens: int | None = opt(
+        None,
+        "KV cache capacity in tokens (at least max_model_len).",
+        shown="max_model_len * max_num_seqs / 2",
+        example=str(1 << 20),
+    )
+    block_size: int = opt(16, "KV cache block size in tokens.")
     # Llama-3 template: <|start_header_id|>ROLE<|end_header_id|>\n\n ... <|eot_id|> is 4 fixed tokens
     # per message plus the role's own tokens; BOS + the assistant generation header is 5 per request.
-    template_tokens_per_message: int = 4
-    template_tokens_per_request: int = 5
-    bos_tokens: int = 1  # added to string prompts of /v1/completions (not to token-id prompts)
-    image_tokens: int = 576  # fixed cost of one image/audio/video content part
-    # A request without max_tokens may generate the rest of the context (vLLM's default). 0: it does
-    # (like ignore_eos); N: the emulated model emits EOS after N tokens if its budget is larger.
-    eos_after_tokens: int = 0
-    latency_scale: float = 1.0  # multiplies every modelled time; 0 = as fast as possible
-    prefill_ms_per_token: float = 0.025  # ~40K prompt tokens/s
-    decode_ms_per_step: float = 8.0
-    decode_ms_per_seq: float = 0.15  # each running sequence slows every decode step
-    decode_ms_per_1k_kv_tokens: float = 0.02  # attention over the batch's KV slows it too
-    seed: int = 0
-    frozen_time: int | None = None  # fixed "created" for byte-for-byte comparisons
-    # Which vLLM generation to behave like where they differ: today's (v0.32: output cut at the context,
-    # only a prompt alone over it refused) or an older one (prompt + max_tokens over it refused, in that
-    # version's wording); see errors.py.
-    vllm_behaviour: str = DEFAULT_VLLM_BEHAVIOUR
-    max_chars_per_token: int = MAX_CHARS_PER_TOKEN  # vLLM's pre-tokenization check: input chars per token
-    error_shape: str = "nested"
-    request_log_size: int = 256
-    max_body_bytes: int = 256 * 1024 * 1024
-    admin: bool = True
-    faults: FaultConfig = field(default_factory=FaultConfig)
+    template_tokens_per_message: int = opt(4, "Chat-template tokens per message, besides the role's own tokens.")
+    template_tokens_per_request: int = opt(5, "Chat-template tokens per request (BOS + generation prompt).")
+    bos_tokens: int = opt(1, "Tokens added to string prompts of /v1/completions (not to token-id prompts).")
+    image_tokens: int = opt(
+        IMAGE_TOKENS, "Fixed token cost of one image/audio/video content part (the router's routing.image_tokens "
+        "default: one source).",
+    )  # fmt: skip
+    eos_after_tokens: int = opt(
+        0, "Without max_tokens a request may generate the rest of the context (vLLM's default); N > 0 makes the "
+        "model stop (finish_reason stop) after N tokens instead.",
+    )  # fmt: skip
+    latency_scale: float = opt(1.0, "Multiplies every modelled time (0 = as fast as possible).")
+    prefill_ms_per_token: float = opt(0.025, "Prefill time per prompt token, ms (~40K prompt tokens/s).", "MS")
+    decode_ms_per_step: float = opt(8.0, "Base time of one decode step, ms.", "MS")
+    decode_ms_per_seq: float = opt(0.15, "Extra decode-step time per running sequence, ms.", "MS")
+    decode_ms_per_1k_kv_tokens: float = opt(
+        0.02, "Extra decode-step time per 1000 tokens held in the KV cache, ms.", "MS"
+    )
+    seed: int = opt(0, "Seed of the generated text and of fault draws.")
+    frozen_time: int | None = opt(None, "Fixed 'created' timestamp (byte-for-byte comparable bodies).", "UNIX_TIME")
+    # Which vLLM generation to behave like where they differ (see errors.py).
+    vllm_behaviour: str = opt(
+        DEFAULT_VLLM_BEHAVIOUR, "Which vLLM to behave like over the context: v0.32 (today's: prompt + max_tokens "
+        "over it is served, output cut at the context; a prompt alone over it gets 'at least L+1 input tokens') "
+        "or an older one that refuses prompt + max_tokens over it with its 400: v0.18 ('at least N input tokens', "
+        "input characters), v0.16 ('You passed N input tokens/characters'), v0.11 (exact counts), legacy "
+        "(<= 0.9), 'requested' (SGLang).", choices=VLLM_BEHAVIOURS, aliases=("--context-error-style",),
+    )  # fmt: skip
+    max_chars_per_token: int = opt(
+        MAX_CHARS_PER_TOKEN, "vLLM's pre-tokenization check refuses prompts longer than max input tokens x this."
+    )
+    error_shape: str = opt(
+        "nested", "Error body: nested {'error': {...}} (current vLLM) or flat {'object': 'error', ...}.",
+        choices=ERROR_SHAPES,
+    )  # fmt: skip
+    request_log_size: int = opt(256, "Requests remembered for GET /admin/requests.")
+    max_body_bytes: int = opt(256 * 1024 * 1024, "Largest request body accepted (413 beyond).")
+    admin: bool = opt(True, "Serve the /admin endpoints.")
+    faults: FaultConfig = group(FaultConfig, prefix="fault", title="faults")
 
     @property
     def kv_capacity_tokens(self) -> int:

@@ -15,6 +15,7 @@ from typing import Any
 
 import orjson
 
+from extproc.algorithm import endpoints
 from extproc.emulator.engine_args import EmulatorConfig
 from extproc.emulator.errors import ApiError, PromptSize, clamped_output, context_length_error
 from extproc.emulator.tokens import TokenCounter
@@ -25,7 +26,7 @@ TEXT_PARTS = {"text": "text", "input_text": "text", "refusal": "refusal"}
 MEDIA_PARTS = frozenset(
     {"image_url", "input_image", "image", "image_pil", "image_embeds", "input_audio", "audio_url", "video_url"}
 )
-COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # vLLM's CompletionRequest.max_tokens default (OpenAI's too)
+COMPLETIONS_DEFAULT_MAX_TOKENS = endpoints.COMPLETIONS.default_max_tokens  # vLLM's (and OpenAI's) default
 
 
 @dataclass(frozen=True)

@@ -65,6 +65,25 @@ EXT_PROC_LOG_FIELDS = (
     "bytes_sent",
     "bytes_received",
 )
+# Envoy's wait for one router answer before it fails open (long pool) or closed. The router answers a
+# message in ~1-2 ms (docs/hardening.md: decision time is bounded whatever the body, worst case ~10 ms
+# of CPU; a 16 MiB body's transfer and parse ~0.1 s), and 0.5 s is far above any answer it gives
+# while it works, yet a hung process costs each request at most that: Envoy's default (200 ms) is
+# too close to a big body's transfer on a busy host, 30 s turned a hang into 30 s stalls.
+MESSAGE_TIMEOUT_S = 0.5
+# Envoy's gRPC health check of the router, every ROUTER_HEALTH_INTERVAL_S: a process that does not
+# answer within the timeout fails the check; two in a row take it out of rotation (panic threshold 0:
+# requests then fail open without waiting on it at all), so a hang is noticed within ~4 s and only
+# the requests of those seconds pay the message timeout.
+ROUTER_HEALTH_INTERVAL_S = 1.0
+ROUTER_HEALTH_TIMEOUT_S = 1.0
+# Pool connections idle this long are closed: without it Envoy kept every connection it ever opened
+# (1,663 idle ones after 2,000 clients), each one a file descriptor and buffers on both sides.
+POOL_IDLE_TIMEOUT_S = 60.0
+# Client-sent x-envoy-* headers are Envoy's own vocabulary (x-envoy-original-path fills the access
+# log's path, x-envoy-retry-on or x-envoy-upstream-rq-timeout-ms steer retries and timeouts, and Envoy
+# trusts them from "internal" addresses, which include every private network): removed before routing.
+ENVOY_HEADER_PREFIX = "x-envoy-"
 _H2_WINDOW_MAX = 2**31 - 1
 _HEADER_RE = re.compile(r"^[a-z0-9!#$%&'*+.^_`|~-]+$")
 # What Envoy and the router must agree on defaults to the router's own config (one source).
@@ -97,11 +116,12 @@ class EnvoyLayout:
     trace_sampling_percent: float = 100.0
     max_body_bytes: int = 30 * MIB
     grpc_max_message_bytes: int = _SERVER.max_message_bytes
-    message_timeout_s: float = 30.0
+    message_timeout_s: float = MESSAGE_TIMEOUT_S
     max_message_timeout_s: float = 120.0
     route_timeout_s: float = 600.0
     stream_idle_timeout_s: float = 600.0
-    router_health_interval_s: float = 2.0
+    router_health_interval_s: float = ROUTER_HEALTH_INTERVAL_S
+    router_health_timeout_s: float = ROUTER_HEALTH_TIMEOUT_S
     # The router is a local gRPC hop (same host or pod network): a connect slower than this is a dead
     # replica, and the request that finds out waits this long before failing open.
     router_connect_timeout_s: float = 0.25
@@ -112,6 +132,7 @@ class EnvoyLayout:
     # Retry a short request once on the long pool when the short pool answers 400 or fails to connect.
     short_net: str = "priority_group"
     pool_health_path: str = "/health"
+    pool_idle_timeout_s: float = POOL_IDLE_TIMEOUT_S
     max_concurrent_requests: int = 10_000
     access_log_path: str | None = "/dev/stdout"
     # Response header naming the pool that answered (for debugging clients); "" = not sent.
@@ -143,6 +164,10 @@ class EnvoyLayout:
             raise ValueError("timeouts must be >= 0 (0 disables)")
         if self.max_concurrent_requests < 1:
             raise ValueError("max_concurrent_requests must be >= 1")
+        if not self.pool_idle_timeout_s > 0:
+            raise ValueError("pool_idle_timeout_s must be > 0")
+        if not 0 < self.router_health_timeout_s <= 60:
+            raise ValueError("router_health_timeout_s must be within (0, 60] seconds")
         if not 0 < self.router_connect_timeout_s <= 60:
             raise ValueError("router_connect_timeout_s must be within (0, 60] seconds")
         if not 0 <= self.trace_sampling_percent <= 100:  # Envoy rejects the config otherwise
@@ -247,12 +272,20 @@ def _cluster(
                 "explicit_http_config": {"http2_protocol_options": http2},
             }
         }
+    elif pool is not None:
+        cluster["typed_extension_protocol_options"] = {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": _type("envoy.extensions.upstreams.http.v3.HttpProtocolOptions"),
+                "common_http_protocol_options": {"idle_timeout": _secs(layout.pool_idle_timeout_s)},
+                "explicit_http_config": {"http_protocol_options": {}},
+            }
+        }
     return cluster
 
 
-def _health(interval_s: float, checker: dict[str, Any]) -> dict[str, Any]:
+def _health(interval_s: float, checker: dict[str, Any], timeout_s: float = 2.0) -> dict[str, Any]:
     return {
-        "timeout": "2s",
+        "timeout": _secs(timeout_s),
         "interval": _secs(interval_s),
         "no_traffic_interval": _secs(interval_s),
         "unhealthy_threshold": 2,
@@ -331,7 +364,9 @@ def clusters(layout: EnvoyLayout) -> list[dict[str, Any]]:
             layout.router,
             http2=router_h2,
             health_check=_health(
-                layout.router_health_interval_s, {"grpc_health_check": {"service_name": EXT_PROC_SERVICE}}
+                layout.router_health_interval_s,
+                {"grpc_health_check": {"service_name": EXT_PROC_SERVICE}},
+                layout.router_health_timeout_s,
             ),
             buffer_bytes=layout.grpc_max_message_bytes,
             layout=layout,
@@ -549,12 +584,14 @@ def early_header_mutation(layout: EnvoyLayout) -> list[dict[str, Any]]:
     """Runs before route selection and every filter: only the router may choose the short pool."""
     if not layout.strip_client_header:
         return []
+    removals: list[dict[str, Any]] = [{"remove": name} for name in (layout.header_name, *layout.owned_headers)]
+    removals.append({"remove_on_match": {"key_matcher": {"prefix": ENVOY_HEADER_PREFIX}}})
     return [
         {
             "name": "envoy.http.early_header_mutation.header_mutation",
             "typed_config": {
                 "@type": _type("envoy.extensions.http.early_header_mutation.header_mutation.v3.HeaderMutation"),
-                "mutations": [{"remove": name} for name in (layout.header_name, *layout.owned_headers)],
+                "mutations": removals,
             },
         }
     ]

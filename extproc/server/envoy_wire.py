@@ -97,8 +97,13 @@ def common(
     return resp
 
 
-def request_headers_response(c: ep.CommonResponse | None = None) -> ep.ProcessingResponse:
-    return ep.ProcessingResponse(request_headers=ep.HeadersResponse(response=c or ep.CommonResponse()))
+def request_headers_response(c: ep.CommonResponse | None = None, skip_bodies: bool = False) -> ep.ProcessingResponse:
+    """``skip_bodies``: an empty mode override, which Envoy reads as request and response bodies NONE
+    (headers SEND, trailers SKIP): the request body is never sent, the response headers still are."""
+    resp = ep.ProcessingResponse(request_headers=ep.HeadersResponse(response=c or ep.CommonResponse()))
+    if skip_bodies:
+        resp.mode_override.SetInParent()
+    return resp
 
 
 def request_body_response(c: ep.CommonResponse | None = None) -> ep.ProcessingResponse:

@@ -80,6 +80,8 @@ class Decided:
     request_body: bytes | None  # only when telemetry.capture_content is on
     pressure_source: str  # live (engines' /metrics) | local (this router's count); "" when not read
     ticket: Ticket
+    engine_count: str = ""  # asked the engine for the prompt count: counted, or why not (timeout, ...)
+    engine_count_s: float = 0.0  # how long the request waited for it
 
     pool = _of("ticket.decision.pool", "")
     reason = _of("ticket.decision.reason", "")
@@ -87,6 +89,7 @@ class Decided:
     short_pressure = _of("ticket.short_pressure", 0.0)  # the pressures the decision used (1.0 = at capacity)
     long_pressure = _of("ticket.long_pressure", 0.0)
     observed = _of("ticket.observe", False)  # the router asked for this response's usage
+    must_read = _of("ticket.must_read", False)  # ... because it is a short-pool answer near the boundary
     category = _of("ticket.shape.category", "")
     model = _of("ticket.shape.model", None)
     text_bytes = _of("ticket.shape.text_bytes", 0)
@@ -106,6 +109,9 @@ class Observed:
     usage_source: str  # json | sse | overflow_400 | overflow_400_bound (a lower bound only)
     outcome: Outcome
     learned: Learned | None  # None: the router had nothing to learn from it
+    # The pool cut the answer at the end of its context (``BudgetRouter.truncated``): on the short
+    # pool a truncation caused by routing.
+    context_truncated: bool = False
 
     key = _of("decision.key", 0)
     category = _of("decision.category", "")
@@ -158,6 +164,10 @@ class ExchangeRecord:
     completion_tokens = _of("outcome.completion_tokens", None)
     observation = _of("outcome.observation", "")
     estimate_error_pct = _of("outcome.estimate_error_pct", None)
+    context_truncated = _of("outcome.context_truncated", False)
+    must_read = _of("decision.must_read", False)
+    engine_count = _of("decision.engine_count", "")
+    engine_count_s = _of("decision.engine_count_s", 0.0)
 
 
 class ExchangeObserver:

@@ -21,18 +21,20 @@ from __future__ import annotations
 import itertools
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from extproc.algorithm import BudgetRouter, Outcome, ShapeError, Ticket, endpoints
-from extproc.algorithm.dispatch import NO_BODY, SHORT, UNPARSEABLE
+from extproc.algorithm import BudgetRouter, Estimate, Outcome, RequestShape, ShapeError, Ticket, endpoints
+from extproc.algorithm.dispatch import NO_BODY, SHORT, TOO_COMPLEX, UNPARSEABLE
 from extproc.algorithm.pressure import LOCAL, LivePressure
-from extproc.algorithm.request_shape import SHAPE_ERROR_REASONS
+from extproc.algorithm.request_shape import SHAPE_ERROR_REASONS, TOO_COMPLEX_DETAILS, TooComplex, check_structure
 from extproc.config import Config
 from extproc.server import envoy_wire as em
+from extproc.server.body_budget import BODY_BUDGET, BodyBudget
+from extproc.server.engine_count import tokenize_payload
 from extproc.server.events import (
     REQUEST_ID_HEADER,
     Decided,
@@ -48,10 +50,13 @@ from extproc.server.sse import SseUsageScanner
 from extproc.server.usage import json_response, usage_counts
 
 if TYPE_CHECKING:
+    from extproc.server.engine_count import CountResult, EngineCounter
     from extproc.server.pool_load import PoolLoadScraper
 
 __all__ = [
     "NO_BODY",
+    "TOO_COMPLEX",
+    "TOO_COMPLEX_REASONS",
     "UNPARSEABLE",
     "UNPARSEABLE_DETAILS",
     "USAGE_SOURCES",
@@ -64,6 +69,7 @@ _keys = itertools.count(1)
 # Known up front, so every metric series exists from 0 (tests check the code uses no others).
 UNPARSEABLE_DETAILS = ("unknown_endpoint", "body_too_large", "encoded_body", "invalid_json", *SHAPE_ERROR_REASONS)
 USAGE_SOURCES = ("json", "sse", "overflow_400", "overflow_400_bound")
+TOO_COMPLEX_REASONS = (*TOO_COMPLEX_DETAILS, BODY_BUDGET)  # the too_complex details
 
 
 @dataclass
@@ -74,6 +80,12 @@ class RouterRuntime:
     router: BudgetRouter
     observer: ExchangeObserver = field(default_factory=ExchangeObserver)
     scraper: PoolLoadScraper | None = None  # set by serve when live_load is configured
+    counter: EngineCounter | None = None  # set by serve when estimator.engine_counts is on
+    bodies: BodyBudget = field(default_factory=lambda: BodyBudget(0))  # sized from cfg in __post_init__
+
+    def __post_init__(self) -> None:
+        if not self.bodies.limit_bytes:
+            self.bodies = BodyBudget(self.cfg.server.max_held_body_bytes)
 
     @classmethod
     def from_config(cls, cfg: Config, observer: ExchangeObserver | None = None) -> RouterRuntime:
@@ -86,6 +98,12 @@ def endpoint_of(method: str, path: str) -> str | None:
     """The routed API's name (``extproc.algorithm.endpoints``), or None: not parsed, goes long."""
     api = endpoints.by_path(method, path)
     return None if api is None else api.name
+
+
+def _declared_length(headers: dict[str, str]) -> int:
+    """The request's content-length, 0 when absent or not a number (the body itself then tells)."""
+    value = headers.get("content-length", "")
+    return int(value) if value.isascii() and value.isdigit() else 0
 
 
 def inject_include_usage(raw: bytes, body: dict[str, Any]) -> bytes | None:
@@ -105,6 +123,23 @@ def inject_include_usage(raw: bytes, body: dict[str, Any]) -> bytes | None:
     new = dict(body)  # re-serialised: a key the client sent twice must not win over ours
     new["stream_options"] = {**(opts or {}), "include_usage": True}
     return orjson.dumps(new)
+
+
+@dataclass(frozen=True, slots=True)
+class CountWanted:
+    """The exchange waits for an engine count: ``pool``'s engine, asked with ``payload``."""
+
+    pool: str
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class _Pending:
+    raw: bytes
+    body: dict[str, Any]
+    shape: RequestShape
+    estimate: Estimate
+    endpoint: str
 
 
 class Exchange:
@@ -130,7 +165,13 @@ class Exchange:
         self._sse: SseUsageScanner | None = None
         self._json_parts: list[bytes] = []
         self._json_size = 0
+        self._held = 0  # bytes of this exchange's bodies counted in the runtime's BodyBudget
         self._closed = False
+        # Set by on_request_body when the router wants the engine's count first: the caller awaits
+        # it (``EngineCounter.count``) and hands it to ``counted`` for the request body's answer.
+        self.count_wanted: CountWanted | None = None
+        self._pending: _Pending | None = None
+        self._count: CountResult | None = None
 
     @property
     def record(self) -> ExchangeRecord:
@@ -149,7 +190,9 @@ class Exchange:
         )
 
     # -- dispatch ------------------------------------------------------------------------------
-    def handle(self, req: em.ProcessingRequest) -> em.ProcessingResponse:
+    def handle(self, req: em.ProcessingRequest) -> em.ProcessingResponse | None:
+        """The answer to one ext_proc message; None only for a request body whose engine count is
+        wanted first (``count_wanted``): the answer then comes from ``counted``."""
         t0 = time.perf_counter()
         kind, payload = em.decode(req)
         if isinstance(payload, em.Headers):
@@ -179,16 +222,45 @@ class Exchange:
             self._route_unreadable(NO_BODY, "request has no body")
             set_headers.update(self._routing_headers())
             self.done = True  # not an LLM request: its response has nothing to teach
+        elif _declared_length(h) > self.rt.cfg.server.max_request_body_bytes:
+            # Too big to read, and its content-length says so: decide now and ask Envoy not to send
+            # the body at all (an empty mode override: request and response bodies NONE), so a flood
+            # of huge bodies costs the router a headers message each, not their bytes.
+            self._body_bytes = _declared_length(h)
+            self._route_unreadable(UNPARSEABLE, "body_too_large")
+            set_headers.update(self._routing_headers())
+            return em.request_headers_response(em.common(set_headers, remove, clear_route_cache=True), skip_bodies=True)
         if not upstream:  # config and decision only: one of a few answers
             return em.shared("request_headers", tuple(set_headers.items()), tuple(remove), clear_route_cache=True)
         return em.request_headers_response(em.common(set_headers, remove, clear_route_cache=True))
 
-    def on_request_body(self, msg: em.Body) -> em.ProcessingResponse:
+    def on_request_body(self, msg: em.Body) -> em.ProcessingResponse | None:
+        if self.ticket is not None:  # decided at the headers (an Envoy that ignored the override)
+            return em.request_body_response()
         raw = msg.data
         self._body_bytes = len(raw)
         if self.rt.cfg.telemetry.capture_content:
             self._request_body = raw
         new_body = self._route_body(raw)
+        if self.count_wanted is not None:
+            return None
+        return self._request_body_response(new_body)
+
+    def counted(self, result: CountResult) -> em.ProcessingResponse:
+        """The engine count (or why there is none) is in: route with it and answer the request body."""
+        pending, self._pending, self.count_wanted = self._pending, None, None
+        assert pending is not None, "counted() without a wanted count"
+        t0 = time.perf_counter()
+        self._count = result
+        est = None  # no count: route as without counts (the offline exact band may count it)
+        if result.count is not None:
+            est = self.rt.router.with_engine_count(pending.shape, pending.estimate, result.count)
+        new_body = self._route_shape(pending.raw, pending.body, pending.shape, pending.endpoint, est)
+        resp = self._request_body_response(new_body)
+        self._phases["request_body"] = self._phases.get("request_body", 0.0) + time.perf_counter() - t0
+        return resp
+
+    def _request_body_response(self, new_body: bytes | None) -> em.ProcessingResponse:
         set_headers = self._routing_headers()
         if new_body is None:
             return em.shared("request_body", tuple(set_headers.items()), clear_route_cache=True)
@@ -196,8 +268,9 @@ class Exchange:
         return em.request_body_response(em.common(set_headers, body=new_body, clear_route_cache=True))
 
     def _route_body(self, raw: bytes) -> bytes | None:
-        """Decide the pool; returns a replacement body when we changed it, else None."""
-        scfg, rcfg = self.rt.cfg.server, self.rt.cfg.routing
+        """Decide the pool (or want an engine count first); returns a replacement body when we changed
+        it, else None."""
+        scfg = self.rt.cfg.server
         endpoint = endpoint_of(self._method, self._path)
         if endpoint is None:
             self._route_unreadable(UNPARSEABLE, "unknown_endpoint")
@@ -208,17 +281,42 @@ class Exchange:
         if self._headers.get("content-encoding", "identity").lower() not in ("identity", ""):
             self._route_unreadable(UNPARSEABLE, "encoded_body")
             return None
+        if not self._hold(len(raw)):
+            self._route_unreadable(TOO_COMPLEX, BODY_BUDGET)
+            return None
         try:
+            check_structure(raw)  # before parsing: a body of 500,000 tiny objects is slow to parse at all
             body = orjson.loads(raw)
         except orjson.JSONDecodeError:
             self._route_unreadable(UNPARSEABLE, "invalid_json")
             return None
+        except TooComplex as exc:
+            self._route_unreadable(TOO_COMPLEX, exc.reason)
+            return None
         try:
             shape = self.rt.router.shape(endpoint, body)
         except ShapeError as exc:
-            self._route_unreadable(UNPARSEABLE, exc.reason)
+            self._route_unreadable(TOO_COMPLEX if isinstance(exc, TooComplex) else UNPARSEABLE, exc.reason)
             return None
-        ticket = self.ticket = self.rt.router.route(shape)
+        est = None
+        if self.rt.counter is not None:  # the engine counts the few requests no estimate can place
+            est = self.rt.router.estimate_request(shape, exact=False)
+            pool = self.rt.router.engine_count_pool(shape, est)
+            payload = tokenize_payload(shape, body) if pool is not None else None
+            if pool is not None and payload is not None:
+                self.count_wanted = CountWanted(pool, payload)
+                self._pending = _Pending(raw, body, shape, est, endpoint)
+                return None
+            est = None if est.in_band else est  # in the band but not countable: the exact band may count it
+        return self._route_shape(raw, body, shape, endpoint, est)
+
+    def _route_shape(
+        self, raw: bytes, body: dict[str, Any], shape: RequestShape, endpoint: str, est: Estimate | None
+    ) -> bytes | None:
+        """Route a readable request (with the estimate made already, if any); returns a replacement
+        body when we changed it, else None."""
+        rcfg = self.rt.cfg.routing
+        ticket = self.ticket = self.rt.router.route(shape, estimate=est)
         self._reading = ticket.observe  # an unobserved ticket still shows its status, see on_response_headers
         new_body = None
         if ticket.observe and shape.stream and not shape.client_include_usage and rcfg.inject_include_usage:
@@ -227,7 +325,7 @@ class Exchange:
         return new_body
 
     def _route_unreadable(self, reason: str, detail: str) -> None:
-        """The safe route for a request we cannot read; ``detail`` names why (its status is still seen)."""
+        """The safe route for a request we cannot read; ``detail`` names why."""
         self.ticket = self.rt.router.route(None, reason)
         self._decide(self.ticket, "", detail, injected=False)
 
@@ -235,7 +333,9 @@ class Exchange:
         key, method, path, nbytes, body = self._key, self._method, self._path, self._body_bytes, self._request_body
         pressure = self.rt.router.pressure
         source = "" if ticket.shape is None else pressure.source[SHORT] if isinstance(pressure, LivePressure) else LOCAL
-        self._decided = Decided(key, method, path, endpoint, detail, nbytes, injected, body, source, ticket)
+        count = self._count
+        counted = ("", 0.0) if count is None else (count.outcome, count.seconds)
+        self._decided = Decided(key, method, path, endpoint, detail, nbytes, injected, body, source, ticket, *counted)
         observer = self.rt.observer
         observer.decided(self._decided)
         if not (self.rt.router.follows(ticket) or self.rt.cfg.server.follow_every_status):
@@ -282,12 +382,12 @@ class Exchange:
                 tail = self._sse.finish()
                 out = (out or b"") + tail if out is not None or tail else None
                 self._response_model = self._sse.model
-                self._observe_usage(*usage_counts(self._sse.usage), "sse")
+                self._observe_usage(*usage_counts(self._sse.usage), length_stop=self._sse.length_stop, source="sse")
             if out is not None and out == msg.data:
                 out = None
             return em.response_body_response(out) if out is not None else em.shared("response_body")
         # Buffered JSON (or an SSE body Envoy did not let us switch to STREAMED).
-        if self._json_size <= self.rt.cfg.server.max_response_buffer_bytes:
+        if self._json_size <= self.rt.cfg.server.max_response_buffer_bytes and self._hold(len(msg.data)):
             self._json_parts.append(msg.data)
             self._json_size += len(msg.data)
         if msg.end_of_stream:
@@ -306,22 +406,40 @@ class Exchange:
             scanner.feed(body)
             scanner.finish()
             self._response_model = scanner.model
-            self._observe_usage(*usage_counts(scanner.usage), "sse")
+            self._observe_usage(*usage_counts(scanner.usage), length_stop=scanner.length_stop, source="sse")
         else:
-            prompt, completion, self._response_model = json_response(body)
-            self._observe_usage(prompt, completion, "json")
+            prompt, completion, self._response_model, stopped = json_response(body)
+            self._observe_usage(prompt, completion, length_stop=stopped, source="json")
 
     def _observe_usage(
-        self, prompt: int | None, completion: int | None, source: str, lower_bound: bool = False
+        self,
+        prompt: int | None,
+        completion: int | None,
+        source: str,
+        lower_bound: bool = False,
+        length_stop: bool = False,
     ) -> None:
-        """The response's usage is in: the ticket is finished with it (once; later copies are ignored)."""
+        """The response's usage is in: the ticket is finished with it (once; later copies are ignored),
+        and the router says whether the pool cut the answer at its context."""
         if prompt is None or not self._reading or self._finished or self.ticket is None or self._decided is None:
             return
         self._finished = True
-        outcome = Outcome(prompt, completion, self._status, lower_bound)
+        outcome = Outcome(prompt, completion, self._status, lower_bound, length_stop=length_stop)
+        truncated = self.rt.router.truncated(self.ticket, outcome)
+        # The engine's own count of a request the estimate misplaced is the best sample there is
+        # (``Outcome.trusted``): the long pool's after the net moved it, or a short answer the context cut.
+        moved = self.ticket.pool != self.ticket.decision.pool and self._status < 400 and not lower_bound
+        outcome = replace(outcome, trusted=moved or truncated)
         learned = self.rt.router.finish(self.ticket, outcome)
-        self._observed = Observed(self._decided, source, outcome, learned)
+        self._observed = Observed(self._decided, source, outcome, learned, truncated)
         self.rt.observer.observed(self._observed)
+
+    def _hold(self, nbytes: int) -> bool:
+        """Count ``nbytes`` more of this exchange's bodies against the process-wide budget."""
+        if not self.rt.bodies.take(nbytes):
+            return False
+        self._held += nbytes
+        return True
 
     def trace_and_request_id(self) -> tuple[str, str]:
         """What names this exchange in Envoy's logs and traces, for the router's own error lines."""
@@ -334,6 +452,8 @@ class Exchange:
         if self._closed:
             return
         self._closed = True
+        self.rt.bodies.give(self._held)
+        self._held = 0
         if not self._finished and self.ticket is not None:  # ended without usage (client gone, none read)
             self._finished = True
             self.rt.router.finish(self.ticket)

@@ -21,6 +21,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
@@ -211,6 +212,17 @@ class PoolLoadScraper:
         if cause:
             self.stats.failures[(ep.pool, cause)] += 1
         self._publish(ep.pool)
+
+    def live_engines(self, pool: str) -> list[str]:
+        """Base URLs (``scheme://host:port``) of ``pool``'s engines whose latest scrape is fresh: the
+        ones that answer now (an engine that hangs or is gone drops out within ``max_age_s``)."""
+        now, max_age = self.clock(), self.pressure.max_age_s
+        out = []
+        for ep in self.endpoints.values():
+            if ep.pool == pool and ep.load is not None and now - ep.at <= max_age:
+                parts = urlsplit(ep.url)
+                out.append(f"{parts.scheme}://{parts.netloc}")
+        return out
 
     def _publish(self, pool: str) -> None:
         """Rebuild the pool's sample from its endpoints' fresh scrapes and hand it to the policy."""

@@ -39,12 +39,17 @@ class ExternalProcessor(epg.ExternalProcessorServicer):
                     break
                 try:
                     resp = ex.handle(req)
+                    if resp is None:  # the router wants the engine's count first (bounded wait)
+                        resp = await self._counted(ex)
                 except Exception as exc:
                     await self._fail(ex, em.phase_of(req), exc, context)  # raises: the stream ends
                     raise
                 await context.write(resp)
                 if ex.done:  # clean close: Envoy proceeds without consulting us (ext_proc protocol)
                     break
+                # The next message may be minutes away (a generation): the stream must not keep this
+                # one's body (or our rewrite of it) alive meanwhile; the exchange's budget counts the rest.
+                del req, resp
         except asyncio.CancelledError:
             pass  # Envoy reset the stream (client gone): nothing to answer
         finally:
@@ -52,6 +57,11 @@ class ExternalProcessor(epg.ExternalProcessorServicer):
             self.active -= 1
             if self.active == 0:
                 self._idle.set()
+
+    async def _counted(self, ex: Exchange) -> em.ProcessingResponse:
+        wanted, counter = ex.count_wanted, self.rt.counter
+        assert wanted is not None and counter is not None, "an exchange wants a count only with a counter"
+        return ex.counted(await counter.count(wanted.pool, wanted.payload))
 
     async def _fail(
         self,

@@ -18,22 +18,27 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from extproc.server.usage import model_of, usage_object
+from extproc.server.usage import length_stop, model_of, usage_object
 
 _LINE_END = re.compile(rb"\r\n|\n|\r")
+_LENGTH = b'"length"'  # a chunk that may end a choice at its length: parsed although it carries no usage
 
 
-def _usage_of(payload: bytes) -> tuple[dict[str, Any] | None, bool, str | None]:
-    """(usage dict or None, whether the event is a usage-only chunk with no choices, model)."""
+def _usage_of(payload: bytes) -> tuple[dict[str, Any] | None, bool, str | None, bool]:
+    """(usage dict or None, whether the event is a usage-only chunk with no choices, model, whether
+    a sequence stopped at its length)."""
     obj = usage_object(payload)
     if obj is None:
-        return None, False, None
-    usage, model = obj.get("usage"), model_of(obj)
+        if _LENGTH not in payload:
+            return None, False, None, False
+        obj = usage_object(payload, needle=_LENGTH)
+        return None, False, None, obj is not None and length_stop(obj)
+    usage, model, stopped = obj.get("usage"), model_of(obj), length_stop(obj)
     if usage is None and isinstance(obj.get("response"), dict):  # Responses API: response.completed
-        usage, model = obj["response"].get("usage"), model_of(obj["response"])
+        usage, model, stopped = obj["response"].get("usage"), model_of(obj["response"]), length_stop(obj["response"])
     if not isinstance(usage, dict):
-        return None, False, None
-    return usage, obj.get("choices") == [], model
+        return None, False, None, stopped
+    return usage, obj.get("choices") == [], model, stopped
 
 
 class SseUsageScanner:
@@ -43,6 +48,7 @@ class SseUsageScanner:
         self.usage: dict[str, Any] | None = None
         self.model: str | None = None
         self.overflowed = False  # an event larger than max_pending: scanning stopped, bytes pass through
+        self.length_stop = False  # some sequence finished with "length" (truncation evidence)
         self._pending = b""  # an unfinished line
         self._event_raw: list[bytes] = []  # raw lines of the current event (only kept when stripping)
         self._event_size = 0
@@ -52,7 +58,8 @@ class SseUsageScanner:
         drop = False
         if self._data:
             payload = self._data[0] if len(self._data) == 1 else b"\n".join(self._data)
-            usage, usage_only, model = _usage_of(payload)
+            usage, usage_only, model, stopped = _usage_of(payload)
+            self.length_stop = self.length_stop or stopped
             if usage is not None:
                 self.usage, self.model = usage, model or self.model
                 drop = self.strip and usage_only

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import functools
 import os
@@ -27,6 +28,7 @@ from types import TracebackType
 
 import extproc
 from extproc.config import Config, add_config_flags, config_from_args
+from extproc.deploy.fleet import DEFAULT_FLEET, FleetShape, PoolShape
 from extproc.gateway.envoy_config import (
     LONG_CLUSTER,
     ROUTER_CLUSTER,
@@ -52,11 +54,7 @@ class StackStopped(RuntimeError):
     """``stop()`` was called while the stack was starting."""
 
 
-@dataclass(frozen=True)
-class PoolSpec:
-    name: str
-    max_model_len: int
-    max_num_seqs: int
+PoolSpec = PoolShape  # one pool of the stack: one emulator process (replicas 1)
 
 
 @dataclass
@@ -69,8 +67,8 @@ class StackOptions:
     router_flags: Sequence[str] = ()  # extra `budget-router serve` flags (last one wins)
     live_load: bool = False  # routers scrape the pools' /metrics, found through Envoy's admin /clusters
     emulator_flags: Sequence[str] = ()  # extra `budget-router emulate` flags for both pools
-    short: PoolSpec = PoolSpec("short", 8192, 128)
-    long: PoolSpec = PoolSpec("long", 65536, 16)
+    short: PoolSpec = DEFAULT_FLEET.short
+    long: PoolSpec = DEFAULT_FLEET.long
     latency_scale: float = 1.0
     seed: int = 0
     frozen_time: int | None = None
@@ -84,6 +82,9 @@ class StackOptions:
     startup_timeout_s: float = 60.0
     supervise: bool = False  # restart children that exit (up); off: a test controls every restart
     backoff: Backoff = Backoff()
+    # Supervised: a serving child whose health probe has not passed for this long is hung (SIGSTOP,
+    # deadlock): killed and restarted. Every probe answers in ms when healthy; None = exits only.
+    hang_after_s: float | None = 5.0
     metrics_port: int = 0  # routers' Prometheus port (replica i: this + i * workers, or a free one); 0 = off
     otlp: Endpoint | None = None  # OTLP/gRPC collector: tracing on in Envoy and the routers together
     layout_overrides: dict[str, object] = field(default_factory=dict)  # extra EnvoyLayout fields
@@ -95,6 +96,8 @@ class StackOptions:
             raise ValueError("latency_scale must be >= 0")
         if self.save_interval_s <= 0:
             raise ValueError("save_interval_s must be > 0")
+        if self.hang_after_s is not None and self.hang_after_s <= 1.0:
+            raise ValueError("hang_after_s must be > 1 s (a probe may take up to 1 s to answer) or None")
 
 
 def envoy_binary() -> str:
@@ -130,8 +133,7 @@ def child_env() -> dict[str, str]:
 def pool_argv(o: StackOptions, spec: PoolSpec, port: int) -> list[str]:
     """``budget-router emulate`` for one pool."""
     argv = _cli(
-        "emulate", "--host", HOST, "--port", str(port),
-        "--max-model-len", str(spec.max_model_len), "--max-num-seqs", str(spec.max_num_seqs),
+        "emulate", "--host", HOST, "--port", str(port), *spec.engine_flags(),
         "--latency-scale", f"{o.latency_scale:g}", "--seed", str(o.seed),
     )  # fmt: skip
     if o.frozen_time is not None:
@@ -140,7 +142,8 @@ def pool_argv(o: StackOptions, spec: PoolSpec, port: int) -> list[str]:
 
 
 def router_argv(o: StackOptions, port: int, state_file: Path, metrics_port: int = 0) -> list[str]:
-    """``budget-router serve`` for one replica: pool sizes, framing and state file match the stack."""
+    """``budget-router serve`` for one replica: pool shape (from the same ``FleetShape`` as the pools'
+    flags), framing and state file match the stack; ``router_flags`` come last and win."""
     tracing = ("--telemetry-traces", "true", "--telemetry-otlp-endpoint", f"{o.otlp[0]}:{o.otlp[1]}") if o.otlp else ()
     return _cli(
         "serve",
@@ -149,10 +152,7 @@ def router_argv(o: StackOptions, port: int, state_file: Path, metrics_port: int 
         "--calibration-state-file", str(state_file),
         "--calibration-save-interval-s", f"{o.save_interval_s:g}",
         "--telemetry-metrics-port", str(metrics_port),
-        "--routing-short-context", str(o.short.max_model_len),
-        "--routing-long-context", str(o.long.max_model_len),
-        "--spillover-short-capacity", str(o.short.max_num_seqs),
-        "--spillover-long-capacity", str(o.long.max_num_seqs),
+        *FleetShape(o.short, o.long).router_flags(),
         *EMULATOR_FRAMING,
         *tracing,
         *(("--live-load-envoy-admin", f"{HOST}:{o.admin_port}") if o.live_load else ()),
@@ -208,6 +208,7 @@ class Stack:
         if opts.live_load and not opts.admin_port:  # the routers discover the pools through Envoy's admin
             opts = dataclasses.replace(opts, admin_port=free_port())
         self.options = opts
+        self._made_run_dir = not opts.run_dir
         self.run_dir = Path(opts.run_dir) if opts.run_dir else Path(tempfile.mkdtemp(prefix="budget-router-up-"))
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.state_file = Path(opts.state_file) if opts.state_file else self.run_dir / "calibration.json"
@@ -397,7 +398,10 @@ class Stack:
             self._start_backends()
             self._start_envoy()
             if self.options.supervise:
-                self.supervisor = Supervisor(self._watched(), self._start_process, self.say, self.options.backoff)
+                self.supervisor = Supervisor(
+                    self._watched(), self._start_process, self.say, self.options.backoff,
+                    hang_after_s=self.options.hang_after_s,
+                )  # fmt: skip
                 self.supervisor.start()
         except BaseException:
             self.stop()
@@ -406,16 +410,49 @@ class Stack:
 
     def stop(self) -> None:
         """Envoy, then routers (they drain and save calibration), then pools; idempotent and safe to
-        call from another thread while ``start()`` runs. A stopped stack cannot be started again."""
+        call from another thread while ``start()`` runs. A stopped stack cannot be started again.
+
+        A second Ctrl-C (or SIGTERM) while stopping must not leave a child holding its port: the stop
+        goes on, every child still running is SIGKILLed at once instead of drained, and only then
+        is the interrupt passed on. A run dir this stack made and nothing was written to is removed."""
         with self._lock:
             self._closing = True
+        interrupt: BaseException | None = None
+        steps: list[Callable[[], object]] = []
         if self.supervisor is not None:
-            self.supervisor.stop()
+            steps.append(self.supervisor.stop)
         if self.envoy is not None:
-            self.envoy.stop(5.0)
+            steps.append(functools.partial(self.envoy.stop, 5.0))
         for proc in reversed(self._spawned):  # routers were spawned after the pools
-            proc.stop(self.options.router_grace_s + 5.0)
+            steps.append(functools.partial(proc.stop, self.options.router_grace_s + 5.0))
+        for step in steps:
+            if interrupt is not None:
+                break
+            try:
+                step()
+            except KeyboardInterrupt as exc:  # a second Ctrl-C: no more draining
+                interrupt = exc
+        if interrupt is not None:
+            self._kill_all()
         self.started = False
+        self._remove_empty_run_dir()
+        if interrupt is not None:
+            raise interrupt
+
+    def _kill_all(self) -> None:
+        """SIGKILL every child's process group; further interrupts are held until all are sent."""
+        for proc in [p for p in (self.envoy, *self._spawned) if p is not None]:
+            while True:
+                try:
+                    proc.kill()
+                    break
+                except KeyboardInterrupt:
+                    continue  # a third Ctrl-C: the kill is instant, finish it
+
+    def _remove_empty_run_dir(self) -> None:
+        if self._made_run_dir:
+            with contextlib.suppress(OSError):  # not empty (logs worth keeping) or already gone
+                self.run_dir.rmdir()
 
     def _watched(self) -> list[Watched]:
         """Every child, its readiness probe and what a client sees while it is down."""

@@ -1,9 +1,15 @@
-"""Keeps the embedded stack's processes running: a child that exits is restarted with backoff.
+"""Keeps the embedded stack's processes running: a child that exits, or stops answering its health
+probe, is restarted with backoff.
 
 A crashed router must cost what it costs in production (Envoy fails open to the long pool until the
 replica is back) and not a total outage; a dead pool likewise comes back on its old port, which is
 the only one Envoy's static config knows. The supervisor runs on its own thread, says on the console
 what happened and when the process serves again, and stops for good once the stack is stopping.
+
+A hung process (SIGSTOP, a deadlock, a busy loop) never exits, so watching exits alone would leave it
+in place forever: Envoy fails open around it, but routing never comes back. A second thread probes
+every serving child (the same probe that said it was ready) every ``probe_interval_s``; one that has
+not answered for ``hang_after_s`` is SIGKILLed and goes down the restart path of a crash.
 """
 
 from __future__ import annotations
@@ -47,6 +53,7 @@ class Watched:
     down_since: float | None = None
     restart_at: float | None = None
     awaiting_ready: bool = False
+    last_answer: float = field(default_factory=time.monotonic)  # when its probe last passed (hang check)
 
 
 def exit_reason(code: int | None) -> str:
@@ -71,25 +78,52 @@ class Supervisor:
         say: Callable[[str], None],
         backoff: Backoff | None = None,
         interval_s: float = 0.1,
+        hang_after_s: float | None = None,
+        probe_interval_s: float = 0.5,
     ) -> None:
+        """``hang_after_s`` None: exits only (no probing); else a serving child whose probe has not
+        passed for that long is killed and restarted."""
+        if hang_after_s is not None and not hang_after_s > probe_interval_s > 0:
+            raise ValueError("hang detection needs hang_after_s > probe_interval_s > 0")
         self.watched = list(watched)
         self._start = start
         self._say = say
         self.backoff = backoff or Backoff()
         self.interval_s = interval_s
+        self.hang_after_s = hang_after_s
+        self.probe_interval_s = probe_interval_s
         self.restarts = 0
         self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="stack-supervisor", daemon=True)
-        self._thread.start()
+        targets = [(self._run, "stack-supervisor")]
+        if self.hang_after_s is not None:
+            targets.append((self._probe_loop, "stack-prober"))
+        self._threads = [threading.Thread(target=t, name=name, daemon=True) for t, name in targets]
+        for thread in self._threads:
+            thread.start()
+
+    @property
+    def _thread(self) -> threading.Thread | None:
+        return self._threads[0] if self._threads else None
 
     def stop(self) -> None:
         """Stop watching (before the stack stops its children, so no stop is mistaken for a crash)."""
         self._stop.set()
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(10.0)
+        for thread in self._threads:
+            if thread is not threading.current_thread():
+                thread.join(10.0)
+
+    def _probe_loop(self) -> None:
+        """Probe every serving child in turn; a probe blocks up to its own timeout, so this runs apart
+        from the exit watch (a hung child must not delay noticing a dead one)."""
+        while not self._stop.wait(self.probe_interval_s):
+            for w in self.watched:
+                if self._stop.is_set():
+                    return
+                if w.restart_at is None and not w.awaiting_ready and w.proc.alive and w.ready():
+                    w.last_answer = time.monotonic()
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):
@@ -106,6 +140,10 @@ class Supervisor:
                 return
             if w.restart_at is None and not w.proc.alive:
                 self._died(w, now)
+            elif w.restart_at is None and not w.awaiting_ready and self._hung(w, now):
+                silent = now - w.last_answer
+                w.proc.kill()
+                self._died(w, now, f"stopped answering its health probe for {silent:.1f} s; killed it")
             if w.restart_at is not None and now >= w.restart_at:
                 w.restart_at = None
                 self._start(w.proc)
@@ -115,10 +153,14 @@ class Supervisor:
                 self._say(f"{w.proc.name} restarted (pid {w.proc.pid})")
             elif w.awaiting_ready and w.proc.alive and w.ready():
                 w.awaiting_ready = False
+                w.last_answer = time.monotonic()
                 down = time.monotonic() - (w.down_since or now)
                 self._say(f"{w.proc.name} serving again, {down:.1f} s after it went down")
 
-    def _died(self, w: Watched, now: float) -> None:
+    def _hung(self, w: Watched, now: float) -> bool:
+        return self.hang_after_s is not None and w.proc.alive and now - w.last_answer > self.hang_after_s
+
+    def _died(self, w: Watched, now: float, reason: str | None = None) -> None:
         code = w.proc.proc.returncode if w.proc.proc is not None else None
         w.proc.reap()  # a crashed parent may leave children holding its port
         w.failures = 1 if now - w.up_since >= self.backoff.reset_after_s and not w.awaiting_ready else w.failures + 1
@@ -128,4 +170,5 @@ class Supervisor:
         w.awaiting_ready = False
         w.restart_at = now + delay
         note = f"; {w.while_down}" if w.while_down else ""
-        self._say(f"{w.proc.name} (pid {w.proc.pid}) {exit_reason(code)}; restarting in {delay:g} s{note}")
+        why = reason or exit_reason(code)
+        self._say(f"{w.proc.name} (pid {w.proc.pid}) {why}; restarting in {delay:g} s{note}")

@@ -21,7 +21,7 @@ RECORD_FIELDS = (
     "estimated_prompt_tokens", "estimated_total_tokens", "ratio", "output_reserve", "output_defaulted",
     "stream", "include_usage_injected", "spilled", "short_pressure", "long_pressure", "pressure_source",
     "status", "attempts", "served_pool", "usage_source", "prompt_tokens", "completion_tokens", "observation",
-    "estimate_error_pct",
+    "estimate_error_pct", "must_read", "context_truncated", "engine_count",
 )  # fmt: skip
 
 
@@ -58,6 +58,7 @@ def decision_fields(record: ExchangeRecord, trace_id: str, request_id: str) -> d
     for name in RECORD_FIELDS:
         fields[name] = getattr(record, name)
     fields["processing_us"] = round(sum(record.phase_seconds.values()) * 1e6, 1)
+    fields["engine_count_ms"] = round(record.engine_count_s * 1e3, 3)  # the wait for the engine's count
     return fields
 
 

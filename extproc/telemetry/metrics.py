@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from opentelemetry.metrics import CallbackOptions, Meter, Observation
 
 from extproc.algorithm.calibration import Observation as Outcome
+from extproc.algorithm.categories import CategoryParams
 from extproc.algorithm.dispatch import (
     CAPACITY,
     LONG,
@@ -27,12 +28,13 @@ from extproc.algorithm.dispatch import (
     SHORT,
     SPILLOVER,
     THRESHOLD,
+    TOO_COMPLEX,
     UNPARSEABLE,
 )
 from extproc.algorithm.pressure import InFlightPressure
 from extproc.algorithm.request_shape import ENDPOINTS
 from extproc.server.events import Decided, ExchangeRecord, Observed
-from extproc.server.exchange import UNPARSEABLE_DETAILS, USAGE_SOURCES
+from extproc.server.exchange import TOO_COMPLEX_REASONS, UNPARSEABLE_DETAILS, USAGE_SOURCES
 from extproc.telemetry import names as n
 from extproc.telemetry.histograms import HistogramSet
 
@@ -47,7 +49,7 @@ _PARSED = [(SHORT, THRESHOLD)] + [
     (LONG, r) for r in (THRESHOLD, CAPACITY, OVER_LONG_CONTEXT, SPILLOVER, NO_OUTPUT_LIMIT)
 ]
 DECISIONS = [(pool, reason, e) for e in ENDPOINTS for pool, reason in _PARSED] + [
-    (LONG, reason, n.OTHER_ENDPOINT) for reason in (UNPARSEABLE, NO_BODY)
+    (LONG, reason, n.OTHER_ENDPOINT) for reason in (UNPARSEABLE, NO_BODY, TOO_COMPLEX)
 ]
 Attrs = dict[str, str]
 
@@ -118,6 +120,14 @@ class DecisionMetrics:
             "detail",
             known=[(d,) for d in UNPARSEABLE_DETAILS],
         )
+        self.too_complex = _Tally(
+            meter,
+            n.M_TOO_COMPLEX,
+            "{request}",
+            "Requests routed long unread: reading them would cost more than one request's bound.",
+            "detail",
+            known=[(d,) for d in TOO_COMPLEX_REASONS],
+        )
         self.no_max_tokens = _Tally(
             meter,
             n.M_NO_MAX_TOKENS,
@@ -158,6 +168,16 @@ class DecisionMetrics:
             "category",
             "outcome",
         )
+        self.truncations = _Tally(
+            meter,
+            n.M_TRUNCATIONS,
+            "{request}",
+            "Answers a pool cut at the end of its context although the request allowed more output "
+            "(pool=short: caused by routing; long: the request fits no pool).",
+            "pool",
+            "category",
+            known=[(SHORT, c) for c in CategoryParams().enabled],
+        )
         self.estimate_error = histograms.histogram(
             n.M_ESTIMATE_ERROR,
             "%",
@@ -191,6 +211,13 @@ class DecisionMetrics:
             n.M_EXACT_COUNTS, [self._exact_counts], "{request}", "Estimates counted exactly (estimator.exact_band)."
         )
         meter.create_observable_counter(
+            n.M_ENGINE_COUNTS,
+            [self._engine_counts],
+            "{request}",
+            "Prompt counts asked of the engines (estimator.engine_counts), by outcome: counted, or the fallback "
+            "to the estimate (timeout, error, busy, unavailable).",
+        )
+        meter.create_observable_counter(
             n.M_STATE_SKIPPED,
             [self._state_counter("skipped_entries")],
             "{entry}",
@@ -204,6 +231,7 @@ class DecisionMetrics:
         )
         self._category = _Interned("category")
         self._pool = _Interned("pool")
+        self._outcome = _Interned("outcome")
         self._pool_cause = _Interned("pool", "cause")
         self._last_pressure: dict[str, float] = {}
         meter.create_observable_gauge(
@@ -253,6 +281,8 @@ class DecisionMetrics:
             self.spillovers.add()
         if record.reason == UNPARSEABLE:
             self.unparseable.add(record.detail)
+        elif record.reason == TOO_COMPLEX:
+            self.too_complex.add(record.detail)
         elif record.endpoint:
             if record.output_defaulted:
                 self.no_max_tokens.add(record.endpoint)
@@ -267,6 +297,8 @@ class DecisionMetrics:
             self.estimate_error.record(100.0 + record.estimate_error_pct, record.category)
 
     def finished(self, record: ExchangeRecord) -> None:
+        if record.context_truncated:
+            self.truncations.add(record.served_pool or record.pool, record.category)
         if record.attempts > 1:
             self.retries.add(record.category or UNPARSEABLE, retry_outcome(record.status))
         phases = record.phase_seconds
@@ -297,6 +329,11 @@ class DecisionMetrics:
     def _exact_counts(self, _options: CallbackOptions) -> Iterable[Observation]:
         exact = None if self.runtime is None else self.runtime.router.exact
         return [] if exact is None else [Observation(exact.fired)]
+
+    def _engine_counts(self, _options: CallbackOptions) -> Iterable[Observation]:
+        counter = None if self.runtime is None else self.runtime.counter
+        outcomes = {} if counter is None else dict(counter.outcomes)
+        return [Observation(v, self._outcome(k)) for k, v in outcomes.items()]
 
     def _in_flight(self, _options: CallbackOptions) -> Iterable[Observation]:
         if self.runtime is None:

@@ -53,17 +53,24 @@ SHORT_PRESSURE = PREFIX + "short_pressure"  # the pressures the decision used (1
 LONG_PRESSURE = PREFIX + "long_pressure"
 PRESSURE_SOURCE = PREFIX + "pressure_source"  # live (engines' /metrics) | local (own in-flight count)
 CONTENT_TRUNCATED = PREFIX + "content_truncated"  # captured messages were cut at capture_content_max_bytes
+# The pool cut the answer at the end of its context (vLLM 0.32 clamps instead of refusing): set when true.
+CONTEXT_TRUNCATED = PREFIX + "context_truncated"
+# The engine was asked for the prompt count (estimator.engine_counts): counted, or why not.
+ENGINE_COUNT = PREFIX + "engine_count"
 
 # -- metrics (OTel names; the Prometheus names the exporter derives are in the comments) ---------
 M_REQUESTS = "budget_router.requests"  # budget_router_requests_total{pool,reason,endpoint}
 M_SPILLOVERS = "budget_router.spillovers"  # budget_router_spillovers_total
 M_UNPARSEABLE = "budget_router.unparseable"  # budget_router_unparseable_total{detail}
+M_TOO_COMPLEX = "budget_router.too_complex"  # budget_router_too_complex_total{detail}: routed long unread
 M_NO_MAX_TOKENS = "budget_router.requests_without_max_tokens"  # ..._total{endpoint}
 M_USAGE = "budget_router.usage.observations"  # budget_router_usage_observations_total{source}
 M_REJECTED = "budget_router.usage.rejected"  # budget_router_usage_rejected_total{cause}
 # Short requests Envoy's net resent to the long pool, by the long pool's answer: served (< 400), rejected
 # (4xx: invalid for another reason, the client got the long pool's own error) or failed (5xx).
 M_RETRIES = "budget_router.overflow_retries"  # budget_router_overflow_retries_total{category,outcome}
+# Answers a pool cut at the end of its context; pool="short" is a truncation caused by routing.
+M_TRUNCATIONS = "budget_router.context_truncations"  # budget_router_context_truncations_total{pool,category}
 # OTel histograms only take non-negative values, so the signed error e = (est - actual)/actual is
 # recorded as est/actual in percent: 100 = exact, 110 = 10 % over (safe), 90 = 10 % under. e = value - 100.
 M_ESTIMATE_ERROR = "budget_router.estimate.vs_actual"  # budget_router_estimate_vs_actual_percent{category}
@@ -75,6 +82,8 @@ M_DEVIATION = "budget_router.calibration.deviation"  # budget_router_calibration
 M_SAMPLES = "budget_router.calibration.samples"  # budget_router_calibration_samples{category}
 M_IN_FLIGHT = "budget_router.in_flight"  # budget_router_in_flight{pool}
 M_EXACT_COUNTS = "budget_router.estimate.exact_counts"  # budget_router_estimate_exact_counts_total
+# Engine counts asked (estimator.engine_counts), by outcome: counted, timeout, error, busy, unavailable.
+M_ENGINE_COUNTS = "budget_router.estimate.engine_counts"  # budget_router_estimate_engine_counts_total{outcome}
 # Live pool load (only with live_load configured): what the engines said, how old it is, what failed.
 M_POOL_RUNNING = "budget_router.pool.running"  # budget_router_pool_running{pool}
 M_POOL_WAITING = "budget_router.pool.waiting"  # budget_router_pool_waiting{pool}

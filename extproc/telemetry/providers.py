@@ -107,9 +107,13 @@ def _prometheus(host: str, port: int, shutdowns: list[Shutdown], histograms: His
     try:
         server, _thread = start_http_server(port, addr=host, registry=registry)
     except OSError as exc:
-        # A metrics port clash must not take routing down: say so loudly and run without it.
-        log.error("metrics endpoint %s:%d unavailable (%s); Prometheus metrics are off", host, port, exc)
-        return None
+        # Refused up front (exit 2) rather than run blind: an operator who asked for metrics and gets
+        # none finds out only when a dashboard is empty. 0 turns them off.
+        from extproc.config import ConfigError
+
+        raise ConfigError(
+            f"telemetry.metrics_port: cannot serve metrics on {host}:{port}: {exc.strerror or exc} (0 = off)"
+        ) from None
     log.info("Prometheus metrics on http://%s:%d/metrics", host, port)
 
     def stop() -> None:

@@ -98,6 +98,8 @@ class ExchangeSpans:
             a[n.STREAM] = True
         if record.spilled:
             a[n.SPILLED] = True
+        if record.engine_count:
+            a[n.ENGINE_COUNT] = record.engine_count
         if record.pressure_source:
             a[n.SHORT_PRESSURE] = record.short_pressure
             a[n.LONG_PRESSURE] = record.long_pressure
@@ -114,6 +116,8 @@ class ExchangeSpans:
                 a[n.GEN_AI_OUTPUT_TOKENS] = record.completion_tokens
             if record.estimate_error_pct is not None:
                 a[n.ESTIMATE_ERROR_PCT] = record.estimate_error_pct
+            if record.context_truncated:
+                a[n.CONTEXT_TRUNCATED] = True
         if self.capture_content and record.request_body:
             captured = input_messages(record.request_body, self.content_max_bytes)
             if captured is not None:

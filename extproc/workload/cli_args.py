@@ -1,108 +1,59 @@
-"""The workload flags, defined once for every subcommand that drives traffic (``up --replay``,
-``plan``), so a spec written for the demo means the same thing to the planner."""
+"""The workload options, declared once for every command that drives traffic (``up --replay``, ``plan``),
+so a spec written for the demo means the same thing to the planner. Each command adds its own trace
+option (``--replay`` for ``up``, ``--trace`` for ``plan``) and nests these as a group."""
 
 from __future__ import annotations
 
-import argparse
+from dataclasses import dataclass
 
+from extproc.options import ConfigError, above, at_least, opt
 from extproc.workload.cdf import DEFAULT_INPUT_FRACTION
 from extproc.workload.mix import CATEGORIES, DEFAULT_WEIGHTS, CategoryMix
 from extproc.workload.spec import BUILTIN_TRACES, WorkloadSpec
 
-
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-    return value
+TRACE_HELP = f"{', '.join(BUILTIN_TRACES)}, or a .csv (Azure), .json (CDF) or .jsonl file"
 
 
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
-    return value
-
-
-def mix_arg(text: str) -> CategoryMix:
-    try:
-        return CategoryMix.parse(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def add_workload_arguments(
-    parser: argparse.ArgumentParser, *, trace_flag: str = "--trace", default_trace: str | None = None
-) -> None:
-    group = parser.add_argument_group("workload")
-    group.add_argument(
-        trace_flag,
-        dest="workload_trace",
-        metavar="TRACE",
-        default=default_trace,
-        help=f"{', '.join(BUILTIN_TRACES)}, or a .csv (Azure), .json (CDF) or .jsonl file",
-    )
-    group.add_argument(
-        "--rate",
-        type=_positive_float,
-        default=None,
-        help="re-time as Poisson arrivals at this many req/s (default: the trace's own clock)",
-    )
-    group.add_argument(
-        "--speedup",
-        type=_positive_float,
-        default=1.0,
-        help="without --rate: divide the trace's own arrival times by this factor",
-    )
-    group.add_argument("--count", type=positive_int, default=None, help="stop after this many requests")
-    group.add_argument(
-        "--duration",
-        type=_positive_float,
-        default=None,
-        metavar="SECONDS",
-        help="only requests arriving in the first SECONDS",
-    )
-    group.add_argument("--workload-seed", type=int, default=0, help="seed for sizes, arrivals and categories")
-    group.add_argument(
-        "--category-mix",
-        type=mix_arg,
-        default=CategoryMix(),
-        help="NAME=WEIGHT,... for requests the trace does not categorise (default: "
-        + ",".join(f"{k}={v}" for k, v in DEFAULT_WEIGHTS.items())
-        + ")",
-    )
-    group.add_argument(
-        "--code-category",
-        choices=[*CATEGORIES, "mix"],
-        default="code",
-        help="category of the Azure code trace's requests ('mix': draw from --category-mix)",
-    )
-    group.add_argument(
-        "--input-fraction",
-        type=float,
-        default=DEFAULT_INPUT_FRACTION,
-        help="CDF and synthetic traces: share of each total that is prompt",
-    )
-    group.add_argument(
-        "--max-output-tokens",
-        type=positive_int,
-        default=None,
-        help="CDF and synthetic traces: cap on output tokens (the excess goes to the prompt)",
+@dataclass(frozen=True)
+class WorkloadOptions:
+    rate: float | None = opt(
+        None, "Re-time as Poisson arrivals at this many req/s.", "REQ/S", check=above(0),
+        shown="the trace's own clock",
+    )  # fmt: skip
+    speedup: float = opt(1.0, "Without --rate: divide the trace's own arrival times by this factor.", check=above(0))
+    count: int | None = opt(None, "Stop after this many requests.", aliases=("--requests",), check=at_least(1))
+    duration: float | None = opt(None, "Only requests arriving in the first SECONDS.", "SECONDS", check=above(0))
+    workload_seed: int = opt(0, "Seed for sizes, arrivals and categories.", aliases=("--seed",))
+    category_mix: CategoryMix = opt(
+        CategoryMix(), "Category weights for requests the trace does not categorise.", "NAME=WEIGHT,...",
+        parse=CategoryMix.parse, aliases=("--mix",), shown=",".join(f"{k}={v}" for k, v in DEFAULT_WEIGHTS.items()),
+        example="cjk=1",
+    )  # fmt: skip
+    code_category: str = opt(
+        "code", "Category of the Azure code trace's requests ('mix': draw from --category-mix).",
+        choices=(*CATEGORIES, "mix"),
+    )  # fmt: skip
+    input_fraction: float = opt(
+        DEFAULT_INPUT_FRACTION, "CDF and synthetic traces: share of each total that is prompt.",
+        check=(lambda v: 0.0 < v < 1.0, "must be in (0, 1)"),
+    )  # fmt: skip
+    max_output_tokens: int | None = opt(
+        None, "CDF and synthetic traces: cap on output tokens (the excess goes to the prompt).", check=at_least(1)
     )
 
-
-def workload_spec_from_args(args: argparse.Namespace) -> WorkloadSpec:
-    if not args.workload_trace:
-        raise ValueError("no trace given")
-    return WorkloadSpec(
-        trace=args.workload_trace,
-        rate=args.rate,
-        speedup=args.speedup,
-        count=args.count,
-        duration_s=args.duration,
-        seed=args.workload_seed,
-        mix=args.category_mix,
-        code_category=None if args.code_category == "mix" else args.code_category,
-        input_fraction=args.input_fraction,
-        max_output_tokens=args.max_output_tokens,
-    )
+    def spec(self, trace: str) -> WorkloadSpec:
+        """The workload these options describe for ``trace``."""
+        if self.rate is not None and self.speedup != 1.0:
+            raise ConfigError("--speedup re-times the trace's own clock; with --rate it would do nothing")
+        return WorkloadSpec(
+            trace=trace,
+            rate=self.rate,
+            speedup=self.speedup,
+            count=self.count,
+            duration_s=self.duration,
+            seed=self.workload_seed,
+            mix=self.category_mix,
+            code_category=None if self.code_category == "mix" else self.code_category,
+            input_fraction=self.input_fraction,
+            max_output_tokens=self.max_output_tokens,
+        )

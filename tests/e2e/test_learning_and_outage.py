@@ -105,19 +105,19 @@ async def test_restarted_router_resumes_from_saved_calibration(taught: Taught) -
     stack = taught.stack
     if stack.routers[0].alive:  # run alone (or after a failed outage test): end the router here
         stack.kill_router()
-    old_id = f"{socket.gethostname()}-{stack.routers[0].pid}"
-    saved = orjson.loads(stack.state_file.read_bytes())["replicas"][old_id]["categories"]
+    rid = f"{socket.gethostname()}:{stack.router_ports[0]}"  # the same instance id after the restart
+    before = orjson.loads(stack.state_file.read_bytes())["replicas"][rid]
+    saved = before["categories"]
     assert all(saved[c]["samples"] >= PER_CATEGORY - 5 for c in CATEGORIES)
 
     stack.restart_router()
     assert "state peers loaded: 1" in stack.routers[0].log_tail(3)
-    new_id = f"{socket.gethostname()}-{stack.routers[0].pid}"
     replicas = await until_async(
         lambda: orjson.loads(stack.state_file.read_bytes())["replicas"],
         "the restarted router's first save",
-        ok=lambda seen: new_id in seen,
+        ok=lambda seen: seen[rid]["updated"] > before["updated"],
     )
-    resumed = replicas[new_id]["categories"]
+    resumed = replicas[rid]["categories"]
     for category in CATEGORIES:
         assert resumed[category]["samples"] == saved[category]["samples"]
         assert resumed[category]["mean"] == pytest.approx(saved[category]["mean"], rel=1e-9)

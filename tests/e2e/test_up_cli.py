@@ -18,7 +18,7 @@ import yaml
 
 from extproc.stack.probes import http_get, port_open
 from extproc.stack.stack import child_env
-from tests.e2e.console import running_up
+from tests.e2e.console import BANNER, Console, running_up
 from tests.waiting import until
 
 pytestmark = pytest.mark.e2e
@@ -140,4 +140,30 @@ def test_ctrl_c_mid_replay_reports_what_finished_and_cleans_up(tmp_path: Path) -
     assert proc.returncode == 130
     match = re.search(r"Replay azure-conv: (\d+) requests", out)
     assert match and 0 < int(match.group(1)) < 1_000, out
+    # offered over the seconds it ran, not the 60 s it was planned for (a Poisson 20 req/s)
+    offered = re.search(r"\(([\d.]+) req/s offered", out)
+    assert offered and 8 < float(offered.group(1)) < 40, out
+    _assert_clean(run_dir)
+
+
+def test_a_second_sigterm_while_stopping_still_stops_everything(tmp_path: Path) -> None:
+    """The impatient operator: SIGTERM, and SIGTERM again while the stack drains. Every child must be
+    gone and every port free (before, pools and sometimes the router kept running)."""
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen(
+        _up("--latency-scale", "0", "--run-dir", str(run_dir)), env=child_env(),
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        console = Console(proc.stdout)
+        console.wait_for(BANNER, 90)
+        proc.send_signal(signal.SIGTERM)
+        console.wait_for(r"^stopping", 30)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) in (0, 130)  # 130 when the second signal cut the drain short, 0 if it came late
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
     _assert_clean(run_dir)

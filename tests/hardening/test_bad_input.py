@@ -33,6 +33,7 @@ import orjson
 import pytest
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as epg
 
+from extproc.algorithm.request_shape import MAX_PIECES
 from extproc.config import load_config
 from extproc.gateway.envoy_config import MIB
 from extproc.server.exchange import RouterRuntime
@@ -163,6 +164,10 @@ IMAGE_PARTS = [
     {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}},
 ]
 UNPARSEABLE = "unparseable"
+TOO_COMPLEX = "too_complex"
+# A content part nesting 1,000 objects deep (orjson's limit is 1,024): sized iteratively, once a
+# RecursionError that ended the ext_proc stream (fail-open: long, unrouted, and a 240 KB traceback).
+DEEP_PART = b'{"type":"x","v":' + b'{"n":' * 1000 + b"{}" + b"}" * 1000 + b"}"
 
 ROWS = [
     Row("empty_body", b"", 400, "error", "long", "no_body", "request has no body"),
@@ -172,7 +177,7 @@ ROWS = [
     Row("json_null", b"null", 400, "error", "long", UNPARSEABLE, "not_object"),
     Row("truncated_json", VALID[: len(VALID) // 2], 400, "error", "long", UNPARSEABLE, "invalid_json"),
     Row("nesting_100k", b'{"messages":' + b"[" * 100_000 + b"]" * 100_000 + b"}", 400, "error", "long",
-        UNPARSEABLE, "invalid_json"),
+        TOO_COMPLEX, "too_many_containers"),
     Row("messages_missing", dumps({"model": MODEL, "max_tokens": 8}), 400, "error", "long", UNPARSEABLE,
         "bad_messages"),
     Row("messages_not_list", dumps(chat() | {"messages": "hello"}), 400, "error", "long", UNPARSEABLE,
@@ -208,9 +213,14 @@ ROWS = [
     Row("utf8_bom", b"\xef\xbb\xbf" + VALID, 400, "error", "long", UNPARSEABLE, "invalid_json"),
     Row("nan_literal", VALID.replace(b'"max_tokens":8', b'"max_tokens":NaN'), 400, "error", "long", UNPARSEABLE,
         "invalid_json"),
+    Row("nesting_part_1000", dumps(chat(["@@"], max_tokens=9_000)).replace(b'"@@"', DEEP_PART), 400, "error",
+        "long", "capacity"),
+    Row("text_parts_over_max_pieces", dumps(chat([{"type": "text", "text": "a"}] * (MAX_PIECES + 1))), 200,
+        "completion", "long", TOO_COMPLEX, "too_many_pieces"),
     Row("over_router_limit", VALID[:-1] + b" " * (ROUTER_LIMIT + 1) + b"}", 200, "completion", "long",
         UNPARSEABLE, "body_too_large"),
-    Row("over_envoy_limit", VALID[:-1] + b" " * ENVOY_LIMIT + b"}", 413, "envoy_local", None, ""),
+    Row("over_envoy_limit", VALID[:-1] + b" " * ENVOY_LIMIT + b"}", 413, "envoy_local", None, UNPARSEABLE,
+        "body_too_large"),
     Row("gzip_body", gzip.compress(VALID), 400, "error", "long", UNPARSEABLE, "encoded_body",
         headers={"content-encoding": "gzip"}),
     Row("unknown_path", VALID, 404, "detail", "long", UNPARSEABLE, "unknown_endpoint", path="/v1/embeddings",
@@ -277,15 +287,18 @@ async def check_row(obs: ObservedStack, session: aiohttp.ClientSession, row: Row
             assert (entry["body_bytes"], entry["body_sha256"]) == (len(row.body), hashlib.sha256(row.body).hexdigest())
 
     decision = obs.decision(reply.request_id)
-    assert (decision["pool"], decision["reason"], decision["detail"]) == (row.pool or "", row.reason, row.detail)
+    decided = row.pool or ("long" if row.reason else "")  # Envoy may answer a request the router routed long
+    assert (decision["pool"], decision["reason"], decision["detail"]) == (decided, row.reason, row.detail)
 
     after = await obs.metrics(session)
     if row.reason:
         endpoint = decision.get("endpoint") or "other"
-        labels = {"pool": row.pool or "", "reason": row.reason, "endpoint": endpoint}
+        labels = {"pool": decided, "reason": row.reason, "endpoint": endpoint}
         assert increase(before, after, "budget_router_requests_total", **labels) == 1
     if row.reason == UNPARSEABLE:
         assert increase(before, after, "budget_router_unparseable_total", detail=row.detail) == 1
+    if row.reason == TOO_COMPLEX:
+        assert increase(before, after, "budget_router_too_complex_total", detail=row.detail) == 1
     await obs.wait_idle(session)
     return reply, entry
 
@@ -299,6 +312,9 @@ async def test_row(observed: ObservedStack, session: aiohttp.ClientSession, row:
     if row.id == "stream_include_usage_false":
         assert usage_chunks(reply) == 0  # the injected usage chunk was removed again
         assert entry["stream_options"] == {"include_usage": True}
+    if row.id == "over_router_limit":
+        # Its content-length said it all: decided at the headers, the body never went to the router.
+        assert int(observed.stack.access_log.entry(reply.request_id)["extproc_bytes_sent"]) < 4096
 
 
 @pytest.mark.parametrize("case", sorted(VLLM_PARITY))

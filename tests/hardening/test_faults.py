@@ -58,13 +58,15 @@ def saved_at(stack: Stack) -> float:
     return max((float(e.get("updated", 0.0)) for e in replicas.values()), default=0.0)
 
 
-def replica_entry(stack: Stack, pid: int) -> dict:
-    """The state-file snapshot the router process ``pid`` wrote ({} until its first save)."""
+def replica_entry(stack: Stack, saved_after: float = 0.0) -> dict:
+    """The state-file snapshot the router wrote under its instance id (``<hostname>:<port>``, the same
+    across restarts) at or after ``saved_after`` (unix time); {} until then."""
     try:
         replicas = orjson.loads(stack.state_file.read_bytes()).get("replicas", {})
     except (FileNotFoundError, orjson.JSONDecodeError):
         return {}
-    return replicas.get(f"{socket.gethostname()}-{pid}", {}).get("categories", {})
+    entry = replicas.get(f"{socket.gethostname()}:{stack.router_ports[0]}", {})
+    return entry.get("categories", {}) if entry.get("updated", 0.0) >= saved_after else {}
 
 
 def health_status(address: str) -> int | None:
@@ -135,13 +137,14 @@ async def test_router_sigkill_under_load_fails_open_then_restarts_warm(
             if expected == "long":
                 assert stack.access_log.pool(reply.request_id) == "long"
 
+        restarted_at = time.time()
         await asyncio.to_thread(stack.restart_router)
         new_pid = stack.routers[0].pid
         assert new_pid != old_pid
-        # Warm start: the new process's first save already holds what the killed one had saved,
-        # before it has seen a single response.
+        # Warm start: the new process's first save (same instance id, its own entry) already holds
+        # what the killed one had saved, before it has seen a single response.
         await asyncio.to_thread(
-            wait_for, lambda: replica_entry(stack, new_pid).get("code", {}).get("samples", 0) >= learned, 10.0,
+            wait_for, lambda: replica_entry(stack, restarted_at).get("code", {}).get("samples", 0) >= learned, 10.0,
             "the restarted router to save the calibration it loaded",
         )  # fmt: skip
         assert "state peers loaded: 1" in stack.routers[0].log_tail(200)

@@ -38,6 +38,8 @@ MIB = 1024 * 1024
 # room for allocator slack but would catch a per-request leak of bodies (4 KiB x 1,000 = 4 MiB per round).
 RSS_GROWTH_BOUND = 64 * MIB  # measured: ~28 MiB for 1,000 open streams
 RSS_BOUND = 160 * MIB  # measured: ~80 MiB peak
+# Envoy's count of exchanges it let through without the router's answer (a timeout or a broken stream).
+FAILED_OPEN_STAT = r"http\..*\.ext_proc\.failure_mode_allowed"
 FD_SLACK = 2  # e.g. a metrics scrape connection still closing
 
 
@@ -155,6 +157,7 @@ async def test_thousand_concurrent_streams_complete_with_bounded_router(load_sta
         for s in ("upstream_rq_pending_overflow", "upstream_cx_overflow", "upstream_rq_retry_overflow")
     ]
     overflow_before = {s: envoy_counter(stack, s) for s in overflow_stats}
+    failed_open_before = envoy_counter(stack, FAILED_OPEN_STAT)
 
     async with aiohttp.ClientSession() as admin:
         await set_faults(admin, stack, extra_latency_ms=HOLD_MS)
@@ -173,8 +176,13 @@ async def test_thousand_concurrent_streams_complete_with_bounded_router(load_sta
         assert sse_payloads(reply.body)[-1] == b"[DONE]", reply.body[-200:]
     # Every stream was held HOLD_MS upstream, so they overlapped: the whole batch took about one hold.
     assert elapsed < 4 * HOLD_MS / 1000, f"1,000 held streams took {elapsed:.1f}s: they did not run concurrently"
-    pools = {stack.access_log.pool(r.request_id) for r in replies if isinstance(r, Reply)}
-    assert pools == {"short"}
+    # Every request fits the short pool and spillover is off: one routed long can only be a fail-open (the
+    # router did not answer within Envoy's message_timeout while 1,000 exchanges queued on a loaded machine),
+    # which costs capacity, not the request. Anything routed long beyond those is a routing bug.
+    routed = [stack.access_log.pool(r.request_id) for r in replies if isinstance(r, Reply)]
+    failed_open = envoy_counter(stack, FAILED_OPEN_STAT) - failed_open_before
+    print(f"routed long by fail-open: {routed.count('long')} ({failed_open} ext_proc failure_mode_allowed)")
+    assert routed.count("long") <= failed_open, (routed.count("long"), failed_open)
 
     # Envoy's circuit breakers (max_concurrent_requests) never tripped on the router or the pools.
     assert {s: envoy_counter(stack, s) for s in overflow_stats} == overflow_before

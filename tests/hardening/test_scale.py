@@ -78,13 +78,14 @@ def router_workers(pid: int) -> list[int]:
     return out
 
 
-def worker_entries(state_file: Path, pids: list[int]) -> dict[int, dict]:
+def worker_entries(state_file: Path, port: int) -> dict[int, dict]:
+    """Each worker's saved categories, by worker index (instance ids ``<hostname>:<port>/w<N>``)."""
     try:
         replicas = orjson.loads(state_file.read_bytes()).get("replicas", {})
     except (FileNotFoundError, orjson.JSONDecodeError):
         return {}
-    host = socket.gethostname()
-    return {pid: replicas[f"{host}-{pid}"]["categories"] for pid in pids if f"{host}-{pid}" in replicas}
+    ids = {i: f"{socket.gethostname()}:{port}/w{i}" for i in range(WORKERS)}
+    return {i: replicas[rid]["categories"] for i, rid in ids.items() if rid in replicas}
 
 
 @pytest.fixture
@@ -146,7 +147,7 @@ async def test_workers_share_the_port_and_converge_on_one_calibration(
     learned_at = time.monotonic()
 
     def converged() -> bool:
-        entries = worker_entries(state, pids)
+        entries = worker_entries(state, port)
         if len(entries) < WORKERS:
             return False
         code = [e.get("code", {}) for e in entries.values()]
@@ -155,7 +156,7 @@ async def test_workers_share_the_port_and_converge_on_one_calibration(
 
     await asyncio.to_thread(wait_for, converged, 6 * SAVE_INTERVAL_S + 2, "all workers to share the learned ratio")
     took = time.monotonic() - learned_at
-    entries = worker_entries(state, pids)
+    entries = worker_entries(state, port)
     print(f"workers converged {took:.2f}s after learning: {[e['code'] for e in entries.values()]}")
     for categories in entries.values():
         assert abs(categories["code"]["mean"] - LEARNED_RATIO) < 0.1  # the learned value, not a blend with 4.0

@@ -111,6 +111,40 @@ async def test_client_reason_header_is_stripped_while_the_router_is_down(
     assert REASON_HEADER not in headers
 
 
+@pytest.mark.e2e
+async def test_client_envoy_headers_neither_reach_the_log_nor_steer_envoy(
+    observed: ObservedStack, session: aiohttp.ClientSession
+) -> None:
+    """Before: a client's x-envoy-original-path replaced the path in Envoy's access log, and Envoy
+    obeys x-envoy-upstream-rq-timeout-ms from any private address. Envoy now removes every client
+    x-envoy-* header before routing."""
+    forged = [("x-envoy-original-path", "/admin/forged"), ("x-envoy-upstream-rq-timeout-ms", "1"),
+              ("X-Envoy-Max-Retries", "9")]  # fmt: skip
+    reply = await send(session, observed.url, "POST", CHAT_PATH, SHORT_BODY, forged)
+    assert reply.status == 200
+    assert observed.stack.access_log.entry(reply.request_id)["path"] == CHAT_PATH
+    headers = await upstream_headers(observed, session, reply)
+    assert not any(name in headers for name, _ in forged)
+
+
+@pytest.mark.e2e
+async def test_idle_pool_connections_are_closed(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Before: pool clusters had no upstream idle timeout (1,663 idle connections kept after 2,000
+    clients). Shipped: 60 s (``POOL_IDLE_TIMEOUT_S``); here 1 s, to see Envoy close them."""
+    from extproc.envoy_names import SHORT_CLUSTER
+    from tests.conftest import start_stack
+    from tests.hardening.test_load import envoy_counter
+    from tests.waiting import until
+
+    with start_stack(tmp_path_factory, "idle", layout_overrides={"pool_idle_timeout_s": 1.0}) as stack:
+        async with aiohttp.ClientSession() as client:
+            for _ in range(3):
+                assert (await send(client, stack.url, "POST", CHAT_PATH, SHORT_BODY)).status == 200
+        stat = f"cluster.{SHORT_CLUSTER}.upstream_cx_idle_timeout"
+        until(lambda: envoy_counter(stack, stat) >= 1, "Envoy closing an idle pool connection", timeout_s=15)
+        until(lambda: envoy_counter(stack, f"cluster.{SHORT_CLUSTER}.upstream_cx_active") == 0, "none left open")
+
+
 # -- listening sockets ---------------------------------------------------------------------------------
 def listening_addresses(port: int) -> set[str]:
     """Local addresses (hex, as the kernel writes them) of TCP sockets listening on ``port``."""

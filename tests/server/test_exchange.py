@@ -239,22 +239,33 @@ def test_a_streamed_retry_is_read_only_with_its_usage_chunk():
     assert ex.record.prompt_tokens == 1071
 
 
-def test_a_lower_bound_widens_the_margin_and_never_narrows_it():
+def test_a_lower_bound_is_a_floor_for_that_prompt_and_leaves_the_category_alone():
     rt = runtime_sampling(0.0)
     before = rt.router.calibrator.ratio("prose")
     ex, _, _ = route(rt, chat(MIGHT_OVERFLOW, max_tokens=10))  # 4.5 KB of prose
     ex.handle(response_headers(status=400))
     bound = overflow_body(0).replace(b"has 0 input", b"has at least 1150 input")
     ex.handle(response_body(bound))
-    assert ex.record.usage_source == "overflow_400_bound"
-    after = rt.router.calibrator.ratio("prose")
-    assert after < before
-    assert rt.router.estimate(ex.ticket.shape).prompt_tokens >= 1150  # routing now counts at least the bound
-    assert rt.router.calibrator.state("prose").samples == 500  # a bound is not a sample
+    assert ex.record.usage_source == "overflow_400_bound" and ex.record.observation == "accepted"
+    assert rt.router.calibrator.ratio("prose") == before  # not a category-wide sample
+    assert rt.router.calibrator.state("prose").samples == 500
+    assert rt.router.decide(ex.ticket.shape)[0].prompt_tokens >= 1150  # this prompt now counts at least the bound
     ex, _, _ = route(rt, chat(MIGHT_OVERFLOW, max_tokens=10))
     ex.handle(response_headers(status=400))
-    ex.handle(response_body(bound.replace(b"least 1150", b"least 2")))  # a loose bound changes nothing
-    assert rt.router.calibrator.ratio("prose") == after
+    ex.handle(response_body(bound.replace(b"least 1150", b"least 2")))  # a looser floor lowers nothing
+    assert rt.router.decide(ex.ticket.shape)[0].prompt_tokens >= 1150
+
+
+def test_the_long_pools_count_after_a_net_retry_is_trusted():
+    rt = runtime_sampling(0.0)
+    ex, _, _ = route(rt, chat(MIGHT_OVERFLOW, max_tokens=10))  # might fail for its size: its status is read
+    assert not ex.done
+    ex.handle(response_headers(status=200, extra={"x-budget-attempts": "2"}))
+    ex.handle(response_body(b'{"usage":{"prompt_tokens":6000,"completion_tokens":3}}'))  # 6x the estimate
+    assert ex.record.observation == "accepted"
+    assert rt.router.decide(ex.ticket.shape)[0].prompt_tokens >= 6000  # remembered for this prompt
+    other = rt.router.shape("chat", {"model": "m", "messages": [{"role": "user", "content": "hullo " * 750}]})
+    assert rt.router.decide(other)[0].prompt_tokens < 6000  # and for no other
 
 
 def test_converged_categories_are_sampled_and_unsampled_ones_leased():
@@ -390,3 +401,53 @@ def test_a_per_request_header_is_never_shared():
     _, h2, _ = route(rt, chat(max_tokens=10))
     first, second = (set_headers(h.request_headers.response.header_mutation)["traceparent"] for h in (h1, h2))
     assert first != second
+
+
+# ---- truncation by the short context (vLLM 0.32 clamps instead of refusing) --------------------------
+def clamped_runtime() -> RouterRuntime:
+    """A converged router that reads no sampled answer (rate 0) and a 2048-token short pool."""
+    overrides = {
+        "calibration": {"state_file": "", "converged_sample_rate": 0.0},
+        "routing": {"b_short": 2048, "short_context": 2048},
+        "estimator": {"kind": "ratio"},
+    }
+    rt = RouterRuntime.from_config(load_config(env={}, overrides=overrides))
+    rt.router.calibrator.load({"prose": {"mean": 4.0, "dev": 0.05, "samples": 500}})
+    return rt
+
+
+CLAMPED_CHOICE = {"index": 0, "message": {"role": "assistant", "content": "x"}, "finish_reason": "length"}
+
+
+def test_a_near_boundary_short_answer_is_read_although_unsampled_and_its_cut_counted():
+    rt = clamped_runtime()
+    ex, _, _ = route(rt, chat("word " * 1200, max_tokens=400))  # ~1500 estimated: short, near the context
+    assert ex.record.pool == "short" and ex.record.must_read and ex.record.observed
+    r = ex.handle(response_headers(status=200))
+    assert not r.HasField("mode_override") and not ex.done  # BUFFERED: its usage is wanted
+    answer = {"choices": [CLAMPED_CHOICE], "usage": {"prompt_tokens": 1900, "completion_tokens": 148}}
+    ex.handle(response_body(orjson.dumps(answer)))
+    assert ex.record.context_truncated and ex.record.prompt_tokens == 1900  # the exact size, learned
+    assert ex.record.observation == "accepted" and rt.router.calibrator.state("prose").samples == 501
+
+
+def test_a_streamed_cut_is_seen_in_the_finish_chunk_with_the_injected_usage():
+    rt = clamped_runtime()
+    ex, _, b = route(rt, chat("word " * 1200, max_tokens=400, stream=True))
+    assert b.request_body.response.HasField("body_mutation")  # include_usage injected: it must be read
+    ex.handle(response_headers(content_type="text/event-stream"))
+    finish = {"choices": [{"index": 0, "delta": {}, "finish_reason": "length"}]}
+    usage = {"choices": [], "usage": {"prompt_tokens": 1700, "completion_tokens": 60}}  # short of 2048
+    stream = b"data: " + orjson.dumps(finish) + b"\n\ndata: " + orjson.dumps(usage) + b"\n\ndata: [DONE]\n\n"
+    ex.handle(response_body(stream))
+    # 1700 + 60 is below the 2048 the router believes, but "length" before max_tokens is the context's.
+    assert ex.record.context_truncated and ex.record.usage_source == "sse"
+
+
+def test_an_answer_that_got_all_it_asked_for_is_not_a_truncation():
+    rt = clamped_runtime()
+    ex, _, _ = route(rt, chat("word " * 1200, max_tokens=400))
+    ex.handle(response_headers(status=200))
+    answer = {"choices": [CLAMPED_CHOICE], "usage": {"prompt_tokens": 1500, "completion_tokens": 400}}
+    ex.handle(response_body(orjson.dumps(answer)))
+    assert not ex.record.context_truncated and ex.record.usage_source == "json"

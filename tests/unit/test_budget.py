@@ -27,6 +27,22 @@ def test_missing_max_tokens_uses_default_reserve():
     assert e.output_tokens == 1024 and e.output_defaulted
 
 
+def test_completions_without_max_tokens_reserve_vllms_default_of_16():
+    s = RequestShape(endpoint="completions", category="prose", text_bytes=400)
+    e = estimate(s, const(4.0), P)
+    assert (e.output_tokens, e.output_defaulted) == (16, False)  # a real limit: not "no output limit"
+    limited = estimate(RequestShape(endpoint="completions", category="prose", text_bytes=400, output_tokens=99),
+                       const(4.0), P)  # fmt: skip
+    assert limited.output_tokens == 99
+
+
+def test_the_image_cost_is_one_setting_shared_with_the_emulator():
+    from extproc.algorithm.budget import IMAGE_TOKENS
+    from extproc.emulator.engine_args import EmulatorConfig
+
+    assert BudgetParams().image_tokens == EmulatorConfig().image_tokens == IMAGE_TOKENS == 2467
+
+
 def test_images_and_structured_are_added():
     s = RequestShape(
         endpoint="chat",

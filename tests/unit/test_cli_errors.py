@@ -31,17 +31,15 @@ def test_an_unknown_flag_without_a_near_match_still_names_it(capsys: pytest.Capt
 
 
 def test_envoy_config_refuses_a_sampling_envoy_would_reject(capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(SystemExit) as exit_:
-        cli.main(["envoy-config", "--trace-sampling", "200"])
-    assert exit_.value.code == 2
-    assert "argument --trace-sampling: must be within 0..100, got 200" in capsys.readouterr().err
+    assert cli.main(["envoy-config", "--trace-sampling", "200"]) == 2
+    assert "error: --trace-sampling: must be within [0, 100], got '200'" in capsys.readouterr().err
 
 
 def test_a_command_argument_error_is_a_message(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert cli.main(["envoy-config", "--listen", "nowhere"]) == 2
-    assert "budget-router envoy-config: error: expected HOST:PORT, got 'nowhere'" in capsys.readouterr().err
+    assert "budget-router envoy-config: error: --listen: expected HOST:PORT, got 'nowhere'" in capsys.readouterr().err
 
 
 def test_a_bug_keeps_its_traceback(monkeypatch: pytest.MonkeyPatch) -> None:

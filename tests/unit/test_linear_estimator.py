@@ -104,13 +104,54 @@ def test_cold_bucket_is_never_less_conservative_than_its_prior():
     assert est.estimate("m", "prose", x).routed >= prior_tokens
 
 
-def test_models_are_bounded_and_extra_ones_share_the_default_bucket():
+def _learn(est: LinearEstimator, model: str | None, n: int = 1) -> None:
+    """``n`` pool answers (usage) for ``model``: what gives a model its own slot."""
+    x = LinearEstimator.vector([4000.0] + [0.0] * (N_TEXT - 1), 0.0, 1, 0)
+    for _ in range(n):
+        assert est.observe(model, "prose", x, 1000.0) is Observation.ACCEPTED
+
+
+def test_a_model_gets_a_slot_only_from_a_pools_usage() -> None:
     est = LinearEstimator(EstimatorParams(kind="linear", max_models=2))
-    keys = {est.model_key(f"model-{i}") for i in range(50)} | {est.model_key(None), est.model_key("")}
-    assert keys == {"model-0", "model-1", DEFAULT_MODEL}
+    x = LinearEstimator.vector([4000.0] + [0.0] * (N_TEXT - 1), 0.0, 1, 0)
+    for i in range(50):  # estimated only (every pool answered 404): no slot, no bucket, nothing saved
+        est.estimate(f"bogus-{i}", "prose", x)
+    assert est.models() == [] and {m for m, _ in est.buckets()} == {DEFAULT_MODEL}
+    assert est.snapshot() == {}
+    _learn(est, "real")
+    assert est.model_key("real") == "real" and est.models() == ["real"]
+    assert set(est.snapshot()) == {"real\tprose"}
+
+
+def test_slots_are_bounded_and_the_least_recently_used_is_reclaimed() -> None:
+    est = LinearEstimator(EstimatorParams(kind="linear", max_models=2))
+    _learn(est, "a")
+    _learn(est, "b")
+    est.model_key("a")  # routing "a" counts as use: "b" is now the least recent
+    _learn(est, "c")
+    assert est.models() == ["a", "c"] and est.reclaimed == 1
+    assert {m for m, _ in est.buckets()} == {"a", "c"}  # b's buckets went with its slot
     for i in range(50):
-        est.bucket(f"model-{i}", "prose")
-    assert len(est.buckets()) == 3
+        _learn(est, f"m{i}")
+    assert len(est.models()) == 2 and len(est.buckets()) == 2
+
+
+@pytest.mark.parametrize("name", ["x" * 129, "bad\r\nname", "nul\x00", "with space", "", "-leading", "é"])
+def test_names_that_are_no_model_name_learn_in_the_shared_bucket(name: str) -> None:
+    est = LinearEstimator(EstimatorParams(kind="linear"))
+    _learn(est, name)
+    assert est.models() == [] and set(est.snapshot()) == {f"{DEFAULT_MODEL}\tprose"}
+
+
+def test_a_state_file_cannot_restore_junk() -> None:
+    """An older release persisted a bucket per estimated name (samples 0) and any name at all."""
+    est = LinearEstimator(EstimatorParams(kind="linear"))
+    _learn(est, "real", 3)
+    saved = est.snapshot()
+    good = saved["real\tprose"]
+    junk = {**saved, "never\tprose": {**good, "samples": 0}, "bad\r\n\tprose": good, "x" * 500 + "\tprose": good}
+    fresh = LinearEstimator(EstimatorParams(kind="linear"))
+    assert fresh.load(junk) == 1 and fresh.models() == ["real"]
 
 
 def test_a_lying_backend_cannot_move_routing_out_of_bounds():

@@ -3,7 +3,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from extproc.algorithm import Categorizer, ShapeError, shape_from_body
-from extproc.algorithm.request_shape import output_tokens
+from extproc.algorithm.request_shape import completion_prompts, output_tokens
 
 C = Categorizer()
 
@@ -81,11 +81,52 @@ def test_bad_chat_bodies(body, reason):
 
 def test_completions_prompt_forms():
     assert shape_from_body("completions", {"prompt": "abc"}, C).text_bytes == 3
-    assert shape_from_body("completions", {"prompt": ["a", "abcd"]}, C).text_bytes == 4
+    batch = shape_from_body("completions", {"prompt": ["a", "abcd"]}, C)
+    assert (batch.text_bytes, batch.prompts, batch.learn_text_bytes) == (4, 2, 5)
     s = shape_from_body("completions", {"prompt": [1, 2, 3]}, C)
-    assert s.known_prompt_tokens == 3
+    assert (s.known_prompt_tokens, s.prompts) == (3, 1)
     with pytest.raises(ShapeError):
         shape_from_body("completions", {"prompt": 3}, C)
+
+
+def test_batched_token_id_prompts_are_counted_exactly_by_the_longest():
+    s = shape_from_body("completions", {"prompt": [[1, 2, 3], [4] * 9, [5]]}, C)
+    assert (s.known_prompt_tokens, s.prompts, s.text_bytes, s.texts) == (9, 3, 0, ())
+
+
+@pytest.mark.parametrize(
+    "prompt", [[], [[]], [[1], []], [[1], "a"], [1, [2]], [True, 1], [[1.5]], ["a", 1], None, {"a": 1}]
+)
+def test_prompts_vllm_would_refuse_are_bad_prompts(prompt):
+    with pytest.raises(ShapeError) as exc:
+        shape_from_body("completions", {"prompt": prompt}, C)
+    assert exc.value.reason == "bad_prompt"
+
+
+_IDS = st.lists(st.integers(0, 200_000), min_size=1, max_size=20)
+
+
+@given(st.one_of(st.text(max_size=50), st.lists(st.text(max_size=20), min_size=1, max_size=5), _IDS,
+                 st.lists(_IDS, min_size=1, max_size=5)))  # fmt: skip
+def test_every_prompt_form_vllm_takes_is_read(prompt):
+    texts, ids = completion_prompts(prompt)
+    assert bool(texts) != bool(ids)
+    s = shape_from_body("completions", {"prompt": prompt}, C)
+    assert s.prompts == len(texts) + len(ids)
+    if ids:
+        assert s.known_prompt_tokens == max(ids) and s.texts == ()
+    else:
+        assert s.known_prompt_tokens is None and s.text_bytes == max(len(t.encode()) for t in texts)
+
+
+@pytest.mark.parametrize(
+    ("n", "expected"), [(None, 1), (1, 1), (4, 4), (3.0, 3), (0, 1), (-2, 1), (True, 1), ("2", 1), (2.5, 1)]
+)
+def test_n_completions_are_sequences_and_odd_values_count_one(n, expected):
+    body = {"n": n} if n is not None else {}
+    assert shape_from_body("chat", chat("x", **body), C).choices == expected
+    assert shape_from_body("completions", {"prompt": "x", **body}, C).choices == expected
+    assert shape_from_body("responses", {"input": "x", **body}, C).choices == 1  # the Responses API has no n
 
 
 def test_stream_and_include_usage_flags():

@@ -79,11 +79,16 @@ def test_an_unsampled_answer_the_net_moved_is_learned_without_touching_the_lease
     assert router.calibrator.state("prose").samples == 501
 
 
-def test_a_lower_bound_outcome_only_widens_the_margin():
+def test_a_lower_bound_outcome_is_a_floor_for_that_prompt_only():
     router = converged()
     before = router.calibrator.ratio("prose")
     ticket = short_ticket(router)
     learned = router.finish(ticket, Outcome(150, status=400, lower_bound=True))
     assert learned is not None and learned.observation.value == "accepted"
-    assert router.calibrator.ratio("prose") < before  # safer: fewer bytes per token assumed
+    assert router.calibrator.ratio("prose") == before  # the category is left alone
     assert router.calibrator.state("prose").samples == 500  # a bound is not a sample
+    assert ticket.shape is not None
+    est, _ = router.decide(ticket.shape)
+    assert est.prompt_tokens >= 150  # the same prompt is now routed by at least the floor
+    other = router.shape("chat", {"messages": [{"role": "user", "content": "A lazy dog sleeps. " * 18}]})
+    assert router.decide(other)[0].prompt_tokens < 150  # another prompt of the same size is not

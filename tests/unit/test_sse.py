@@ -117,3 +117,29 @@ def test_responses_events_before_completion_carry_no_usage():
     s = SseUsageScanner()
     s.feed(body[: body.index(b"event: response.completed")])
     assert s.usage is None  # response.created/in_progress have "usage": null
+
+
+@given(st.lists(st.integers(0, 2000)), st.booleans())
+def test_a_length_finish_is_seen_however_the_stream_is_cut(cuts, cut_at_length):
+    reason = "length" if cut_at_length else "stop"
+    body = stream(extras=event({"choices": [{"index": 0, "delta": {}, "finish_reason": reason}]}))
+    scanner = SseUsageScanner()
+    run(scanner, body, [c % len(body) for c in cuts])
+    assert scanner.length_stop is cut_at_length and scanner.usage is not None
+
+
+def test_a_word_length_in_the_content_is_not_a_length_finish():
+    scanner = SseUsageScanner()
+    scanner.feed(stream(extras=event({"choices": [{"delta": {"content": '"length"'}}]})))
+    scanner.finish()
+    assert not scanner.length_stop
+
+
+def test_a_responses_stream_completed_as_incomplete_is_a_length_stop():
+    response = {"status": "incomplete", "model": "m", "incomplete_details": {"reason": "max_output_tokens"},
+                "usage": {"input_tokens": 9, "output_tokens": 3}}  # fmt: skip
+    done = {"type": "response.completed", "response": response}
+    scanner = SseUsageScanner()
+    scanner.feed(b"event: response.completed\n" + event(done))
+    scanner.finish()
+    assert scanner.length_stop and scanner.usage == {"input_tokens": 9, "output_tokens": 3}

@@ -251,3 +251,105 @@ def test_periodic_sync_touches_the_calibrator_only_on_the_event_loop_and_survive
     assert store.sync_failures > 0 and store.skipped_entries > 0
     assert c.state("prose").samples == 120  # still syncing after the failures and the malformed file
     assert orjson.loads(path.read_bytes())["replicas"]["me"]
+
+
+# -- containers, restarts, read-only mounts (issue 25) --------------------------------------------------
+def entries(path):
+    return orjson.loads(path.read_bytes())["replicas"]
+
+
+def test_the_default_identity_is_stable_per_host_and_port_and_distinct_per_worker():
+    from extproc.server.state_store import instance_id
+
+    assert instance_id("", "0.0.0.0:9002", 9002) == instance_id("", "0.0.0.0:9002", 9002)
+    assert instance_id("", "0.0.0.0:9002", 9002).endswith(":9002")
+    assert instance_id("pod-a", "0.0.0.0:9002", 9002) == "pod-a"
+    assert instance_id("pod-a", "x", 9002, worker=1, workers=3) == "pod-a/w1"
+    assert instance_id("", "unix:/run/r.sock", 0).endswith(":unix:/run/r.sock")
+
+
+def test_a_restarted_instance_loads_its_own_entry_instead_of_overwriting_it_cold(tmp_path):
+    """A container restart: same hostname, same pid 1, same port, so the same id."""
+    path = tmp_path / "state.json"
+    StateStore(str(path), "box:9002").sync(cal(prose={"mean": 4.4, "dev": 0.2, "samples": 12}))
+    again = Calibrator(CalibrationParams(), ["prose"])
+    assert StateStore(str(path), "box:9002").load_into(again) == 1
+    StateStore(str(path), "box:9002").sync(again)
+    assert entries(path)["box:9002"]["categories"]["prose"]["samples"] == 12  # not 0
+
+
+def test_instances_that_stopped_writing_fold_into_one_compacted_entry(tmp_path, monkeypatch):
+    from extproc.server import state_store
+
+    path, clock = tmp_path / "state.json", [1_000_000.0]
+    monkeypatch.setattr(state_store.time, "time", lambda: clock[0])
+    for start in range(50):  # 50 short-lived pods, one save each, a minute apart
+        StateStore(str(path), f"pod-{start}", live_window_s=90).sync(cal(code={"mean": 3.0, "dev": 0.1, "samples": 10}))
+        clock[0] += 60
+    kept = entries(path)
+    assert len(kept) <= 3 and state_store.COMPACTED in kept  # the two live ones and the compacted rest
+    assert kept[state_store.COMPACTED]["categories"]["code"]["mean"] == 3.0
+    fresh = Calibrator(CalibrationParams(), [])
+    StateStore(str(path), "new", live_window_s=90).load_into(fresh)
+    assert fresh.state("code").mean == 3.0
+
+
+def test_an_orphaned_temp_file_is_removed(tmp_path):
+    path = tmp_path / "state.json"
+    orphan = tmp_path / ".state.json.k9x2.tmp"  # what a writer killed mid-write leaves
+    orphan.write_bytes(b"{half")
+    StateStore(str(path), "a").load_into(cal())
+    assert not orphan.exists()
+    orphan.write_bytes(b"{half")
+    StateStore(str(path), "a").sync(cal())
+    assert not orphan.exists() and path.exists()
+
+
+def test_a_future_date_is_clamped_and_then_expires(tmp_path, monkeypatch):
+    from extproc.server import state_store
+
+    path, clock = tmp_path / "state.json", [1_000_000.0]
+    monkeypatch.setattr(state_store.time, "time", lambda: clock[0])
+    future = {"updated": clock[0] + 10 * 365 * 86400, "categories": {"prose": {"mean": 5.0, "dev": 0.1, "samples": 9}}}
+    path.write_bytes(orjson.dumps({"version": 1, "replicas": {"from-the-future": future}}))
+    store = StateStore(str(path), "a", live_window_s=90)
+    store.sync(cal())
+    assert entries(path)["from-the-future"]["updated"] == clock[0]
+    clock[0] += state_store.STALE_AFTER_S + 1
+    store.sync(cal())
+    assert set(entries(path)) == {"a"}
+
+
+def test_no_entry_weighs_more_than_the_cap_in_a_blend(tmp_path):
+    from extproc.server.state_store import SAMPLE_WEIGHT_CAP
+
+    path = tmp_path / "state.json"
+    StateStore(str(path), "huge").sync(cal(prose={"mean": 2.0, "dev": 0.1, "samples": 10**9}))
+    ours = cal(prose={"mean": 4.0, "dev": 0.1, "samples": SAMPLE_WEIGHT_CAP})
+    StateStore(str(path), "ours").sync(ours)
+    assert ours.state("prose").mean == 3.0  # an equal blend, not 2.0000002
+
+
+def test_a_read_only_directory_loads_says_saves_are_off_once_and_never_raises(tmp_path, caplog, monkeypatch):
+    import errno
+
+    from extproc.server import state_store
+
+    path = tmp_path / "state.json"
+    StateStore(str(path), "a").sync(cal(prose={"mean": 4.4, "dev": 0.2, "samples": 30}))
+    real_open = state_store.os.open
+
+    def read_only_fs(file, flags, *args):  # what a read-only mount answers to any create or write
+        if flags & (os.O_CREAT | os.O_WRONLY | os.O_RDWR):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), file)
+        return real_open(file, flags, *args)
+
+    monkeypatch.setattr(state_store.os, "open", read_only_fs)
+    store, fresh = StateStore(str(path), "a"), Calibrator(CalibrationParams(), ["prose"])
+    with caplog.at_level("WARNING", logger="budget_router.state"):
+        assert store.load_into(fresh) == 1 and fresh.state("prose").samples == 30  # loaded, not cold
+        for _ in range(3):
+            store.sync(fresh)
+    said = [r for r in caplog.records if "saves are off" in r.getMessage()]
+    assert len(said) == 1 and not any(r.exc_info for r in caplog.records)
+    assert store.read_only and store.sync_failures == 0

@@ -16,3 +16,13 @@ def test_json_usage_and_aliases():
 def test_parsers_never_raise_on_arbitrary_bytes(data):
     json_response(data)
     json_response(b'{"usage":' + data)
+
+
+def test_a_length_stop_is_read_from_choices_and_from_an_incomplete_responses_answer():
+    from extproc.server.usage import length_stop
+
+    assert json_response(b'{"choices":[{"finish_reason":"stop"},{"finish_reason":"length"}],"usage":{}}')[3]
+    assert not json_response(b'{"choices":[{"finish_reason":"stop"}],"usage":{}}')[3]
+    incomplete = {"status": "incomplete", "incomplete_details": {"reason": "max_output_tokens"}}
+    assert length_stop(incomplete) and not length_stop({**incomplete, "incomplete_details": None})
+    assert not length_stop({"status": "completed"})
