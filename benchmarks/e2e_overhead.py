@@ -6,7 +6,10 @@ Side by side, through the same Envoy binary and the same upstream:
   full     Envoy + router, request + response, the router reading every response
            (``--calibration-converged-sample-rate 1``: the cost while it learns);
   default  Envoy + router as shipped, calibration converged (10 % of responses read, the rest of the
-           stream closed right after the routing decision).
+           stream closed right after the routing decision);
+  noop     Envoy + a do-nothing ext_proc server on grpc.aio (same pinning, loop and options as the
+           router): it answers the request headers and body with empty responses and closes the
+           stream, so its cost is the floor any ext_proc router that routes by body pays here.
 For 4 KB / 64 KB / 1 MB chat bodies, at fixed request rates (open loop) and at full speed (closed loop):
 added P50/P99 latency against ``none``, max throughput as a ratio to ``none``, router and Envoy CPU
 seconds per 1,000 requests. Then ``--server-workers N`` for N = 1 .. cores: throughput and router CPU
@@ -42,6 +45,7 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from extproc.gateway.envoy_config import ROUTER_CLUSTER, SHORT_CLUSTER, EnvoyLayout, render
+from extproc.server.service import EXT_PROC_SERVICE
 from extproc.stack.probes import envoy_host_healthy, free_port, grpc_serving, http_ok
 from extproc.stack.process import ManagedProcess
 from extproc.stack.stack import child_env, envoy_binary
@@ -49,7 +53,7 @@ from extproc.workload.corpus import corpus_text
 
 HOST = "127.0.0.1"
 SIZES = {"4k": 4 * 1024, "64k": 64 * 1024, "1m": 1024 * 1024}
-VARIANTS = ("none", "request", "full", "default")
+VARIANTS = ("none", "request", "full", "default", "noop")
 UPSTREAM_REPLY = orjson.dumps(
     {
         "id": "chatcmpl-bench",
@@ -82,6 +86,55 @@ def run_upstream(port: int) -> None:
     app.router.add_post("/v1/chat/completions", chat)
     app.router.add_get("/health", health)
     web.run_app(app, host=HOST, port=port, access_log=None, print=None)
+
+
+# -- the do-nothing ext_proc server (the floor) -----------------------------------------------------
+
+
+def run_noop_server(port: int) -> None:
+    """The cheapest correct ext_proc server: no header map, no JSON, no mutation; the router's gRPC
+    options and event loop, so the difference to ``default`` is what routing itself costs."""
+    import grpc
+    from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
+    from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as epg
+    from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+    headers_done = ep.ProcessingResponse(request_headers=ep.HeadersResponse())
+    body_done = ep.ProcessingResponse(request_body=ep.BodyResponse())
+
+    class Noop(epg.ExternalProcessorServicer):
+        async def Process(self, request_iterator: object, context: grpc.aio.ServicerContext) -> None:
+            while True:
+                req = await context.read()
+                if req is grpc.aio.EOF:
+                    return
+                if req.HasField("request_headers"):
+                    await context.write(headers_done)
+                    if req.request_headers.end_of_stream:
+                        return
+                else:  # the request body: nothing more to do, close as the router does
+                    await context.write(body_done)
+                    return
+
+    async def main() -> None:
+        server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        epg.add_ExternalProcessorServicer_to_server(Noop(), server)
+        checker = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(checker, server)
+        server.add_insecure_port(f"{HOST}:{port}")
+        await server.start()
+        for name in ("", EXT_PROC_SERVICE):  # Envoy's health check names the service
+            await checker.set(name, health_pb2.HealthCheckResponse.SERVING)
+        await server.wait_for_termination()
+
+    try:
+        import uvloop
+
+        factory = uvloop.new_event_loop
+    except ImportError:
+        factory = None
+    with asyncio.Runner(loop_factory=factory) as runner:
+        runner.run(main())
 
 
 # -- bodies, pinning, CPU ---------------------------------------------------------------------------
@@ -250,14 +303,27 @@ class AiohttpLoad:
 
 
 class Bench:
-    def __init__(self, args: argparse.Namespace, tmp: Path) -> None:
+    """The system under test. ``router_command`` and ``envoy_config`` are the seams a side-by-side
+    run (``sidebyside.py``) replaces to measure another checkout's router with this instrument."""
+
+    label = ""  # names this bench's processes and files apart from another's in the same run
+
+    def __init__(self, args: argparse.Namespace, tmp: Path, upstream_port: int | None = None) -> None:
         self.args, self.tmp = args, tmp
         self.pinning = Pinning.for_machine(args.router_cpus)
         use_h2load = args.generator == "h2load" or (args.generator == "auto" and shutil.which("h2load"))
         gen_cls = H2Load if use_h2load else AiohttpLoad
         self.gen = gen_cls(self.pinning.prefix("rest"), tmp)
-        self.upstream_port = free_port()
+        self.upstream_port = upstream_port or free_port()
         self.procs: list[ManagedProcess] = []
+
+    def router_command(self) -> tuple[list[str], dict[str, str]]:
+        """How to run ``budget-router`` (argv before ``serve``) and with what environment."""
+        return [sys.executable, "-m", "extproc.cli"], child_env()
+
+    def envoy_config(self, layout: dict) -> str:
+        """Envoy's YAML for these ``EnvoyLayout`` fields."""
+        return render(EnvoyLayout(**layout))
 
     def spawn(self, name: str, argv: Sequence[str], env: dict[str, str] | None = None) -> ManagedProcess:
         proc = ManagedProcess(name, argv, self.tmp / f"{name}.log", env)
@@ -272,38 +338,44 @@ class Bench:
 
     def start_router(self, variant: str, workers: int) -> tuple[ManagedProcess, int]:
         port = free_port()
-        state = self.tmp / f"state-{variant}-{workers}.json"
+        if variant == "noop":
+            argv = [*self.pinning.prefix("router"), sys.executable, __file__, "--noop-server", str(port)]
+            proc = self.spawn("noop-server", argv, child_env())
+            proc.wait_until(lambda: grpc_serving(f"{HOST}:{port}"), 60, "SERVING")
+            return proc, port
+        state = self.tmp / f"state{self.label}-{variant}-{workers}.json"
         state.unlink(missing_ok=True)
         rate = "1.0"
         if variant == "default":  # converged: as after the first few hundred requests in production
             rate = "0.1"
             seed = {"updated": time.time(), "categories": {"prose": {"mean": 4.2, "dev": 0.1, "samples": 1000}}}
             state.write_bytes(orjson.dumps({"version": 1, "replicas": {"seed": seed}}))
+        command, env = self.router_command()
         argv = [
-            *self.pinning.prefix("router"), sys.executable, "-m", "extproc.cli", "serve",
+            *self.pinning.prefix("router"), *command, "serve",
             "--server-listen", f"{HOST}:{port}", "--server-workers", str(workers),
             "--calibration-state-file", str(state), "--calibration-converged-sample-rate", rate,
             "--telemetry-metrics-port", "0", "--telemetry-log-level", "WARNING",
             "--spillover-enabled", "false", "--server-grace-period-s", "1",
         ]  # fmt: skip
-        proc = self.spawn(f"router-{variant}-{workers}", argv, child_env())
+        proc = self.spawn(f"router{self.label}-{variant}-{workers}", argv, env)
         proc.wait_until(lambda: grpc_serving(f"{HOST}:{port}"), 60, "SERVING")
         return proc, port
 
     def start_envoy(self, variant: str, router_port: int | None) -> tuple[ManagedProcess, str]:
         listen, admin = free_port(), free_port()
         up = ((HOST, self.upstream_port),)
-        layout = EnvoyLayout(
+        layout = dict(
             listen_host=HOST, listen_port=listen, admin_host=HOST, admin_port=admin,
             router=((HOST, router_port or 1),), short=up, long=up, otlp=None, access_log_path=None,
-            ext_proc=router_port is not None, with_response_processing=variant in ("full", "default"),
+            ext_proc=router_port is not None, with_response_processing=variant in ("full", "default", "noop"),
             router_health_interval_s=1.0, pool_health_interval_s=1.0,
         )  # fmt: skip
-        config = self.tmp / f"envoy-{variant}.yaml"
-        config.write_text(render(layout))
+        config = self.tmp / f"envoy{self.label}-{variant}.yaml"
+        config.write_text(self.envoy_config(layout))
         argv = [*self.pinning.prefix("rest"), envoy_binary(), "-c", str(config), "--disable-hot-restart",
                 "--concurrency", "1", "--log-level", "error"]  # fmt: skip
-        proc = self.spawn(f"envoy-{variant}", argv)
+        proc = self.spawn(f"envoy{self.label}-{variant}", argv)
         admin_url = f"http://{HOST}:{admin}"
         wanted = [(SHORT_CLUSTER, self.upstream_port)] + ([(ROUTER_CLUSTER, router_port)] if router_port else [])
         proc.wait_until(lambda: all(envoy_host_healthy(admin_url, c, HOST, p) for c, p in wanted), 30, "healthy")
@@ -403,6 +475,7 @@ def workers_scan(bench: Bench, args: argparse.Namespace) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--upstream", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    ap.add_argument("--noop-server", type=int, metavar="PORT", help=argparse.SUPPRESS)
     ap.add_argument("--sizes", default="4k,64k,1m", help="body sizes: 4k, 64k, 1m")
     ap.add_argument("--rates", default="200,500,1000", help="fixed request rates (req/s)")
     ap.add_argument("--variants", default=",".join(VARIANTS), help=f"subset of {','.join(VARIANTS)}")
@@ -414,6 +487,9 @@ def main() -> None:
     args = ap.parse_args()
     if args.upstream is not None:
         run_upstream(args.upstream)
+        return
+    if args.noop_server is not None:
+        run_noop_server(args.noop_server)
         return
     sizes = [s.strip().lower() for s in args.sizes.split(",") if s.strip()]
     rates = [int(r) for r in args.rates.split(",") if r.strip()]

@@ -790,3 +790,23 @@ def test_the_known_label_sets_cover_every_value_the_code_emits():
     assert details <= set(exchange.UNPARSEABLE_DETAILS) and details
     sources = set(re.findall(r'self\._observe_usage\(.*"(\w+)"\)', exchange_src))
     assert sources == set(exchange.USAGE_SOURCES)
+
+
+# -- what telemetry asks the exchange to follow ---------------------------------------------------
+def test_only_a_span_or_a_decision_log_keeps_an_unfollowed_exchange_open():
+    """An unsampled request that cannot fail for its size ends at the decision, unless telemetry
+    records its status: a traced exchange's span, or a decision log line."""
+
+    def decided_exchange(observer: TelemetryObserver) -> Exchange:
+        overrides = {"calibration": {"state_file": "", "converged_sample_rate": 0.0}}
+        rt = RouterRuntime.from_config(load_config(env={}, overrides=overrides), observer)
+        rt.router.calibrator.load({"prose": {"mean": 4.5, "dev": 0.1, "samples": 500}})
+        ex = Exchange(rt)
+        ex.handle(request_headers())
+        ex.handle(request_body(chat(max_tokens=5)))
+        return ex
+
+    traced = make_rig()
+    assert not decided_exchange(traced.observer).done
+    assert decided_exchange(TelemetryObserver(metrics=traced.observer.metrics)).done  # metrics alone: closed
+    assert not decided_exchange(TelemetryObserver(decisions=DecisionLog(json_lines=False))).done

@@ -11,6 +11,7 @@ injected (``clock``, ``rng``) so both drivers can replay a workload exactly.
 
 from __future__ import annotations
 
+import math
 import random
 import time
 from collections.abc import Callable
@@ -36,6 +37,11 @@ Clock = Callable[[], float]
 # estimate, no estimator can change it, and the character-class pass is skipped (most requests are
 # far from every threshold). Only requests the screen cannot settle pay for features.
 SCREEN_FACTOR = 2.0
+
+
+# Share of B_short around it in which a request's prompt is counted by the engine whatever the learned
+# band says: the band is fitted on warm-up traffic and is narrow for text unlike it (see _estimate_linear).
+ENGINE_COUNT_MIN_BAND = 0.10
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,7 +251,11 @@ class BudgetRouter:
                 )
                 prompt += images
         ratio = shape.text_bytes / max(1.0, lin.point) if shape.text_bytes else v1.ratio
-        band = in_band and structured is not None and counted is None
+        # An engine count is cheap next to a request cut by the short context: ask for every request whose
+        # point estimate lies within ENGINE_COUNT_MIN_BAND of B_short too, not only where the learned band
+        # reaches it (through real vLLM, held-out code read 2 % low, outside its band, and was cut).
+        near = abs(lin.point + images + out - b_short) <= ENGINE_COUNT_MIN_BAND * b_short
+        band = (in_band or near) and structured is not None and counted is None
         return Estimate(prompt, out, prompt + out, ratio, v1.output_defaulted, tuple(x), counted, in_band=band)
 
     def route(
@@ -321,6 +331,33 @@ class BudgetRouter:
         if ticket.observe or ticket.pool != ticket.decision.pool:
             return True
         return status == 400 or (status >= 400 and ticket.pool == SHORT)
+
+    def follows(self, ticket: Ticket) -> bool:
+        """Whether the caller should follow this ticket's response at all (its status, then the body
+        if ``wants`` asks): one more gRPC message per exchange, the largest cost of an unsampled one.
+
+        Every observed ticket (sampling, or a flag that forces reading, such as a near-boundary
+        answer, makes it observed). Of the others, only those whose answer could be a size failure:
+        a request that fits its pool's context even at the bytes/token floor (``min_ratio``, the
+        ratio below which an observation is rejected as out of bounds) with its whole output limit
+        cannot be refused for its size, so its status teaches nothing that sampling does not (an
+        overflow count would be rejected out of bounds; an answer the net moved after a 5xx is an
+        ordinary sample). The simulator never follows statuses, so this changes no replay."""
+        if ticket.observe:
+            return True
+        shape = ticket.shape
+        if shape is None:
+            return False
+        context = self.policy.short_context if ticket.decision.pool == SHORT else self.policy.long_context
+        return self._prompt_ceiling(shape) + (output_limit(shape) or 0) > context
+
+    def _prompt_ceiling(self, shape: RequestShape) -> int:
+        """The most prompt tokens a request can have that an observation would still accept."""
+        if shape.known_prompt_tokens is not None:
+            return shape.known_prompt_tokens
+        nbytes = shape.text_bytes + shape.structured_bytes
+        images = shape.images * self.budget.image_tokens
+        return math.ceil(nbytes / self.calibrator.params.min_ratio) + framing_tokens(shape, self.budget) + images
 
     def finish(self, ticket: Ticket, outcome: Outcome = NO_OUTCOME) -> Learned | None:
         """The request ended: release its pool slot if it was observed, and learn from ``outcome`` if

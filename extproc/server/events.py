@@ -183,6 +183,11 @@ class ExchangeObserver:
     def decided(self, event: Decided) -> None:
         """The pool was chosen."""
 
+    def follows_response(self, event: Decided) -> bool:
+        """Whether this observer needs the response's status and attempts even where the router does
+        not (a traced exchange's span, a decision log line): else the exchange may end at the decision."""
+        return False
+
     def observed(self, event: Observed) -> None:
         """Usage arrived and was offered to the calibrator (accepted or not)."""
 

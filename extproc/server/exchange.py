@@ -6,10 +6,12 @@ service. Rules it keeps:
 - anything we cannot read is routed long (the safe pool) with reason ``unparseable``, never failed;
 - bodies are only sent back when changed (include_usage injection, usage-chunk stripping);
 - the routing policy is the router's: each request is one ``BudgetRouter.route`` call (a
-  ``Ticket``) and one ``finish`` call with what came back. The response status is always seen (one
-  small message, with the attempt count of Envoy's net); the body is only read when the router
-  ``wants`` it (``extproc.server.outcome``): otherwise the stream is closed cleanly right after the
-  response headers ("the data plane proceeds without consulting the server");
+  ``Ticket``) and one ``finish`` call with what came back. The response status (one small message,
+  with the attempt count of Envoy's net) is seen when the router ``follows`` the ticket: every
+  observed one, and the others that might fail for their size; the rest end at the decision (the
+  stream is closed cleanly after the request body: "the data plane proceeds without consulting the
+  server", two messages, the cheapest flow). The body is only read when the router ``wants`` it
+  (``extproc.server.outcome``), else the stream is closed right after the response headers;
 - observers get frozen events (``Decided``, ``Observed``, ``ExchangeRecord``); the exchange never
   reads them back.
 """
@@ -211,7 +213,8 @@ class Exchange:
         observer = self.rt.observer
         rec = ExchangeRecord(self._key, self._method, self._path)
         observer.started(rec, h, self.metadata)
-        set_headers = dict(observer.upstream_headers(rec))
+        upstream = observer.upstream_headers(rec)  # per request (a trace header) or nothing
+        set_headers = dict(upstream)
         if cfg.force_identity_encoding:
             set_headers["accept-encoding"] = "identity"
         remove = [cfg.header_name] + ([cfg.reason_header] if cfg.reason_header else [])
@@ -226,9 +229,9 @@ class Exchange:
             self._body_bytes = _declared_length(h)
             self._route_unreadable(UNPARSEABLE, "body_too_large")
             set_headers.update(self._routing_headers())
-            return em.request_headers_response(
-                em.common(set_headers, remove, clear_route_cache=True), skip_bodies=True
-            )
+            return em.request_headers_response(em.common(set_headers, remove, clear_route_cache=True), skip_bodies=True)
+        if not upstream:  # config and decision only: one of a few answers
+            return em.shared("request_headers", tuple(set_headers.items()), tuple(remove), clear_route_cache=True)
         return em.request_headers_response(em.common(set_headers, remove, clear_route_cache=True))
 
     def on_request_body(self, msg: em.Body) -> em.ProcessingResponse | None:
@@ -259,8 +262,9 @@ class Exchange:
 
     def _request_body_response(self, new_body: bytes | None) -> em.ProcessingResponse:
         set_headers = self._routing_headers()
-        if new_body is not None:
-            set_headers["content-length"] = str(len(new_body))
+        if new_body is None:
+            return em.shared("request_body", tuple(set_headers.items()), clear_route_cache=True)
+        set_headers["content-length"] = str(len(new_body))
         return em.request_body_response(em.common(set_headers, body=new_body, clear_route_cache=True))
 
     def _route_body(self, raw: bytes) -> bytes | None:
@@ -321,7 +325,7 @@ class Exchange:
         return new_body
 
     def _route_unreadable(self, reason: str, detail: str) -> None:
-        """The safe route for a request we cannot read; ``detail`` names why (its status is still seen)."""
+        """The safe route for a request we cannot read; ``detail`` names why."""
         self.ticket = self.rt.router.route(None, reason)
         self._decide(self.ticket, "", detail, injected=False)
 
@@ -332,7 +336,10 @@ class Exchange:
         count = self._count
         counted = ("", 0.0) if count is None else (count.outcome, count.seconds)
         self._decided = Decided(key, method, path, endpoint, detail, nbytes, injected, body, source, ticket, *counted)
-        self.rt.observer.decided(self._decided)
+        observer = self.rt.observer
+        observer.decided(self._decided)
+        if not (self.rt.router.follows(ticket) or self.rt.cfg.server.follow_every_status):
+            self.done = not observer.follows_response(self._decided)  # nothing more to learn or record
 
     def _routing_headers(self) -> dict[str, str]:
         cfg = self.rt.cfg.routing
@@ -361,12 +368,12 @@ class Exchange:
         read = what_to_read(view, wanted, usage_in_stream)
         if view.sse and (read is Read.SSE or strip):
             self._sse = SseUsageScanner(self.rt.cfg.server.max_response_buffer_bytes, strip_usage_only=strip)
-            remove = ["content-length"] if "content-length" in h else []
-            return em.response_headers_response(em.common(remove=remove), em.STREAMED)
+            remove = ("content-length",) if "content-length" in h else ()
+            return em.shared("response_headers", remove=remove, response_body_mode=em.STREAMED)
         if read is Read.JSON:
-            return em.response_headers_response()  # stay BUFFERED: usage or the error's count is in the body
+            return em.shared("response_headers")  # stay BUFFERED: usage or the error's count is in the body
         self.done = True  # nothing more to learn: close cleanly, Envoy proceeds without us
-        return em.response_headers_response(response_body_mode=em.NONE)
+        return em.shared("response_headers", response_body_mode=em.NONE)
 
     def on_response_body(self, msg: em.Body) -> em.ProcessingResponse:
         if self._sse is not None:
@@ -378,14 +385,14 @@ class Exchange:
                 self._observe_usage(*usage_counts(self._sse.usage), length_stop=self._sse.length_stop, source="sse")
             if out is not None and out == msg.data:
                 out = None
-            return em.response_body_response(out)
+            return em.response_body_response(out) if out is not None else em.shared("response_body")
         # Buffered JSON (or an SSE body Envoy did not let us switch to STREAMED).
         if self._json_size <= self.rt.cfg.server.max_response_buffer_bytes and self._hold(len(msg.data)):
             self._json_parts.append(msg.data)
             self._json_size += len(msg.data)
         if msg.end_of_stream:
             self._observe_json(b"".join(self._json_parts))
-        return em.response_body_response()
+        return em.shared("response_body")
 
     def _observe_json(self, body: bytes) -> None:
         if self._status >= 400:

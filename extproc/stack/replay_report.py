@@ -98,11 +98,15 @@ def estimate_errors(outcomes: Sequence[Outcome], decisions: Mapping[str, Mapping
     return {"by_category": out, "truth_from": dict(sources), "usage_differs_from_construction": mismatches}
 
 
+EXACT_USAGE = ("json", "sse")  # the router read a served answer's usage (not a 400's bound)
+
+
 def true_ratios(outcomes: Sequence[Outcome], decisions: Mapping[str, Mapping[str, Any]]) -> dict[str, float]:
     """Bytes per content token of what was sent, grouped by the category the *router* put it in. The
     tokens are the pools' own count (``usage.prompt_tokens`` less the one-message template) wherever a
-    usage was read, else the count the prompt was cut to: the same for the emulator, whose BPE cut them,
-    and the truth for a real engine whose vocabulary is another (Llama-3's, not cl100k)."""
+    served answer's usage was read, else the count the prompt was cut to: the same for the emulator,
+    whose BPE cut them, and the truth for a real engine whose vocabulary is another (Llama-3's, not
+    cl100k). A 400's "at least N" is a floor, not a count, and is never taken for one."""
     nbytes: Counter[str] = Counter()
     ntokens: Counter[str] = Counter()
     template = emulator_template_tokens()
@@ -110,8 +114,9 @@ def true_ratios(outcomes: Sequence[Outcome], decisions: Mapping[str, Mapping[str
         d = decisions.get(o.request.request_id)
         category = str(d["category"]) if d and d.get("category") else o.request.category
         actual, source = actual_prompt_tokens(o, d or {})
+        exact = source == "client" or (d or {}).get("usage_source") in EXACT_USAGE
         nbytes[category] += o.request.text_bytes
-        measured = source != "constructed" and actual > template
+        measured = exact and actual > template
         ntokens[category] += actual - template if measured else o.request.prompt_tokens
     return {k: nbytes[k] / ntokens[k] for k in sorted(nbytes) if ntokens[k]}
 

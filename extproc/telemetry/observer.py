@@ -96,6 +96,12 @@ class TelemetryObserver(ExchangeObserver):
         if self.metrics is not None:
             self._guard("decided", self.metrics.decided, event)
 
+    def follows_response(self, event: Decided) -> bool:
+        if self.decisions is not None:
+            return True  # every line carries the status
+        live = self._live.get(event.key)
+        return live is not None and live.span is not None
+
     def observed(self, event: Observed) -> None:
         if self.metrics is not None:
             self._guard("observed", self.metrics.observed, event)

@@ -176,4 +176,5 @@ def test_local_counts_let_the_short_queue_build(runs: dict[str, Run]) -> None:
     late = [local.first_spill_load.get(i, float("inf")) for i in range(REPLICAS)]
     assert min(late) > max(live.first_spill_load.values())  # each replica saw only its share
     assert local.short_waiting_max > live.short_waiting_max
-    assert local.ttft_p99_s > live.ttft_p99_s
+    # TTFT is printed, not asserted: a P99 of 60 requests is their slowest one, and which side it lands on
+    # depends on the machine's load more than on the counting (the queue depth above is the behaviour).

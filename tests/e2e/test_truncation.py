@@ -10,6 +10,7 @@ converged, sample rate 0): only the answers the router must read (near the short
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from typing import Any
 
@@ -20,7 +21,7 @@ from extproc.stack.probes import free_port
 from extproc.stack.router_view import read_decisions
 from extproc.stack.stack import PoolSpec, Stack, wait_for
 from tests.conftest import start_stack
-from tests.e2e.client import MODEL, body_for, is_usage_only, post, sse_payloads
+from tests.e2e.client import MODEL, Reply, body_for, is_usage_only, post, sse_payloads
 
 pytestmark = pytest.mark.e2e
 
@@ -52,8 +53,7 @@ def decision(stack: Stack, request_id: str) -> dict[str, Any]:
     return read_decisions(logs)[request_id]
 
 
-async def truncations(session: aiohttp.ClientSession, stack: Stack, pool: str = "short") -> float:
-    """``budget_router_context_truncations_total{pool,category="prose"}`` from the router's Prometheus page."""
+async def _truncations_now(session: aiohttp.ClientSession, stack: Stack, pool: str) -> float:
     async with session.get(stack.metrics_urls()[0]) as resp:
         page = await resp.text()
     for line in page.splitlines():
@@ -62,6 +62,17 @@ async def truncations(session: aiohttp.ClientSession, stack: Stack, pool: str = 
         if series and f'pool="{pool}"' in name:
             return float(value)
     return 0.0
+
+
+async def truncations(
+    session: aiohttp.ClientSession, stack: Stack, after: Reply | None = None, pool: str = "short"
+) -> float:
+    """``budget_router_context_truncations_total{pool,category="prose"}`` from the router's Prometheus page,
+    read once the exchange ``after`` ended on the router (the client may hold its answer before the router's
+    finish hook ran; its decision line is written in the same finish as the counter)."""
+    if after is not None:
+        await asyncio.to_thread(decision, stack, after.request_id)
+    return await _truncations_now(session, stack, pool)
 
 
 async def test_a_forced_truncation_is_counted_and_learned_from(stack: Stack) -> None:
@@ -78,7 +89,7 @@ async def test_a_forced_truncation_is_counted_and_learned_from(stack: Stack) -> 
         assert (d["pool"], d["must_read"], d["context_truncated"], d["usage_source"]) == ("short", True, True, "json")
         assert d["estimated_total_tokens"] <= SHORT_CONTEXT < usage["prompt_tokens"] + 700  # the miss was forced
         assert (d["prompt_tokens"], d["observation"]) == (usage["prompt_tokens"], "accepted")  # learned exactly
-        assert await truncations(session, stack) == 1.0
+        assert await truncations(session, stack, after=cut) == 1.0
         again = await post(session, stack.url, body)  # the same request after learning its real size
     d2 = decision(stack, again.request_id)
     assert d2["pool"] == "long" and d2["estimated_total_tokens"] > SHORT_CONTEXT
@@ -89,7 +100,7 @@ async def test_a_cut_stream_is_detected_and_the_client_stream_is_unchanged(stack
     body = body_for("prose", 1_500, max_tokens=700, seed=2, stream=True)  # no usage asked for
     async with aiohttp.ClientSession() as session:
         reply = await post(session, stack.url, body)
-        count = await truncations(session, stack)
+        count = await truncations(session, stack, after=reply)
     payloads = sse_payloads(reply.body)
     assert reply.status == 200 and payloads[-1] == b"[DONE]"
     assert not any(is_usage_only(p) for p in payloads)  # the injected usage chunk was stripped again
@@ -108,7 +119,7 @@ async def test_completions_and_responses_cuts_are_counted_too(stack: Stack, api:
         path, body = "/v1/responses", {"model": MODEL, "input": prompt, "max_output_tokens": 700}
     async with aiohttp.ClientSession() as session:
         reply = await post(session, stack.url, body, path=path)
-        count = await truncations(session, stack)
+        count = await truncations(session, stack, after=reply)
     answer = reply.json()
     if api == "responses":
         assert answer["status"] == "incomplete"
@@ -123,7 +134,7 @@ async def test_far_answers_are_not_read_once_converged_but_near_ones_are(stack: 
     async with aiohttp.ClientSession() as session:
         far = await post(session, stack.url, body_for("prose", 100, max_tokens=20, seed=4))
         near = await post(session, stack.url, body_for("prose", 1_500, max_tokens=500, seed=5))  # fits: 2000
-        count = await truncations(session, stack)
+        count = await truncations(session, stack, after=near)
     d_far, d_near = decision(stack, far.request_id), decision(stack, near.request_id)
     assert (d_far["pool"], d_far["must_read"], d_far["usage_source"]) == ("short", False, "")  # status only
     assert (d_near["pool"], d_near["must_read"], d_near["usage_source"]) == ("short", True, "json")
@@ -134,7 +145,7 @@ async def test_far_answers_are_not_read_once_converged_but_near_ones_are(stack: 
 async def test_a_prompt_over_the_context_is_retried_by_the_net_not_cut(stack: Stack) -> None:
     async with aiohttp.ClientSession() as session:
         reply = await post(session, stack.url, body_for("prose", 2_600, max_tokens=50, seed=6))
-        count = await truncations(session, stack)
+        count = await truncations(session, stack, after=reply)
     d = decision(stack, reply.request_id)
     # vLLM 0.32 refuses a prompt alone over the context (400, "at least 2049"): Envoy's net resends it
     # to the long pool, which serves it in full; nothing was cut.
@@ -147,7 +158,7 @@ async def test_n_completions_cut_at_the_context_are_one_truncation(stack: Stack)
     body = {**body_for("prose", 1_500, max_tokens=700, seed=7), "n": 2}  # each choice may have 700
     async with aiohttp.ClientSession() as session:
         reply = await post(session, stack.url, body)
-        count = await truncations(session, stack)
+        count = await truncations(session, stack, after=reply)
     answer = reply.json()
     assert [c["finish_reason"] for c in answer["choices"]] == ["length", "length"]
     d = decision(stack, reply.request_id)

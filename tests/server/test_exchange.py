@@ -5,7 +5,9 @@ import pytest
 
 from extproc.config import load_config
 from extproc.emulator.responses import Envelope, ResponseEvents, ResponseHead, responses_usage
+from extproc.server import envoy_wire as em
 from extproc.server.envoy_wire import NONE, STREAMED
+from extproc.server.events import ExchangeObserver
 from extproc.server.exchange import Exchange, RouterRuntime, inject_include_usage
 from tests.envoy_play import request_body, request_headers, response_body, response_headers, set_headers
 
@@ -143,16 +145,20 @@ def test_overflow_400_teaches_exact_prompt_tokens(rt):
     assert (ex.record.usage_source, ex.record.prompt_tokens) == ("overflow_400", 75)
 
 
-def test_unparseable_requests_are_not_followed_past_the_response_status(rt):
+def test_unparseable_requests_end_at_the_decision():
+    rt = runtime_sampling(1.0)
     ex, _, _ = route(rt, b"{bad")
+    assert ex.done and ex.record.status == 0  # nothing to learn: the service closes after the body
+    following = runtime_sampling(1.0, server={"follow_every_status": True})
+    ex, _, _ = route(following, b"{bad")
     assert not ex.done  # the status still comes (one small message) ...
     r = ex.handle(response_headers(status=400))
     assert r.mode_override.response_body_mode == NONE  # ... but nothing to learn from the body
     assert ex.done and ex.record.status == 400  # the service closes the stream cleanly
 
 
-def runtime_sampling(rate: float) -> RouterRuntime:
-    overrides = {"calibration": {"state_file": "", "converged_sample_rate": rate}}
+def runtime_sampling(rate: float, **sections: dict) -> RouterRuntime:
+    overrides = {"calibration": {"state_file": "", "converged_sample_rate": rate}, **sections}
     rt = RouterRuntime.from_config(load_config(env={}, overrides=overrides))
     rt.router.calibrator.load({"prose": {"mean": 4.5, "dev": 0.1, "samples": 500}})
     return rt
@@ -166,32 +172,49 @@ def overflow_body(prompt_tokens):
     return orjson.dumps({"error": {"message": msg, "type": "BadRequestError", "param": None, "code": 400}})
 
 
+# ~4.5 KB of prose: ~1,000 tokens, routed short, but over the short context at the bytes/token floor
+# (min_ratio 0.5): it might fail for its size, so its status is followed even when unsampled.
+MIGHT_OVERFLOW = "hello " * 750
+
+
+def test_an_unsampled_request_that_fits_at_any_ratio_ends_at_the_decision():
+    rt = runtime_sampling(0.0)
+    ex, _, _ = route(rt, chat(max_tokens=10))  # 300 bytes: under 8192 tokens at 2 tokens a byte
+    assert ex.record.pool == "short" and not ex.record.observed and ex.done  # two messages, no response
+    ex.close()
+    assert rt.router.pressure.count("short") == 1  # its lease still counts it
+    ex, _, _ = route(rt, chat(max_tokens=7900))  # the same text with an output limit that might not fit
+    assert ex.record.pool == "short" and not ex.done
+    ex, _, _ = route(rt, chat(MIGHT_OVERFLOW, max_tokens=10))
+    assert ex.record.pool == "short" and not ex.done
+
+
 def test_a_short_pool_400_is_read_and_learned_even_when_converged():
     rt = runtime_sampling(0.0)
-    ex, _, _ = route(rt, chat(max_tokens=10))
+    ex, _, _ = route(rt, chat(MIGHT_OVERFLOW, max_tokens=10))
     assert ex.record.pool == "short" and not ex.record.observed  # not sampled
     r = ex.handle(response_headers(status=400))
     assert not r.HasField("mode_override") and not ex.done  # stays BUFFERED: the body has the count
-    ex.handle(response_body(overflow_body(75)))
-    assert (ex.record.usage_source, ex.record.prompt_tokens) == ("overflow_400", 75)
+    ex.handle(response_body(overflow_body(1000)))
+    assert (ex.record.usage_source, ex.record.prompt_tokens) == ("overflow_400", 1000)
     assert rt.router.calibrator.state("prose").samples == 501
 
 
 def test_an_unsampled_success_is_not_read():
     rt = runtime_sampling(0.0)
-    ex, _, _ = route(rt, chat(max_tokens=10))
+    ex, _, _ = route(rt, chat(MIGHT_OVERFLOW, max_tokens=10))
     r = ex.handle(response_headers(status=200))
     assert r.mode_override.response_body_mode == NONE and ex.done and ex.record.status == 200
 
 
 def test_a_retried_answer_from_the_long_pool_is_counted_and_learned():
     rt = runtime_sampling(0.0)
-    ex, _, _ = route(rt, chat(max_tokens=10))
+    ex, _, _ = route(rt, chat(MIGHT_OVERFLOW, max_tokens=10))
     r = ex.handle(response_headers(status=200, extra={"x-budget-attempts": "2"}))
     assert not r.HasField("mode_override")  # BUFFERED: the long pool's usage is the exact count
     assert (ex.record.attempts, ex.record.pool, ex.record.served_pool) == (2, "short", "long")
-    ex.handle(response_body(b'{"usage":{"prompt_tokens":70,"completion_tokens":3}}'))
-    assert (ex.record.usage_source, ex.record.prompt_tokens) == ("json", 70)
+    ex.handle(response_body(b'{"usage":{"prompt_tokens":1070,"completion_tokens":3}}'))
+    assert (ex.record.usage_source, ex.record.prompt_tokens) == ("json", 1070)
 
 
 def test_a_followed_request_the_net_moved_counts_against_the_long_pool(rt):
@@ -205,46 +228,49 @@ def test_a_followed_request_the_net_moved_counts_against_the_long_pool(rt):
 
 def test_a_streamed_retry_is_read_only_with_its_usage_chunk():
     rt = runtime_sampling(0.0)
-    ex, _, _ = route(rt, chat(max_tokens=10, stream=True))
+    ex, _, _ = route(rt, chat(MIGHT_OVERFLOW, max_tokens=10, stream=True))
     r = ex.handle(response_headers(content_type="text/event-stream", extra={"x-budget-attempts": "2"}))
     assert r.mode_override.response_body_mode == NONE and ex.record.served_pool == "long"
-    ex, _, _ = route(rt, chat(max_tokens=10, stream=True, stream_options={"include_usage": True}))
+    body = chat(MIGHT_OVERFLOW, max_tokens=10, stream=True, stream_options={"include_usage": True})
+    ex, _, _ = route(rt, body)
     r = ex.handle(response_headers(content_type="text/event-stream", extra={"x-budget-attempts": "2"}))
     assert r.mode_override.response_body_mode == STREAMED
-    ex.handle(response_body(b'data: {"choices":[],"usage":{"prompt_tokens":71,"completion_tokens":1}}\n\n'))
-    assert ex.record.prompt_tokens == 71
+    ex.handle(response_body(b'data: {"choices":[],"usage":{"prompt_tokens":1071,"completion_tokens":1}}\n\n'))
+    assert ex.record.prompt_tokens == 1071
 
 
 def test_a_lower_bound_is_a_floor_for_that_prompt_and_leaves_the_category_alone():
     rt = runtime_sampling(0.0)
     before = rt.router.calibrator.ratio("prose")
-    ex, _, _ = route(rt, chat(max_tokens=10))  # 300 bytes of prose
+    ex, _, _ = route(rt, chat(MIGHT_OVERFLOW, max_tokens=10))  # 4.5 KB of prose
     ex.handle(response_headers(status=400))
-    bound = overflow_body(0).replace(b"has 0 input", b"has at least 150 input")
+    bound = overflow_body(0).replace(b"has 0 input", b"has at least 1150 input")
     ex.handle(response_body(bound))
     assert ex.record.usage_source == "overflow_400_bound" and ex.record.observation == "accepted"
     assert rt.router.calibrator.ratio("prose") == before  # not a category-wide sample
     assert rt.router.calibrator.state("prose").samples == 500
-    assert rt.router.decide(ex.ticket.shape)[0].prompt_tokens >= 150  # this prompt now counts at least the bound
-    ex, _, _ = route(rt, chat(max_tokens=10))
+    assert rt.router.decide(ex.ticket.shape)[0].prompt_tokens >= 1150  # this prompt now counts at least the bound
+    ex, _, _ = route(rt, chat(MIGHT_OVERFLOW, max_tokens=10))
     ex.handle(response_headers(status=400))
-    ex.handle(response_body(bound.replace(b"least 150", b"least 2")))  # a looser floor lowers nothing
-    assert rt.router.decide(ex.ticket.shape)[0].prompt_tokens >= 150
+    ex.handle(response_body(bound.replace(b"least 1150", b"least 2")))  # a looser floor lowers nothing
+    assert rt.router.decide(ex.ticket.shape)[0].prompt_tokens >= 1150
 
 
 def test_the_long_pools_count_after_a_net_retry_is_trusted():
     rt = runtime_sampling(0.0)
-    ex, _, _ = route(rt, chat(max_tokens=10))
+    ex, _, _ = route(rt, chat(MIGHT_OVERFLOW, max_tokens=10))  # might fail for its size: its status is read
+    assert not ex.done
     ex.handle(response_headers(status=200, extra={"x-budget-attempts": "2"}))
-    ex.handle(response_body(b'{"usage":{"prompt_tokens":400,"completion_tokens":3}}'))  # 6x the estimate
+    ex.handle(response_body(b'{"usage":{"prompt_tokens":6000,"completion_tokens":3}}'))  # 6x the estimate
     assert ex.record.observation == "accepted"
-    assert rt.router.decide(ex.ticket.shape)[0].prompt_tokens >= 400  # remembered for this prompt
-    other = rt.router.shape("chat", {"model": "m", "messages": [{"role": "user", "content": "hullo " * 50}]})
-    assert rt.router.decide(other)[0].prompt_tokens < 400  # and for no other
+    assert rt.router.decide(ex.ticket.shape)[0].prompt_tokens >= 6000  # remembered for this prompt
+    other = rt.router.shape("chat", {"model": "m", "messages": [{"role": "user", "content": "hullo " * 750}]})
+    assert rt.router.decide(other)[0].prompt_tokens < 6000  # and for no other
+
 
 def test_converged_categories_are_sampled_and_unsampled_ones_leased():
     rt = runtime_sampling(0.0)
-    ex, _, b = route(rt, chat(stream=True, max_tokens=10))
+    ex, _, b = route(rt, chat(MIGHT_OVERFLOW, stream=True, max_tokens=10))
     assert not ex.done and not ex.record.observed  # the status still comes (one small message)
     assert not b.request_body.response.HasField("body_mutation")  # no include_usage when not observing
     assert rt.router.pressure.in_flight["short"] == 0 and rt.router.pressure.count("short") == 1  # a lease
@@ -347,6 +373,34 @@ def test_linear_estimator_routes_near_the_boundary_and_learns_from_usage():
     ex.handle(response_body(b'{"choices":[],"usage":{"prompt_tokens":5800,"completion_tokens":10}}'))
     bucket = rt.router.linear.bucket("m", ex.record.category)
     assert bucket.samples == 1
+
+
+def test_constant_answers_are_built_once_and_shared_between_exchanges(rt):
+    """The routing decision's answer is one of a few: built once, identical to a freshly built one."""
+    first, _, b1 = route(rt, chat(max_tokens=10))
+    second, _, b2 = route(rt, chat("other words " * 20, max_tokens=10))
+    assert b1 is b2 and first.record.pool == second.record.pool == "short"
+    built = em.request_body_response(em.common(first._routing_headers(), clear_route_cache=True))
+    assert b1.SerializeToString(deterministic=True) == built.SerializeToString(deterministic=True)
+    _, _, long_answer = route(rt, chat(max_tokens=9000))
+    assert (
+        long_answer is not b1
+        and set_headers(long_answer.request_body.response.header_mutation)["x-budget-pool"] == "long"
+    )
+    ex, _, _ = route(rt, chat(stream=True, max_tokens=10))  # include_usage injected: a body of its own
+    assert ex.record.include_usage_injected
+
+
+def test_a_per_request_header_is_never_shared():
+    class Tracing(ExchangeObserver):
+        def upstream_headers(self, record):
+            return {"traceparent": f"00-{record.key:032x}-{1:016x}-01"}
+
+    rt = RouterRuntime.from_config(load_config(env={}, overrides={"calibration": {"state_file": ""}}), Tracing())
+    _, h1, _ = route(rt, chat(max_tokens=10))
+    _, h2, _ = route(rt, chat(max_tokens=10))
+    first, second = (set_headers(h.request_headers.response.header_mutation)["traceparent"] for h in (h1, h2))
+    assert first != second
 
 
 # ---- truncation by the short context (vLLM 0.32 clamps instead of refusing) --------------------------

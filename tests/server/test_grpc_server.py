@@ -3,6 +3,7 @@ response also decoded by envoy-data-plane (an independent codec) to prove wire c
 
 import asyncio
 from contextlib import asynccontextmanager
+from typing import Any
 
 import grpc
 import orjson
@@ -157,6 +158,26 @@ async def test_health_serving_then_not_serving_on_stop(tmp_path):
         await asyncio.wait_for(stopping, 5.0)
 
 
+async def decided(ch: grpc.aio.Channel, text: str) -> Any:
+    """An ext_proc call that has sent the request of ``text`` and read the routing decision."""
+    body = orjson.dumps({"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": text}]})
+    call = epg.ExternalProcessorStub(ch).Process()
+    await call.write(request_headers())
+    await call.read()
+    await call.write(request_body(body))
+    assert (await call.read()).request_body.response.clear_route_cache
+    return call
+
+
+async def test_unfollowed_exchange_that_cannot_fail_for_its_size_closes_after_the_decision(tmp_path):
+    async with running_server(tmp_path, converged_sample_rate=0.0) as server:
+        server.rt.router.calibrator.load({"prose": {"mean": 4.5, "dev": 0.1, "samples": 500}})
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as ch:
+            call = await decided(ch, "hello " * 30)
+            assert await call.read() is grpc.aio.EOF  # two messages: Envoy proceeds without the router
+            assert await call.code() == grpc.StatusCode.OK
+
+
 async def test_unfollowed_exchange_is_closed_cleanly_after_the_response_status(tmp_path):
     # Sampling off through the config the router is built from. (This test once set the field on the
     # runtime's config after the router was built: the router never saw it, kept sampling 10 % of
@@ -164,14 +185,10 @@ async def test_unfollowed_exchange_is_closed_cleanly_after_the_response_status(t
     # hang. Config sections are frozen now, so such a write fails at once.)
     async with running_server(tmp_path, converged_sample_rate=0.0) as server:
         server.rt.router.calibrator.load({"prose": {"mean": 4.5, "dev": 0.1, "samples": 500}})
-        body = orjson.dumps({"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "hello " * 30}]})
         async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as ch:
-            call = epg.ExternalProcessorStub(ch).Process()
-            await call.write(request_headers())
-            await call.read()
-            await call.write(request_body(body))
-            assert (await call.read()).request_body.response.clear_route_cache
-            await call.write(response_headers(status=200))  # the status is always seen: one message
+            # ~1,000 tokens, but over the short context at the bytes/token floor
+            call = await decided(ch, "hello " * 750)
+            await call.write(response_headers(status=200))  # it might fail for its size: its status is seen
             answer = await call.read()
             # An explicit NONE (an unset override also reads 0): the router closes, so EOF comes next.
             assert answer.HasField("mode_override"), "the router asked for the response body"

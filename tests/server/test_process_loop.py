@@ -113,11 +113,25 @@ async def test_envoy_closing_after_the_decision_releases_the_pool(service: Exter
     assert record.observed and record.usage_source == "" and record.pool == "short"
 
 
-async def test_an_unobserved_request_closes_the_stream_right_after_the_response_status():
+def unsampled_service() -> ExternalProcessor:
     cfg = load_config(env={}, overrides={"calibration": {"state_file": "", "converged_sample_rate": 0.0}})
     service = ExternalProcessor(RouterRuntime.from_config(cfg))
     service.rt.router.calibrator.load({"prose": {"mean": 4.5, "dev": 0.1, "samples": 500}})
+    return service
+
+
+async def test_an_unobserved_request_that_fits_at_any_ratio_closes_the_stream_after_the_decision():
+    service = unsampled_service()
     stream = FakeStream([request_headers(), request_body(BODY), response_headers(), response_body(USAGE)])
+    await service.Process(iter(()), stream)  # type: ignore[arg-type]
+    assert len(stream.written) == 2 and len(stream.messages) == 2  # no response message is read
+    assert service.active == 0 and service.rt.router.calibrator.state("prose").samples == 500
+
+
+async def test_an_unobserved_request_closes_the_stream_right_after_the_response_status():
+    service = unsampled_service()
+    body = orjson.dumps({"model": "m", "messages": [{"role": "user", "content": "hello " * 750}], "max_tokens": 10})
+    stream = FakeStream([request_headers(), request_body(body), response_headers(), response_body(USAGE)])
     await service.Process(iter(()), stream)  # type: ignore[arg-type]
     assert len(stream.written) == 3 and len(stream.messages) == 1  # the status is seen, the body never read
     assert stream.written[2].mode_override.response_body_mode == em.NONE

@@ -100,3 +100,30 @@ def test_a_malformed_state_file_never_stops_the_router_from_starting(tmp_path):
     assert "state peers loaded: 1" in line and "skipped 2 malformed entries" in stderr
     replicas = set(orjson.loads(state.read_bytes())["replicas"])
     assert "good" in replicas and not replicas & {"bad", "soon"} and len(replicas) == 2
+
+
+async def test_serving_freezes_the_startup_objects_out_of_the_collectors_reach(tmp_path: Path) -> None:
+    """A full collection over every module and table stalls all streams (~0.1 s on a busy machine):
+    what startup built is frozen before the first stream, so later full collections skip it."""
+    import asyncio
+    import gc
+
+    from extproc.commands.serve import serve
+    from extproc.config import load_config
+
+    overrides = {
+        "server": {"listen": "127.0.0.1:0", "grace_period_s": 0.1},
+        "calibration": {"state_file": str(tmp_path / "state.json")},
+        "telemetry": {"metrics_port": 0},
+    }
+    cfg = load_config(env={}, overrides=overrides)
+    gc.unfreeze()
+    ready, stop = asyncio.Event(), asyncio.Event()
+    task = asyncio.create_task(serve(cfg, ready=ready, stop=stop))
+    try:
+        await asyncio.wait_for(ready.wait(), 30)
+        assert gc.get_freeze_count() > 10_000  # the modules, config and router, not a handful
+    finally:
+        stop.set()
+        assert await asyncio.wait_for(task, 30) == 0
+        gc.unfreeze()

@@ -1,106 +1,93 @@
-"""Requests of real text whose prompt + ``max_tokens`` lies near the short pool's context, routed by a
-router that learned from real usage, with the engine's own ``/tokenize`` as the truth.
+"""Near-boundary requests of real text through Envoy + router + two real vLLM engines (short 2048), the
+engines' own answers as the truth: what ``benchmarks/vllm_accuracy.py`` measures over many seeds, run
+here once, small, as the promise's check.
 
-The router's promise: no client error, whatever the estimate. What the estimate costs is measured,
-not asserted (a margin is a trade): how many requests that fit the short pool went long (wasted long
-capacity), and how many that did not fit went short, either caught by the net (prompt over the context:
-a 400, resent long) or cut short by vLLM 0.32's clamp (prompt fits, output does not: a 200 with fewer
-tokens, ``finish_reason: length``). Detecting that last case is the next issue's; here it is counted.
-The counts are written to ``near_boundary.json`` in the stack's run dir and printed.
+A fresh router per estimator is warmed on real text of four kinds (corpus prose, code, CJK, mixed:
+answers' ``usage`` learned from), then sent held-out chats whose true total (the short engine's
+``/tokenize`` count + ``max_tokens``, sent with ``ignore_eos``) lies within +-20 % of 2048. Asserted
+where the product promises: no client error with either estimator, every answer whole unless the short
+pool cut it (and then the router counted the cut), and with engine counts (the router asks the short
+engine's ``/tokenize`` for band requests) no cut at all. The waste (fitting requests sent long) is a
+trade the margin makes: printed, and held to its targets by the benchmark, not here.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
-import random
-from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
 import pytest
 
+from benchmarks.vllm_accuracy import (
+    Plan,
+    Score,
+    Seeded,
+    corpus_halves,
+    engine_count_flags,
+    measure,
+    plan_requests,
+    run_stack,
+    warmup_bodies,
+)
 from extproc.stack.stack import Stack
-from extproc.workload.prompts import prompt_text
-from tests.e2e.client import post
-from tests.vllm.conftest import SHORT, stack_on_engines
-from tests.vllm.engine_client import EngineClient, decisions
 
 pytestmark = [pytest.mark.e2e, pytest.mark.vllm]
 
-N, SEED, SPREAD = 60, 2027, 0.06  # totals within +-6 % of the short context
-CATEGORIES = ("prose", "code", "cjk")
-MAX_TOKENS = (16, 64, 256)
+N, SEED = 32, 0
+# The CI machine is small and shared: a count that takes longer than the router's 20 ms default would be
+# routed by the estimate (a fallback, counted), which is what the deadline is for but not what this
+# test checks. The deadline's own behaviour is the unit tests' and the latency benchmark's.
+DEADLINE_S = 1.0
 
 
-def _planned(engine: EngineClient, model: str) -> list[dict[str, Any]]:
-    rng = random.Random(SEED)
-    out = []
-    for i in range(N):
-        category, max_tokens = CATEGORIES[i % 3], MAX_TOKENS[(i // 3) % 3]
-        target = round(SHORT.max_model_len * (1 + rng.uniform(-SPREAD, SPREAD))) - max_tokens
-        text = prompt_text(category, max(target - 10, 1), seed=SEED + i)
-        prompt = engine.chat_count(text)  # the truth: the engine's own count, template included
-        out.append({"category": category, "max_tokens": max_tokens, "prompt_tokens": prompt,
-                    "fits_short": prompt + max_tokens <= SHORT.max_model_len,
-                    "body": {"model": model, "messages": [{"role": "user", "content": text}],
-                             "max_tokens": max_tokens, "ignore_eos": True}})  # fmt: skip
+@pytest.fixture(scope="module")
+def plans(vllm_stack: Stack) -> list[Plan]:
+    async def make() -> list[Plan]:
+        async with aiohttp.ClientSession() as session:
+            return await plan_requests(
+                session, vllm_stack.pool_url("short"), vllm_stack.model, corpus_halves()[1], N,
+                vllm_stack.options.short.max_model_len, SEED,
+            )  # fmt: skip
+
+    out = asyncio.run(make())
+    b_short = vllm_stack.options.short.max_model_len
+    assert len(out) == N and all(abs(p.total - b_short) <= 0.2 * b_short for p in out)
+    assert 0 < sum(p.total <= b_short for p in out) < N  # both sides of the boundary are tried
     return out
 
 
-async def _warm(stack: Stack) -> None:
-    """A few small requests per category, so the router routes on learned ratios, not its cold start."""
-    async with aiohttp.ClientSession() as session:
-        for i in range(6):
-            for category in CATEGORIES:
-                body = {"model": stack.model, "max_tokens": 1,
-                        "messages": [{"role": "user", "content": prompt_text(category, 300 + 50 * i, seed=i)}]}
-                assert (await post(session, stack.url, body)).status == 200
+def _run(
+    vllm_stack: Stack, tmp_path_factory: pytest.TempPathFactory, plans: list[Plan], flags: tuple[str, ...]
+) -> Score:
+    warm = warmup_bodies(vllm_stack.model, corpus_halves()[0], Seeded(SEED))
+    with run_stack(vllm_stack, tmp_path_factory.mktemp("near-boundary"), flags) as stack:
+        return asyncio.run(measure(stack, warm, plans))
 
 
-def classify(plan: dict[str, Any], decision: dict[str, Any], served: str, answer: dict[str, Any]) -> str:
-    fits, routed = plan["fits_short"], decision["pool"]
-    if fits:
-        return "fit_short" if routed == "short" else "fit_went_long"
-    if routed == "long":
-        return "long_went_long"
-    if served == "long":
-        return "long_went_short_net_resent"  # a 400 on the short pool, resent by Envoy's net
-    got = answer["usage"]["completion_tokens"]
-    return "long_went_short_truncated" if got < plan["max_tokens"] else "long_went_short_served"
+def _say(say: Callable[[str], None], name: str, s: Score) -> None:
+    say(f"near-boundary {name}: n={s.n} fits={s.fits} truncated={s.truncated} rejected={s.rejected} "
+        f"wasteful={s.wasteful} ({s.pct('wasteful_of_fits'):.1f} % of fits, by kind {dict(s.by_kind)}) "
+        f"spilled={s.spilled} engine counts {s.engine_counts}")  # fmt: skip
 
 
-@pytest.mark.timeout(900)
-async def test_near_boundary_requests_never_fail_and_their_costs_are_counted(
-    vllm_stack: Stack, tmp_path_factory: pytest.TempPathFactory, short_engine: EngineClient, vllm_say: Any
+@pytest.mark.timeout(300)
+def test_tokenizer_free_near_the_boundary_never_fails_and_every_cut_is_counted(
+    vllm_stack: Stack, tmp_path_factory: pytest.TempPathFactory, plans: list[Plan], vllm_say: Any
 ) -> None:
-    with stack_on_engines(vllm_stack, tmp_path_factory, "vllm-boundary") as stack:
-        await _warm(stack)
-        plans = await asyncio.to_thread(_planned, short_engine, stack.model)
-        gate = asyncio.Semaphore(4)
-        async with aiohttp.ClientSession() as session:
+    s = _run(vllm_stack, tmp_path_factory, plans, ())
+    _say(vllm_say, "tokenizer-free", s)
+    assert (s.errors, s.count_mismatch) == (0, 0)
+    assert s.router_truncations == s.truncated  # what the clients lost, the router saw
 
-            async def send(plan: dict[str, Any]) -> Any:
-                async with gate:
-                    return await post(session, stack.url, plan["body"], timeout_s=300.0)
 
-            replies = await asyncio.gather(*(send(p) for p in plans))
-        assert [r.status for r in replies if r.status != 200] == [], [r.body[:200] for r in replies if r.status != 200]
-        found = decisions(stack, [r.request_id for r in replies])
-        kinds: Counter[str] = Counter()
-        for plan, reply in zip(plans, replies, strict=True):
-            answer = reply.json()
-            served = stack.access_log.pool(reply.request_id)
-            kinds[classify(plan, found[reply.request_id], served, answer)] += 1
-            if plan["fits_short"] or served == "long":  # served whole: never cut below what was asked
-                assert answer["usage"]["completion_tokens"] == plan["max_tokens"], (plan["prompt_tokens"], answer)
-            assert answer["usage"]["prompt_tokens"] == plan["prompt_tokens"]  # the engine's count, both pools
-        fit = sum(p["fits_short"] for p in plans)
-        summary = {
-            "requests": N, "fit_short": fit, "need_long": N - fit, "outcomes": dict(sorted(kinds.items())),
-            "wasteful_share_of_fitting": kinds["fit_went_long"] / max(fit, 1),
-            "truncated": kinds["long_went_short_truncated"],
-        }  # fmt: skip
-        (stack.run_dir / "near_boundary.json").write_text(json.dumps(summary, indent=2))
-        vllm_say(f"near-boundary: {json.dumps(summary)}")
-        assert sum(kinds.values()) == N
+@pytest.mark.timeout(300)
+def test_engine_counts_near_the_boundary_cut_nothing_and_fail_nothing(
+    vllm_stack: Stack, tmp_path_factory: pytest.TempPathFactory, plans: list[Plan], vllm_say: Any
+) -> None:
+    s = _run(vllm_stack, tmp_path_factory, plans, engine_count_flags(DEADLINE_S))
+    _say(vllm_say, "engine counts", s)
+    assert (s.errors, s.count_mismatch, s.truncated, s.router_truncations) == (0, 0, 0, 0.0)
+    counted = sum(v for series, v in s.engine_counts.items() if 'outcome="counted"' in series)
+    assert counted > 0  # the band's counts did come from the engine
